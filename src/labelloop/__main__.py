@@ -1,0 +1,3 @@
+from labelloop.cli import app
+
+app(prog_name="labelloop")

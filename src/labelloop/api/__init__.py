@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI); routes are thin and call :mod:`labelloop.service`."""

@@ -1,0 +1,130 @@
+"""The ``labelloop`` command line (Typer). Every command is a thin shell over the same functions
+the API and the workers call; a user error prints a message and exits non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from labelloop.client import ClientError
+from labelloop.config import Settings, load_settings
+from labelloop.errors import LabelloopError
+
+app = typer.Typer(
+    name="labelloop",
+    help="Model-assisted labelling that gets better while people label.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(func: F) -> F:
+    """Turn labelloop and client errors into a message and exit code 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (LabelloopError, ClientError) as exc:
+            err_console.print(f"[red]error:[/] {getattr(exc, 'message', exc)}")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_from(
+    data_dir: Path | None = None, import_roots: list[Path] | None = None, **overrides: Any
+) -> Settings:
+    values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    if import_roots:
+        values["import_roots"] = [*load_settings().import_roots, *import_roots]
+    return load_settings(**values)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Datastore root (LABELLOOP_DATA_DIR).")
+]
+ImportRoot = Annotated[
+    list[Path] | None,
+    typer.Option("--import-root", help="A folder whose files items may link to (repeatable)."),
+]
+
+
+@app.command()
+@friendly
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: DataDir = None,
+    import_root: ImportRoot = None,
+    jobs: Annotated[
+        str | None, typer.Option(help="Where jobs run: local (worker processes) or celery.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes.")] = None,
+) -> None:
+    """Run the API with its workers (embedded default: SQLite, local folder, local processes)."""
+    import uvicorn
+
+    from labelloop.api.app import create_app
+    from labelloop.jobs.factory import make_backend
+    from labelloop.runtime import Runtime
+
+    settings = settings_from(data_dir, import_root, jobs=jobs, local_workers=workers)
+    setup_logging(settings.log_level)
+    rt = Runtime(settings, migrate_schema=True)
+    rt.attach_jobs(make_backend(rt))
+    console.print(
+        f"labelloop serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs; "
+        f"data: {settings.resolved_data_dir}; jobs: {settings.jobs})"
+    )
+    uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+
+
+@app.command()
+@friendly
+def demo(
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Folder for the demo's data (wiped first).")
+    ] = Path("labelloop-data/demo"),
+    limit: Annotated[int | None, typer.Option(help="Label only this many digits.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the labelling order.")] = 0,
+) -> None:
+    """Watch a model take over a labelling job: digits, a simulated annotator, live metrics."""
+    from labelloop.demo import run_demo
+
+    run_demo(data_dir.resolve(), limit, seed, console)
+
+
+@db_app.command("upgrade")
+@friendly
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Create or migrate the store's schema to the newest revision."""
+    from labelloop.store.db import migrate
+
+    settings = settings_from(data_dir)
+    migrate(settings.resolved_database_url)
+    console.print("schema is up to date")

@@ -1,0 +1,103 @@
+"""One settings object for every labelloop process, read from ``LABELLOOP_*`` variables.
+
+It is validated once at start: a process with settings that cannot work stops with a clear message
+instead of failing later, and outside development it refuses the well-known default secrets.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from labelloop.errors import ConfigError
+
+DEFAULT_CLUSTER_TOKEN = "dev-cluster-token"  # noqa: S105 - refused outside development
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything machine- or deployment-specific. Environment variables use the prefix ``LABELLOOP_``."""
+
+    model_config = SettingsConfigDict(env_prefix="LABELLOOP_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("labelloop-data")
+    database_url: str | None = None
+    import_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+
+    jobs: Literal["local", "celery"] = "local"
+    local_workers: int = Field(default=2, ge=1, le=64)
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str = "rpc://"
+    predict_timeout_s: float = Field(default=10.0, gt=0)
+    train_time_limit_s: int = Field(default=1800, gt=0)
+
+    fetch_max_bytes: int = Field(default=20 * MiB, gt=0)
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    max_request_bytes: int = Field(default=32 * MiB, gt=0)
+    max_items_per_request: int = Field(default=10_000, gt=0)
+    model_cache_bytes: int = Field(default=512 * MiB, gt=0)
+
+    api_token: SecretStr | None = None
+    cluster_token: SecretStr = SecretStr(DEFAULT_CLUSTER_TOKEN)
+    labelstudio_url: str | None = None
+    labelstudio_token: SecretStr | None = None
+
+    log_level: str = "INFO"
+
+    @field_validator("import_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        """``LABELLOOP_IMPORT_ROOTS`` is colon-separated, like ``PATH``."""
+        if isinstance(value, str):
+            return [Path(part) for part in value.split(":") if part]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.environment != "development":
+            if self.cluster_token.get_secret_value() == DEFAULT_CLUSTER_TOKEN:
+                raise ValueError(
+                    "LABELLOOP_CLUSTER_TOKEN is the development default; set a secret of your own"
+                )
+            if self.jobs == "celery" and "guest:guest@" in self.broker_url:
+                raise ValueError(
+                    "LABELLOOP_BROKER_URL uses RabbitMQ's default guest account; "
+                    "create a user of your own outside development"
+                )
+        return self
+
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'labelloop.db'}"
+
+    @cached_property
+    def allowed_roots(self) -> tuple[Path, ...]:
+        """Folders below which local paths may be read: the data root and the import roots."""
+        roots = [self.resolved_data_dir, *(p.expanduser().resolve() for p in self.import_roots)]
+        return tuple(dict.fromkeys(roots))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; a bad value becomes a :class:`ConfigError` with its reason."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {reasons}") from None

@@ -1,0 +1,141 @@
+"""The per-task folder layout of the seed, with atomic writes and path confinement.
+
+::
+
+    <root>/task-<id>/Inference/model-time<N>/   one folder per trained version, written whole
+    <root>/task-<id>/Preprocess/raw/            downloaded bytes, by content hash
+    <root>/task-<id>/Preprocess/features/<featurizer version>/   features, by content hash
+    <root>/task-<id>/Snapshot/                  training checkpoints (warm starts, resumption)
+
+A version folder is built in a temporary sibling and renamed into place, so a reader sees a whole
+model or none. No path is ever built from user input without passing :func:`confine`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from labelloop.errors import ForbiddenPath, InvalidInput
+
+
+def confine(base: Path, *parts: str) -> Path:
+    """``base / parts`` resolved, refused if it would leave ``base`` (``..``, absolute parts, links)."""
+    base = base.resolve()
+    target = base.joinpath(*parts).resolve()
+    if not target.is_relative_to(base):
+        raise ForbiddenPath(f"path escapes its root: {'/'.join(parts)!r}")
+    return target
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write a file whole or not at all (temporary file, rename).
+
+    ``durable`` also flushes it to disk first; caches skip that, since a cache entry lost in a
+    power cut is simply computed again.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class TaskFolder:
+    """The folders of one task."""
+
+    def __init__(self, root: Path, task_id: int) -> None:
+        if task_id <= 0:
+            raise InvalidInput(f"bad task id {task_id}")
+        self.root = root
+        self.path = confine(root, f"task-{int(task_id)}")
+
+    @property
+    def inference(self) -> Path:
+        return self.path / "Inference"
+
+    @property
+    def preprocess(self) -> Path:
+        return self.path / "Preprocess"
+
+    @property
+    def snapshot(self) -> Path:
+        return self.path / "Snapshot"
+
+    def create(self) -> None:
+        for folder in (self.inference, self.preprocess, self.snapshot):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def delete(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def version_dir(self, version: int) -> Path:
+        return self.inference / f"model-time{int(version)}"
+
+    @contextmanager
+    def writing_version(self, version: int) -> Iterator[Path]:
+        """Yield a temporary folder; on success it becomes ``model-time<version>`` in one rename.
+
+        If the folder already exists, another attempt of the same job wrote it whole (training is
+        deterministic), so ours is discarded and the existing one is left untouched.
+        """
+        target = self.version_dir(version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            yield tmp
+            _fsync_tree(tmp)
+            if target.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                # A concurrent duplicate renamed its (identical) copy first.
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def raw_path(self, content_hash: str) -> Path:
+        return confine(self.preprocess, "raw", content_hash[:2], content_hash)
+
+    def feature_path(self, featurizer_version: str, content_hash: str) -> Path:
+        return confine(
+            self.preprocess, "features", featurizer_version, content_hash[:2], f"{content_hash}.npy"
+        )
+
+    def load_feature(self, featurizer_version: str, content_hash: str) -> np.ndarray | None:
+        path = self.feature_path(featurizer_version, content_hash)
+        try:
+            return np.load(path, allow_pickle=False)  # type: ignore[no-any-return]
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+
+    def store_feature(self, featurizer_version: str, content_hash: str, vector: np.ndarray) -> None:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, vector, allow_pickle=False)
+        path = self.feature_path(featurizer_version, content_hash)
+        write_bytes_atomic(path, buf.getvalue(), durable=False)
+
+    def checkpoint_path(self, name: str) -> Path:
+        return confine(self.snapshot, f"{name}.ckpt")

@@ -1,0 +1,165 @@
+"""``labelloop demo``: watch a model take over a labelling job, on the embedded default.
+
+It writes scikit-learn's digits out as PNG files, starts ``labelloop serve`` as a separate process,
+creates an image task through the HTTP API and plays an annotator who labels every item in a
+random order, printing what happens as it goes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from labelloop.client import Client
+from labelloop.simulation import Step, run_stream
+
+
+def write_digits(folder: Path, limit: int | None = None) -> list[tuple[Path, str]]:
+    """scikit-learn's 8x8 digits as grey PNG files; returns (path, true label) pairs."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, (image, target) in enumerate(zip(digits.images, digits.target, strict=True)):
+        if limit is not None and i >= limit:
+            break
+        path = folder / f"digit-{i:04d}.png"
+        if not path.exists():
+            pixels = np.clip(np.round(image * 255.0 / 16.0), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(path)
+        out.append((path, str(int(target))))
+    return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(
+    data_dir: Path, port: int, extra_args: list[str] | None = None, log: Path | None = None
+) -> Iterator[str]:
+    """``labelloop serve`` in a child process; yields its URL, stops it at the end."""
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "labelloop",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        *(extra_args or []),
+    ]
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        with Client(url) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"labelloop serve exited with code {proc.returncode}")
+                try:
+                    client.health()
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def run_demo(data_dir: Path, limit: int | None, seed: int, console: Console) -> dict[str, object]:
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    images = write_digits(data_dir / "digits", limit)
+    port = free_port()
+    console.print(f"[bold]labelloop demo[/]: {len(images)} digit images, data in {data_dir}")
+    with running_server(data_dir, port, log=data_dir / "server.log") as url, Client(url) as client:
+        console.print(f"server at {url} (API docs at {url}/docs)")
+        task = client.create_task(
+            "digits demo", "image-classification", labels=[str(d) for d in range(10)]
+        )
+        added = client.add_items(
+            task["id"], [{"data": str(p), "external_id": p.stem} for p, _ in images]
+        )
+        truth = {p.stem: label for p, label in images}
+        order = [(it["id"], [truth[it["external_id"]]]) for it in added["items"]]
+        random.Random(seed).shuffle(order)
+
+        progress = Progress(
+            TextColumn("[bold]labelling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        edits = 0
+        with progress:
+            bar = progress.add_task("labelling", total=len(order), status="no model yet")
+
+            def on_step(step: Step) -> None:
+                nonlocal edits
+                edits += step.edited
+                status = (
+                    "no model yet"
+                    if step.served_version is None
+                    else f"model-time{step.served_version}  held-out acc "
+                    f"{(step.heldout_accuracy or 0):.3f}"
+                )
+                progress.update(bar, advance=1, status=f"{status}  edit rate {edits / step.n:.3f}")
+
+            result = run_stream(client, task["id"], order, on_step)
+        metrics = client.metrics(task["id"])
+
+    summary = result.summary()
+    table = Table(title="labelloop demo: digits, random order, true-label annotator")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("items labelled", str(result.n))
+    table.add_row("edit rate, whole stream", f"{result.edit_rate:.2%}")
+    table.add_row("edit rate, second half", f"{result.edit_rate_second_half:.2%}")
+    table.add_row(
+        "versions trained / promoted", f"{result.versions_trained} / {result.versions_promoted}"
+    )
+    table.add_row("first model after", f"{result.first_model_labels} labels")
+    if result.first_model_seconds is not None:
+        table.add_row("time to first model", f"{result.first_model_seconds:.2f} s")
+    if result.median_update_latency is not None:
+        table.add_row("model update latency (median)", f"{result.median_update_latency:.2f} s")
+    served = metrics.get("served_version")
+    last = [v for v in metrics["versions"] if v["version"] == served]
+    if last and last[0]["heldout_accuracy"] is not None:
+        table.add_row("held-out accuracy of the served model", f"{last[0]['heldout_accuracy']:.2%}")
+    table.add_row("wall time", f"{result.wall_seconds:.1f} s")
+    console.print(table)
+    return summary

@@ -1,0 +1,1 @@
+"""One jobs interface, two backends: local worker processes (embedded default) and Celery."""

@@ -1,0 +1,1 @@
+"""The assist loop: policy, features, training, evaluation, promotion, prediction, selection."""

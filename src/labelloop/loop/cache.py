@@ -1,0 +1,102 @@
+"""Process-level caches: loaded models (bounded by memory) and item features.
+
+Both are keyed by task first, so one task's entries can never answer for another's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from labelloop.learners.base import Learner
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+class ModelCache:
+    """Least-recently-used loaded models, bounded by an estimate of their size in memory.
+
+    A request takes a reference to the model it starts with and keeps it to the end, so a
+    promotion (a new key) never changes the model under a request already in flight.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[int, int], tuple[Learner, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[int, int], threading.Lock] = {}
+
+    def get(self, task_id: int, version: int, load: Callable[[], tuple[Learner, int]]) -> Learner:
+        key = (task_id, version)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit[0]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # one load per key, even under concurrent first requests
+            with self._lock:
+                hit = self._entries.get(key)
+                if hit is not None:
+                    return hit[0]
+            learner, size = load()
+            with self._lock:
+                self._entries[key] = (learner, size)
+                self._loading.pop(key, None)
+                self._evict()
+            return learner
+
+    def _evict(self) -> None:
+        total = sum(size for _, size in self._entries.values())
+        while total > self.max_bytes and len(self._entries) > 1:
+            _, (_, size) = self._entries.popitem(last=False)
+            total -= size
+
+    def drop_task(self, task_id: int) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == task_id]:
+                del self._entries[key]
+
+    def keys(self) -> list[tuple[int, int]]:
+        with self._lock:
+            return list(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(size for _, size in self._entries.values())
+
+
+class FeatureCache:
+    """Features already computed in this process, by (task, featurizer version) then content hash."""
+
+    def __init__(self, max_tasks: int = 64) -> None:
+        self.max_tasks = max_tasks
+        self._tasks: OrderedDict[tuple[int, str], dict[str, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def table(self, task_id: int, version: str) -> dict[str, np.ndarray]:
+        key = (task_id, version)
+        with self._lock:
+            table = self._tasks.get(key)
+            if table is None:
+                table = self._tasks[key] = {}
+                while len(self._tasks) > self.max_tasks:
+                    self._tasks.popitem(last=False)
+            else:
+                self._tasks.move_to_end(key)
+            return table
+
+    def drop_task(self, task_id: int) -> None:
+        with self._lock:
+            for key in [k for k in self._tasks if k[0] == task_id]:
+                del self._tasks[key]
+
+
+FEATURES = FeatureCache()

@@ -1,0 +1,141 @@
+"""From items to learner inputs, through the task's feature cache (memory, then ``Preprocess/``).
+
+An item's content is fetched at most once: its hash is recorded on the item, and features are
+stored under that hash and the featurizer's version, so retraining reads them back instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from labelloop.errors import FetchError, LabelloopError
+from labelloop.fetch import Content, read_link, text_content
+from labelloop.learners.base import Features, Learner, View
+from labelloop.loop.cache import FEATURES
+from labelloop.runtime import Runtime
+
+TEXT_CATEGORIES = frozenset({"text-classification"})
+
+
+def is_text(category: str) -> bool:
+    return category in TEXT_CATEGORIES
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """What featurizing needs to know of an item (no ORM object crosses process boundaries)."""
+
+    id: int
+    data: str
+    content_hash: str | None = None
+
+
+@dataclass
+class FeatureBatch:
+    features: Features
+    #: Positions (in the request) of the items that have features, in the order of ``features``.
+    ok: list[int] = field(default_factory=list)
+    #: Item id -> reason, for items that could not be read or decoded.
+    failed: dict[int, str] = field(default_factory=dict)
+    #: Item id -> content hash, for items whose hash was learned here.
+    hashes: dict[int, str] = field(default_factory=dict)
+
+
+def read_content(rt: Runtime, category: str, data: str) -> Content:
+    if is_text(category):
+        return text_content(data)
+    return read_link(data, rt.settings)
+
+
+def featurize(
+    rt: Runtime, task_id: int, category: str, learner: Learner, items: Sequence[ItemRef]
+) -> FeatureBatch:
+    """Features of ``items`` for ``learner``; items that fail are reported, the others go on."""
+    folder = rt.folder(task_id)
+    contents: dict[int, Content] = {}
+    hashes: dict[int, str] = {it.id: it.content_hash for it in items if it.content_hash}
+    failed: dict[int, str] = {}
+    learned: dict[int, str] = {}
+
+    def content_of(it: ItemRef) -> Content | None:
+        if it.id in failed:
+            return None
+        if it.id not in contents:
+            try:
+                contents[it.id] = read_content(rt, category, it.data)
+            except LabelloopError as exc:
+                failed[it.id] = exc.message
+                return None
+            if hashes.get(it.id) != contents[it.id].content_hash:
+                learned[it.id] = contents[it.id].content_hash
+            hashes[it.id] = contents[it.id].content_hash
+        return contents[it.id]
+
+    per_view: dict[str, tuple[bool, dict[int, object]]] = {}
+    for fz in learner.featurizers():
+        values: dict[int, object] = {}
+        if fz.cacheable:
+            table = FEATURES.table(task_id, fz.version)
+            missing: list[ItemRef] = []
+            for it in items:
+                h = hashes.get(it.id)
+                vec = table.get(h) if h else None
+                if vec is None and h:
+                    vec = folder.load_feature(fz.version, h)
+                    if vec is not None:
+                        table[h] = vec
+                if vec is None:
+                    missing.append(it)
+                else:
+                    values[it.id] = vec
+            todo = [(it, c) for it in missing if (c := content_of(it)) is not None]
+            for it, c in todo:
+                # Cached under the hash we just learned?
+                vec = table.get(c.content_hash)
+                if vec is None:
+                    vec = folder.load_feature(fz.version, c.content_hash)
+                if vec is not None:
+                    table[c.content_hash] = vec
+                    values[it.id] = vec
+            todo = [(it, c) for it, c in todo if it.id not in values]
+            for it, c in todo:
+                try:
+                    out = fz.transform([c.raw])
+                except FetchError as exc:
+                    failed[it.id] = exc.message
+                    continue
+                vec = np.asarray(out[0])
+                folder.store_feature(fz.version, c.content_hash, vec)
+                table[c.content_hash] = vec
+                values[it.id] = vec
+        else:
+            for it in items:
+                c = content_of(it)
+                if c is None:
+                    continue
+                try:
+                    values[it.id] = fz.transform([c.raw])[0]
+                except FetchError as exc:
+                    failed[it.id] = exc.message
+        per_view[fz.view] = (fz.cacheable, values)
+
+    ok = [i for i, it in enumerate(items) if it.id not in failed]
+    views: dict[str, View] = {}
+    for view, (is_array, values) in per_view.items():
+        rows = [values[items[i].id] for i in ok]
+        if is_array:
+            views[view] = np.vstack(rows) if rows else np.zeros((0, 0))  # type: ignore[arg-type]
+        else:
+            views[view] = [str(r) for r in rows]
+    return FeatureBatch(Features(views), ok, failed, learned)
+
+
+def featurize_contents(learner: Learner, contents: Sequence[Content]) -> Features:
+    """Features of contents that are not stored items (the predict path); no caching."""
+    views: dict[str, View] = {}
+    for fz in learner.featurizers():
+        views[fz.view] = fz.transform([c.raw for c in contents])
+    return Features(views)

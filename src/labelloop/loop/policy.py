@@ -1,0 +1,47 @@
+"""A task's policy: when to train, how to evaluate, what to show next, what to auto-label."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AutoLabelPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_accuracy: float = Field(default=0.98, gt=0.5, lt=1.0)
+    #: Human labels needed before any item is auto-labelled.
+    min_labels: int = Field(default=50, ge=10)
+    #: Confidence of the lower bound on accuracy (one-sided).
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+
+
+class Policy(BaseModel):
+    """Defaults follow the measurements in docs/BENCHMARKS.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: First training once this many items are labelled (with at least two classes).
+    min_labels: int = Field(default=10, ge=2)
+    #: Retrain when the labelled set has grown by this fraction since the last training.
+    growth: float = Field(default=0.10, gt=0.0, le=10.0)
+    #: Folds of the cross-validation that scores every candidate out of sample.
+    cv_folds: int = Field(default=5, ge=2, le=20)
+    #: One-sided confidence with which the served model must be shown better to keep a candidate out.
+    promotion_confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    #: A non-default learner from the registry, and parameters for it.
+    learner: str | None = None
+    learner_params: dict[str, Any] = Field(default_factory=dict)
+    #: How ``/next`` ranks unlabelled items once a model serves.
+    selection: Literal["margin", "entropy", "least-confidence", "random"] = "margin"
+    auto_label: AutoLabelPolicy | None = None
+
+    def training_due(self, n_labels: int, n_classes: int, last_trained: int | None) -> bool:
+        if n_labels < self.min_labels or n_classes < 2:
+            return False
+        if last_trained is None:
+            return True
+        threshold = math.ceil(last_trained * (1.0 + self.growth) - 1e-9)
+        return n_labels >= max(last_trained + 1, threshold)

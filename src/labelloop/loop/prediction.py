@@ -1,0 +1,228 @@
+"""Pre-labels: loading a served version, scoring items, storing scores for ordering."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+
+from labelloop.errors import NoModel, NotFound
+from labelloop.fetch import Content
+from labelloop.learners import Learner, learner_by_name
+from labelloop.loop.cache import folder_bytes
+from labelloop.loop.features import ItemRef, featurize, featurize_contents
+from labelloop.loop.labels import decide, top_score
+from labelloop.loop.spec import TaskSpec
+from labelloop.runtime import Runtime
+from labelloop.store.models import Item, Job, Task, utcnow
+from labelloop.store.upsert import upsert_predictions
+
+
+def load_model(rt: Runtime, task_id: int, version: int) -> Learner:
+    """The learner of ``model-time<version>`` of a task, from this process's cache."""
+
+    def load() -> tuple[Learner, int]:
+        folder = rt.folder(task_id).version_dir(version) / "model"
+        if not folder.is_dir():
+            raise NotFound(f"task {task_id} has no model version {version} on disk")
+        import json
+
+        meta = json.loads((folder / "learner.json").read_text())
+        learner = learner_by_name(meta["learner"]).load(folder)
+        return learner, max(folder_bytes(folder) * 3, 1)
+
+    return rt.models.get(task_id, version, load)
+
+
+def uncertainty(scores: np.ndarray, multi_label: bool, strategy: str) -> np.ndarray:
+    """Higher means the model is less sure; the order ``/next`` uses."""
+    if len(scores) == 0:
+        return np.zeros(0)
+    if multi_label:
+        return 1.0 - np.abs(2.0 * scores - 1.0).mean(axis=1)  # type: ignore[no-any-return]
+    if strategy == "entropy":
+        p = np.clip(scores, 1e-12, 1.0)
+        return -(p * np.log(p)).sum(axis=1)  # type: ignore[no-any-return]
+    if strategy == "least-confidence":
+        return 1.0 - scores.max(axis=1)  # type: ignore[no-any-return]
+    top2 = (
+        np.sort(scores, axis=1)[:, -2:]
+        if scores.shape[1] > 1
+        else np.hstack([np.zeros((len(scores), 1)), scores])
+    )
+    return 1.0 - (top2[:, 1] - top2[:, 0])  # type: ignore[no-any-return]
+
+
+@dataclass
+class Scored:
+    version: int
+    scores: np.ndarray
+    ok: list[int]
+    failed: dict[int, str]
+
+
+def score_items(rt: Runtime, spec: TaskSpec, version: int, refs: Sequence[ItemRef]) -> Scored:
+    model = load_model(rt, spec.id, version)
+    batch = featurize(rt, spec.id, spec.category, model, refs)
+    scores = model.predict_proba(batch.features) if batch.ok else np.zeros((0, len(spec.labels)))
+    return Scored(version, scores, batch.ok, batch.failed)
+
+
+def score_contents(
+    rt: Runtime, spec: TaskSpec, version: int, contents: Sequence[Content]
+) -> np.ndarray:
+    model = load_model(rt, spec.id, version)
+    return model.predict_proba(featurize_contents(model, contents))
+
+
+def prediction_rows(
+    spec: TaskSpec, version: int, item_ids: Sequence[int], scores: np.ndarray
+) -> list[dict[str, object]]:
+    chosen = decide(scores, spec.labels, spec.multi_label)
+    conf = top_score(scores, spec.multi_label)
+    unc = uncertainty(scores, spec.multi_label, spec.policy.selection)
+    now = utcnow()
+    return [
+        {
+            "item_id": int(item_id),
+            "task_id": spec.id,
+            "version": version,
+            "labels": chosen[i],
+            "scores": [round(float(v), 6) for v in scores[i]],
+            "score": float(conf[i]),
+            "uncertainty": float(unc[i]),
+            "created_at": now,
+        }
+        for i, item_id in enumerate(item_ids)
+    ]
+
+
+def store_predictions(rt: Runtime, rows: list[dict[str, object]]) -> None:
+    if not rows:
+        return
+    with rt.session() as s:
+        upsert_predictions(s, rows)
+
+
+def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
+    """Re-predict a batch of unlabelled items with a newly promoted version (idempotent)."""
+    with rt.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state in ("done", "failed"):
+            return []
+        task = s.get(Task, job.task_id)
+        if task is None:
+            return []
+        version = int(job.payload["version"])
+        if task.served_version != version:
+            # A newer promotion (or a rollback) superseded this batch; its own batches follow.
+            job.state, job.finished_at, job.result = "done", utcnow(), {"skipped": "superseded"}
+            return []
+        job.state, job.attempts, job.started_at = "running", job.attempts + 1, utcnow()
+        spec = TaskSpec.of(task)
+        refs = [
+            ItemRef(i.id, i.data, i.content_hash)
+            for i in s.scalars(select(Item).where(Item.id.in_(job.payload["item_ids"])))
+        ]
+    scored = score_items(rt, spec, version, refs)
+    rows = prediction_rows(spec, version, [refs[i].id for i in scored.ok], scored.scores)
+    with rt.session() as s:
+        task = s.get(Task, spec.id)
+        job = s.get(Job, job_id)
+        if task is None or job is None:
+            return []
+        if task.served_version == version:
+            upsert_predictions(s, rows)
+        job.state, job.finished_at = "done", utcnow()
+        job.result = {"predicted": len(rows), "failed": len(scored.failed)}
+    return []
+
+
+def require_served(spec: TaskSpec) -> int:
+    if spec.served_version is None:
+        raise NoModel(f"task {spec.id} has no model yet")
+    return spec.served_version
+
+
+@dataclass
+class DataPrediction:
+    """The answer for one data link: labels with scores, or the reason it could not be read."""
+
+    labels: list[str] | None = None
+    scores: list[float] | None = None
+    score: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class ItemPredictions:
+    version: int
+    rows: list[dict[str, object]]
+    failed: dict[int, str]
+
+
+def predict_data(
+    rt: Runtime, spec: TaskSpec, version: int, data: Sequence[str]
+) -> list[DataPrediction]:
+    """Scores for data links or texts; a link that fails gets its reason, the others go on."""
+    from labelloop.errors import LabelloopError
+    from labelloop.loop.features import read_content
+
+    out: list[DataPrediction] = [DataPrediction() for _ in data]
+    contents: list[Content] = []
+    where: list[int] = []
+    for i, d in enumerate(data):
+        try:
+            contents.append(read_content(rt, spec.category, d))
+            where.append(i)
+        except LabelloopError as exc:
+            out[i].error = exc.message
+    if not contents:
+        return out
+    model = load_model(rt, spec.id, version)
+    from labelloop.learners.base import Features
+
+    try:
+        feats = featurize_contents(model, contents)
+        good = where
+    except LabelloopError:
+        # One bad item in the batch: featurize one by one so the others still get answers.
+        parts, good = [], []
+        for i, c in zip(where, contents, strict=True):
+            try:
+                parts.append(featurize_contents(model, [c]))
+                good.append(i)
+            except LabelloopError as exc:
+                out[i].error = exc.message
+        if not good:
+            return out
+        feats = Features.concat(parts)
+    scores = model.predict_proba(feats)
+    chosen = decide(scores, spec.labels, spec.multi_label)
+    conf = top_score(scores, spec.multi_label)
+    for k, i in enumerate(good):
+        out[i] = DataPrediction(
+            labels=chosen[k], scores=[float(v) for v in scores[k]], score=float(conf[k])
+        )
+    return out
+
+
+def predict_stored(
+    rt: Runtime, spec: TaskSpec, version: int, item_ids: Sequence[int]
+) -> ItemPredictions:
+    """Prediction rows (as :func:`prediction_rows` makes them) for stored items."""
+    with rt.session() as s:
+        items = {
+            i.id: i
+            for i in s.scalars(
+                select(Item).where(Item.id.in_(list(item_ids)), Item.task_id == spec.id)
+            )
+        }
+    refs = [
+        ItemRef(items[i].id, items[i].data, items[i].content_hash) for i in item_ids if i in items
+    ]
+    scored = score_items(rt, spec, version, refs)
+    rows = prediction_rows(spec, version, [refs[i].id for i in scored.ok], scored.scores)
+    return ItemPredictions(version, rows, scored.failed)

@@ -1,0 +1,125 @@
+"""Creating jobs inside the caller's transaction; the caller enqueues their ids after commit."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from labelloop.errors import InvalidInput
+from labelloop.loop.labels import current_labels, label_revision
+from labelloop.loop.policy import Policy
+from labelloop.store.models import ACTIVE_JOB_STATES, Item, Job, Task
+
+FEATURIZE_BATCH = 256
+PREDICT_BATCH = 512
+
+
+def lock_task(session: Session, task_id: int) -> Task | None:
+    """The task row, locked for the rest of the transaction (PostgreSQL; SQLite locks globally)."""
+    return session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+
+
+def active_training(session: Session, task_id: int) -> Job | None:
+    return session.scalar(
+        select(Job).where(
+            Job.task_id == task_id, Job.kind == "train", Job.state.in_(ACTIVE_JOB_STATES)
+        )
+    )
+
+
+def last_training_size(session: Session, task_id: int) -> int | None:
+    """Labels used by the newest training job, whatever its state (growth is measured from it)."""
+    job = session.scalar(
+        select(Job)
+        .where(Job.task_id == task_id, Job.kind == "train")
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+    return None if job is None else int(job.payload.get("n_labels", 0))
+
+
+def request_training(session: Session, task: Task, *, force: bool = False) -> Job | None:
+    """Create the task's next training job if its policy says so (or ``force``).
+
+    While a job is active no second one starts; a trigger that arrives meanwhile sets the task's
+    ``train_pending`` flag, which makes exactly one more run follow the active one.
+    """
+    labels = current_labels(session, task.id)
+    n_classes = len({label for ls in labels.values() for label in ls})
+    if task.extra == "multi-label":
+        n_classes = max(n_classes, 2 if labels else 0)
+    policy = Policy.model_validate(task.policy)
+    last = last_training_size(session, task.id)
+    due = policy.training_due(len(labels), n_classes, last)
+    if not (due or force):
+        return None
+    if len(labels) < 2 or n_classes < 2:
+        raise InvalidInput("training needs labelled items of at least two classes")
+    if active_training(session, task.id) is not None:
+        task.train_pending = True
+        return None
+    revision = label_revision(session, task.id)
+    key = f"train:{task.id}:{revision}"
+    existing = session.scalar(select(Job).where(Job.key == key))
+    if existing is not None:
+        return existing if force else None
+    job = Job(
+        task_id=task.id,
+        kind="train",
+        key=key,
+        payload={"revision": revision, "n_labels": len(labels)},
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def after_training(session: Session, task: Task) -> list[Job]:
+    """Called when a training job ends: the one pending run, or a run the policy now wants."""
+    force = task.train_pending
+    task.train_pending = False
+    try:
+        job = request_training(session, task, force=force)
+    except InvalidInput:
+        return []
+    return [job] if job is not None and job.state == "queued" else []
+
+
+def featurize_jobs(session: Session, task_id: int, item_ids: list[int]) -> list[Job]:
+    jobs = []
+    for start in range(0, len(item_ids), FEATURIZE_BATCH):
+        chunk = item_ids[start : start + FEATURIZE_BATCH]
+        key = f"featurize:{task_id}:{chunk[0]}-{chunk[-1]}:{len(chunk)}"
+        if session.scalar(select(Job.id).where(Job.key == key)) is not None:
+            continue
+        job = Job(task_id=task_id, kind="featurize", key=key, payload={"item_ids": chunk})
+        session.add(job)
+        jobs.append(job)
+    session.flush()
+    return jobs
+
+
+def repredict_jobs(session: Session, task: Task, version: int, unlabelled: list[int]) -> list[Job]:
+    """Batches that re-predict the task's unlabelled items with a newly served version."""
+    jobs = []
+    for start in range(0, len(unlabelled), PREDICT_BATCH):
+        chunk = unlabelled[start : start + PREDICT_BATCH]
+        key = f"predict:{task.id}:{version}:{task.promotions}:{start}"
+        job = Job(
+            task_id=task.id,
+            kind="predict",
+            key=key,
+            payload={"version": version, "item_ids": chunk},
+        )
+        session.add(job)
+        jobs.append(job)
+    session.flush()
+    return jobs
+
+
+def unlabelled_item_ids(session: Session, task_id: int) -> list[int]:
+    labelled = set(current_labels(session, task_id))
+    ids = session.scalars(
+        select(Item.id).where(Item.task_id == task_id, Item.status != "failed").order_by(Item.id)
+    )
+    return [i for i in ids if i not in labelled]

@@ -1,0 +1,47 @@
+"""An immutable snapshot of a task's settings, safe to use outside a database session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from labelloop.learners import Learner, make_learner
+from labelloop.loop.policy import Policy
+from labelloop.store.models import Task
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    id: int
+    name: str
+    category: str
+    extra: str
+    labels: tuple[str, ...]
+    policy: Policy
+    salt: str
+    served_version: int | None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.extra == "multi-label"
+
+    @classmethod
+    def of(cls, task: Task) -> TaskSpec:
+        return cls(
+            id=task.id,
+            name=task.name,
+            category=task.category,
+            extra=task.extra,
+            labels=tuple(task.labels),
+            policy=Policy.model_validate(task.policy),
+            salt=task.salt,
+            served_version=task.served_version,
+        )
+
+    def new_learner(self) -> Learner:
+        return make_learner(
+            self.category,
+            self.extra,
+            self.labels,
+            name=self.policy.learner,
+            **self.policy.learner_params,
+        )

@@ -1,0 +1,84 @@
+"""What every entry point shares: settings, the store, the datastore, the job backend, the model cache.
+
+The API, the CLI, the local worker processes and the Celery workers each build one
+:class:`Runtime` and pass it to the functions in :mod:`labelloop.service` and :mod:`labelloop.loop`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from labelloop.config import Settings
+from labelloop.datastore import TaskFolder
+from labelloop.store.db import make_engine, make_sessionmaker, migrate, translate_db_errors
+
+if TYPE_CHECKING:
+    from labelloop.jobs.base import JobBackend
+    from labelloop.loop.cache import ModelCache
+
+
+_depth = threading.local()
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, migrate_schema: bool = False) -> None:
+        self.settings = settings
+        self.data_dir = settings.resolved_data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if migrate_schema:
+            migrate(settings.resolved_database_url)
+        self.engine = make_engine(settings.resolved_database_url)
+        self.sessions = make_sessionmaker(self.engine)
+        self._jobs: JobBackend | None = None
+        self._models: ModelCache | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back if it raises.
+
+        Transactions never nest: with SQLite a nested one would wait for its own parent's lock.
+        """
+        if getattr(_depth, "n", 0):
+            raise RuntimeError("nested store transaction: pass the open session down instead")
+        _depth.n = 1
+        try:
+            with translate_db_errors(), self.sessions() as session, session.begin():
+                yield session
+        finally:
+            _depth.n = 0
+
+    def folder(self, task_id: int) -> TaskFolder:
+        return TaskFolder(self.data_dir, task_id)
+
+    @property
+    def jobs(self) -> JobBackend:
+        if self._jobs is None:
+            raise RuntimeError("this runtime has no job backend")
+        return self._jobs
+
+    def attach_jobs(self, backend: JobBackend) -> None:
+        self._jobs = backend
+
+    @property
+    def has_jobs(self) -> bool:
+        return self._jobs is not None
+
+    @property
+    def models(self) -> ModelCache:
+        with self._lock:
+            if self._models is None:
+                from labelloop.loop.cache import ModelCache
+
+                self._models = ModelCache(self.settings.model_cache_bytes)
+            return self._models
+
+    def close(self) -> None:
+        if self._jobs is not None:
+            self._jobs.stop()
+        self.engine.dispose()

@@ -1,0 +1,116 @@
+"""The labelled data set out, streamed as JSON lines or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import select
+
+from labelloop.errors import InvalidInput
+from labelloop.runtime import Runtime
+from labelloop.service.common import get_task_row
+from labelloop.store.models import Annotation, Item
+
+PAGE = 1000
+FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
+
+
+def _current(rt: Runtime, task_id: int, item_ids: list[int]) -> dict[int, Annotation]:
+    """The label each item carries now: its newest human label, else its newest model label."""
+    best: dict[int, Annotation] = {}
+    with rt.session() as s:
+        rows = s.scalars(
+            select(Annotation).where(Annotation.item_id.in_(item_ids)).order_by(Annotation.id)
+        ).all()
+    human: dict[int, Annotation | None] = {}
+    model: dict[int, Annotation] = {}
+    for a in rows:
+        if a.source == "human":
+            human[a.item_id] = a if a.labels is not None else None
+        elif a.labels is not None:
+            model[a.item_id] = a
+    for item_id in item_ids:
+        h = human.get(item_id)
+        if h is not None:
+            best[item_id] = h
+        elif item_id not in human and item_id in model:
+            best[item_id] = model[item_id]
+    return best
+
+
+def export_rows(rt: Runtime, task_id: int) -> Iterator[dict[str, Any]]:
+    with rt.session() as s:
+        get_task_row(s, task_id)
+    last = 0
+    while True:
+        with rt.session() as s:
+            page = s.execute(
+                select(Item.id, Item.external_id, Item.data, Item.status)
+                .where(Item.task_id == task_id, Item.id > last)
+                .order_by(Item.id)
+                .limit(PAGE)
+            ).all()
+        if not page:
+            return
+        last = page[-1].id
+        current = _current(rt, task_id, [r.id for r in page])
+        for r in page:
+            a = current.get(r.id)
+            yield {
+                "item_id": r.id,
+                "external_id": r.external_id,
+                "data": r.data,
+                "status": r.status,
+                "labels": None if a is None else a.labels,
+                "source": None if a is None else a.source,
+                "annotator": None if a is None else a.annotator,
+                "model_version": None if a is None else a.model_version,
+                "score": None if a is None else a.score,
+                "revision": None if a is None else a.id,
+            }
+
+
+def export(rt: Runtime, task_id: int, fmt: str) -> Iterator[str]:
+    """Lines of the export; the task is checked before the first line is produced."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    rows = export_rows(rt, task_id)
+    first = next(rows, None)
+
+    def lines() -> Iterator[str]:
+        if fmt == "jsonl":
+            if first is not None:
+                yield json.dumps(first) + "\n"
+            for row in rows:
+                yield json.dumps(row) + "\n"
+            return
+        fields = [
+            "item_id",
+            "external_id",
+            "data",
+            "status",
+            "labels",
+            "source",
+            "annotator",
+            "model_version",
+            "score",
+            "revision",
+        ]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        for row in [first] if first is not None else []:
+            writer.writerow({**row, "labels": "|".join(row["labels"] or [])})
+        for row in rows:
+            writer.writerow({**row, "labels": "|".join(row["labels"] or [])})
+            if buf.tell() > 64_000:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+        yield buf.getvalue()
+
+    return lines()

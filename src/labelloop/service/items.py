@@ -1,0 +1,114 @@
+"""Adding items to a task and reading one back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from labelloop.errors import InvalidInput, NotFound
+from labelloop.fetch import text_content
+from labelloop.loop.features import is_text
+from labelloop.loop.scheduling import featurize_jobs
+from labelloop.runtime import Runtime
+from labelloop.service.common import enqueue, get_task_row
+from labelloop.store.models import Annotation, Item, Job, Prediction
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(
+        min_length=1, max_length=1_000_000, description="a data link or, for text tasks, the text"
+    )
+    external_id: str | None = Field(default=None, min_length=1, max_length=512)
+
+
+def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
+    """Store items (idempotent by ``external_id``) and queue their featurization."""
+    if len(items) > rt.settings.max_items_per_request:
+        raise InvalidInput(f"at most {rt.settings.max_items_per_request} items per request")
+    ext = [i.external_id for i in items if i.external_id is not None]
+    if len(set(ext)) != len(ext):
+        raise InvalidInput("external_id repeats within the request")
+    jobs: list[Job] = []
+    with rt.session() as s:
+        task = get_task_row(s, task_id)
+        text = is_text(task.category)
+        known: dict[str | None, int] = {}
+        if ext:
+            for chunk_start in range(0, len(ext), 500):
+                chunk = ext[chunk_start : chunk_start + 500]
+                known.update(
+                    s.execute(
+                        select(Item.external_id, Item.id).where(
+                            Item.task_id == task_id, Item.external_id.in_(chunk)
+                        )
+                    ).all()
+                )
+        out: list[dict[str, Any]] = []
+        new: list[Item] = []
+        for spec in items:
+            if spec.external_id is not None and spec.external_id in known:
+                out.append(
+                    {
+                        "id": known[spec.external_id],
+                        "external_id": spec.external_id,
+                        "created": False,
+                    }
+                )
+                continue
+            item = Item(task_id=task_id, external_id=spec.external_id, data=spec.data)
+            if text:
+                item.content_hash = text_content(spec.data).content_hash
+                item.status = "ready"
+            new.append(item)
+        s.add_all(new)
+        s.flush()
+        out = out + [{"id": i.id, "external_id": i.external_id, "created": True} for i in new]
+        pending = [i.id for i in new if i.status == "pending"]
+        if pending:
+            jobs = featurize_jobs(s, task_id, pending)
+    enqueue(rt, jobs)
+    return {"created": len(new), "existing": len(items) - len(new), "items": out}
+
+
+def get_item(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:
+    with rt.session() as s:
+        get_task_row(s, task_id)
+        item = s.get(Item, item_id)
+        if item is None or item.task_id != task_id:
+            raise NotFound(f"task {task_id} has no item {item_id}")
+        history = s.scalars(
+            select(Annotation).where(Annotation.item_id == item_id).order_by(Annotation.id)
+        ).all()
+        pred = s.get(Prediction, item_id)
+        human = [a for a in history if a.source == "human"]
+        model = [a for a in history if a.source == "model"]
+        current = human[-1] if human else (model[-1] if model else None)
+        return {
+            "id": item.id,
+            "external_id": item.external_id,
+            "data": item.data,
+            "status": item.status,
+            "error": item.error,
+            "labels": None if current is None else current.labels,
+            "label_source": None if current is None or current.labels is None else current.source,
+            "annotations": [
+                {
+                    "revision": a.id,
+                    "labels": a.labels,
+                    "source": a.source,
+                    "annotator": a.annotator,
+                    "model_version": a.model_version,
+                    "shown_version": a.shown_version,
+                    "edited": a.edited,
+                    "created_at": a.created_at.isoformat(),
+                }
+                for a in history
+            ],
+            "prediction": None
+            if pred is None
+            else {"model_version": pred.version, "labels": pred.labels, "score": pred.score},
+        }

@@ -1,0 +1,185 @@
+"""Submitting labels: validated, appended (never overwritten), measured against the pre-label shown."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select
+
+from labelloop.errors import InvalidInput, LabelloopError, NotFound
+from labelloop.loop.labels import same_labels
+from labelloop.loop.scheduling import lock_task, request_training
+from labelloop.loop.spec import TaskSpec
+from labelloop.runtime import Runtime
+from labelloop.service.common import enqueue, get_task_row
+from labelloop.store.models import Annotation, Item, Job, ModelVersion, Prediction
+
+
+class AnnotationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: int | None = None
+    external_id: str | None = None
+    labels: list[str] | None = Field(
+        description="the item's labels; null retracts the item's earlier label"
+    )
+    annotator: str | None = Field(default=None, max_length=200)
+    shown_version: int | None = Field(
+        default=None, description="the model version whose pre-label was shown (default: current)"
+    )
+    shown_none: bool = Field(
+        default=False, description="true when no pre-label was shown at all (labelled from scratch)"
+    )
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> AnnotationIn:
+        if (self.item_id is None) == (self.external_id is None):
+            raise ValueError("give exactly one of item_id and external_id")
+        return self
+
+
+def _validate_labels(spec: TaskSpec, labels: list[str] | None, where: str) -> None:
+    if labels is None:
+        return
+    unknown = [label for label in labels if label not in spec.labels]
+    if unknown:
+        raise InvalidInput(
+            f"{where}: unknown label(s) {unknown}; the task's labels are {list(spec.labels)}"
+        )
+    if len(set(labels)) != len(labels):
+        raise InvalidInput(f"{where}: a label repeats")
+    if not spec.multi_label and len(labels) != 1:
+        raise InvalidInput(f"{where}: a multi-class task takes exactly one label per item")
+
+
+def _shown(rt: Runtime, spec: TaskSpec, wanted: dict[int, int]) -> dict[int, list[str] | None]:
+    """The pre-label each item showed: item id -> labels of ``wanted[item]`` version."""
+    out: dict[int, list[str] | None] = {}
+    if not wanted:
+        return out
+    with rt.session() as s:
+        stored = {
+            p.item_id: p
+            for p in s.scalars(select(Prediction).where(Prediction.item_id.in_(list(wanted))))
+        }
+        versions = set(
+            s.scalars(
+                select(ModelVersion.version).where(
+                    ModelVersion.task_id == spec.id, ModelVersion.status == "ready"
+                )
+            )
+        )
+    todo: dict[int, list[int]] = defaultdict(list)
+    for item_id, version in wanted.items():
+        p = stored.get(item_id)
+        if p is not None and p.version == version:
+            out[item_id] = list(p.labels)
+        elif version not in versions:
+            raise InvalidInput(f"shown_version {version} is not a trained version of this task")
+        else:
+            todo[version].append(item_id)
+    for version, ids in todo.items():
+        try:
+            got = rt.jobs.predict_items(spec, version, ids)
+        except LabelloopError:
+            got = None
+        if got is not None:
+            for row in got.rows:
+                out[int(row["item_id"])] = list(row["labels"])  # type: ignore[call-overload]
+    return out
+
+
+def submit(rt: Runtime, task_id: int, annotations: list[AnnotationIn]) -> dict[str, Any]:
+    """Append annotations (all or none) and let the policy decide whether to train."""
+    if not annotations:
+        raise InvalidInput("no annotations")
+    if len(annotations) > rt.settings.max_items_per_request:
+        raise InvalidInput(f"at most {rt.settings.max_items_per_request} annotations per request")
+    with rt.session() as s:
+        spec = TaskSpec.of(get_task_row(s, task_id))
+        by_ext: dict[str | None, int] = {}
+        ext = [a.external_id for a in annotations if a.external_id is not None]
+        if ext:
+            by_ext = dict(
+                s.execute(
+                    select(Item.external_id, Item.id).where(
+                        Item.task_id == task_id, Item.external_id.in_(ext)
+                    )
+                ).all()
+            )
+        ids = [a.item_id for a in annotations if a.item_id is not None]
+        owned = set(s.scalars(select(Item.id).where(Item.task_id == task_id, Item.id.in_(ids))))
+    resolved: list[int] = []
+    for n, a in enumerate(annotations):
+        where = f"annotation {n}"
+        if a.item_id is not None:
+            if a.item_id not in owned:
+                raise NotFound(f"{where}: task {task_id} has no item {a.item_id}")
+            resolved.append(a.item_id)
+        else:
+            assert a.external_id is not None
+            if a.external_id not in by_ext:
+                raise NotFound(
+                    f"{where}: task {task_id} has no item with external_id {a.external_id!r}"
+                )
+            resolved.append(by_ext[a.external_id])
+        _validate_labels(spec, a.labels, where)
+
+    shown_version: dict[int, int | None] = {}
+    for item_id, a in zip(resolved, annotations, strict=True):
+        if a.shown_none:
+            shown_version[item_id] = None
+        elif a.shown_version is not None:
+            shown_version[item_id] = a.shown_version
+        else:
+            shown_version[item_id] = spec.served_version
+    shown = _shown(rt, spec, {i: v for i, v in shown_version.items() if v is not None})
+
+    jobs: list[Job] = []
+    with rt.session() as s:
+        task = lock_task(s, task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}")
+        rows = []
+        for item_id, a in zip(resolved, annotations, strict=True):
+            version = shown_version[item_id]
+            shown_labels = shown.get(item_id) if version is not None else None
+            if version is not None and shown_labels is None:
+                version = None  # that version could not answer for this item: nothing was shown
+            row = Annotation(
+                task_id=task_id,
+                item_id=item_id,
+                labels=a.labels,
+                source="human",
+                annotator=a.annotator,
+                shown_version=version,
+                shown_labels=shown_labels,
+                edited=None if a.labels is None else not same_labels(a.labels, shown_labels),
+            )
+            rows.append(row)
+        s.add_all(rows)
+        s.flush()
+        job = request_training(s, task)
+        if job is not None:
+            jobs.append(job)
+        revision = rows[-1].id
+        pending = task.train_pending
+        out = {
+            "annotations": [
+                {
+                    "revision": r.id,
+                    "item_id": r.item_id,
+                    "edited": r.edited,
+                    "shown_version": r.shown_version,
+                }
+                for r in rows
+            ],
+            "revision": revision,
+            "training_triggered": bool(jobs),
+            "training_job": jobs[0].id if jobs else None,
+            "training_pending": pending,
+        }
+    enqueue(rt, jobs)
+    return out

@@ -1,0 +1,178 @@
+"""The store's tables.
+
+Annotations are append-only: a correction, a retraction or a model label is a new row, and the
+row id is the task's label *revision*. A training job snapshots the labels at a revision, so what a
+model was trained on can always be reconstructed. Everything is keyed by task.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ACTIVE_JOB_STATES = ("queued", "running")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    # Never reuse the id of a deleted task: folders and caches are keyed by it.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str] = mapped_column(String(64))
+    extra: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[list[Any]] = mapped_column(JSON)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    served_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A training trigger that arrived while a job was active: exactly one more run follows it.
+    train_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Counts promotions (rollbacks included): keys the re-prediction jobs of each one.
+    promotions: Mapped[int] = mapped_column(Integer, default=0)
+    # Random per-task salt: stable hashes (held-out split, tie breaks) differ between tasks.
+    salt: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Item(Base):
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("task_id", "external_id", name="uq_items_task_external"),
+        Index("ix_items_task_status", "task_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    data: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|ready|failed
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Annotation(Base):
+    """One submitted label set for one item. Never updated, never deleted (except with its task)."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (Index("ix_annotations_task_item", "task_id", "item_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    # None means the earlier label of this item was retracted (e.g. deleted in Label Studio).
+    labels: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    source: Mapped[str] = mapped_column(String(16), default="human")  # human|model
+    annotator: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    shown_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    shown_labels: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # True when the label differs from the pre-label shown (or none was shown): the edit rate.
+    edited: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Prediction(Base):
+    """The current pre-label of an item, from one model version, with the scores behind it."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_task_uncertainty", "task_id", "uncertainty"),)
+
+    item_id: Mapped[int] = mapped_column(
+        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+    )
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[list[Any]] = mapped_column(JSON)
+    scores: Mapped[list[Any]] = mapped_column(JSON)
+    score: Mapped[float] = mapped_column(Float)
+    uncertainty: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelVersion(Base):
+    """A trained model: kept with its metrics whether or not it was promoted."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("task_id", "version", name="uq_model_versions_task_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    job_key: Mapped[str] = mapped_column(String(200), unique=True)
+    learner: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default="building")  # building|ready|failed
+    label_revision: Mapped[int] = mapped_column(Integer)
+    n_labels: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Job(Base):
+    """A unit of background work. Its key makes it idempotent; its state lives here, not in a queue."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # At most one queued-or-running training job per task, enforced by the database itself.
+        Index(
+            "uq_jobs_one_active_train",
+            "task_id",
+            unique=True,
+            sqlite_where=text("kind = 'train' AND state IN ('queued', 'running')"),
+            postgresql_where=text("kind = 'train' AND state IN ('queued', 'running')"),
+        ),
+        Index("ix_jobs_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # train|featurize|predict
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|done|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,100 @@
+"""Shared fixtures: settings on a temporary data root, the store on SQLite or PostgreSQL, a live app."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from labelloop.api.app import create_app
+from labelloop.config import Settings
+from labelloop.jobs.local import LocalJobs
+from labelloop.runtime import Runtime
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_admin_connect():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = f"labelloop_test_{uuid.uuid4().hex[:12]}"
+    with _pg_admin_connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with _pg_admin_connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """Each test that takes this runs once on SQLite (the default) and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def image_root(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None, image_root: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data", database_url=database_url, import_roots=[image_root]
+    )
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    runtime = Runtime(settings, migrate_schema=True)
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def app_client(rt: Runtime) -> Iterator[TestClient]:
+    """The whole app over HTTP, with jobs on a thread pool (fast and deterministic for tests)."""
+    rt.attach_jobs(LocalJobs(rt, workers=2, threads=True))
+    with TestClient(create_app(rt)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images, d.target
+
+
+@pytest.fixture
+def digit_files(image_root: Path, digits: tuple[np.ndarray, np.ndarray]) -> list[tuple[str, str]]:
+    """The first 300 digits as PNG files below the import root: (path, true label)."""
+    from labelloop.demo import write_digits
+
+    return [(str(p), label) for p, label in write_digits(image_root, limit=300)]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, poll: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(poll)

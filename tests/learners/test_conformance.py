@@ -1,0 +1,108 @@
+"""One conformance test that every registered learner passes, for every category and extra it serves:
+the constructor only stores parameters, fit returns self, scores have the task's shape, and
+fit -> predict -> save -> load -> predict gives identical output."""
+
+from __future__ import annotations
+
+import inspect
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labelloop.learners import REGISTRY, Features, Learner
+from labelloop.loop.labels import indicator
+
+CASES = [
+    (category, extra, cls)
+    for (category, extra), classes in REGISTRY.items()
+    for cls in classes
+]
+
+VOCAB = {
+    "sport": ["match", "goal", "team", "striker", "coach", "league"],
+    "food": ["recipe", "soup", "bread", "pasta", "chef", "oven"],
+    "tech": ["phone", "software", "laptop", "server", "code", "chip"],
+}
+TEXTS = {
+    name: [f"news about the {w[i % 6]} and the {w[(i + 2) % 6]} today" for i in range(8)]
+    for name, w in VOCAB.items()
+}
+
+
+def raw_items(category: str, digits: tuple[np.ndarray, np.ndarray]) -> tuple[list[bytes], list[list[str]]]:
+    if category == "image-classification":
+        images, target = digits
+        raws, labels = [], []
+        for k in range(3):
+            for image in images[target == k][:8]:
+                buf = io.BytesIO()
+                Image.fromarray((image * 15).astype(np.uint8), mode="L").save(buf, format="PNG")
+                raws.append(buf.getvalue())
+                labels.append(str(k))
+        return raws, labels_as_sets(labels)
+    raws, labels = [], []
+    for name, texts in TEXTS.items():
+        for t in texts:
+            raws.append(t.encode())
+            labels.append(name)
+    return raws, labels_as_sets(labels)
+
+
+def labels_as_sets(labels: list[str]) -> list[list[str]]:
+    return [[label] for label in labels]
+
+
+def featurize(learner: Learner, raws: list[bytes]) -> Features:
+    return Features({f.view: f.transform(raws) for f in learner.featurizers()})
+
+
+@pytest.mark.parametrize(("category", "extra", "cls"), CASES, ids=lambda x: getattr(x, "name", x))
+def test_learner_conformance(
+    category: str, extra: str, cls: type[Learner], tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    raws, label_sets = raw_items(category, digits)
+    names = sorted({label for ls in label_sets for label in ls}) + ["never-seen"]
+    if extra == "multi-label":
+        # Give every item a second label on a pattern, so labels co-occur.
+        label_sets = [ls + (["never-seen"] if i % 3 == 0 else []) for i, ls in enumerate(label_sets)]
+    multi = extra == "multi-label"
+
+    # The constructor stores parameters and nothing else.
+    learner = cls(names, multi_label=multi, alpha_param_for_test=1)
+    assert learner.params == {"alpha_param_for_test": 1}
+    assert not [a for a in vars(learner) if a.endswith("_")]
+    assert "fit" not in inspect.getsource(cls.__init__) if "__init__" in vars(cls) else True
+    learner = cls(names, multi_label=multi)
+
+    X = featurize(learner, raws)
+    Y = indicator(label_sets, names)
+    train = np.arange(len(raws)) % 4 != 0
+    test = ~train
+    fitted = learner.fit(X.take(np.flatnonzero(train)), Y[train], pool=X)
+    assert fitted is learner
+
+    scores = learner.predict_proba(X.take(np.flatnonzero(test)))
+    assert scores.shape == (int(test.sum()), len(names))
+    assert np.all(np.isfinite(scores)) and scores.min() >= 0.0 and scores.max() <= 1.0
+    if not multi:
+        np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-6)
+        assert scores[:, names.index("never-seen")].max() < 0.5
+        accuracy = (scores.argmax(1) == Y[test].argmax(1)).mean()
+        assert accuracy >= 0.5, f"{cls.name} learns nothing on an easy problem ({accuracy:.2f})"
+
+    learner.save(tmp_path / "model")
+    loaded = cls.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.predict_proba(X.take(np.flatnonzero(test))), scores)
+
+    # Refitting a clone on the same data gives the same model (training is deterministic).
+    again = learner.clone().fit(X.take(np.flatnonzero(train)), Y[train], pool=X)
+    np.testing.assert_allclose(again.predict_proba(X.take(np.flatnonzero(test))), scores, atol=1e-9)
+
+
+def test_every_category_and_extra_has_a_learner() -> None:
+    for category in ("image-classification", "text-classification"):
+        for extra in ("multi-class", "multi-label"):
+            assert REGISTRY[(category, extra)], (category, extra)

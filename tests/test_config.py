@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labelloop.config import Settings, load_settings
+from labelloop.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_setup(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path)
+    assert s.jobs == "local"
+    assert s.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'labelloop.db'}"
+    assert s.allowed_roots == (tmp_path.resolve(),)
+
+
+def test_import_roots_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LABELLOOP_IMPORT_ROOTS", f"{tmp_path}/a:{tmp_path}/b")
+    monkeypatch.setenv("LABELLOOP_DATA_DIR", str(tmp_path / "data"))
+    s = load_settings()
+    assert s.allowed_roots == ((tmp_path / "data").resolve(), (tmp_path / "a").resolve(), (tmp_path / "b").resolve())
+
+
+def test_production_refuses_default_secrets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="LABELLOOP_CLUSTER_TOKEN"):
+        load_settings(environment="production", data_dir=tmp_path)
+    with pytest.raises(ConfigError, match="guest"):
+        load_settings(environment="production", cluster_token="s3cret-token-xyz", jobs="celery")
+    ok = load_settings(environment="production", cluster_token="s3cret-token-xyz", data_dir=tmp_path)
+    assert ok.environment == "production"
+
+
+def test_bad_values_are_reported_by_name() -> None:
+    with pytest.raises(ConfigError, match="local_workers"):
+        load_settings(local_workers=0)
+
+
+def test_secrets_do_not_show_in_repr() -> None:
+    s = Settings(cluster_token="very-secret-value", api_token="another-secret")
+    assert "very-secret-value" not in repr(s) and "another-secret" not in str(s.model_dump())
