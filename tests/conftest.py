@@ -22,7 +22,9 @@ PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 def _pg_admin_connect():  # type: ignore[no-untyped-def]
     import psycopg
 
-    return psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True)
+    return psycopg.connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True
+    )
 
 
 @pytest.fixture

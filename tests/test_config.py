@@ -19,7 +19,11 @@ def test_import_roots_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("LABELLOOP_IMPORT_ROOTS", f"{tmp_path}/a:{tmp_path}/b")
     monkeypatch.setenv("LABELLOOP_DATA_DIR", str(tmp_path / "data"))
     s = load_settings()
-    assert s.allowed_roots == ((tmp_path / "data").resolve(), (tmp_path / "a").resolve(), (tmp_path / "b").resolve())
+    assert s.allowed_roots == (
+        (tmp_path / "data").resolve(),
+        (tmp_path / "a").resolve(),
+        (tmp_path / "b").resolve(),
+    )
 
 
 def test_production_refuses_default_secrets(tmp_path: Path) -> None:
@@ -27,7 +31,9 @@ def test_production_refuses_default_secrets(tmp_path: Path) -> None:
         load_settings(environment="production", data_dir=tmp_path)
     with pytest.raises(ConfigError, match="guest"):
         load_settings(environment="production", cluster_token="s3cret-token-xyz", jobs="celery")
-    ok = load_settings(environment="production", cluster_token="s3cret-token-xyz", data_dir=tmp_path)
+    ok = load_settings(
+        environment="production", cluster_token="s3cret-token-xyz", data_dir=tmp_path
+    )
     assert ok.environment == "production"
 
 

@@ -13,7 +13,7 @@ from labelloop.fetch import read_link, text_content
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path == "/img.png":
             body, ctype = b"\x89PNG fake", "image/png"
         elif self.path == "/page":
@@ -46,7 +46,9 @@ def server() -> Iterator[str]:
 @pytest.fixture
 def cfg(tmp_path: Path) -> Settings:
     (tmp_path / "ok").mkdir()
-    return Settings(data_dir=tmp_path / "data", import_roots=[tmp_path / "ok"], fetch_max_bytes=1000)
+    return Settings(
+        data_dir=tmp_path / "data", import_roots=[tmp_path / "ok"], fetch_max_bytes=1000
+    )
 
 
 def test_local_paths_only_below_import_roots(cfg: Settings, tmp_path: Path) -> None:

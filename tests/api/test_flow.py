@@ -13,7 +13,11 @@ LABELS = [str(d) for d in range(10)]
 
 
 def make_task(client: TestClient, **policy: object) -> int:
-    body: dict[str, object] = {"name": "digits", "category": "image-classification", "labels": LABELS}
+    body: dict[str, object] = {
+        "name": "digits",
+        "category": "image-classification",
+        "labels": LABELS,
+    }
     if policy:
         body["policy"] = policy
     r = client.post("/api/v1/tasks", json=body)
@@ -41,21 +45,35 @@ def test_whole_loop(app_client: TestClient, digit_files: list[tuple[str, str]]) 
 
     r = c.post(
         f"/api/v1/tasks/{task_id}/items",
-        json={"items": [{"data": p, "external_id": f"e{i}"} for i, (p, _) in enumerate(digit_files)]},
+        json={
+            "items": [{"data": p, "external_id": f"e{i}"} for i, (p, _) in enumerate(digit_files)]
+        },
     )
     assert r.status_code == 201 and r.json()["created"] == len(digit_files)
     items = r.json()["items"]
     truth = {it["id"]: digit_files[i][1] for i, it in enumerate(items)}
 
     # Re-adding the same external ids adds nothing.
-    again = c.post(f"/api/v1/tasks/{task_id}/items", json={"items": [{"data": digit_files[0][0], "external_id": "e0"}]})
-    assert again.json() == {"created": 0, "existing": 1, "items": [{"id": items[0]["id"], "external_id": "e0", "created": False}]}
+    again = c.post(
+        f"/api/v1/tasks/{task_id}/items",
+        json={"items": [{"data": digit_files[0][0], "external_id": "e0"}]},
+    )
+    assert again.json() == {
+        "created": 0,
+        "existing": 1,
+        "items": [{"id": items[0]["id"], "external_id": "e0", "created": False}],
+    }
 
     # Before the first model: an explicit "no model yet", not an error.
     first = items[0]["id"]
     pred = c.get(f"/api/v1/tasks/{task_id}/predictions", params={"item_id": first}).json()
     assert pred["status"] == "no_model" and pred["model_version"] is None
-    assert c.post(f"/api/v1/tasks/{task_id}/predict", json={"items": [{"data": digit_files[0][0]}]}).json()["status"] == "no_model"
+    assert (
+        c.post(
+            f"/api/v1/tasks/{task_id}/predict", json={"items": [{"data": digit_files[0][0]}]}
+        ).json()["status"]
+        == "no_model"
+    )
 
     # Label a class-balanced first batch: the 10th label starts the first training job.
     by_class: dict[str, int] = {}
@@ -124,7 +142,10 @@ def test_whole_loop(app_client: TestClient, digit_files: list[tuple[str, str]]) 
     label(c, task_id, item, wrong)
     wait_until(lambda: training_done(c, task_id))
     history = c.get(f"/api/v1/tasks/{task_id}/items/{item}").json()
-    assert [a["labels"] for a in history["annotations"] if a["source"] == "human"] == [[truth[item]], [wrong]]
+    assert [a["labels"] for a in history["annotations"] if a["source"] == "human"] == [
+        [truth[item]],
+        [wrong],
+    ]
     assert history["labels"] == [wrong]
 
     # Export: every item, labelled ones with source and annotator.
@@ -132,13 +153,17 @@ def test_whole_loop(app_client: TestClient, digit_files: list[tuple[str, str]]) 
     rows = [json.loads(line) for line in lines]
     assert len(rows) == len(items)
     labelled = [r for r in rows if r["labels"] is not None]
-    assert len(labelled) == 70 and all(r["source"] == "human" and r["annotator"] == "ann" for r in labelled)
+    assert len(labelled) == 70 and all(
+        r["source"] == "human" and r["annotator"] == "ann" for r in labelled
+    )
     csv_text = c.get(f"/api/v1/tasks/{task_id}/export", params={"format": "csv"}).text
     assert csv_text.splitlines()[0].startswith("item_id,external_id,data")
     assert len(csv_text.splitlines()) == len(items) + 1
 
 
-def test_shown_version_measures_edits(app_client: TestClient, digit_files: list[tuple[str, str]]) -> None:
+def test_shown_version_measures_edits(
+    app_client: TestClient, digit_files: list[tuple[str, str]]
+) -> None:
     c = app_client
     task_id = make_task(c, min_labels=10)
     items = c.post(
@@ -153,10 +178,16 @@ def test_shown_version_measures_edits(app_client: TestClient, digit_files: list[
     other = next(lbl for lbl in LABELS if lbl not in shown["labels"])
     r = c.post(
         f"/api/v1/tasks/{task_id}/annotations",
-        json={"annotations": [
-            {"item_id": target, "labels": shown["labels"], "shown_version": shown["model_version"]},
-            {"item_id": items[36]["id"], "labels": [other], "shown_none": True},
-        ]},
+        json={
+            "annotations": [
+                {
+                    "item_id": target,
+                    "labels": shown["labels"],
+                    "shown_version": shown["model_version"],
+                },
+                {"item_id": items[36]["id"], "labels": [other], "shown_none": True},
+            ]
+        },
     )
     out = r.json()["annotations"]
     assert out[0]["edited"] is False and out[0]["shown_version"] == shown["model_version"]

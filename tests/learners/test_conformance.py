@@ -16,9 +16,7 @@ from labelloop.learners import REGISTRY, Features, Learner
 from labelloop.loop.labels import indicator
 
 CASES = [
-    (category, extra, cls)
-    for (category, extra), classes in REGISTRY.items()
-    for cls in classes
+    (category, extra, cls) for (category, extra), classes in REGISTRY.items() for cls in classes
 ]
 
 VOCAB = {
@@ -32,7 +30,9 @@ TEXTS = {
 }
 
 
-def raw_items(category: str, digits: tuple[np.ndarray, np.ndarray]) -> tuple[list[bytes], list[list[str]]]:
+def raw_items(
+    category: str, digits: tuple[np.ndarray, np.ndarray]
+) -> tuple[list[bytes], list[list[str]]]:
     if category == "image-classification":
         images, target = digits
         raws, labels = [], []
@@ -61,13 +61,19 @@ def featurize(learner: Learner, raws: list[bytes]) -> Features:
 
 @pytest.mark.parametrize(("category", "extra", "cls"), CASES, ids=lambda x: getattr(x, "name", x))
 def test_learner_conformance(
-    category: str, extra: str, cls: type[Learner], tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]
+    category: str,
+    extra: str,
+    cls: type[Learner],
+    tmp_path: Path,
+    digits: tuple[np.ndarray, np.ndarray],
 ) -> None:
     raws, label_sets = raw_items(category, digits)
-    names = sorted({label for ls in label_sets for label in ls}) + ["never-seen"]
+    names = [*sorted({label for ls in label_sets for label in ls}), "never-seen"]
     if extra == "multi-label":
         # Give every item a second label on a pattern, so labels co-occur.
-        label_sets = [ls + (["never-seen"] if i % 3 == 0 else []) for i, ls in enumerate(label_sets)]
+        label_sets = [
+            ls + (["never-seen"] if i % 3 == 0 else []) for i, ls in enumerate(label_sets)
+        ]
     multi = extra == "multi-label"
 
     # The constructor stores parameters and nothing else.
