@@ -110,7 +110,9 @@ def _require(rt: Runtime, task_id: int, text: bool) -> None:
 
 def _external_id(prefix: str, value: str) -> str:
     ext = f"{prefix}{value}"
-    return ext if len(ext) <= 512 else f"{prefix}sha256:{hashlib.sha256(value.encode()).hexdigest()}"
+    return (
+        ext if len(ext) <= 512 else f"{prefix}sha256:{hashlib.sha256(value.encode()).hexdigest()}"
+    )
 
 
 def import_folder(rt: Runtime, task_id: int, path: str, recursive: bool = False) -> dict[str, Any]:

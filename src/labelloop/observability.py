@@ -33,13 +33,19 @@ class StoreCollector(Collector):
         self.rt = rt
 
     def collect(self) -> Iterator[Metric]:
-        jobs = GaugeMetricFamily("labelloop_jobs", "Jobs in the store by kind and state", labels=["kind", "state"])
-        queue = GaugeMetricFamily("labelloop_queue_depth", "Jobs waiting to run, by kind", labels=["kind"])
+        jobs = GaugeMetricFamily(
+            "labelloop_jobs", "Jobs in the store by kind and state", labels=["kind", "state"]
+        )
+        queue = GaugeMetricFamily(
+            "labelloop_queue_depth", "Jobs waiting to run, by kind", labels=["kind"]
+        )
         train_time = CounterMetricFamily(
             "labelloop_training_seconds", "Time spent training model versions", labels=["task"]
         )
         last_train = GaugeMetricFamily(
-            "labelloop_last_training_seconds", "Training time of the newest version", labels=["task"]
+            "labelloop_last_training_seconds",
+            "Training time of the newest version",
+            labels=["task"],
         )
         versions = CounterMetricFamily(
             "labelloop_model_versions", "Model versions trained", labels=["task"]
@@ -59,7 +65,9 @@ class StoreCollector(Collector):
             labels=["task"],
         )
         submitted = CounterMetricFamily(
-            "labelloop_labels_submitted", "Human labels submitted (edit rate denominator)", labels=["task"]
+            "labelloop_labels_submitted",
+            "Human labels submitted (edit rate denominator)",
+            labels=["task"],
         )
         items = GaugeMetricFamily("labelloop_items", "Items by status", labels=["task", "status"])
         with self.rt.session() as s:
@@ -122,15 +130,15 @@ class StoreCollector(Collector):
         yield from (jobs, queue, train_time, last_train, versions, promoted, promotions, served)
         yield from (edit_rate, submitted, items)
         if self.rt.has_jobs:
-            status = self.rt.jobs.status()
-            depth = status.get("queued")
+            backend_status = self.rt.jobs.status()
+            depth = backend_status.get("queued")
             if isinstance(depth, int):
                 backend = GaugeMetricFamily(
                     "labelloop_backend_queue_depth",
                     "Jobs handed to the job backend and not yet running",
                     labels=["backend"],
                 )
-                backend.add_metric([str(status.get("backend"))], depth)
+                backend.add_metric([str(backend_status.get("backend"))], depth)
                 yield backend
 
 

@@ -1,21 +1,13 @@
-"""A live labelloop server on a free port and headless Debian Chromium driven by Playwright."""
+"""Headless Debian Chromium driven by Playwright (the live server is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-
-from labelloop.api.app import create_app
-from labelloop.demo import free_port
-from labelloop.jobs.local import LocalJobs
-from labelloop.runtime import Runtime
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -29,26 +21,6 @@ FLAGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-@pytest.fixture
-def live_url(rt: Runtime) -> Iterator[str]:
-    """The whole app served by uvicorn in a thread (jobs on threads), as ``labelloop serve`` does."""
-    rt.attach_jobs(LocalJobs(rt, workers=2, threads=True))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=20)
 
 
 @pytest.fixture

@@ -167,9 +167,7 @@ def ingest(rt: Runtime, link: Link, ls_tasks: list[dict[str, Any]]) -> dict[int,
     if not specs:
         return {}
     added = item_service.add_items(rt, link.task_id, specs)
-    return {
-        int(it["external_id"][len(EXTERNAL_PREFIX) :]): int(it["id"]) for it in added["items"]
-    }
+    return {int(it["external_id"][len(EXTERNAL_PREFIX) :]): int(it["id"]) for it in added["items"]}
 
 
 def _result(link: Link, labels: list[str], score: float | None) -> list[dict[str, Any]]:
@@ -204,7 +202,7 @@ def predict(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
     preds = current_predictions(rt, spec, list(ids.values())) if name is not None else {}
     results: list[Any] = []
     for t in ls_tasks:
-        p = preds.get(ids.get(t.get("id"), -1))  # type: ignore[arg-type]
+        p = preds.get(ids.get(t.get("id"), -1))
         if p is None or p.get("status") != "ok":
             results.append([])
             continue
@@ -257,9 +255,7 @@ def _annotations(
 ) -> dict[str, Any]:
     """Append the labels of (annotation, Label Studio task) pairs; returns what submit answered."""
     ids = ingest(rt, link, [t for _, t in pairs])
-    known = _mapped_items(
-        rt, link, [a["id"] for a, _ in pairs if isinstance(a.get("id"), int)]
-    )
+    known = _mapped_items(rt, link, [a["id"] for a, _ in pairs if isinstance(a.get("id"), int)])
     todo: list[labelling.AnnotationIn] = []
     maps: list[tuple[int, int, bool]] = []
     ignored = 0
@@ -274,9 +270,7 @@ def _annotations(
             ignored += 1  # skipped, or empty, and never labelled before: nothing to record
             continue
         todo.append(
-            labelling.AnnotationIn(
-                item_id=item_id, labels=labels, annotator=_annotator(annotation)
-            )
+            labelling.AnnotationIn(item_id=item_id, labels=labels, annotator=_annotator(annotation))
         )
         maps.append((ann_id, item_id, labels is None))
     if not todo:
@@ -289,7 +283,9 @@ def _annotations(
                 if row is not None:
                     s.delete(row)
             elif row is None:
-                s.add(LabelStudioAnnotation(project_id=link.id, annotation_id=ann_id, item_id=item_id))
+                s.add(
+                    LabelStudioAnnotation(project_id=link.id, annotation_id=ann_id, item_id=item_id)
+                )
     return {
         "status": "ok",
         "n": len(todo),

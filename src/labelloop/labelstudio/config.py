@@ -69,8 +69,7 @@ def parse_label_config(xml: str) -> LabelConfig:
         found = ", ".join(f"<{t}>" for t in sorted({el.tag for el in controls})) or "no control tag"
         raise NotSupported(
             f"this labelling config is not supported yet: labelloop serves {SUPPORTED}; "
-            f"it has {found}"
-            + (f" ({len(choices)} <Choices>)" if len(choices) > 1 else "")
+            f"it has {found}" + (f" ({len(choices)} <Choices>)" if len(choices) > 1 else "")
         )
     ctrl = choices[0]
     from_name = ctrl.get("name") or ""
@@ -78,7 +77,9 @@ def parse_label_config(xml: str) -> LabelConfig:
     if not from_name:
         raise InvalidInput("the <Choices> tag has no name")
     if "," in to_name:
-        raise NotSupported("this labelling config is not supported yet: <Choices> on several objects")
+        raise NotSupported(
+            "this labelling config is not supported yet: <Choices> on several objects"
+        )
     objects = {el.get("name"): el for el in root.iter() if el.get("name") and el is not ctrl}
     target = objects.get(to_name)
     if target is None:
@@ -103,10 +104,7 @@ def parse_label_config(xml: str) -> LabelConfig:
             "this labelling config is not supported yet: choices taken from task data "
             "(<Choices value='$...'>)"
         )
-    labels = [
-        (c.get("alias") or c.get("value") or "").strip()
-        for c in ctrl.iter("Choice")
-    ]
+    labels = [(c.get("alias") or c.get("value") or "").strip() for c in ctrl.iter("Choice")]
     if any(not label for label in labels):
         raise InvalidInput("a <Choice> has no value")
     if len(set(labels)) != len(labels):

@@ -47,9 +47,7 @@ def import_csv(
 
 
 @router.post("/tasks/{task_id}/uploads", status_code=201)
-def upload(
-    task_id: int, rt: Rt, files: Annotated[list[UploadFile], File()]
-) -> dict[str, Any]:
+def upload(task_id: int, rt: Rt, files: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
     """Uploaded images are stored in the task's folder and added as items."""
     got = [imports.Upload(f.filename or "upload", f.file.read()) for f in files]
     return imports.save_uploads(rt, task_id, got)
