@@ -67,6 +67,12 @@ def settings(tmp_path: Path, database_url: str | None, image_root: Path) -> Sett
 
 
 @pytest.fixture
+def rt_data(settings: Settings) -> Path:
+    """The data root of the test runtime."""
+    return settings.resolved_data_dir
+
+
+@pytest.fixture
 def rt(settings: Settings) -> Iterator[Runtime]:
     runtime = Runtime(settings, migrate_schema=True)
     yield runtime
