@@ -124,3 +124,43 @@ def test_labelling_by_keyboard_until_the_model_takes_over(
             human = [a for a in ll.get_item(task_id, item)["annotations"] if a["source"] == "human"]
             assert human[-1]["edited"] is False and human[-1]["shown_version"] is not None
         assert ll.metrics(task_id)["edit_rate"]["submitted"] == labelled + 5
+
+
+def test_a_newcomer_creates_tasks_from_a_folder_and_from_a_csv(
+    live_url: str, page: Any, digit_files: list[tuple[str, str]], image_root: Any, tmp_path: Any
+) -> None:
+    page.goto(f"{live_url}/")
+    page.wait_for_selector("text=No task yet.")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-empty.png"))
+
+    # Images from a folder on the server, picked in the folder browser.
+    page.click("[data-testid=new-task]")
+    page.fill("input[name=name]", "digits from a folder")
+    page.fill("textarea[name=labels]", ", ".join(LABELS))
+    page.click(f"[data-testid=folder]:has-text('{image_root.name}')")
+    page.wait_for_selector(f"#folder-info:has-text('{len(digit_files)} images here')")
+    page.screenshot(path=str(ARTIFACTS / "new-task.png"))
+    page.click("[data-testid=create-submit]")
+    page.wait_for_selector("[data-testid=task-name]:has-text('digits from a folder')")
+    page.wait_for_selector(f"[data-testid=count-unlabelled]:text-is('{len(digit_files)}')")
+
+    # Texts from an uploaded CSV; then one is labelled on the labelling page.
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("id,text\nr1,I loved every minute\nr2,Dull and far too long\n")
+    page.click("[data-testid=new-task]")
+    page.fill("input[name=name]", "reviews")
+    page.select_option("select[name=kind]", "text")
+    page.fill("textarea[name=labels]", "positive\nnegative")
+    page.set_input_files("input[name=csv]", str(csv))
+    page.click("[data-testid=create-submit]")
+    page.wait_for_selector("[data-testid=task-name]:has-text('reviews')")
+    page.wait_for_selector("[data-testid=count-unlabelled]:text-is('2')")
+    page.click("[data-testid=label-link]")
+    page.wait_for_selector("[data-testid=item-text]")
+    text = page.text_content("[data-testid=item-text]")
+    assert text in ("I loved every minute", "Dull and far too long")
+    page.keyboard.press("1" if "loved" in text else "2")
+    page.wait_for_selector("[data-testid=item-text]:not(:text-is('" + text + "'))")
+    with Client(live_url) as ll:
+        reviews = next(t for t in ll.list_tasks() if t["name"] == "reviews")
+        wait_until(lambda: ll.get_task(reviews["id"])["counts"]["human_labelled"] == 1)

@@ -295,6 +295,7 @@ async function showFolder(path) {
     const rows = [];
     if (d.parent) rows.push(`<div data-path="${esc(d.parent)}">⬑ ..</div>`);
     for (const f of d.folders) rows.push(`<div data-path="${esc(f.path)}" data-testid="folder">📁 ${esc(f.name)} <span class="muted">(${f.images} images)</span></div>`);
+    if (d.path && !d.folders.length && !d.parent) rows.push('<div class="muted">(no sub-folders)</div>');
     if (!d.path && !d.folders.length) rows.push('<div class="muted">No import root: start the server with --import-root FOLDER, or upload files.</div>');
     box.innerHTML = rows.join("");
     for (const div of box.querySelectorAll("[data-path]")) div.onclick = () => showFolder(div.dataset.path);
