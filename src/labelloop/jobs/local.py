@@ -180,6 +180,13 @@ class LocalJobs(JobBackend):
     ) -> ItemPredictions:
         return prediction.predict_stored(self.rt, spec, version, item_ids)
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the worker processes (empty for threads)."""
+        pool = self._pool
+        if not isinstance(pool, ProcessPoolExecutor):
+            return []
+        return [p.pid for p in getattr(pool, "_processes", {}).values() if p.pid is not None]
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             inflight = sorted(self._inflight)
