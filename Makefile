@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip -q --disable-pip-version-check
 
-.PHONY: demo test lint typecheck unit install install-dev bench clean browser-deps e2e-labelstudio
+.PHONY: demo test lint typecheck unit install install-dev bench clean browser-deps e2e-labelstudio screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ browser-deps:
 # Label Studio is opt-in: it lives in its own venv and only `make e2e-labelstudio` uses it.
 unit: $(VENV)/.dev browser-deps
 	$(BIN)/pytest -m "not labelstudio"
+
+# The README's images: the browser tests' screenshots, shrunk into docs/img.
+screenshots: $(VENV)/.dev browser-deps
+	$(BIN)/pytest -m browser -k sqlite tests/web
+	$(BIN)/python -m tests.web.shrink
 
 LS_VENV := .venv-ls
 $(LS_VENV)/bin/label-studio:

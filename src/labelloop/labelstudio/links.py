@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlparse
 
 from labelloop.config import Settings
 from labelloop.datastore import write_bytes_atomic
-from labelloop.errors import InvalidInput
+from labelloop.errors import FetchError, InvalidInput
 
 #: Path prefixes under which Label Studio serves media (uploads, local files, presigned storage).
 HOSTED_PREFIXES = ("/data/", "/tasks/", "/storage-data/")
@@ -107,9 +107,10 @@ def hosted_request(link: str, settings: Settings) -> tuple[str, dict[str, str]] 
     if default is not None and settings.labelstudio_token is not None:
         known.setdefault(default, settings.labelstudio_token.get_secret_value())
     if is_hosted(link):
+        local = Path(link.split("?", 1)[0])
+        if any(local.resolve().is_relative_to(root) for root in settings.allowed_roots):
+            return None  # a file below an import root that happens to live in /data/...
         if default is None:
-            from labelloop.errors import FetchError
-
             raise FetchError(
                 f"{link!r} is a Label Studio media link, but labelloop does not know where that "
                 "Label Studio runs: connect the project to labelloop (its /setup sends the URL) "
