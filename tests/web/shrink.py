@@ -22,7 +22,7 @@ def main(width: int = 900) -> None:
             img = img.convert("RGB")
             if img.width > width:
                 img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
-            img.quantize(colors=96, method=Image.Quantize.MEDIANCUT).save(
+            img.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(
                 out / f"{name}.png", optimize=True
             )
         print(f"{out / name}.png: {(out / f'{name}.png').stat().st_size // 1024} KiB")

@@ -163,10 +163,8 @@ async function renderDetail() {
     </div>
     <div class="card"><h2>Learning curves</h2>${charts(task, metrics)}</div>
     <div class="card"><h2>Model versions</h2>${versionsTable(task, versions)}</div>
-    <div class="grid2">
-      <div class="card"><h2>Jobs</h2>${jobsTable(jobs)}</div>
-      <div class="card"><h2>Suspicious labels</h2>${suspectsBlock(suspects)}</div>
-    </div>`;
+    <div class="card"><h2>Suspicious labels</h2>${suspectsBlock(suspects)}</div>
+    <div class="card"><h2>Jobs</h2>${jobsTable(jobs)}</div>`;
   for (const b of el.querySelectorAll("[data-promote]")) {
     b.onclick = async () => {
       try {
