@@ -306,9 +306,12 @@ class Client:
         result: JSON = self._request("GET", f"/api/v1/tasks/{task_id}/metrics")
         return result
 
-    def suspects(self, task_id: int) -> Any:
-        """Label-error flags (``NotFoundError`` on a server without them)."""
-        return self._request("GET", f"/api/v1/tasks/{task_id}/suspects")
+    def suspects(self, task_id: int, limit: int = 100) -> JSON:
+        """Human labels the model confidently disagrees with, and annotator agreement."""
+        result: JSON = self._request(
+            "GET", f"/api/v1/tasks/{task_id}/suspects", params={"limit": limit}
+        )
+        return result
 
     # -- getting data in, content out -----------------------------------------------------
     def import_folders(self, path: str | None = None) -> JSON:

@@ -56,6 +56,7 @@ def test_dashboard_shows_versions_and_chart(
     served = next(v["version"] for v in versions if v["serving"])
     assert f"model-time{served}" in page.text_content("[data-testid=serving]")
     assert page.text_content("[data-testid=count-human]") == "22"
+    page.wait_for_selector("[data-testid=suspects], [data-testid=suspects-none]")
     # Endpoints of other components answer 404 here: the page says so instead of failing.
     page.wait_for_selector("[data-testid=workers-na]")
     page.wait_for_selector("[data-testid=machines-na]")

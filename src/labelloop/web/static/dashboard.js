@@ -96,17 +96,27 @@ function jobsTable(jobs) {
       <td class="muted">${esc(ago(j.finished_at || j.created_at))}</td></tr>`).join("")}</tbody></table>`;
 }
 
-function suspectsBlock(result) {
+function suspectsBlock(result, task) {
   if (!result.available) {
     return '<p class="na" data-testid="suspects-na">Label-error flags are not available on this server (no /suspects endpoint).</p>';
   }
-  const data = result.data;
-  const list = Array.isArray(data) ? data : (data.suspects || data.items || []);
-  if (!list.length) return '<p class="muted" data-testid="suspects-none">No suspicious label right now.</p>';
-  return `<table data-testid="suspects"><thead><tr><th>item</th><th>given</th><th>suggested</th><th class="num">score</th></tr></thead><tbody>
-    ${list.slice(0, 20).map((s) => `<tr><td>#${esc(s.item_id ?? s.id)}</td><td>${esc([].concat(s.given ?? s.labels ?? s.given_labels ?? "").join(", "))}</td>
-      <td>${esc([].concat(s.suggested ?? s.suggested_labels ?? "").join(", "))}</td>
-      <td class="num">${typeof s.score === "number" ? s.score.toFixed(2) : ""}</td></tr>`).join("")}</tbody></table>`;
+  const data = result.data || {};
+  const list = Array.isArray(data) ? data : (data.suspects || []);
+  const head = data.version === null || data.version === undefined
+    ? '<p class="muted">Flags need a model: they come from the out-of-sample scores of a trained version.</p>'
+    : `<p class="muted">model-time${esc(data.version)} checked ${esc(data.checked ?? "?")} human labels and flags ${esc(data.flagged ?? list.length)}.</p>`;
+  const text = task.category.startsWith("text");
+  const rows = list.slice(0, 20).map((s) => `<tr><td>#${esc(s.item_id)}</td>
+      ${text ? `<td class="muted">${esc(String(s.data || "").slice(0, 80))}</td>` : ""}
+      <td>${esc([].concat(s.given ?? []).join(", "))}</td><td><b>${esc([].concat(s.suggested ?? []).join(", "))}</b></td>
+      <td class="num">${typeof s.score === "number" ? s.score.toFixed(2) : ""}</td>
+      <td class="muted">${esc([].concat(s.annotators ?? []).join(", "))}</td></tr>`).join("");
+  const flags = list.length
+    ? `<table data-testid="suspects"><thead><tr><th>item</th>${text ? "<th>text</th>" : ""}<th>given</th><th>suggested</th><th class="num">score</th><th>annotators</th></tr></thead><tbody>${rows}</tbody></table>`
+    : '<p class="muted" data-testid="suspects-none">No suspicious label right now.</p>';
+  const who = Array.isArray(data.annotators) && data.annotators.length
+    ? `<h3>Annotator agreement</h3>${table(data.annotators)}` : "";
+  return head + flags + who;
 }
 
 function importBlock(task) {
@@ -163,7 +173,7 @@ async function renderDetail() {
     </div>
     <div class="card"><h2>Learning curves</h2>${charts(task, metrics)}</div>
     <div class="card"><h2>Model versions</h2>${versionsTable(task, versions)}</div>
-    <div class="card"><h2>Suspicious labels</h2>${suspectsBlock(suspects)}</div>
+    <div class="card"><h2>Suspicious labels</h2>${suspectsBlock(suspects, task)}</div>
     <div class="card"><h2>Jobs</h2>${jobsTable(jobs)}</div>`;
   for (const b of el.querySelectorAll("[data-promote]")) {
     b.onclick = async () => {
