@@ -48,7 +48,11 @@ def test_every_endpoint(
         out = ll.annotate(tid, batch)
         assert out["training_triggered"] and len(out["annotations"]) == len(batch)
         task = ll.wait_for_training(tid)
-        assert task["served_version"] == 0
+        assert task["served_version"] == 0, [
+            (j["kind"], j["state"], j["result"], j["error"])
+            for j in ll.jobs(tid)
+            if j["kind"] == "train"
+        ]
         assert ll.models(tid)[0]["serving"] is True
         assert ll.metrics(tid)["edit_rate"]["submitted"] == len(batch)
         assert ll.jobs(tid, limit=5)[0]["kind"] in ("train", "predict", "featurize")
