@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select, update
 
 from labelloop.errors import LabelloopError
-from labelloop.learners import Features, Learner
+from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.loop import autolabel, evaluation
 from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import indicator, labelled_at, top_score
@@ -113,6 +115,10 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
 
 def _fail(rt: Runtime, job_id: int, reason: str) -> list[int]:
     with rt.session() as s:
+        job_task = s.scalar(select(Job.task_id).where(Job.id == job_id))
+    if job_task is not None:
+        shutil.rmtree(rt.folder(job_task).checkpoint_dir(f"job-{job_id}"), ignore_errors=True)
+    with rt.session() as s:
         job = s.get(Job, job_id)
         if job is None or job.state in ("done", "failed"):
             return []
@@ -177,7 +183,23 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     X = batch.features.take(labelled_pos)
     pool = batch.features
 
-    oos = evaluation.out_of_sample(learner, X, Y, pool, spec.policy.cv_folds, seed=claim.revision)
+    folder = rt.folder(spec.id)
+    checkpoint = f"job-{job_id}"
+    resumed = _resume(folder.checkpoint_dir(checkpoint), labelled_ids)
+    if resumed is not None:
+        model, oos = resumed
+        phase("resume")
+    else:
+        oos = evaluation.out_of_sample(
+            learner, X, Y, pool, spec.policy.cv_folds, seed=claim.revision
+        )
+        phase("cross_validate")
+        model = learner.fit(X, Y, pool=pool, init=_warm_start(rt, spec, learner))
+        phase("fit")
+        with folder.writing_checkpoint(checkpoint) as tmp:
+            model.save(tmp / "model")
+            np.savez(tmp / "oos.npz", item_ids=np.asarray(labelled_ids), scores=oos)
+        phase("checkpoint")
     cv = evaluation.score(oos, Y, spec.multi_label)
     estimate = None
     if spec.policy.auto_label is not None:
@@ -186,11 +208,8 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
             evaluation.correct(oos, Y, spec.multi_label),
             spec.policy.auto_label,
         )
-    phase("cross_validate")
     decision = _compare_with_served(rt, claim, X, Y, oos, labelled_ids)
     phase("compare")
-    model = learner.fit(X, Y, pool=pool, init=_warm_start(rt, spec, learner))
-    phase("fit")
 
     # Pre-labels for the unlabelled pool come with the version (one pass, no second load).
     unlabelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id not in claim.labels]
@@ -202,11 +221,11 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
         "cv_accuracy": round(cv.accuracy, 6),
         "cv_macro_f1": round(cv.macro_f1, 6),
         "cv_folds": spec.policy.cv_folds,
-        "fit_seconds": phases["fit"],
+        "fit_seconds": phases.get("fit"),
+        "resumed_from_checkpoint": resumed is not None,
         **({"auto_label": estimate.as_dict()} if estimate is not None else {}),
         "phases_seconds": phases,
     }
-    folder = rt.folder(spec.id)
     with folder.writing_version(claim.version) as tmp:
         model.save(tmp / "model")
         np.savez_compressed(tmp / "oos.npz", item_ids=np.asarray(labelled_ids), scores=oos)
@@ -223,9 +242,29 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
         phases,
     )
 
-    return _finish(
+    follow = _finish(
         rt, job_id, claim, metrics, decision, train_seconds, unlabelled_pos, ok_ids, pool_scores
     )
+    shutil.rmtree(folder.checkpoint_dir(checkpoint), ignore_errors=True)
+    return follow
+
+
+def _resume(checkpoint: Path, labelled_ids: list[int]) -> tuple[Learner, np.ndarray] | None:
+    """The model and out-of-sample scores an earlier attempt of this job fitted, if any.
+
+    Used only if it covers exactly the same labelled items (same revision, same items readable).
+    """
+    if not checkpoint.is_dir():
+        return None
+    try:
+        with np.load(checkpoint / "oos.npz") as oos:
+            if oos["item_ids"].tolist() != labelled_ids:
+                return None
+            scores = oos["scores"]
+        meta = json.loads((checkpoint / "model" / "learner.json").read_text())
+        return learner_by_name(meta["learner"]).load(checkpoint / "model"), scores
+    except (OSError, ValueError, KeyError, LabelloopError):
+        return None
 
 
 def _compare_with_served(
