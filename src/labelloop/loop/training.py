@@ -28,7 +28,7 @@ from labelloop.loop.prediction import load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
-from labelloop.store.models import Item, Job, ModelVersion, Task, utcnow
+from labelloop.store.models import AuditPick, Item, Job, ModelVersion, Task, utcnow
 from labelloop.store.upsert import upsert_predictions
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class Claim:
     #: Revision the served model was trained at (None: nothing serves yet).
     served_revision: int | None
     items: list[ItemRef]
+    #: Labelled items that ``/next`` handed out as random audits (held-out evidence).
+    audits: frozenset[int] = frozenset()
 
 
 def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
@@ -102,6 +104,9 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
             )
             if i.status == "ready" or i.id in labels
         ]
+        audits = frozenset(
+            s.scalars(select(AuditPick.item_id).where(AuditPick.task_id == task.id)).all()
+        )
         return Claim(
             TaskSpec.of(task),
             mv.version,
@@ -110,6 +115,7 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
             {i: rev for i, (_, rev) in at.items()},
             served_revision,
             items,
+            audits & frozenset(labels),
         )
 
 
@@ -202,11 +208,16 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
         phase("checkpoint")
     cv = evaluation.score(oos, Y, spec.multi_label)
     estimate = None
-    if spec.policy.auto_label is not None:
+    auto = spec.policy.auto_label
+    if auto is not None:
+        held = [
+            p for p, i in enumerate(labelled_ids) if auto.evidence == "all" or i in claim.audits
+        ]
         estimate = autolabel.estimate_threshold(
-            top_score(oos, spec.multi_label),
-            evaluation.correct(oos, Y, spec.multi_label),
-            spec.policy.auto_label,
+            top_score(oos[held], spec.multi_label),
+            evaluation.correct(oos[held], Y[held], spec.multi_label),
+            auto,
+            autolabel.model_label_target(auto, len(ok_ids), len(labelled_ids)),
         )
     decision = _compare_with_served(rt, claim, X, Y, oos, labelled_ids)
     phase("compare")
