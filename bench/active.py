@@ -1,6 +1,7 @@
 """Active ordering, auto-labelling and label-error flags, measured through a real server.
 
     python -m bench.active auto digits --seeds 0 1 2 --target 0.98   # human share, final accuracy
+    python -m bench.active auto digits --seeds 0 1 2 --scope dataset # target for the whole data set
     python -m bench.active reach digits --seeds 0 1 2                  # labels to 95%: active vs random
     python -m bench.active auto trec6 --seeds 0 --target 0.95
     python -m bench.active suspects digits --seeds 0 1 2 --flip 0.05   # precision/recall of /suspects
@@ -66,7 +67,7 @@ def run(
         Client(server.url, timeout=600) as client,
     ):
         if kind == "auto":
-            t, ids = setup(client, ds, {"auto_label": {"target_accuracy": target}})
+            t, ids = setup(client, ds, {"auto_label": {"target_accuracy": target, "scope": scope}})
             truth = {item_id: [ds.truth[i]] for i, item_id in enumerate(ids)}
             result = run_active(client, t, truth)
             out = result.summary()
@@ -143,13 +144,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", type=float, default=0.98)
     parser.add_argument("--flip", type=float, default=0.05)
+    parser.add_argument("--scope", choices=["model-labels", "dataset"], default="model-labels")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory(prefix="labelloop-bench-") as tmp:
         ds = load(args.dataset, Path(tmp))
         for seed in args.seeds:
-            r = run(args.kind, ds, seed, Path(tmp), args.target, args.flip)
+            r = run(args.kind, ds, seed, Path(tmp), args.target, args.flip, args.scope)
             r["seed"] = seed
             runs.append(r)
             print(json.dumps(r), flush=True)
