@@ -58,7 +58,13 @@ def pool_accuracy(
 
 
 def run(
-    kind: str, ds: datasets.Dataset, seed: int, work: Path, target: float, flip: float
+    kind: str,
+    ds: datasets.Dataset,
+    seed: int,
+    work: Path,
+    target: float,
+    flip: float,
+    scope: str = "model-labels",
 ) -> dict[str, Any]:
     with (
         running_server(
