@@ -117,7 +117,7 @@ def create_task(rt: Runtime, spec: TaskCreate) -> dict[str, Any]:
             extra=spec.extra,
             labels=spec.labels,
             policy=spec.policy.model_dump(mode="json"),
-            salt=secrets.token_hex(8),
+            salt=secrets.token_hex(8) if spec.policy.seed is None else f"seed-{spec.policy.seed}",
         )
         s.add(task)
         s.flush()
