@@ -49,6 +49,9 @@ class Policy(BaseModel):
     learner_params: dict[str, Any] = Field(default_factory=dict)
     #: How ``/next`` ranks unlabelled items once a model serves.
     selection: Literal["margin", "entropy", "least-confidence", "random"] = "margin"
+    #: Weight uncertainty by how central an item is in the pool (its degree in the k-NN graph of
+    #: its features), so that uncertain outliers do not crowd out uncertain typical items.
+    density_weighting: bool = True
     auto_label: AutoLabelPolicy | None = None
     #: Fixes the task's random choices (the order before the first model, the audits), so a
     #: simulation can be repeated exactly; by default every task draws its own.

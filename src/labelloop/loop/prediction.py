@@ -78,11 +78,19 @@ def score_contents(
 
 
 def prediction_rows(
-    spec: TaskSpec, version: int, item_ids: Sequence[int], scores: np.ndarray
+    spec: TaskSpec,
+    version: int,
+    item_ids: Sequence[int],
+    scores: np.ndarray,
+    weights: dict[int, float] | None = None,
 ) -> list[dict[str, object]]:
+    """Rows of the predictions table; ``uncertainty`` is the priority ``/next`` ranks by (the
+    selection strategy's uncertainty, times the item's weight when there is one)."""
     chosen = decide(scores, spec.labels, spec.multi_label)
     conf = top_score(scores, spec.multi_label)
     unc = uncertainty(scores, spec.multi_label, spec.policy.selection)
+    if weights:
+        unc = unc * np.array([weights.get(int(i), 1.0) for i in item_ids])
     now = utcnow()
     return [
         {
@@ -97,6 +105,19 @@ def prediction_rows(
         }
         for i, item_id in enumerate(item_ids)
     ]
+
+
+WEIGHTS_FILE = "weights.npz"
+
+
+def selection_weights(rt: Runtime, task_id: int, version: int) -> dict[int, float]:
+    """The per-item weights a version was trained with (``weights.npz``; none for text)."""
+    path = rt.folder(task_id).version_dir(version) / WEIGHTS_FILE
+    try:
+        with np.load(path) as w:
+            return dict(zip(w["item_ids"].tolist(), w["weights"].tolist(), strict=True))
+    except (FileNotFoundError, OSError, KeyError, ValueError):
+        return {}
 
 
 def store_predictions(rt: Runtime, rows: list[dict[str, object]]) -> None:
@@ -127,7 +148,8 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
             for i in s.scalars(select(Item).where(Item.id.in_(job.payload["item_ids"])))
         ]
     scored = score_items(rt, spec, version, refs)
-    rows = prediction_rows(spec, version, [refs[i].id for i in scored.ok], scored.scores)
+    weights = selection_weights(rt, spec.id, version)
+    rows = prediction_rows(spec, version, [refs[i].id for i in scored.ok], scored.scores, weights)
     with rt.session() as s:
         task = s.get(Task, spec.id)
         job = s.get(Job, job_id)
@@ -224,5 +246,6 @@ def predict_stored(
         ItemRef(items[i].id, items[i].data, items[i].content_hash) for i in item_ids if i in items
     ]
     scored = score_items(rt, spec, version, refs)
-    rows = prediction_rows(spec, version, [refs[i].id for i in scored.ok], scored.scores)
+    weights = selection_weights(rt, spec.id, version)
+    rows = prediction_rows(spec, version, [refs[i].id for i in scored.ok], scored.scores, weights)
     return ItemPredictions(version, rows, scored.failed)

@@ -24,8 +24,9 @@ from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.loop import autolabel, evaluation
 from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import indicator, labelled_at, top_score
-from labelloop.loop.prediction import load_model, prediction_rows
+from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
+from labelloop.loop.selection import graph_degrees
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.store.models import AuditPick, Item, Job, ModelVersion, Task, utcnow
@@ -225,6 +226,7 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     # Pre-labels for the unlabelled pool come with the version (one pass, no second load).
     unlabelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id not in claim.labels]
     pool_scores = model.predict_proba(pool.take(unlabelled_pos)) if unlabelled_pos else None
+    weights = _selection_weights(spec, pool, ok_ids)
     phase("predict_pool")
     metrics: dict[str, Any] = {
         "n_labels": len(labelled_ids),
@@ -240,6 +242,12 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     with folder.writing_version(claim.version) as tmp:
         model.save(tmp / "model")
         np.savez_compressed(tmp / "oos.npz", item_ids=np.asarray(labelled_ids), scores=oos)
+        if weights:
+            np.savez_compressed(
+                tmp / WEIGHTS_FILE,
+                item_ids=np.fromiter(weights, dtype=np.int64),
+                weights=np.fromiter(weights.values(), dtype=np.float64),
+            )
         phase("write")
         train_seconds = time.perf_counter() - started
         metrics["train_seconds"] = round(train_seconds, 4)
@@ -254,10 +262,30 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     )
 
     follow = _finish(
-        rt, job_id, claim, metrics, decision, train_seconds, unlabelled_pos, ok_ids, pool_scores
+        rt,
+        job_id,
+        claim,
+        metrics,
+        decision,
+        train_seconds,
+        unlabelled_pos,
+        ok_ids,
+        pool_scores,
+        weights,
     )
     shutil.rmtree(folder.checkpoint_dir(checkpoint), ignore_errors=True)
     return follow
+
+
+def _selection_weights(spec: TaskSpec, pool: Features, ok_ids: list[int]) -> dict[int, float]:
+    """Item -> degree in the pool's k-NN graph over the largest degree (empty: no weighting)."""
+    if not spec.policy.density_weighting or spec.policy.selection == "random":
+        return {}
+    degrees = graph_degrees(pool)
+    if degrees is None or degrees.max() <= 0:
+        return {}
+    scaled = degrees / degrees.max()
+    return {item_id: float(w) for item_id, w in zip(ok_ids, scaled.tolist(), strict=True)}
 
 
 def _resume(checkpoint: Path, labelled_ids: list[int]) -> tuple[Learner, np.ndarray] | None:
@@ -331,6 +359,7 @@ def _finish(
     unlabelled_pos: list[int],
     ok_ids: list[int],
     pool_scores: np.ndarray | None,
+    weights: dict[int, float] | None = None,
 ) -> list[int]:
     spec = claim.spec
     with rt.session() as s:
@@ -372,7 +401,8 @@ def _finish(
             mv.promoted, mv.promoted_at = True, utcnow()
             item_ids = [ok_ids[p] for p in unlabelled_pos]
             if pool_scores is not None:
-                upsert_predictions(s, prediction_rows(spec, mv.version, item_ids, pool_scores))
+                rows = prediction_rows(spec, mv.version, item_ids, pool_scores, weights)
+                upsert_predictions(s, rows)
             if spec.policy.auto_label is not None:
                 threshold = (metrics.get("auto_label") or {}).get("threshold")
                 applied = autolabel.apply_model_labels(
