@@ -12,7 +12,7 @@ from labelloop import __version__
 from labelloop.api import errors
 from labelloop.api.deps import require_token
 from labelloop.api.middleware import BodyLimit
-from labelloop.api.routes import export, items, labelling, models, predictions, tasks
+from labelloop.api.routes import export, items, labelling, models, predictions, tasks, workers
 from labelloop.runtime import Runtime
 
 API_PREFIX = "/api/v1"
@@ -41,7 +41,7 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=rt.settings.max_request_bytes)
     errors.install(app)
     secured = [Depends(require_token)]
-    for module in (tasks, items, labelling, predictions, models, export):
+    for module in (tasks, items, labelling, predictions, models, export, workers):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=secured)
 
     @app.get("/health", tags=["health"])
