@@ -41,8 +41,13 @@ def _init_worker(settings: Settings) -> None:
     """Runs once in each worker process: its own runtime, warm imports, no Ctrl-C tracebacks."""
     global _WORKER_RT
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s",
+    )
     _WORKER_RT = Runtime(settings)
-    import sklearn.svm  # noqa: F401  (warm the imports the first job would pay for)
+    import sklearn.neighbors
+    import sklearn.svm  # noqa: F401
 
     import labelloop.loop.executor  # noqa: F401
 
@@ -100,8 +105,10 @@ class LocalJobs(JobBackend):
 
     def start(self) -> None:
         self._pool = self._new_pool()
-        for _ in range(self.workers):  # start and warm every worker now, not on the first label
-            self._pool.submit(_noop)
+        # Start and warm every worker now, not on the first label: the first model would wait.
+        warm = [self._pool.submit(_noop) for _ in range(self.workers)]
+        for fut in warm:
+            fut.result(timeout=120)
         self._thread = threading.Thread(target=self._dispatch, name="labelloop-jobs", daemon=True)
         self._thread.start()
         with self.rt.session() as s:
@@ -179,6 +186,13 @@ class LocalJobs(JobBackend):
         self, spec: TaskSpec, version: int, item_ids: Sequence[int]
     ) -> ItemPredictions:
         return prediction.predict_stored(self.rt, spec, version, item_ids)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the worker processes (empty for threads)."""
+        pool = self._pool
+        if not isinstance(pool, ProcessPoolExecutor):
+            return []
+        return [p.pid for p in getattr(pool, "_processes", {}).values() if p.pid is not None]
 
     def status(self) -> dict[str, Any]:
         with self._lock:

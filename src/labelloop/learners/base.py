@@ -146,7 +146,7 @@ class Learner(ABC):
             "featurizers": [f.version for f in self.featurizers()],
         }
         (folder / "learner.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        joblib.dump(self._state(), folder / "state.joblib", compress=3)
+        joblib.dump(self._state(), folder / "state.joblib", compress=1)
 
     @classmethod
     def load(cls, folder: Path) -> Self:

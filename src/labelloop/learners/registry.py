@@ -7,18 +7,18 @@ from typing import Any
 
 from labelloop.errors import InvalidInput
 from labelloop.learners.base import Learner
-from labelloop.learners.image import PixelSVM
-from labelloop.learners.text import TfidfLinear
+from labelloop.learners.image import PoolSVM
+from labelloop.learners.text import TfidfSVM
 
 CATEGORIES = ("image-classification", "text-classification")
 EXTRAS = ("multi-class", "multi-label")
 
 #: (category, extra) -> learners that can serve it; the first is the default.
 REGISTRY: dict[tuple[str, str], list[type[Learner]]] = {
-    ("image-classification", "multi-class"): [PixelSVM],
-    ("image-classification", "multi-label"): [PixelSVM],
-    ("text-classification", "multi-class"): [TfidfLinear],
-    ("text-classification", "multi-label"): [TfidfLinear],
+    ("image-classification", "multi-class"): [PoolSVM],
+    ("image-classification", "multi-label"): [PoolSVM],
+    ("text-classification", "multi-class"): [TfidfSVM],
+    ("text-classification", "multi-label"): [TfidfSVM],
 }
 
 

@@ -26,18 +26,17 @@ def run_featurize_job(rt: Runtime, job_id: int) -> list[int]:
         ]
     batch = featurize(rt, spec.id, spec.category, spec.new_learner(), refs)
     ok_ids = [refs[i].id for i in batch.ok]
+    rows: list[dict[str, object]] = []
+    for ref in refs:
+        if ref.id in batch.failed:
+            rows.append({"id": ref.id, "status": "failed", "error": batch.failed[ref.id]})
+        else:
+            row: dict[str, object] = {"id": ref.id, "status": "ready", "error": None}
+            row["content_hash"] = batch.hashes.get(ref.id, ref.content_hash)
+            rows.append(row)
     with rt.session() as s:
-        for ref in refs:
-            if ref.id in batch.failed:
-                values: dict[str, str | None] = {
-                    "status": "failed",
-                    "error": batch.failed[ref.id],
-                }
-            else:
-                values = {"status": "ready", "error": None}
-                if ref.id in batch.hashes:
-                    values["content_hash"] = batch.hashes[ref.id]
-            s.execute(update(Item).where(Item.id == ref.id).values(**values))
+        if rows:
+            s.execute(update(Item), rows)
         job = s.get(Job, job_id)
         if job is not None:
             job.state, job.finished_at = "done", utcnow()

@@ -10,7 +10,7 @@ from labelloop.loop.labels import current_labels, label_revision
 from labelloop.loop.policy import Policy
 from labelloop.store.models import ACTIVE_JOB_STATES, Item, Job, Task
 
-FEATURIZE_BATCH = 256
+FEATURIZE_BATCH = 64
 PREDICT_BATCH = 512
 
 

@@ -154,9 +154,19 @@ def run_train_job(rt: Runtime, job_id: int) -> list[int]:
 def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     spec = claim.spec
     started = time.perf_counter()
+    phases: dict[str, float] = {}
+    mark = started
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = round(now - mark, 4)
+        mark = now
+
     learner = spec.new_learner()
     batch = featurize(rt, spec.id, spec.category, learner, claim.items)
     _record_items(rt, batch.hashes, batch.failed)
+    phase("featurize")
 
     ok_ids = [claim.items[i].id for i in batch.ok]
     labelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id in claim.labels]
@@ -169,29 +179,41 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
 
     oos = evaluation.out_of_sample(learner, X, Y, pool, spec.policy.cv_folds, seed=claim.revision)
     cv = evaluation.score(oos, Y, spec.multi_label)
+    phase("cross_validate")
     decision = _compare_with_served(rt, claim, X, Y, oos, labelled_ids)
-    fit_started = time.perf_counter()
+    phase("compare")
     model = learner.fit(X, Y, pool=pool, init=_warm_start(rt, spec, learner))
-    fit_seconds = time.perf_counter() - fit_started
+    phase("fit")
 
     # Pre-labels for the unlabelled pool come with the version (one pass, no second load).
     unlabelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id not in claim.labels]
     pool_scores = model.predict_proba(pool.take(unlabelled_pos)) if unlabelled_pos else None
-    train_seconds = time.perf_counter() - started
+    phase("predict_pool")
     metrics: dict[str, Any] = {
         "n_labels": len(labelled_ids),
         "n_pool": len(ok_ids),
         "cv_accuracy": round(cv.accuracy, 6),
         "cv_macro_f1": round(cv.macro_f1, 6),
         "cv_folds": spec.policy.cv_folds,
-        "fit_seconds": round(fit_seconds, 4),
-        "train_seconds": round(train_seconds, 4),
+        "fit_seconds": phases["fit"],
+        "phases_seconds": phases,
     }
     folder = rt.folder(spec.id)
     with folder.writing_version(claim.version) as tmp:
         model.save(tmp / "model")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         np.savez_compressed(tmp / "oos.npz", item_ids=np.asarray(labelled_ids), scores=oos)
+        phase("write")
+        train_seconds = time.perf_counter() - started
+        metrics["train_seconds"] = round(train_seconds, 4)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    log.info(
+        "task %s: trained model-time%s on %s labels in %.2f s %s",
+        spec.id,
+        claim.version,
+        len(labelled_ids),
+        train_seconds,
+        phases,
+    )
 
     return _finish(
         rt, job_id, claim, metrics, decision, train_seconds, unlabelled_pos, ok_ids, pool_scores
@@ -225,17 +247,20 @@ def _compare_with_served(
 
 
 def _record_items(rt: Runtime, hashes: dict[int, str], failed: dict[int, str]) -> None:
-    if not hashes and not failed:
-        return
-    with rt.session() as s:
-        for item_id, h in hashes.items():
-            s.execute(
-                update(Item)
-                .where(Item.id == item_id)
-                .values(content_hash=h, status="ready", error=None)
-            )
-        for item_id, reason in failed.items():
-            s.execute(update(Item).where(Item.id == item_id).values(status="failed", error=reason))
+    """Remember what featurizing learned: content hashes, and items that cannot be read."""
+    rows: list[dict[str, object]] = [
+        {"id": i, "content_hash": h, "status": "ready", "error": None}
+        for i, h in hashes.items()
+        if i not in failed
+    ]
+    rows += [{"id": i, "status": "failed", "error": reason} for i, reason in failed.items()]
+    if rows:
+        with rt.session() as s:
+            # Two shapes of row: one bulk update each.
+            for keys in ({"id", "content_hash", "status", "error"}, {"id", "status", "error"}):
+                batch = [r for r in rows if set(r) == keys]
+                if batch:
+                    s.execute(update(Item), batch)
 
 
 def _finish(

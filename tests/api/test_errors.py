@@ -1,0 +1,172 @@
+"""Bad input gets a 4xx with a message, never a 500 or a traceback."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from labelloop.config import Settings
+from labelloop.jobs.local import LocalJobs
+from labelloop.runtime import Runtime
+
+
+def make(c: TestClient, **body: object) -> int:
+    base: dict[str, object] = {
+        "name": "t",
+        "category": "image-classification",
+        "labels": ["a", "b"],
+    }
+    base.update(body)
+    r = c.post("/api/v1/tasks", json=base)
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def assert_error(r, status: int, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert fragment.lower() in body["detail"].lower(), body
+    assert "Traceback" not in r.text
+
+
+def test_bad_input(app_client: TestClient) -> None:
+    c = app_client
+    assert_error(c.get("/api/v1/tasks/999"), 404, "no task 999")
+    assert_error(
+        c.post(
+            "/api/v1/tasks", json={"name": "x", "category": "audio-tagging", "labels": ["a", "b"]}
+        ),
+        422,
+        "no learner",
+    )
+    assert_error(
+        c.post(
+            "/api/v1/tasks",
+            json={
+                "name": "x",
+                "category": "image-classification",
+                "extra": "multi-box",
+                "labels": ["a"],
+            },
+        ),
+        422,
+        "no learner",
+    )
+    assert_error(
+        c.post(
+            "/api/v1/tasks",
+            json={"name": "x", "category": "image-classification", "labels": ["a", "a"]},
+        ),
+        422,
+        "unique",
+    )
+    assert_error(
+        c.post(
+            "/api/v1/tasks",
+            json={
+                "name": "x",
+                "category": "image-classification",
+                "labels": ["a", "b"],
+                "policy": {"min_labels": -1},
+            },
+        ),
+        422,
+        "min_labels",
+    )
+    assert_error(
+        c.post("/api/v1/tasks", content=b"{not json", headers={"content-type": "application/json"}),
+        422,
+        "malformed JSON",
+    )
+
+    t = make(c)
+    items = c.post(f"/api/v1/tasks/{t}/items", json={"items": [{"data": "/nowhere/a.png"}]}).json()[
+        "items"
+    ]
+    assert_error(
+        c.post(
+            f"/api/v1/tasks/{t}/annotations",
+            json={"annotations": [{"item_id": items[0]["id"], "labels": ["zebra"]}]},
+        ),
+        422,
+        "unknown label",
+    )
+    assert_error(
+        c.post(
+            f"/api/v1/tasks/{t}/annotations",
+            json={"annotations": [{"item_id": items[0]["id"], "labels": ["a", "b"]}]},
+        ),
+        422,
+        "exactly one label",
+    )
+    assert_error(
+        c.post(
+            f"/api/v1/tasks/{t}/annotations",
+            json={"annotations": [{"item_id": 10**6, "labels": ["a"]}]},
+        ),
+        404,
+        "no item",
+    )
+    assert_error(
+        c.post(
+            f"/api/v1/tasks/{t}/annotations",
+            json={"annotations": [{"external_id": "nope", "labels": ["a"]}]},
+        ),
+        404,
+        "external_id",
+    )
+    assert_error(
+        c.post(f"/api/v1/tasks/{t}/annotations", json={"annotations": [{"labels": ["a"]}]}),
+        422,
+        "exactly one of item_id and external_id",
+    )
+    assert_error(
+        c.post(f"/api/v1/tasks/{t}/annotations", json={"annotations": []}), 422, "no annotations"
+    )
+    assert_error(
+        c.get(f"/api/v1/tasks/{t}/export", params={"format": "xml"}), 422, "unknown format"
+    )
+    assert_error(c.get(f"/api/v1/tasks/{t}/next", params={"limit": 0}), 422, "limit")
+    assert_error(c.post(f"/api/v1/tasks/{t}/models/3/promote"), 404, "no model version 3")
+    assert_error(c.post(f"/api/v1/tasks/{t}/train"), 422, "two classes")
+    assert_error(c.get(f"/api/v1/tasks/{t}/predictions", params={"item_id": "x"}), 422, "item_id")
+
+    # A bad bulk request stores nothing: no label is half-taken.
+    ok, bad = (
+        {"item_id": items[0]["id"], "labels": ["a"]},
+        {"item_id": items[0]["id"], "labels": ["zebra"]},
+    )
+    assert (
+        c.post(f"/api/v1/tasks/{t}/annotations", json={"annotations": [ok, bad]}).status_code == 422
+    )
+    assert c.get(f"/api/v1/tasks/{t}").json()["counts"]["human_labelled"] == 0
+
+    # A link that cannot be read marks that item failed with a reason; the others go on.
+    wait = c.get(f"/api/v1/tasks/{t}/items/{items[0]['id']}").json()
+    for _ in range(200):
+        if wait["status"] != "pending":
+            break
+        wait = c.get(f"/api/v1/tasks/{t}/items/{items[0]['id']}").json()
+    assert wait["status"] == "failed" and "outside the import roots" in wait["error"]
+
+
+def test_oversized_payload(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rt = Runtime(Settings(data_dir=tmp_path, max_request_bytes=2000), migrate_schema=True)
+    rt.attach_jobs(LocalJobs(rt, 1, threads=True))
+    from labelloop.api.app import create_app
+
+    with TestClient(create_app(rt)) as c:
+        t = make(c)
+        big = {"items": [{"data": "x" * 100} for _ in range(100)]}
+        assert_error(c.post(f"/api/v1/tasks/{t}/items", json=big), 413, "over 2000 bytes")
+
+        def chunks():  # type: ignore[no-untyped-def]
+            for _ in range(10):
+                yield b"x" * 500
+
+        r = c.post(
+            f"/api/v1/tasks/{t}/items",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
+        assert_error(r, 413, "over 2000 bytes")
+    rt.close()

@@ -1,0 +1,113 @@
+"""The store on SQLite and PostgreSQL: append-only labels, one active training per task, cascades."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from labelloop.loop.labels import current_labels, label_revision, labelled_at
+from labelloop.loop.scheduling import after_training, request_training
+from labelloop.runtime import Runtime
+from labelloop.service.tasks import TaskCreate, create_task, delete_task
+from labelloop.store.models import Annotation, Item, Job, Task
+
+
+def new_task(rt: Runtime, **policy: object) -> int:
+    spec = TaskCreate(
+        name="t", category="text-classification", labels=["a", "b"], policy=policy or {}
+    )  # type: ignore[arg-type]
+    return int(create_task(rt, spec)["id"])
+
+
+def add(rt: Runtime, task_id: int, n: int) -> list[int]:
+    with rt.session() as s:
+        items = [Item(task_id=task_id, data=f"text {i}", status="ready") for i in range(n)]
+        s.add_all(items)
+        s.flush()
+        return [i.id for i in items]
+
+
+def annotate(rt: Runtime, task_id: int, pairs: list[tuple[int, list[str] | None]]) -> None:
+    with rt.session() as s:
+        s.add_all(
+            Annotation(task_id=task_id, item_id=i, labels=ls, source="human") for i, ls in pairs
+        )
+
+
+def test_annotations_are_append_only(rt: Runtime) -> None:
+    t = new_task(rt)
+    [i, j] = add(rt, t, 2)
+    annotate(rt, t, [(i, ["a"]), (j, ["b"])])
+    with rt.session() as s:
+        first = label_revision(s, t)
+    annotate(rt, t, [(i, ["b"])])  # a correction
+    annotate(rt, t, [(j, None)])  # a retraction
+    with rt.session() as s:
+        assert current_labels(s, t) == {i: ["b"]}
+        assert current_labels(s, t, revision=first) == {
+            i: ["a"],
+            j: ["b"],
+        }  # the snapshot is intact
+        assert labelled_at(s, t)[i][1] == label_revision(s, t) - 1
+        history = s.scalars(
+            select(Annotation.labels).where(Annotation.item_id == i).order_by(Annotation.id)
+        ).all()
+        assert history == [["a"], ["b"]]
+
+
+def test_at_most_one_active_training_per_task(rt: Runtime) -> None:
+    t = new_task(rt)
+    with pytest.raises(IntegrityError), rt.session() as s:
+        s.add(Job(task_id=t, kind="train", key="k1", payload={}))
+        s.add(Job(task_id=t, kind="train", key="k2", payload={}))
+    with rt.session() as s:  # a finished job does not count
+        s.add(Job(task_id=t, kind="train", key="k1", state="done", payload={}))
+        s.add(Job(task_id=t, kind="train", key="k2", payload={}))
+
+
+def test_labels_during_training_cause_exactly_one_more_run(rt: Runtime) -> None:
+    t = new_task(rt, min_labels=4, growth=0.1)
+    ids = add(rt, t, 40)
+    annotate(rt, t, [(i, ["a" if n % 2 else "b"]) for n, i in enumerate(ids[:4])])
+    with rt.session() as s:
+        task = s.get(Task, t)
+        assert task is not None
+        first = request_training(s, task)
+        assert first is not None and first.payload["n_labels"] == 4
+    # Many labels arrive while the job is active: no second job, one pending run.
+    for n, i in enumerate(ids[4:20]):
+        annotate(rt, t, [(i, ["a" if n % 2 else "b"])])
+        with rt.session() as s:
+            task = s.get(Task, t)
+            assert task is not None
+            assert request_training(s, task) is None
+    with rt.session() as s:
+        task = s.get(Task, t)
+        assert task is not None and task.train_pending
+        job = s.get(Job, first.id)
+        assert job is not None
+        job.state = "done"
+        follow = after_training(s, task)
+        assert len(follow) == 1 and follow[0].payload["n_labels"] == 20
+        assert not task.train_pending
+    with rt.session() as s:
+        task = s.get(Task, t)
+        assert task is not None
+        assert after_training(s, task) == []  # exactly one, not one per label
+        active = s.scalars(select(Job).where(Job.task_id == t, Job.state == "queued")).all()
+        assert len(active) == 1
+
+
+def test_delete_cascades(rt: Runtime) -> None:
+    t, other = new_task(rt), new_task(rt)
+    ids = add(rt, t, 3)
+    kept = add(rt, other, 2)
+    annotate(rt, t, [(ids[0], ["a"])])
+    annotate(rt, other, [(kept[0], ["b"])])
+    delete_task(rt, t)
+    with rt.session() as s:
+        assert s.scalars(select(Item).where(Item.task_id == t)).all() == []
+        assert s.scalars(select(Annotation).where(Annotation.task_id == t)).all() == []
+        assert len(s.scalars(select(Item).where(Item.task_id == other)).all()) == 2
+        assert current_labels(s, other) == {kept[0]: ["b"]}

@@ -1,0 +1,62 @@
+"""The command line: help, clear errors with a non-zero exit, and the demo end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from labelloop.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "demo", "db"):
+        assert command in result.output
+
+
+def test_bad_settings_give_a_message_not_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "LABELLOOP_ENVIRONMENT": "production", "LABELLOOP_DATA_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "labelloop", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "LABELLOOP_CLUSTER_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_db_upgrade(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "labelloop.db").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "labelloop",
+            "demo",
+            "--limit",
+            "80",
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "edit rate, whole stream" in proc.stdout
+    assert "items labelled" in proc.stdout and "80" in proc.stdout
+    assert "model update latency" in proc.stdout  # a model was trained and updated
