@@ -100,3 +100,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, poll: float
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(poll)
+
+
+@pytest.fixture(scope="session")
+def broker_vhost() -> Iterator[str]:
+    """A vhost of this test session's own on the machine's RabbitMQ (deleted afterwards)."""
+    from tests.celery_support import vhost
+
+    with vhost("labelloop-session") as url:
+        yield url

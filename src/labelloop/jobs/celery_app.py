@@ -31,7 +31,7 @@ from celery.worker.control import inspect_command
 from kombu.entity import Exchange, Queue
 
 from labelloop.config import Settings
-from labelloop.errors import InvalidInput, LabelloopError, Unavailable
+from labelloop.errors import ConfigError, InvalidInput, LabelloopError, Unavailable
 from labelloop.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,19 @@ class LabelloopConsumer(Consumer):  # type: ignore[misc]
         default_steps = [s for s in Consumer.Blueprint.default_steps if "DelayedDelivery" not in s]
 
 
-def make_app(settings: Settings) -> Celery:
-    """A Celery app for these settings (the API, the CLI and the workers each make their own)."""
-    app = Celery("labelloop", broker=settings.broker_url, backend=settings.result_backend)
+def make_app(settings: Settings, *, worker: bool = True) -> Celery:
+    """A Celery app for these settings (the API, the CLI and the workers each make their own).
+
+    Workers answer predict requests through the ``rpc://`` result backend (a message to the
+    request's reply queue); the API side reads those answers with its own reply listener
+    (:class:`labelloop.jobs.celery_backend.ReplyListener`), so it needs no result backend.
+    """
+    if not settings.result_backend.startswith("rpc://"):
+        raise ConfigError(
+            "LABELLOOP_RESULT_BACKEND must be rpc://: predictions come back on the API's reply queue"
+        )
+    backend = settings.result_backend if worker else "disabled"
+    app = Celery("labelloop", broker=settings.broker_url, backend=backend)
     app.conf.update(
         task_queues=task_queues(settings),
         task_default_queue="data",
@@ -333,7 +343,7 @@ def labelloop_status(state: Any) -> dict[str, Any]:
         "queues": queues,
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "pool": type(consumer.pool).__name__ if consumer.pool is not None else None,
+        "pool": type(consumer.pool).__module__.rsplit(".", 1)[-1] if consumer.pool else None,
         "concurrency": getattr(controller, "concurrency", None),
         "prefetch": consumer.qos.value if consumer.qos else None,
         "active": [_describe(r) for r in list(worker_state.active_requests)],
@@ -398,8 +408,8 @@ def run_worker(
 
             threadpool_limits(limits=1)
 
-    if role == "inference":
-        # A line per request would drown the log; failures are still logged.
+    if role == "inference" and loglevel.upper() != "DEBUG":
+        # A line per request would drown the log; failures are still logged (DEBUG shows all).
         for name in ("celery.app.trace", "celery.worker.strategy"):
             logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from amqp.exceptions import AMQPError
 from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.entity import Queue
 from kombu.exceptions import KombuError
 from kombu.utils.url import maybe_sanitize_url
@@ -44,8 +46,6 @@ log = logging.getLogger(__name__)
 
 #: What a broker that is down or unreachable raises, from kombu, py-amqp or the socket.
 BROKER_ERRORS: tuple[type[Exception], ...] = (KombuError, AMQPError, OSError)
-#: What waiting for an answer raises when the broker went away (Celery gives up with RuntimeError).
-RESULT_ERRORS: tuple[type[Exception], ...] = (RuntimeError, *BROKER_ERRORS)
 
 #: How long a worker keeps trying to publish follow-up jobs while the broker is away.
 PATIENCE_S = 600.0
@@ -72,7 +72,7 @@ class CeleryJobs(JobBackend):
 
     def __init__(self, rt: Runtime, app: Celery | None = None, *, patient: bool = False) -> None:
         self.rt = rt
-        self.app = app if app is not None else make_app(rt.settings)
+        self.app = app if app is not None else make_app(rt.settings, worker=False)
         # A worker waits for the broker when publishing follow-ups; the API must not block.
         self.patient = patient
         self.broker = maybe_sanitize_url(rt.settings.broker_url)
@@ -82,6 +82,7 @@ class CeleryJobs(JobBackend):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listener: ReplyListener | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,10 +108,12 @@ class CeleryJobs(JobBackend):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        try:
-            self.app.pool.force_close_all()
-        except Exception:  # closing connections to a broker that is gone may fail; nothing to keep
-            log.debug("closing broker connections failed", exc_info=True)
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        # Broker connections stay in kombu's process-wide pools (other apps of this process may
+        # share them); they close with the process.
+        self.app.close()
 
     # -- jobs -----------------------------------------------------------------------------------
     @staticmethod
@@ -224,60 +227,56 @@ class CeleryJobs(JobBackend):
         failed = {int(k): str(v) for k, v in answer["failed"].items()}
         return ItemPredictions(int(answer["version"]), rows, failed)
 
+    def _replies(self) -> ReplyListener:
+        with self._lock:
+            if self._listener is None:
+                self._listener = ReplyListener(self.app, self.broker)
+            listener = self._listener
+        listener.ensure_running()
+        return listener
+
     def _call(self, name: str, args: list[Any]) -> dict[str, Any]:
+        """Send ``(task, version, items)`` to the inference queue and wait for the answer."""
         timeout = self.rt.settings.predict_timeout_s
+        replies = self._replies()
+        task_id = str(uuid.uuid4())
+        waiter = replies.expect(task_id)
         try:
-            result = self.app.send_task(
-                name, args=args, queue=self._queues["inference"], expires=timeout
-            )
-        except BROKER_ERRORS as exc:
-            self._reset_results()
-            raise Unavailable(f"the job broker {self.broker} is not reachable: {exc}") from None
-        try:
-            answer: dict[str, Any] = result.get(timeout=timeout)
-        except CeleryTimeout:
-            self._forget(result)
+            try:
+                self.app.send_task(
+                    name,
+                    args=args,
+                    task_id=task_id,
+                    queue=self._queues["inference"],
+                    reply_to=replies.name,
+                    # Nobody waits for an answer after this: the broker drops the request, and a
+                    # worker that took it too late skips it.
+                    expires=timeout,
+                )
+            except BROKER_ERRORS as exc:
+                raise Unavailable(f"the job broker {self.broker} is not reachable: {exc}") from None
+            body = waiter.wait(timeout)
+        finally:
+            replies.forget(task_id)
+        if body is None:
             if self._consumers("inference") == 0:
                 raise Unavailable(
                     "no inference worker is running: start one with "
                     "`labelloop worker --role inference`"
-                ) from None
-            raise Timeout(f"no inference worker answered within {timeout:g} s") from None
-        except RESULT_ERRORS as exc:
-            self._reset_results()
-            raise Unavailable(
-                f"lost the job broker {self.broker} while waiting for an inference worker: {exc}"
-            ) from None
-        except Exception as exc:  # the worker's process died or hit its time limit
-            raise Unavailable(
-                f"the inference worker failed to answer: {type(exc).__name__}"
-            ) from None
-        if "error" in answer:
-            raise_remote(answer["error"])
-        return answer
-
-    def _forget(self, result: Any) -> None:
-        try:
-            self.app.backend.remove_pending_result(result)
-        except Exception:  # bookkeeping only
-            log.debug("could not drop a pending result", exc_info=True)
-
-    def _reset_results(self) -> None:
-        """Drop this thread's result consumer after a broker error; the next call builds a new one.
-
-        Celery keeps one result backend per thread; after the broker went away its consumer may be
-        left on a dead connection that it cannot rebuild by itself.
-        """
-        local = self.app._local
-        backend = getattr(local, "backend", None)
-        if backend is None:
-            return
-        try:
-            backend.result_consumer.stop()
-        except Exception:
-            log.debug("closing a dead result consumer failed", exc_info=True)
-        with contextlib.suppress(AttributeError):
-            del local.backend
+                )
+            raise Timeout(f"no inference worker answered within {timeout:g} s")
+        status = body.get("status")
+        if status == "SUCCESS" and isinstance(body.get("result"), dict):
+            answer: dict[str, Any] = body["result"]
+            if "error" in answer:
+                raise_remote(answer["error"])
+            return answer
+        if status == "REVOKED":
+            raise Timeout(f"no inference worker took the request within {timeout:g} s")
+        failure = body.get("result") or {}
+        kind = failure.get("exc_type", status) if isinstance(failure, dict) else status
+        # The worker's process died or hit its time limit: say so, without its traceback.
+        raise Unavailable(f"the inference worker failed to answer: {kind}")
 
     # -- operations -----------------------------------------------------------------------------
     def queue_depths(self) -> dict[str, dict[str, int]]:
@@ -338,3 +337,119 @@ class CeleryJobs(JobBackend):
             out |= {"broker_ok": False, "error": f"broker not reachable: {exc}", "workers": []}
         out["unsent_jobs"] = self.unsent
         return out
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.body: dict[str, Any] | None = None
+        self.lost: str | None = None
+
+    def wait(self, timeout: float) -> dict[str, Any] | None:
+        self.event.wait(timeout)
+        if self.lost is not None:
+            raise Unavailable(self.lost)
+        return self.body
+
+
+class ReplyListener:
+    """The API process's one reply queue, drained by one thread: the client side of ``rpc://``.
+
+    Workers publish each answer to the request's ``reply_to`` queue with the request's id as the
+    correlation id (Celery's ``rpc://`` result backend). One exclusive queue and one connection
+    serve every request thread of the process; Celery's own client keeps a queue and a connection
+    per thread, and a reply could be lost to the consumer of a thread that had ended. When the
+    connection drops, the requests waiting on it fail at once (503) instead of timing out, and the
+    listener reconnects, with a new queue, as soon as the broker answers.
+    """
+
+    def __init__(self, app: Celery, broker: str) -> None:
+        self.app = app
+        self.broker = broker
+        self.name = f"labelloop.reply.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self._waiters: dict[str, _Waiter] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error = "not connected yet"
+
+    def ensure_running(self, wait: float = 2.0) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="labelloop-replies", daemon=True
+                )
+                self._thread.start()
+        if not self._connected.wait(wait):
+            raise Unavailable(f"the job broker {self.broker} is not reachable: {self._error}")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def expect(self, task_id: str) -> _Waiter:
+        waiter = _Waiter()
+        with self._lock:
+            self._waiters[task_id] = waiter
+        return waiter
+
+    def forget(self, task_id: str) -> None:
+        with self._lock:
+            self._waiters.pop(task_id, None)
+
+    def _on_reply(self, body: Any, message: Any) -> None:
+        task_id = message.properties.get("correlation_id") or (
+            body.get("task_id") if isinstance(body, dict) else None
+        )
+        if not isinstance(body, dict) or body.get("status") not in (
+            "SUCCESS",
+            "FAILURE",
+            "REVOKED",
+        ):
+            return  # an intermediate state; the final one follows
+        with self._lock:
+            waiter = self._waiters.pop(str(task_id), None)
+        if waiter is not None:
+            waiter.body = body
+            waiter.event.set()
+
+    def _fail_waiting(self, reason: str) -> None:
+        with self._lock:
+            waiters, self._waiters = list(self._waiters.values()), {}
+        for waiter in waiters:
+            waiter.lost = reason
+            waiter.event.set()
+
+    def _run(self) -> None:
+        pause = 0.2
+        while not self._stopping.is_set():
+            try:
+                with self.app.connection_for_read(heartbeat=10) as conn:
+                    conn.ensure_connection(max_retries=1)
+                    queue = Queue(self.name, durable=False, exclusive=True, auto_delete=True)  # type: ignore[no-untyped-call]
+                    with conn.Consumer(
+                        [queue], callbacks=[self._on_reply], accept=["json"], no_ack=True
+                    ):
+                        if pause > 0.2:
+                            log.info("reply queue on %s is back", self.broker)
+                        self._connected.set()
+                        pause = 0.2
+                        while not self._stopping.is_set():
+                            # Busy or idle, the broker must hear from us (a no-ack consumer
+                            # sends nothing else); the check itself keeps to the heartbeat rate.
+                            conn.heartbeat_check()
+                            with contextlib.suppress(TimeoutError):
+                                conn.drain_events(timeout=1.0)
+            except BROKER_ERRORS as exc:
+                self._connected.clear()
+                self._error = str(exc) or type(exc).__name__
+                self._fail_waiting(
+                    f"lost the job broker {self.broker} while waiting for an inference worker"
+                )
+                log.warning("reply queue on %s lost (%s); reconnecting", self.broker, self._error)
+                self._stopping.wait(pause)
+                pause = min(pause * 2, 5.0)
+        self._connected.clear()
