@@ -135,7 +135,10 @@ def db_upgrade(data_dir: DataDir = None) -> None:
 def worker(
     role: Annotated[str, typer.Option(help="What this worker runs: train, data or inference.")],
     concurrency: Annotated[
-        int | None, typer.Option(help="Processes of this worker (default: 1 per role).")
+        int | None,
+        typer.Option(
+            help="Pool processes (default: 1 for train and data, one per core for inference)."
+        ),
     ] = None,
     hostname: Annotated[
         str | None,

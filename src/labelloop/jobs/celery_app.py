@@ -32,6 +32,7 @@ from kombu.entity import Exchange, Queue
 
 from labelloop.config import Settings
 from labelloop.errors import ConfigError, InvalidInput, LabelloopError, Unavailable
+from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class RoleDefaults:
 ROLE_DEFAULTS = {
     "train": RoleDefaults(concurrency=1, prefetch=1, pool="prefork"),
     "data": RoleDefaults(concurrency=1, prefetch=1, pool="prefork"),
-    "inference": RoleDefaults(concurrency=1, prefetch=1, pool="prefork"),
+    # Predict requests are short and independent: one process per core, like Celery's default.
+    "inference": RoleDefaults(concurrency=os.cpu_count() or 1, prefetch=1, pool="prefork"),
 }
 
 
@@ -104,12 +106,14 @@ class LabelloopConsumer(Consumer):  # type: ignore[misc]
         default_steps = [s for s in Consumer.Blueprint.default_steps if "DelayedDelivery" not in s]
 
 
-def make_app(settings: Settings, *, worker: bool = True) -> Celery:
+def make_app(settings: Settings, *, worker: bool = True, confirm: bool = True) -> Celery:
     """A Celery app for these settings (the API, the CLI and the workers each make their own).
 
     Workers answer predict requests through the ``rpc://`` result backend (a message to the
     request's reply queue); the API side reads those answers with its own reply listener
     (:class:`labelloop.jobs.celery_backend.ReplyListener`), so it needs no result backend.
+    ``confirm`` turns on publisher confirms: every process that publishes jobs has them; predict
+    requests and answers, which a time-out covers anyway, go without (a round trip less).
     """
     if not settings.result_backend.startswith("rpc://"):
         raise ConfigError(
@@ -130,7 +134,7 @@ def make_app(settings: Settings, *, worker: bool = True) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         # Publisher confirms: a job the broker did not take is an error, not a silent loss.
-        broker_transport_options={"confirm_publish": True},
+        broker_transport_options={"confirm_publish": confirm},
         broker_connection_timeout=2.0,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # workers wait for a broker that went away
@@ -180,6 +184,34 @@ class WorkerState:
                 rt.attach_jobs(CeleryJobs(rt, self.app, patient=True))
                 self._rt, self._pid = rt, os.getpid()
             return self._rt
+
+
+class SpecCache:
+    """Task settings by id for predict requests, re-read at most every ``ttl`` seconds.
+
+    A task's labels, category and policy do not change after it is created; the version a
+    request asks for comes with the request. Caching saves a store round trip per request.
+    """
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[int, tuple[float, TaskSpec]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, rt: Runtime, task_id: int) -> TaskSpec:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(task_id)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        from labelloop.service.common import task_spec
+
+        spec = task_spec(rt, task_id)
+        with self._lock:
+            if len(self._entries) > 1000:
+                self._entries.clear()
+            self._entries[task_id] = (now, spec)
+        return spec
 
 
 def _answer(state: WorkerState, work: Callable[[Runtime], dict[str, Any]]) -> dict[str, Any]:
@@ -247,22 +279,22 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
             **common,
         )(run_job)
 
+    specs = SpecCache()
+
     def predict_data(task_id: int, version: int, data: list[str]) -> dict[str, Any]:
         from labelloop.loop.prediction import predict_data as predict
-        from labelloop.service.common import task_spec
 
         def work(rt: Runtime) -> dict[str, Any]:
-            answers = predict(rt, task_spec(rt, int(task_id)), int(version), list(data))
+            answers = predict(rt, specs.get(rt, int(task_id)), int(version), list(data))
             return {"version": int(version), "predictions": [asdict(a) for a in answers]}
 
         return _answer(state, work)
 
     def predict_items(task_id: int, version: int, item_ids: list[int]) -> dict[str, Any]:
         from labelloop.loop.prediction import predict_stored
-        from labelloop.service.common import task_spec
 
         def work(rt: Runtime) -> dict[str, Any]:
-            got = predict_stored(rt, task_spec(rt, int(task_id)), int(version), item_ids)
+            got = predict_stored(rt, specs.get(rt, int(task_id)), int(version), item_ids)
             rows = [
                 {k: (v.isoformat() if k == "created_at" else v) for k, v in row.items()}  # type: ignore[attr-defined]
                 for row in got.rows
@@ -386,7 +418,8 @@ def run_worker(
 
     # Several processes may start at once; migrations are serialised by the store.
     migrate(settings.resolved_database_url)
-    app = make_app(settings)
+    # Inference workers publish answers only (re-prediction jobs have no follow-ups).
+    app = make_app(settings, confirm=role != "inference")
     state = WorkerState(settings, app)
     register_tasks(app, state)
     try:

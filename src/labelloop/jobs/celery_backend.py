@@ -83,6 +83,8 @@ class CeleryJobs(JobBackend):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: ReplyListener | None = None
+        # Predict requests: same broker, no publisher confirms (their time-out covers a loss).
+        self._rpc = make_app(rt.settings, worker=False, confirm=False) if app is None else self.app
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,6 +116,7 @@ class CeleryJobs(JobBackend):
         # Broker connections stay in kombu's process-wide pools (other apps of this process may
         # share them); they close with the process.
         self.app.close()
+        self._rpc.close()
 
     # -- jobs -----------------------------------------------------------------------------------
     @staticmethod
@@ -243,7 +246,7 @@ class CeleryJobs(JobBackend):
         waiter = replies.expect(task_id)
         try:
             try:
-                self.app.send_task(
+                self._rpc.send_task(
                     name,
                     args=args,
                     task_id=task_id,
