@@ -1,6 +1,6 @@
 """Edit rate of the assist loop on a labelling stream, through the HTTP API of a real server.
 
-Protocol (docs/BENCHMARKS.md): items in a random order (numpy permutation of the seed), a
+Protocol (docs/BENCHMARKS.md): items imported and featurized first, then labelled in a random order (numpy permutation of the seed), a
 simulated annotator who always gives the true label after seeing the pre-label and waits for a
 triggered training to finish, first model at 10 labels, retraining on 10% growth.
 
@@ -32,14 +32,17 @@ def run_one(
     with (
         running_server(
             data_dir, free_port(), ["--import-root", str(work)], log=work / "server.log"
-        ) as url,
-        Client(url, timeout=600) as client,
+        ) as server,
+        Client(server.url, timeout=600) as client,
     ):
         task = client.create_task(f"{ds.name} seed {seed}", ds.category, ds.labels, policy=policy)
         added = client.add_items(
             task["id"], [{"data": d, "external_id": str(i)} for i, d in enumerate(ds.data)]
         )
         ids = [it["id"] for it in added["items"]]
+        # A team imports its items before it starts labelling: wait for their featurization.
+        while client.get_task(task["id"])["counts"]["pending"]:
+            time.sleep(0.5)
         order = np.random.RandomState(seed).permutation(len(ids))
         stream = [(ids[i], [ds.truth[i]]) for i in order]
         started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,3 +61,45 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "edit rate, whole stream" in proc.stdout
     assert "items labelled" in proc.stdout and "80" in proc.stdout
     assert "model update latency" in proc.stdout  # a model was trained and updated
+
+
+def test_simulate_writes_a_report_and_a_plot(tmp_path: Path) -> None:
+    from labelloop.demo import free_port, running_server
+
+    images = tmp_path / "digits"
+    with running_server(tmp_path / "data", free_port(), ["--import-root", str(images)]) as server:
+        result = runner.invoke(
+            app,
+            [
+                "simulate",
+                "digits",
+                "--url",
+                server.url,
+                "--mode",
+                "active",
+                "--limit",
+                "100",
+                "--target-accuracy",
+                "0.9",
+                "--flip-rate",
+                "0.05",
+                "--images-dir",
+                str(images),
+                "--out",
+                str(tmp_path / "report"),
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    summary = report["summary"]
+    assert summary["items"] == 100
+    assert summary["human_labels"] + summary["model_labelled"] == 100
+    assert 0.0 <= summary["final_accuracy"] <= 1.0 and report["curve"]
+    assert set(report["suspects"]) == {"planted", "flagged", "precision", "recall"}
+    assert (tmp_path / "report" / "learning-curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_simulate_reports_a_bad_dataset(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["simulate", str(tmp_path / "nothing.csv")])
+    assert result.exit_code == 2
+    assert "is not 'digits'" in result.output

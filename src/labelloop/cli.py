@@ -28,7 +28,7 @@ db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -117,6 +117,55 @@ def demo(
     from labelloop.demo import run_demo
 
     run_demo(data_dir.resolve(), limit, seed, console)
+
+
+@app.command()
+@friendly
+def simulate(
+    dataset: Annotated[
+        str,
+        typer.Argument(help="'digits', a folder of images by class, or a CSV/TSV of text,label."),
+    ],
+    url: Annotated[
+        str, typer.Option(help="The labelloop server to replay against.")
+    ] = "http://127.0.0.1:8000",
+    mode: Annotated[
+        str, typer.Option(help="stream (fixed order) or active (what /next asks for).")
+    ] = "stream",
+    out: Annotated[
+        Path, typer.Option(help="Folder for report.json and learning-curve.png.")
+    ] = Path("simulation"),
+    seed: Annotated[int, typer.Option(help="Seed of the order (and of annotator noise).")] = 0,
+    target_accuracy: Annotated[
+        float | None, typer.Option(help="Auto-label at this accuracy (active mode default 0.98).")
+    ] = None,
+    min_labels: Annotated[int, typer.Option(help="First training at this many labels.")] = 10,
+    flip_rate: Annotated[
+        float, typer.Option(help="Share of labels the annotator flips (noise).")
+    ] = 0.0,
+    limit: Annotated[int | None, typer.Option(help="Use only this many items.")] = None,
+    images_dir: Annotated[
+        Path,
+        typer.Option(help="Where 'digits' writes its images (the server must be able to read it)."),
+    ] = Path("labelloop-data/simulate-digits"),
+    token: Annotated[
+        str | None, typer.Option(envvar="LABELLOOP_API_TOKEN", help="API token.")
+    ] = None,
+) -> None:
+    """Replay a labelled data set against a running server and report what labelling would cost."""
+    from labelloop.replay import load
+    from labelloop.replay import simulate as replay
+
+    policy: dict[str, Any] = {"min_labels": min_labels}
+    if mode == "active" or target_accuracy is not None:
+        policy["auto_label"] = {"target_accuracy": target_accuracy or 0.98}
+    ds = load(dataset, images_dir.resolve())
+    console.print(f"replaying {len(ds.data)} items of {ds.name} against {url} ({mode} mode)")
+    report = replay(url, ds, mode, out, seed, policy, flip_rate, limit, token)
+    console.print_json(data=report["summary"])
+    if "suspects" in report:
+        console.print_json(data=report["suspects"])
+    console.print(f"report: {out / 'report.json'}, plot: {out / 'learning-curve.png'}")
 
 
 @db_app.command("upgrade")

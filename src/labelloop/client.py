@@ -182,6 +182,12 @@ class Client:
         result: JSON = self._request("GET", f"/api/v1/tasks/{task_id}/metrics")
         return result
 
+    def suspects(self, task_id: int, limit: int = 100) -> JSON:
+        result: JSON = self._request(
+            "GET", f"/api/v1/tasks/{task_id}/suspects", params={"limit": limit}
+        )
+        return result
+
     def export(self, task_id: int, fmt: str = "jsonl") -> Iterator[str]:
         """The task's labelled data set, line by line, as the server streams it."""
         try:

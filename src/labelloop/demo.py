@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +53,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
 @contextmanager
 def running_server(
     data_dir: Path, port: int, extra_args: list[str] | None = None, log: Path | None = None
-) -> Iterator[str]:
-    """``labelloop serve`` in a child process; yields its URL, stops it at the end."""
+) -> Iterator[Server]:
+    """``labelloop serve`` in a child process; yields its URL and pid, stops it at the end."""
     url = f"http://127.0.0.1:{port}"
     cmd = [
         sys.executable,
@@ -71,11 +78,12 @@ def running_server(
         str(data_dir),
         *(extra_args or []),
     ]
+    data_dir.mkdir(parents=True, exist_ok=True)
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
         with Client(url) as client:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while True:
                 if proc.poll() is not None:
                     raise RuntimeError(f"labelloop serve exited with code {proc.returncode}")
@@ -86,7 +94,7 @@ def running_server(
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
-        yield url
+        yield Server(url, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -103,7 +111,11 @@ def run_demo(data_dir: Path, limit: int | None, seed: int, console: Console) -> 
     images = write_digits(data_dir / "digits", limit)
     port = free_port()
     console.print(f"[bold]labelloop demo[/]: {len(images)} digit images, data in {data_dir}")
-    with running_server(data_dir, port, log=data_dir / "server.log") as url, Client(url) as client:
+    with (
+        running_server(data_dir, port, log=data_dir / "server.log") as server,
+        Client(server.url) as client,
+    ):
+        url = server.url
         console.print(f"server at {url} (API docs at {url}/docs)")
         task = client.create_task(
             "digits demo", "image-classification", labels=[str(d) for d in range(10)]

@@ -32,7 +32,7 @@ from labelloop.store.models import ACTIVE_JOB_STATES, Job
 log = logging.getLogger(__name__)
 
 #: Lower runs first: a model update should not wait behind a backlog of featurization.
-PRIORITY = {"train": 0, "predict": 1, "featurize": 2}
+PRIORITY = {"train": 0, "predict": 1, "autolabel": 1, "featurize": 2}
 
 _WORKER_RT: Runtime | None = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from labelloop.errors import NotFound
+from labelloop.loop.autolabel import run_autolabel_job
 from labelloop.loop.items import run_featurize_job
 from labelloop.loop.prediction import run_predict_job
 from labelloop.loop.training import run_train_job
@@ -15,10 +16,11 @@ RUNNERS: dict[str, Callable[[Runtime, int], list[int]]] = {
     "train": run_train_job,
     "featurize": run_featurize_job,
     "predict": run_predict_job,
+    "autolabel": run_autolabel_job,
 }
 
 #: The queue (and worker role) each kind of job runs on.
-QUEUES = {"featurize": "data", "train": "train", "predict": "inference"}
+QUEUES = {"featurize": "data", "train": "train", "predict": "inference", "autolabel": "train"}
 
 
 def job_kind(rt: Runtime, job_id: int) -> str | None:

@@ -13,11 +13,12 @@ import numpy as np
 
 from labelloop.errors import FetchError, LabelloopError
 from labelloop.fetch import Content, read_link, text_content
-from labelloop.learners.base import Features, Learner, View
+from labelloop.learners.base import Features, Featurizer, Learner, View
 from labelloop.loop.cache import FEATURES
 from labelloop.runtime import Runtime
 
 TEXT_CATEGORIES = frozenset({"text-classification"})
+TRANSFORM_BATCH = 128
 
 
 def is_text(category: str) -> bool:
@@ -48,6 +49,26 @@ def read_content(rt: Runtime, category: str, data: str) -> Content:
     if is_text(category):
         return text_content(data)
     return read_link(data, rt.settings)
+
+
+def _transform(
+    fz: Featurizer, chunk: list[tuple[ItemRef, Content]], failed: dict[int, str]
+) -> list[np.ndarray | None]:
+    """A batch through the featurizer at once (embeddings need batches); item by item only when
+    the batch holds an item that cannot be decoded, so that one bad item fails alone."""
+    try:
+        out = fz.transform([c.raw for _, c in chunk])
+        return [np.asarray(row) for row in out]
+    except FetchError:
+        pass
+    rows: list[np.ndarray | None] = []
+    for it, c in chunk:
+        try:
+            rows.append(np.asarray(fz.transform([c.raw])[0]))
+        except FetchError as exc:
+            failed[it.id] = exc.message
+            rows.append(None)
+    return rows
 
 
 def featurize(
@@ -101,16 +122,14 @@ def featurize(
                     table[c.content_hash] = vec
                     values[it.id] = vec
             todo = [(it, c) for it, c in todo if it.id not in values]
-            for it, c in todo:
-                try:
-                    out = fz.transform([c.raw])
-                except FetchError as exc:
-                    failed[it.id] = exc.message
-                    continue
-                vec = np.asarray(out[0])
-                folder.store_feature(fz.version, c.content_hash, vec)
-                table[c.content_hash] = vec
-                values[it.id] = vec
+            for start in range(0, len(todo), TRANSFORM_BATCH):
+                chunk = todo[start : start + TRANSFORM_BATCH]
+                for (it, c), vec in zip(chunk, _transform(fz, chunk, failed), strict=True):
+                    if vec is None:
+                        continue
+                    folder.store_feature(fz.version, c.content_hash, vec)
+                    table[c.content_hash] = vec
+                    values[it.id] = vec
         else:
             for it in items:
                 c = content_of(it)

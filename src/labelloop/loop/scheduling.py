@@ -123,3 +123,16 @@ def unlabelled_item_ids(session: Session, task_id: int) -> list[int]:
         select(Item.id).where(Item.task_id == task_id, Item.status != "failed").order_by(Item.id)
     )
     return [i for i in ids if i not in labelled]
+
+
+def autolabel_job(session: Session, task: Task, version: int) -> Job:
+    """Re-derive model labels from a version promoted by hand."""
+    job = Job(
+        task_id=task.id,
+        kind="autolabel",
+        key=f"autolabel:{task.id}:{version}:{task.promotions}",
+        payload={"version": version},
+    )
+    session.add(job)
+    session.flush()
+    return job

@@ -19,9 +19,9 @@ from sqlalchemy import func, select, update
 
 from labelloop.errors import LabelloopError
 from labelloop.learners import Features, Learner
-from labelloop.loop import evaluation
+from labelloop.loop import autolabel, evaluation
 from labelloop.loop.features import ItemRef, featurize
-from labelloop.loop.labels import indicator, labelled_at
+from labelloop.loop.labels import indicator, labelled_at, top_score
 from labelloop.loop.prediction import load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
 from labelloop.loop.spec import TaskSpec
@@ -179,6 +179,13 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
 
     oos = evaluation.out_of_sample(learner, X, Y, pool, spec.policy.cv_folds, seed=claim.revision)
     cv = evaluation.score(oos, Y, spec.multi_label)
+    estimate = None
+    if spec.policy.auto_label is not None:
+        estimate = autolabel.estimate_threshold(
+            top_score(oos, spec.multi_label),
+            evaluation.correct(oos, Y, spec.multi_label),
+            spec.policy.auto_label,
+        )
     phase("cross_validate")
     decision = _compare_with_served(rt, claim, X, Y, oos, labelled_ids)
     phase("compare")
@@ -196,6 +203,7 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
         "cv_macro_f1": round(cv.macro_f1, 6),
         "cv_folds": spec.policy.cv_folds,
         "fit_seconds": phases["fit"],
+        **({"auto_label": estimate.as_dict()} if estimate is not None else {}),
         "phases_seconds": phases,
     }
     folder = rt.folder(spec.id)
@@ -312,10 +320,24 @@ def _finish(
         if promoted:
             s.refresh(task)
             mv.promoted, mv.promoted_at = True, utcnow()
+            item_ids = [ok_ids[p] for p in unlabelled_pos]
             if pool_scores is not None:
-                item_ids = [ok_ids[p] for p in unlabelled_pos]
-                rows = prediction_rows(spec, mv.version, item_ids, pool_scores)
-                upsert_predictions(s, rows)
+                upsert_predictions(s, prediction_rows(spec, mv.version, item_ids, pool_scores))
+            if spec.policy.auto_label is not None:
+                threshold = (metrics.get("auto_label") or {}).get("threshold")
+                applied = autolabel.apply_model_labels(
+                    s,
+                    spec,
+                    mv.version,
+                    item_ids,
+                    pool_scores if pool_scores is not None else np.zeros((0, len(spec.labels))),
+                    threshold,
+                )
+                metrics["auto_label"] = {
+                    **metrics["auto_label"],
+                    "model_labelled": applied.labelled,
+                }
+                mv.metrics = dict(metrics)
             # Items that arrived while training ran still need pre-labels from this version.
             known = set(ok_ids)
             late = [i for i in unlabelled_item_ids(s, spec.id) if i not in known]

@@ -11,6 +11,7 @@ from labelloop.errors import InvalidInput, NotFound
 from labelloop.fetch import text_content
 from labelloop.loop.features import is_text
 from labelloop.loop.scheduling import featurize_jobs
+from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.service.common import enqueue, get_task_row
 from labelloop.store.models import Annotation, Item, Job, Prediction
@@ -36,6 +37,7 @@ def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
     with rt.session() as s:
         task = get_task_row(s, task_id)
         text = is_text(task.category)
+        costly = any(f.cacheable for f in TaskSpec.of(task).new_learner().featurizers())
         known: dict[str | None, int] = {}
         if ext:
             for chunk_start in range(0, len(ext), 500):
@@ -61,8 +63,10 @@ def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
                 continue
             item = Item(task_id=task_id, external_id=spec.external_id, data=spec.data)
             if text:
+                # A text is its own content; it still waits for featurizing if that is costly
+                # (sentence embeddings), so that training never embeds the whole pool at once.
                 item.content_hash = text_content(spec.data).content_hash
-                item.status = "ready"
+                item.status = "pending" if costly else "ready"
             new.append(item)
         s.add_all(new)
         s.flush()

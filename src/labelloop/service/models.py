@@ -9,6 +9,7 @@ from sqlalchemy import func, select, update
 from labelloop.errors import Conflict, NotFound
 from labelloop.loop.scheduling import (
     active_training,
+    autolabel_job,
     lock_task,
     repredict_jobs,
     request_training,
@@ -99,6 +100,8 @@ def promote(rt: Runtime, task_id: int, version: int) -> dict[str, Any]:
             s.refresh(task)
             mv.promoted, mv.promoted_at = True, utcnow()
             jobs = repredict_jobs(s, task, version, unlabelled_item_ids(s, task_id))
+            if task.policy.get("auto_label"):
+                jobs.append(autolabel_job(s, task, version))
         result = {"task_id": task_id, "served_version": version}
     enqueue(rt, jobs)
     return result

@@ -9,8 +9,10 @@ from typing import Any
 from sqlalchemy import select
 
 from labelloop.errors import InvalidInput, NotFound
+from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import current_labels
 from labelloop.loop.prediction import store_predictions
+from labelloop.loop.selection import candidates_depth, pick_diverse, similarity_vectors
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.service.common import get_task_row, task_spec
@@ -129,27 +131,34 @@ def _stable_order(salt: str, item_id: int) -> str:
 
 
 def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
-    """Unlabelled items to label next, most useful first, each with its pre-label."""
+    """Items nobody has labelled (by hand or by the model), most useful first, with pre-labels.
+
+    Before the first model the order is random (stable per task); after it, the most uncertain
+    first by the task's selection strategy, using the scores stored at the last promotion, with
+    near-copies of an item already in the batch pushed back.
+    """
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit must be between 1 and 1000")
     with rt.session() as s:
         spec = TaskSpec.of(get_task_row(s, task_id))
         done = set(current_labels(s, task_id, source="human"))
+        done |= set(current_labels(s, task_id, source="model"))
         rows = s.execute(
-            select(Item.id, Item.external_id, Item.data).where(
+            select(Item.id, Item.external_id, Item.data, Item.content_hash).where(
                 Item.task_id == task_id, Item.status != "failed"
             )
         ).all()
         candidates = {r.id: r for r in rows if r.id not in done}
         uncertainty: dict[int, float] = {}
         if spec.served_version is not None and spec.policy.selection != "random":
-            uncertainty = dict(
-                s.execute(
+            uncertainty = {
+                item_id: u
+                for item_id, u in s.execute(
                     select(Prediction.item_id, Prediction.uncertainty).where(
                         Prediction.task_id == task_id, Prediction.version == spec.served_version
                     )
                 ).all()
-            )
+            }
     if uncertainty:
         # Items with no current score yet (just added) rank first: nothing is known of them.
         order = sorted(
@@ -158,6 +167,10 @@ def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
     else:
         order = sorted(candidates, key=lambda i: _stable_order(spec.salt, i))
     chosen = order[:limit]
+    if limit > 1 and len(order) > limit:
+        chosen = _diverse(
+            rt, spec, [candidates[i] for i in order[: candidates_depth(limit, len(order))]], limit
+        )
     preds = current_predictions(rt, spec, chosen) if spec.served_version is not None else {}
     return {
         "model_version": spec.served_version,
@@ -171,3 +184,15 @@ def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
             for i in chosen
         ],
     }
+
+
+def _diverse(rt: Runtime, spec: TaskSpec, ranked: list[Any], limit: int) -> list[int]:
+    """The first ``limit`` of ``ranked`` that are not near-copies of each other."""
+    learner = spec.new_learner()
+    refs = [ItemRef(r.id, r.data, r.content_hash) for r in ranked]
+    batch = featurize(rt, spec.id, spec.category, learner, refs)
+    ok = [ranked[p].id for p in batch.ok]
+    picked = pick_diverse(similarity_vectors(batch.features), limit)
+    chosen = [ok[p] for p in picked]
+    # Items that could not be featurized keep their place at the end (their failure shows there).
+    return chosen + [r.id for r in ranked if r.id in batch.failed][: limit - len(chosen)]

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
-from sqlalchemy.orm import object_session
+from sqlalchemy.orm import Session, object_session
 
 from labelloop.errors import InvalidInput
 from labelloop.learners.registry import CATEGORIES, EXTRAS, learner_class
@@ -17,7 +17,7 @@ from labelloop.loop.policy import Policy
 from labelloop.loop.scheduling import active_training
 from labelloop.runtime import Runtime
 from labelloop.service.common import get_task_row
-from labelloop.store.models import Item, Task
+from labelloop.store.models import Item, ModelVersion, Task
 
 
 class TaskCreate(BaseModel):
@@ -74,7 +74,30 @@ def summary(rt: Runtime, task: Task) -> dict[str, Any]:
                 0, n_items - status_counts.get("failed", 0) - len(human) - len(model)
             ),
         },
+        "auto_label": _auto_label_state(s, task) if task.policy.get("auto_label") else None,
         "created_at": task.created_at.isoformat(),
+    }
+
+
+def _auto_label_state(s: Session, task: Task) -> dict[str, Any]:
+    """The served version's auto-labelling threshold and what it claims for model labels."""
+    if task.served_version is None:
+        return {"threshold": None, "reason": "no model yet"}
+    metrics = s.scalar(
+        select(ModelVersion.metrics).where(
+            ModelVersion.task_id == task.id, ModelVersion.version == task.served_version
+        )
+    )
+    estimate = dict((metrics or {}).get("auto_label") or {})
+    return {
+        "version": task.served_version,
+        "threshold": estimate.get("threshold"),
+        "estimated_accuracy": estimate.get("accuracy"),
+        "accuracy_lower_bound": estimate.get("lower_bound"),
+        "target_accuracy": estimate.get("target"),
+        "confidence": estimate.get("confidence"),
+        "heldout_labels": estimate.get("heldout"),
+        "reason": estimate.get("reason", "estimated when a version is promoted"),
     }
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query
 
 from labelloop.api.deps import runtime
 from labelloop.runtime import Runtime
-from labelloop.service import metrics, models
+from labelloop.service import metrics, models, quality
 
 router = APIRouter(tags=["models"])
 Rt = Annotated[Runtime, Depends(runtime)]
@@ -41,3 +41,12 @@ def jobs(
 def task_metrics(task_id: int, rt: Rt) -> dict[str, Any]:
     """Per version: labels used, held-out accuracy and macro-F1, training time; the edit rate."""
     return metrics.task_metrics(rt, task_id)
+
+
+@router.get("/tasks/{task_id}/suspects")
+def suspects(
+    task_id: int, rt: Rt, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+) -> dict[str, Any]:
+    """Human labels the model confidently disagrees with (out of sample), most suspicious first,
+    and how often each annotator agrees with the others on shared items."""
+    return quality.suspects(rt, task_id, limit)

@@ -1,0 +1,189 @@
+"""Auto-labelling at a target accuracy, with a threshold estimated only from held-out human labels.
+
+After each promotion, the out-of-sample scores of the human labels (cross-validation: every label
+scored by a model that did not see it) tell how accurate the model is above each confidence
+threshold. The threshold is the lowest one at which a one-sided Clopper-Pearson lower bound on that
+accuracy still meets the target: a bound, not the point estimate, so a small held-out set can never
+claim the target. Thresholds are tested in a fixed sequence (highest first, stopping at the first
+failure), which keeps the stated confidence despite scanning many thresholds. Unlabelled items whose
+confidence clears the threshold get a *model* label (an annotation with source ``model``, the
+version and the score); model labels never overwrite a human label, are re-derived at every
+promotion, and a person can correct them like any pre-label.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import beta
+from sqlalchemy.orm import Session
+
+from labelloop.loop.labels import current_labels, decide, same_labels, top_score
+from labelloop.loop.policy import AutoLabelPolicy
+from labelloop.loop.spec import TaskSpec
+from labelloop.runtime import Runtime
+from labelloop.store.models import Annotation
+
+#: Thresholds tested, highest first.
+GRID = tuple(round(t, 3) for t in np.arange(0.995, 0.4999, -0.005))
+
+
+def clopper_pearson_lower(successes: int, n: int, confidence: float) -> float:
+    """One-sided exact lower bound on a proportion."""
+    if n == 0 or successes == 0:
+        return 0.0
+    return float(beta.ppf(1.0 - confidence, successes, n - successes + 1))
+
+
+def min_evidence(target: float, confidence: float) -> int:
+    """Fewest held-out labels that could certify ``target`` (all of them right)."""
+    return math.ceil(math.log(1.0 - confidence) / math.log(target))
+
+
+@dataclass(frozen=True)
+class ThresholdEstimate:
+    threshold: float | None
+    heldout: int
+    above: int
+    accuracy: float | None
+    lower_bound: float | None
+    target: float
+    confidence: float
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_threshold(
+    confidence_scores: np.ndarray, correct: np.ndarray, policy: AutoLabelPolicy
+) -> ThresholdEstimate:
+    """The lowest threshold whose held-out accuracy bound meets the target, or None."""
+    n = len(confidence_scores)
+    target, conf = policy.target_accuracy, policy.confidence
+
+    def none(reason: str) -> ThresholdEstimate:
+        return ThresholdEstimate(None, n, 0, None, None, target, conf, reason)
+
+    if n < policy.min_labels:
+        return none(f"{n} held-out human labels, fewer than min_labels={policy.min_labels}")
+    need = min_evidence(target, conf)
+    best: ThresholdEstimate | None = None
+    started = False
+    for t in GRID:
+        above = confidence_scores >= t
+        k, m = int(correct[above].sum()), int(above.sum())
+        if not started:
+            # Where the sequence starts depends only on how many scores clear t, never on
+            # whether they were right, so the fixed-sequence guarantee holds.
+            if m < need:
+                continue
+            started = True
+        bound = clopper_pearson_lower(k, m, conf)
+        if bound < target:
+            break
+        best = ThresholdEstimate(float(t), n, m, k / m, bound, target, conf, "target met")
+    if best is None:
+        if not started:
+            return none(
+                f"no threshold has the {need} held-out labels needed to show {target:.1%} "
+                f"with {conf:.0%} confidence"
+            )
+        return none(f"no threshold shows {target:.1%} accuracy with {conf:.0%} confidence")
+    return best
+
+
+@dataclass(frozen=True)
+class Applied:
+    labelled: int
+    changed: int
+    retracted: int
+
+
+def apply_model_labels(
+    session: Session,
+    spec: TaskSpec,
+    version: int,
+    item_ids: Sequence[int],
+    scores: np.ndarray,
+    threshold: float | None,
+) -> Applied:
+    """Re-derive the task's model labels from ``version``; only changes are appended."""
+    human = current_labels(session, spec.id, source="human")
+    old = current_labels(session, spec.id, source="model")
+    new: dict[int, tuple[list[str], float]] = {}
+    if threshold is not None and len(item_ids):
+        conf = top_score(scores, spec.multi_label)
+        chosen = decide(scores, spec.labels, spec.multi_label)
+        for i, item_id in enumerate(item_ids):
+            if item_id not in human and conf[i] >= threshold and chosen[i]:
+                new[int(item_id)] = (chosen[i], float(conf[i]))
+    rows = []
+    changed = 0
+    for item_id, (labels, score) in new.items():
+        if not same_labels(old.get(item_id), labels):
+            changed += 1
+            rows.append(
+                Annotation(
+                    task_id=spec.id,
+                    item_id=item_id,
+                    labels=labels,
+                    source="model",
+                    model_version=version,
+                    score=score,
+                )
+            )
+    retracted = [i for i in old if i not in new and i not in human]
+    rows += [
+        Annotation(task_id=spec.id, item_id=i, labels=None, source="model", model_version=version)
+        for i in retracted
+    ]
+    session.add_all(rows)
+    return Applied(len(new), changed, len(retracted))
+
+
+def run_autolabel_job(rt: Runtime, job_id: int) -> list[int]:
+    """Re-derive model labels from a version promoted by hand (a rollback, say)."""
+    from sqlalchemy import select
+
+    from labelloop.loop.prediction import predict_stored
+    from labelloop.loop.scheduling import unlabelled_item_ids
+    from labelloop.store.models import Job, ModelVersion, Task, utcnow
+
+    with rt.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state in ("done", "failed"):
+            return []
+        task = s.get(Task, job.task_id)
+        version = int(job.payload["version"])
+        if task is None or task.served_version != version:
+            if task is not None:
+                job.state, job.finished_at, job.result = "done", utcnow(), {"skipped": "superseded"}
+            return []
+        job.state, job.attempts, job.started_at = "running", job.attempts + 1, utcnow()
+        spec = TaskSpec.of(task)
+        mv = s.scalar(
+            select(ModelVersion).where(
+                ModelVersion.task_id == task.id, ModelVersion.version == version
+            )
+        )
+        estimate = (mv.metrics if mv else {}).get("auto_label") or {}
+        todo = unlabelled_item_ids(s, task.id)
+    scored = predict_stored(rt, spec, version, todo)
+    ids = [int(r["item_id"]) for r in scored.rows]  # type: ignore[call-overload]
+    scores = np.array([r["scores"] for r in scored.rows], dtype=float).reshape(
+        len(ids), len(spec.labels)
+    )
+    with rt.session() as s:
+        task = s.get(Task, spec.id)
+        job = s.get(Job, job_id)
+        if task is None or job is None or task.served_version != version:
+            return []
+        applied = apply_model_labels(s, spec, version, ids, scores, estimate.get("threshold"))
+        job.state, job.finished_at = "done", utcnow()
+        job.result = asdict(applied)
+    return []
