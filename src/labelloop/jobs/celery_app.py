@@ -250,7 +250,7 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
     settings = state.settings
 
     def run_job(job_id: int) -> list[int]:
-        from labelloop.loop.executor import QUEUES, execute, job_kind
+        from labelloop.loop.executor import execute, job_kind
 
         rt = state.runtime()
         try:
@@ -261,7 +261,8 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
             time.sleep(2.0)
             raise Reject(exc.message, requeue=True) from None
         except Exception as exc:
-            if QUEUES.get(job_kind(rt, int(job_id)) or "") != "train":
+            # A training job records its own failures; any other job is marked failed here.
+            if job_kind(rt, int(job_id)) != "train":
                 _mark_failed(rt, int(job_id), f"{type(exc).__name__}: {exc}")
             raise
         if follow:
@@ -339,8 +340,10 @@ def _on_hard_time_limit(state: WorkerState) -> Callable[..., None]:
             return
         job_id = int(args[0])
         try:
+            from labelloop.loop.executor import job_kind
+
             rt = state.runtime()
-            if name == JOB_TASKS["train"]:
+            if job_kind(rt, job_id) == "train":
                 rt.jobs.enqueue([job_id])
             else:
                 _mark_failed(rt, job_id, f"hard time limit exceeded ({exception})")
