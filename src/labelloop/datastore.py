@@ -17,7 +17,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,32 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def write_dir(target: Path) -> Iterator[Path]:
+    """A folder written whole or not at all: built in a temporary sibling, renamed into place.
+
+    If ``target`` already exists, an earlier attempt of the same work wrote it whole (training is
+    deterministic), so the new copy is discarded and the existing one is left untouched.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if target.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # A concurrent duplicate renamed its (identical) copy first.
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 class TaskFolder:
     """The folders of one task."""
 
@@ -88,31 +114,16 @@ class TaskFolder:
     def version_dir(self, version: int) -> Path:
         return self.inference / f"model-time{int(version)}"
 
-    @contextmanager
-    def writing_version(self, version: int) -> Iterator[Path]:
-        """Yield a temporary folder; on success it becomes ``model-time<version>`` in one rename.
+    def writing_version(self, version: int) -> AbstractContextManager[Path]:
+        """A temporary folder that becomes ``model-time<version>`` whole, in one rename."""
+        return write_dir(self.version_dir(version))
 
-        If the folder already exists, another attempt of the same job wrote it whole (training is
-        deterministic), so ours is discarded and the existing one is left untouched.
-        """
-        target = self.version_dir(version)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            yield tmp
-            _fsync_tree(tmp)
-            if target.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-                return
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                # A concurrent duplicate renamed its (identical) copy first.
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    def checkpoint_dir(self, name: str) -> Path:
+        """``Snapshot/<name>.ckpt/``: what a training job fitted, so that a rerun resumes from it."""
+        return confine(self.snapshot, f"{name}.ckpt")
+
+    def writing_checkpoint(self, name: str) -> AbstractContextManager[Path]:
+        return write_dir(self.checkpoint_dir(name))
 
     def raw_path(self, content_hash: str) -> Path:
         return confine(self.preprocess, "raw", content_hash[:2], content_hash)
@@ -136,6 +147,3 @@ class TaskFolder:
         np.save(buf, vector, allow_pickle=False)
         path = self.feature_path(featurizer_version, content_hash)
         write_bytes_atomic(path, buf.getvalue(), durable=False)
-
-    def checkpoint_path(self, name: str) -> Path:
-        return confine(self.snapshot, f"{name}.ckpt")

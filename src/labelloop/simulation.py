@@ -90,6 +90,8 @@ def run_stream(
     on_step: Callable[[Step], None] | None = None,
     annotator: str = "simulated",
     noise: Annotator | None = None,
+    on_train: Callable[[int], dict[str, Any]] | None = None,
+    stop: Callable[[dict[str, Any]], bool] | None = None,
 ) -> StreamResult:
     """Label ``items`` (item id, true labels) in the given order; returns what it measured."""
     result = StreamResult()
@@ -124,14 +126,17 @@ def run_stream(
                 versions = client.models(task_id)
                 current = [v for v in versions if v["version"] == served]
                 heldout = current[0]["metrics"].get("cv_accuracy") if current else None
-            result.curve.append(
-                {
-                    "labels": n,
-                    "served_version": served,
-                    "heldout_accuracy": heldout,
-                    "edit_rate_so_far": result.edit_rate,
-                }
-            )
+            point = {
+                "labels": n,
+                "served_version": served,
+                "heldout_accuracy": heldout,
+                "edit_rate_so_far": result.edit_rate,
+            }
+            point.update(on_train(n) if on_train else {})
+            result.curve.append(point)
+            if stop is not None and stop(point):
+                result.n = n
+                break
         result.n = n
         if on_step is not None:
             on_step(Step(n, edited, served, heldout))
@@ -175,6 +180,8 @@ def run_active(
     annotator: str = "simulated",
     noise: Annotator | None = None,
     max_labels: int | None = None,
+    on_train: Callable[[int], dict[str, Any]] | None = None,
+    stop: Callable[[dict[str, Any]], bool] | None = None,
 ) -> ActiveResult:
     """Label whatever ``/next`` asks for until every item is labelled by a person or the model."""
     result = ActiveResult(items=len(truth))
@@ -206,15 +213,17 @@ def run_active(
             served = task["served_version"]
             current = [v for v in client.models(task_id) if v["version"] == served]
             heldout = current[0]["metrics"].get("cv_accuracy") if current else None
-            result.curve.append(
-                {
-                    "labels": result.human_labels,
-                    "served_version": served,
-                    "heldout_accuracy": heldout,
-                    "model_labelled": task["counts"]["model_labelled"],
-                    "edit_rate_so_far": sum(result.edits) / len(result.edits),
-                }
-            )
+            point = {
+                "labels": result.human_labels,
+                "served_version": served,
+                "heldout_accuracy": heldout,
+                "model_labelled": task["counts"]["model_labelled"],
+                "edit_rate_so_far": sum(result.edits) / len(result.edits),
+            }
+            point.update(on_train(result.human_labels) if on_train else {})
+            result.curve.append(point)
+            if stop is not None and stop(point):
+                break
         if on_step is not None:
             on_step(Step(result.human_labels, edited, served, heldout))
     right = model_right = model_n = 0

@@ -100,7 +100,8 @@ def test_auto_labelling_never_overwrites_people(
     wait_until(lambda: idle(c, t))
     item = c.get(f"/api/v1/tasks/{t}/items/{target}").json()
     assert item["labels"] == [other] and item["label_source"] == "human"
-    assert [a["source"] for a in item["annotations"]][:2] == ["model", "human"]
+    sources = [a["source"] for a in item["annotations"]]
+    assert sources[-1] == "human" and "model" in sources[:-1]  # nothing model-made after it
     rows = {
         json.loads(line)["item_id"]: json.loads(line)
         for line in c.get(f"/api/v1/tasks/{t}/export").text.splitlines()
@@ -165,3 +166,34 @@ def test_suspects_find_planted_errors(
     assert first["given"] != first["suggested"]
     scores = [s["score"] for s in out["suspects"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_audits_are_random_picks_recorded_as_evidence(
+    app_client: TestClient, digit_files: list[tuple[str, str]]
+) -> None:
+    from labelloop.service.predictions import _audit_turn
+
+    assert [_audit_turn(k, 2 / 3) for k in range(6)] == [False, True, True, False, True, True]
+    assert not any(_audit_turn(k, 0.0) for k in range(10))
+
+    c = app_client
+    t = create(c, {"min_labels": 10, "auto_label": {"target_accuracy": 0.9}})
+    items = c.post(
+        f"/api/v1/tasks/{t}/items", json={"items": [{"data": p} for p, _ in digit_files[:120]]}
+    ).json()["items"]
+    truth = {it["id"]: digit_files[i][1] for i, it in enumerate(items)}
+    wait_until(lambda: c.get(f"/api/v1/tasks/{t}").json()["counts"]["pending"] == 0)
+    # Before the first model every item handed out is a random pick.
+    first = c.get(f"/api/v1/tasks/{t}/next", params={"limit": 10}).json()["items"]
+    assert all(it["audit"] for it in first)
+    for it in first:
+        label(c, t, it["id"], [truth[it["id"]]], None)
+    wait_until(lambda: idle(c, t))
+    batch = c.get(f"/api/v1/tasks/{t}/next", params={"limit": 3}).json()["items"]
+    assert [it["audit"] for it in batch] == [_audit_turn(10 + k, 2 / 3) for k in range(3)]
+    from labelloop.store.models import AuditPick
+
+    rt = c.app.state.rt  # type: ignore[attr-defined]
+    with rt.session() as s:
+        picked = {a.item_id for a in s.query(AuditPick).filter(AuditPick.task_id == t)}
+    assert {it["id"] for it in first} | {it["id"] for it in batch if it["audit"]} == picked

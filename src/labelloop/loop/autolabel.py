@@ -1,11 +1,14 @@
 """Auto-labelling at a target accuracy, with a threshold estimated only from held-out human labels.
 
-After each promotion, the out-of-sample scores of the human labels (cross-validation: every label
-scored by a model that did not see it) tell how accurate the model is above each confidence
-threshold. The threshold is the lowest one at which a one-sided Clopper-Pearson lower bound on that
+After each promotion, the out-of-sample scores of held-out human labels (cross-validation: every
+label scored by a model that did not see it) tell how accurate the model is above each confidence
+threshold. By default only *audit* labels count: items ``/next`` handed out uniformly at random,
+whose labels are unbiased for the pool whatever else people label (items picked because the model
+was unsure are far harder than the pool and would make every estimate useless). The threshold is the lowest one at which a one-sided Clopper-Pearson lower bound on that
 accuracy still meets the target: a bound, not the point estimate, so a small held-out set can never
-claim the target. Thresholds are tested in a fixed sequence (highest first, stopping at the first
-failure), which keeps the stated confidence despite scanning many thresholds. Unlabelled items whose
+claim the target. Thresholds are tested in a fixed sequence (highest first, starting where
+enough evidence is covered, stopping at the first failure), which keeps the stated confidence
+despite scanning many thresholds; the guarantee holds at each promotion. Unlabelled items whose
 confidence clears the threshold get a *model* label (an annotation with source ``model``, the
 version and the score); model labels never overwrite a human label, are re-derived at every
 promotion, and a person can correct them like any pre-label.
@@ -59,12 +62,27 @@ class ThresholdEstimate:
         return asdict(self)
 
 
+def model_label_target(policy: AutoLabelPolicy, items: int, human: int) -> float:
+    """Accuracy the model's labels must reach for the policy's target.
+
+    With scope "dataset" people's labels count as right, so model labels may err a little more:
+    the data set stays at the target if model labels reach 1 - (1 - target) * N / (N - H).
+    """
+    if policy.scope == "model-labels" or items <= human:
+        return policy.target_accuracy
+    return max(0.5, 1.0 - (1.0 - policy.target_accuracy) * items / (items - human))
+
+
 def estimate_threshold(
-    confidence_scores: np.ndarray, correct: np.ndarray, policy: AutoLabelPolicy
+    confidence_scores: np.ndarray,
+    correct: np.ndarray,
+    policy: AutoLabelPolicy,
+    target: float | None = None,
 ) -> ThresholdEstimate:
     """The lowest threshold whose held-out accuracy bound meets the target, or None."""
     n = len(confidence_scores)
-    target, conf = policy.target_accuracy, policy.confidence
+    target = policy.target_accuracy if target is None else target
+    conf = policy.confidence
 
     def none(reason: str) -> ThresholdEstimate:
         return ThresholdEstimate(None, n, 0, None, None, target, conf, reason)
@@ -72,6 +90,9 @@ def estimate_threshold(
     if n < policy.min_labels:
         return none(f"{n} held-out human labels, fewer than min_labels={policy.min_labels}")
     need = min_evidence(target, conf)
+    # Start where half the evidence is covered: a single confident error among a few top items
+    # would otherwise end the sequence at its first step.
+    start_at = max(need, math.ceil(n / 2))
     best: ThresholdEstimate | None = None
     started = False
     for t in GRID:
@@ -80,7 +101,7 @@ def estimate_threshold(
         if not started:
             # Where the sequence starts depends only on how many scores clear t, never on
             # whether they were right, so the fixed-sequence guarantee holds.
-            if m < need:
+            if m < start_at:
                 continue
             started = True
         bound = clopper_pearson_lower(k, m, conf)

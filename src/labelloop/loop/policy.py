@@ -9,13 +9,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class AutoLabelPolicy(BaseModel):
+    """Auto-labelling; the defaults are the measured best on digits (docs/BENCHMARKS.md)."""
+
     model_config = ConfigDict(extra="forbid")
 
     target_accuracy: float = Field(default=0.98, gt=0.5, lt=1.0)
+    #: What the target is about: the model's labels, or the whole data set (people's labels
+    #: counted as right, so the model's labels may be a little less accurate).
+    scope: Literal["model-labels", "dataset"] = "model-labels"
     #: Human labels needed before any item is auto-labelled.
-    min_labels: int = Field(default=50, ge=10)
-    #: Confidence of the lower bound on accuracy (one-sided).
+    min_labels: int = Field(default=10, ge=10)
+    #: Confidence of the lower bound on accuracy (one-sided), at each promotion.
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    #: Held-out evidence: "audits" (labels of items ``/next`` picked at random, unbiased whatever
+    #: else people label) or "all" (every human label: valid only when people label items in an
+    #: order that does not depend on the model, such as a random stream).
+    evidence: Literal["audits", "all"] = "audits"
+    #: Share of the items ``/next`` hands out that are random audits rather than uncertain items.
+    audit_share: float = Field(default=2 / 3, ge=0.0, le=1.0)
+    #: Once a threshold is certified and this few items are left uncovered, hand them out directly.
+    tail: int = Field(default=100, ge=0)
 
 
 class Policy(BaseModel):

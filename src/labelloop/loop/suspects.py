@@ -5,7 +5,7 @@ model that did not see it). A class's threshold is the mean score the model give
 items labelled with it (its self-confidence). Counting, for each given label, the classes items
 confidently belong to (the *confident joint*) estimates how many items given label g truly belong to
 j; that many items given g, those the model most prefers j for, are flagged ("prune by noise
-rate"). Flags are ranked by how much more the model believes the suggestion than the given label.
+rate"). Flags are ranked by self-confidence: how little the model believes the given label.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def find_suspects(
             pos,
             [labels[int(given[pos])]],
             [labels[j]],
-            float(scores[pos, j] - scores[pos, given[pos]]),
+            # Ranked by self-confidence: the less the model believes the given label, the
+            # likelier it is wrong (measured: the best precision at the top of the list).
+            1.0 - float(scores[pos, given[pos]]),
         )
         for pos, j in flagged.items()
     ]

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select, update
 
 from labelloop.errors import LabelloopError
-from labelloop.learners import Features, Learner
+from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.loop import autolabel, evaluation
 from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import indicator, labelled_at, top_score
@@ -26,7 +28,7 @@ from labelloop.loop.prediction import load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
-from labelloop.store.models import Item, Job, ModelVersion, Task, utcnow
+from labelloop.store.models import AuditPick, Item, Job, ModelVersion, Task, utcnow
 from labelloop.store.upsert import upsert_predictions
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class Claim:
     #: Revision the served model was trained at (None: nothing serves yet).
     served_revision: int | None
     items: list[ItemRef]
+    #: Labelled items that ``/next`` handed out as random audits (held-out evidence).
+    audits: frozenset[int] = frozenset()
 
 
 def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
@@ -100,6 +104,9 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
             )
             if i.status == "ready" or i.id in labels
         ]
+        audits = frozenset(
+            s.scalars(select(AuditPick.item_id).where(AuditPick.task_id == task.id)).all()
+        )
         return Claim(
             TaskSpec.of(task),
             mv.version,
@@ -108,10 +115,15 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
             {i: rev for i, (_, rev) in at.items()},
             served_revision,
             items,
+            audits & frozenset(labels),
         )
 
 
 def _fail(rt: Runtime, job_id: int, reason: str) -> list[int]:
+    with rt.session() as s:
+        job_task = s.scalar(select(Job.task_id).where(Job.id == job_id))
+    if job_task is not None:
+        shutil.rmtree(rt.folder(job_task).checkpoint_dir(f"job-{job_id}"), ignore_errors=True)
     with rt.session() as s:
         job = s.get(Job, job_id)
         if job is None or job.state in ("done", "failed"):
@@ -177,20 +189,38 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     X = batch.features.take(labelled_pos)
     pool = batch.features
 
-    oos = evaluation.out_of_sample(learner, X, Y, pool, spec.policy.cv_folds, seed=claim.revision)
+    folder = rt.folder(spec.id)
+    checkpoint = f"job-{job_id}"
+    resumed = _resume(folder.checkpoint_dir(checkpoint), labelled_ids)
+    if resumed is not None:
+        model, oos = resumed
+        phase("resume")
+    else:
+        oos = evaluation.out_of_sample(
+            learner, X, Y, pool, spec.policy.cv_folds, seed=claim.revision
+        )
+        phase("cross_validate")
+        model = learner.fit(X, Y, pool=pool, init=_warm_start(rt, spec, learner))
+        phase("fit")
+        with folder.writing_checkpoint(checkpoint) as tmp:
+            model.save(tmp / "model")
+            np.savez(tmp / "oos.npz", item_ids=np.asarray(labelled_ids), scores=oos)
+        phase("checkpoint")
     cv = evaluation.score(oos, Y, spec.multi_label)
     estimate = None
-    if spec.policy.auto_label is not None:
+    auto = spec.policy.auto_label
+    if auto is not None:
+        held = [
+            p for p, i in enumerate(labelled_ids) if auto.evidence == "all" or i in claim.audits
+        ]
         estimate = autolabel.estimate_threshold(
-            top_score(oos, spec.multi_label),
-            evaluation.correct(oos, Y, spec.multi_label),
-            spec.policy.auto_label,
+            top_score(oos[held], spec.multi_label),
+            evaluation.correct(oos[held], Y[held], spec.multi_label),
+            auto,
+            autolabel.model_label_target(auto, len(ok_ids), len(labelled_ids)),
         )
-    phase("cross_validate")
     decision = _compare_with_served(rt, claim, X, Y, oos, labelled_ids)
     phase("compare")
-    model = learner.fit(X, Y, pool=pool, init=_warm_start(rt, spec, learner))
-    phase("fit")
 
     # Pre-labels for the unlabelled pool come with the version (one pass, no second load).
     unlabelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id not in claim.labels]
@@ -202,11 +232,11 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
         "cv_accuracy": round(cv.accuracy, 6),
         "cv_macro_f1": round(cv.macro_f1, 6),
         "cv_folds": spec.policy.cv_folds,
-        "fit_seconds": phases["fit"],
+        "fit_seconds": phases.get("fit"),
+        "resumed_from_checkpoint": resumed is not None,
         **({"auto_label": estimate.as_dict()} if estimate is not None else {}),
         "phases_seconds": phases,
     }
-    folder = rt.folder(spec.id)
     with folder.writing_version(claim.version) as tmp:
         model.save(tmp / "model")
         np.savez_compressed(tmp / "oos.npz", item_ids=np.asarray(labelled_ids), scores=oos)
@@ -223,9 +253,29 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
         phases,
     )
 
-    return _finish(
+    follow = _finish(
         rt, job_id, claim, metrics, decision, train_seconds, unlabelled_pos, ok_ids, pool_scores
     )
+    shutil.rmtree(folder.checkpoint_dir(checkpoint), ignore_errors=True)
+    return follow
+
+
+def _resume(checkpoint: Path, labelled_ids: list[int]) -> tuple[Learner, np.ndarray] | None:
+    """The model and out-of-sample scores an earlier attempt of this job fitted, if any.
+
+    Used only if it covers exactly the same labelled items (same revision, same items readable).
+    """
+    if not checkpoint.is_dir():
+        return None
+    try:
+        with np.load(checkpoint / "oos.npz") as oos:
+            if oos["item_ids"].tolist() != labelled_ids:
+                return None
+            scores = oos["scores"]
+        meta = json.loads((checkpoint / "model" / "learner.json").read_text())
+        return learner_by_name(meta["learner"]).load(checkpoint / "model"), scores
+    except (OSError, ValueError, KeyError, LabelloopError):
+        return None
 
 
 def _compare_with_served(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -16,7 +17,8 @@ from labelloop.loop.selection import candidates_depth, pick_diverse, similarity_
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.service.common import get_task_row, task_spec
-from labelloop.store.models import Item, Prediction
+from labelloop.store.models import Item, ModelVersion, Prediction
+from labelloop.store.upsert import record_audit_picks
 
 NO_MODEL = "no_model"
 
@@ -131,24 +133,29 @@ def _stable_order(salt: str, item_id: int) -> str:
 
 
 def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
-    """Items nobody has labelled (by hand or by the model), most useful first, with pre-labels.
+    """Items to label next, most useful first, each with its pre-label.
 
-    Before the first model the order is random (stable per task); after it, the most uncertain
-    first by the task's selection strategy, using the scores stored at the last promotion, with
-    near-copies of an item already in the batch pushed back.
+    Before the first model: random order (stable per task). After it: the most uncertain items no
+    person or model has labelled, by the task's selection strategy (scores stored at the last
+    promotion), with near-copies of an item already in the batch pushed back. With
+    auto-labelling on, a share of the items are random *audits* (drawn from every item without a
+    human label, model-labelled ones included): their labels are the unbiased evidence the
+    auto-labelling threshold is estimated from. Once a threshold is certified and only a short
+    tail of uncovered items is left, the tail is handed out directly.
     """
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit must be between 1 and 1000")
     with rt.session() as s:
         spec = TaskSpec.of(get_task_row(s, task_id))
-        done = set(current_labels(s, task_id, source="human"))
-        done |= set(current_labels(s, task_id, source="model"))
+        human = current_labels(s, task_id, source="human")
+        model = current_labels(s, task_id, source="model")
         rows = s.execute(
             select(Item.id, Item.external_id, Item.data, Item.content_hash).where(
                 Item.task_id == task_id, Item.status != "failed"
             )
         ).all()
-        candidates = {r.id: r for r in rows if r.id not in done}
+        open_items = {r.id: r for r in rows if r.id not in human}
+        uncovered = [i for i in open_items if i not in model]
         uncertainty: dict[int, float] = {}
         if spec.served_version is not None and spec.policy.selection != "random":
             uncertainty = {
@@ -159,31 +166,79 @@ def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
                     )
                 ).all()
             }
+        certified = spec.served_version is not None and _threshold(s, spec) is not None
+    auto = spec.policy.auto_label
+    lottery = sorted(open_items, key=lambda i: _stable_order(spec.salt, i))
     if uncertainty:
         # Items with no current score yet (just added) rank first: nothing is known of them.
-        order = sorted(
-            candidates, key=lambda i: (-uncertainty.get(i, 2.0), _stable_order(spec.salt, i))
+        ranked = sorted(
+            uncovered, key=lambda i: (-uncertainty.get(i, 2.0), _stable_order(spec.salt, i))
         )
     else:
-        order = sorted(candidates, key=lambda i: _stable_order(spec.salt, i))
-    chosen = order[:limit]
-    if limit > 1 and len(order) > limit:
-        chosen = _diverse(
-            rt, spec, [candidates[i] for i in order[: candidates_depth(limit, len(order))]], limit
-        )
+        ranked = [i for i in lottery if i not in model]
+    if limit > 1 and len(ranked) > limit:
+        depth = ranked[: candidates_depth(limit, len(ranked))]
+        ranked = _diverse(rt, spec, [open_items[i] for i in depth], limit) + ranked[len(depth) :]
+    audits: list[int] = []
+    if auto is None:
+        chosen = ranked[:limit]
+    elif spec.served_version is None:
+        chosen = audits = [i for i in lottery if i not in model][:limit]
+    elif certified and len(uncovered) <= auto.tail:
+        chosen = ranked[:limit]
+    else:
+        chosen = []
+        draw, unsure = iter(lottery), iter(ranked)
+        for k in range(min(limit, len(open_items))):
+            audit_turn = _audit_turn(len(human) + k, auto.audit_share)
+            pick = _next_unchosen(draw if audit_turn else unsure, chosen)
+            if pick is None:  # one source ran dry: take from the other
+                audit_turn = not audit_turn
+                pick = _next_unchosen(draw if audit_turn else unsure, chosen)
+            if pick is None:
+                break
+            chosen.append(pick)
+            if audit_turn:
+                audits.append(pick)
+    if audits:
+        with rt.session() as s:
+            record_audit_picks(s, task_id, audits)
     preds = current_predictions(rt, spec, chosen) if spec.served_version is not None else {}
     return {
         "model_version": spec.served_version,
         "items": [
             {
                 "id": i,
-                "external_id": candidates[i].external_id,
-                "data": candidates[i].data,
+                "external_id": open_items[i].external_id,
+                "data": open_items[i].data,
+                "audit": i in audits,
                 "prediction": preds.get(i, no_model(i)),
             }
             for i in chosen
         ],
     }
+
+
+def _audit_turn(position: int, share: float) -> bool:
+    """Whether the ``position``-th human label should be an audit: spreads ``share`` evenly."""
+    return math.floor((position + 1) * share + 1e-9) > math.floor(position * share + 1e-9)
+
+
+def _next_unchosen(source: Iterator[int], chosen: list[int]) -> int | None:
+    for item_id in source:
+        if item_id not in chosen:
+            return item_id
+    return None
+
+
+def _threshold(session: Any, spec: TaskSpec) -> float | None:
+    metrics = session.scalar(
+        select(ModelVersion.metrics).where(
+            ModelVersion.task_id == spec.id, ModelVersion.version == spec.served_version
+        )
+    )
+    value = ((metrics or {}).get("auto_label") or {}).get("threshold")
+    return None if value is None else float(value)
 
 
 def _diverse(rt: Runtime, spec: TaskSpec, ranked: list[Any], limit: int) -> list[int]:

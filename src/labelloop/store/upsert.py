@@ -1,4 +1,4 @@
-"""Insert-or-update for predictions, in the dialect of the connected database."""
+"""Insert-or-update and insert-if-absent, in the dialect of the connected database."""
 
 from __future__ import annotations
 
@@ -7,23 +7,35 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from labelloop.store.models import Prediction
+from labelloop.store.models import AuditPick, Prediction
 
 UPDATED = ("task_id", "version", "labels", "scores", "score", "uncertainty", "created_at")
+
+
+def _insert(session: Session, table: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
+def record_audit_picks(session: Session, task_id: int, item_ids: Sequence[int]) -> None:
+    """Remember items handed out as random audits (a second pick of the same item is a no-op)."""
+    if item_ids:
+        stmt = _insert(session, AuditPick).on_conflict_do_nothing(
+            index_elements=[AuditPick.item_id]
+        )
+        session.execute(stmt, [{"item_id": i, "task_id": task_id} for i in item_ids])
 
 
 def upsert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Write rows keyed by item id; a concurrent writer of the same item never makes this fail."""
     if not rows:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt = pg_insert(Prediction)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(Prediction)  # type: ignore[assignment]
+    stmt = _insert(session, Prediction)
     stmt = stmt.on_conflict_do_update(
         index_elements=[Prediction.item_id],
         set_={name: getattr(stmt.excluded, name) for name in UPDATED},

@@ -1,0 +1,182 @@
+"""Active ordering, auto-labelling and label-error flags, measured through a real server.
+
+    python -m bench.active auto digits --seeds 0 1 2 --target 0.98   # human share, final accuracy
+    python -m bench.active auto digits --seeds 0 1 2 --scope dataset # target for the whole data set
+    python -m bench.active reach digits --seeds 0 1 2                  # labels to 95%: active vs random
+    python -m bench.active auto trec6 --seeds 0 --target 0.95
+    python -m bench.active suspects digits --seeds 0 1 2 --flip 0.05   # precision/recall of /suspects
+
+Accuracy "on the pool" is the served model's accuracy, against the truth, on the items no person
+has labelled yet (what the next pre-labels will be judged on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import datasets
+from labelloop.client import Client
+from labelloop.demo import free_port, running_server
+from labelloop.simulation import Annotator, run_active, run_stream
+
+
+def load(name: str, work: Path) -> datasets.Dataset:
+    if name == "digits":
+        return datasets.digits(work / "digits")
+    return {"trec6": datasets.trec, "sms": datasets.sms}[name]()
+
+
+def setup(client: Client, ds: datasets.Dataset, policy: dict[str, Any]) -> tuple[int, list[int]]:
+    task = client.create_task(ds.name, ds.category, ds.labels, policy=policy)
+    added = client.add_items(
+        task["id"], [{"data": d, "external_id": str(i)} for i, d in enumerate(ds.data)]
+    )
+    while client.get_task(task["id"])["counts"]["pending"]:
+        time.sleep(0.5)
+    return int(task["id"]), [int(it["id"]) for it in added["items"]]
+
+
+def pool_accuracy(
+    client: Client, task_id: int, ds: datasets.Dataset, ids: list[int], labelled: set[int]
+) -> float:
+    rest = [i for i, item_id in enumerate(ids) if item_id not in labelled]
+    if not rest:
+        return 1.0
+    answer = client.predict(task_id, [ds.data[i] for i in rest])
+    right = sum(
+        p["labels"] == [ds.truth[i]] for p, i in zip(answer["predictions"], rest, strict=True)
+    )
+    return right / len(rest)
+
+
+def run(
+    kind: str,
+    ds: datasets.Dataset,
+    seed: int,
+    work: Path,
+    target: float,
+    flip: float,
+    scope: str = "model-labels",
+) -> dict[str, Any]:
+    with (
+        running_server(
+            work / f"{ds.name}-{kind}-{seed}", free_port(), ["--import-root", str(work)]
+        ) as server,
+        Client(server.url, timeout=600) as client,
+    ):
+        if kind == "auto":
+            t, ids = setup(client, ds, {"auto_label": {"target_accuracy": target, "scope": scope}})
+            truth = {item_id: [ds.truth[i]] for i, item_id in enumerate(ids)}
+            result = run_active(client, t, truth)
+            out = result.summary()
+            out["auto_label"] = client.get_task(t)["auto_label"]
+            return out
+        if kind == "reach":
+            out: dict[str, Any] = {}
+            for order in ("active", "random"):
+                policy: dict[str, Any] = {"selection": "margin" if order == "active" else "random"}
+                t, ids = setup(client, ds, policy)
+                truth = {item_id: [ds.truth[i]] for i, item_id in enumerate(ids)}
+                labelled: set[int] = set()
+                reached: list[int] = []
+
+                def measure(
+                    n: int, t: int = t, ids: list[int] = ids, labelled: set[int] = labelled
+                ) -> dict[str, Any]:
+                    return {"pool_accuracy": pool_accuracy(client, t, ds, ids, labelled)}
+
+                def done(point: dict[str, Any], reached: list[int] = reached) -> bool:
+                    if point["pool_accuracy"] >= 0.95:
+                        reached.append(point["labels"])
+                        return True
+                    return False
+
+                tracking = Annotator(ds.labels)
+                original = tracking.label
+
+                def remember(
+                    item_id: int,
+                    labels: list[str],
+                    original: Any = original,
+                    labelled: set[int] = labelled,
+                ) -> list[str]:
+                    labelled.add(item_id)
+                    return list(original(item_id, labels))
+
+                tracking.label = remember  # type: ignore[method-assign]
+                if order == "active":
+                    run_active(client, t, truth, noise=tracking, on_train=measure, stop=done)
+                else:
+                    stream = [
+                        (ids[i], truth[ids[i]])
+                        for i in np.random.RandomState(seed).permutation(len(ids))
+                    ]
+                    run_stream(client, t, stream, noise=tracking, on_train=measure, stop=done)
+                out[f"{order}_labels_to_95"] = reached[0] if reached else None
+            a, r = out["active_labels_to_95"], out["random_labels_to_95"]
+            out["ratio"] = a / r if a and r else None
+            return out
+        # suspects: every item labelled once in random order by an annotator who flips `flip`.
+        t, ids = setup(client, ds, {})
+        noise = Annotator(ds.labels, flip, seed)
+        stream = [
+            (ids[i], [ds.truth[i]]) for i in np.random.RandomState(seed).permutation(len(ids))
+        ]
+        run_stream(client, t, stream, noise=noise)
+        client.train(t)
+        client.wait_for_training(t)
+        flagged = {s["item_id"] for s in client.suspects(t, limit=10_000)["suspects"]}
+        hits = len(flagged & noise.flipped)
+        return {
+            "planted": len(noise.flipped),
+            "flagged": len(flagged),
+            "precision": hits / len(flagged) if flagged else None,
+            "recall": hits / len(noise.flipped) if noise.flipped else None,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["auto", "reach", "suspects"])
+    parser.add_argument("dataset", choices=["digits", "trec6", "sms"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--target", type=float, default=0.98)
+    parser.add_argument("--flip", type=float, default=0.05)
+    parser.add_argument("--scope", choices=["model-labels", "dataset"], default="model-labels")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="labelloop-bench-") as tmp:
+        ds = load(args.dataset, Path(tmp))
+        for seed in args.seeds:
+            r = run(args.kind, ds, seed, Path(tmp), args.target, args.flip, args.scope)
+            r["seed"] = seed
+            runs.append(r)
+            print(json.dumps(r), flush=True)
+    numeric = {k for k, v in runs[0].items() if isinstance(v, (int, float)) and k != "seed"}
+    summary = {
+        "kind": args.kind,
+        "dataset": args.dataset,
+        "seeds": args.seeds,
+        "target": args.target,
+        "mean": {
+            k: statistics.mean(float(r[k]) for r in runs if r.get(k) is not None)
+            for k in sorted(numeric)
+        },
+        "runs": runs,
+    }
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The training job: idempotent, resumable from its checkpoint, promotes at most once."""
+
+from __future__ import annotations
+
+import pytest
+
+from labelloop.loop import training
+from labelloop.loop.executor import execute
+from labelloop.runtime import Runtime
+from labelloop.service.items import ItemIn, add_items
+from labelloop.service.labelling import AnnotationIn, submit
+from labelloop.service.tasks import TaskCreate, create_task
+from labelloop.store.models import Job, ModelVersion, Task
+
+TEXTS = {
+    "sport": [
+        "the match ended with a late goal",
+        "the team won the league",
+        "a striker scored twice",
+    ],
+    "food": ["bake the bread in the oven", "a recipe for tomato soup", "the chef cooked pasta"],
+}
+
+
+class Killed(BaseException):
+    """Stands for the worker process dying: nothing after it runs, not even except blocks."""
+
+
+def setup(rt: Runtime) -> int:
+    t = int(
+        create_task(
+            rt,
+            TaskCreate(
+                name="t",
+                category="text-classification",
+                labels=["sport", "food"],
+                policy={"min_labels": 6, "learner_params": {"embeddings": False}},
+            ),
+        )["id"]
+    )  # type: ignore[arg-type]
+    added = add_items(
+        rt,
+        t,
+        [
+            ItemIn(data=text, external_id=f"{label}{i}")
+            for label, texts in TEXTS.items()
+            for i, text in enumerate(texts)
+        ],
+    )
+    submit(
+        rt,
+        t,
+        [
+            AnnotationIn(
+                external_id=it["external_id"], labels=[it["external_id"].rstrip("0123456789")]
+            )
+            for it in added["items"]
+        ],
+    )
+    return t
+
+
+def train_job(rt: Runtime, t: int) -> int:
+    with rt.session() as s:
+        job = s.query(Job).filter(Job.task_id == t, Job.kind == "train").one()
+        return job.id
+
+
+def test_a_rerun_resumes_from_the_checkpoint_and_promotes_once(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = setup(rt)
+    job_id = train_job(rt, t)
+    real_finish = training._finish
+
+    def die(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise Killed
+
+    monkeypatch.setattr(training, "_finish", die)
+    with pytest.raises(Killed):
+        execute(rt, job_id)
+    folder = rt.folder(t)
+    assert folder.checkpoint_dir(f"job-{job_id}").is_dir()
+    with rt.session() as s:
+        assert s.get(Job, job_id).state == "running"  # type: ignore[union-attr]
+        assert s.get(Task, t).served_version is None  # type: ignore[union-attr]
+
+    monkeypatch.setattr(training, "_finish", real_finish)
+    execute(rt, job_id)  # the redelivered job
+    with rt.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.state == "done" and job.attempts == 2
+        versions = s.query(ModelVersion).filter(ModelVersion.task_id == t).all()
+        assert [v.version for v in versions] == [0]
+        assert versions[0].metrics["resumed_from_checkpoint"] is True
+        assert s.get(Task, t).served_version == 0  # type: ignore[union-attr]
+    assert not folder.checkpoint_dir(f"job-{job_id}").exists()
+
+    # A third delivery of the same job changes nothing.
+    execute(rt, job_id)
+    with rt.session() as s:
+        assert s.query(ModelVersion).filter(ModelVersion.task_id == t).count() == 1
+        assert s.get(Task, t).promotions == 1  # type: ignore[union-attr]
