@@ -184,6 +184,22 @@ def throughput(url: str, task_id: int, links: list[str], batches: int, clients: 
     return clients * per_client * 64 / elapsed
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) used so far by these processes and their children."""
+    import psutil  # type: ignore[import-untyped]
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -191,24 +207,32 @@ def pct(values: list[float], q: float) -> float:
 
 def rounds(
     systems: dict[str, tuple[str, dict[str, Any]]],
+    processes: dict[str, dict[str, list[int]]],
     n_rounds: int,
     batches: int,
     n_latency: int,
 ) -> dict[str, dict[str, Any]]:
-    """Alternate the systems round by round; medians over the rounds."""
+    """Alternate the systems round by round; medians over the rounds.
+
+    ``processes`` names each system's processes by part (API, inference workers): the CPU time
+    they use per predicted item during the throughput runs is what capacity scales with.
+    """
     raw: dict[str, dict[str, list[float]]] = {
         name: {"tp1": [], "tp4": [], "lat": []} for name in systems
     }
+    cpu: dict[str, dict[str, float]] = {name: {} for name in systems}
+    items = dict.fromkeys(systems, 0)
     for _ in range(n_rounds):
         for name, (url, prep) in systems.items():
+            task_id, links = prep["task_id"], prep["unlabelled"]
             with Client(url, timeout=120) as c:
-                raw[name]["lat"] += latency(c, prep["task_id"], prep["unlabelled"], n_latency)
-            raw[name]["tp1"].append(
-                throughput(url, prep["task_id"], prep["unlabelled"], batches, 1)
-            )
-            raw[name]["tp4"].append(
-                throughput(url, prep["task_id"], prep["unlabelled"], batches, 4)
-            )
+                raw[name]["lat"] += latency(c, task_id, links, n_latency)
+            before = {part: cpu_seconds(pids) for part, pids in processes[name].items()}
+            raw[name]["tp1"].append(throughput(url, task_id, links, batches, 1))
+            raw[name]["tp4"].append(throughput(url, task_id, links, batches, 4))
+            for part, pids in processes[name].items():
+                cpu[name][part] = cpu[name].get(part, 0.0) + cpu_seconds(pids) - before[part]
+            items[name] += (batches + 4 * max(1, batches // 4)) * 64
     out = {}
     for name, r in raw.items():
         out[name] = {
@@ -217,6 +241,7 @@ def rounds(
             "latency_p50_ms": 1000 * statistics.median(r["lat"]),
             "latency_p99_ms": 1000 * pct(r["lat"], 0.99),
             "latency_n": len(r["lat"]),
+            "cpu_ms_per_item": {part: 1000 * t / items[name] for part, t in cpu[name].items()},
         }
     return out
 
@@ -247,7 +272,7 @@ def main() -> None:
         emb_port = free_port()
         emb_env = {**base_env, "LABELLOOP_DATA_DIR": str(work / "embedded")}
         emb_env.pop("LABELLOOP_DATABASE_URL", None)
-        procs.start("embedded", ["serve", "--port", str(emb_port)], emb_env)
+        emb_proc = procs.start("embedded", ["serve", "--port", str(emb_port)], emb_env)
         emb_url = f"http://127.0.0.1:{emb_port}"
 
         # The queue.
@@ -260,12 +285,14 @@ def main() -> None:
             "LABELLOOP_DATABASE_URL": database,
         }
         q_port = free_port()
-        procs.start("queue-api", ["serve", "--port", str(q_port), "--jobs", "celery"], q_env)
+        q_proc = procs.start(
+            "queue-api", ["serve", "--port", str(q_port), "--jobs", "celery"], q_env
+        )
         q_url = f"http://127.0.0.1:{q_port}"
         procs.start("data", ["worker", "--role", "data"], q_env)
         procs.start("train", ["worker", "--role", "train"], q_env)
         pool = ["--pool", args.inference_pool]
-        procs.start("inference-1", ["worker", "--role", "inference", *pool], q_env)
+        inf1 = procs.start("inference-1", ["worker", "--role", "inference", *pool], q_env)
 
         with Client(emb_url, timeout=600) as emb, Client(q_url, timeout=600) as q:
             wait_up(emb)
@@ -275,17 +302,25 @@ def main() -> None:
             prep_emb = prepare(emb, links, args.labels, args.seed)
             prep_q = prepare(q, links, args.labels, args.seed)
             print("predictions, one inference worker ...", flush=True)
+            systems = {"embedded": (emb_url, prep_emb), "queue": (q_url, prep_q)}
+            parts = {
+                "embedded": {"api": [emb_proc.pid]},
+                "queue": {"api": [q_proc.pid], "inference": [inf1.pid]},
+            }
             one = rounds(
-                {"embedded": (emb_url, prep_emb), "queue": (q_url, prep_q)},
+                systems,
+                parts,
                 args.rounds,
                 args.batches,
                 args.latency_n,
             )
-            procs.start("inference-2", ["worker", "--role", "inference", *pool], q_env)
+            inf2 = procs.start("inference-2", ["worker", "--role", "inference", *pool], q_env)
             wait_workers(q, 2)
             print("predictions, two inference workers ...", flush=True)
+            parts["queue"]["inference"].append(inf2.pid)
             two = rounds(
-                {"embedded": (emb_url, prep_emb), "queue": (q_url, prep_q)},
+                systems,
+                parts,
                 args.rounds,
                 args.batches,
                 args.latency_n,
@@ -323,6 +358,7 @@ def main() -> None:
             print(
                 f"  {key:32s} embedded {e[key]:9.1f}  queue {qq[key]:9.1f}  ratio {qq[key] / e[key]:.2f}"
             )
+        print(f"  CPU ms per item: embedded {e['cpu_ms_per_item']}, queue {qq['cpu_ms_per_item']}")
     lt = result["label_to_new_version_s"]
     print(
         f"\nlabel-to-new-version (median s): embedded {lt['embedded_median']}, queue {lt['queue_median']}"

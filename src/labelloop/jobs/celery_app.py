@@ -51,6 +51,8 @@ JOB_TASKS = {
 PREDICT_DATA = "labelloop.predict_data"
 PREDICT_ITEMS = "labelloop.predict_items"
 STATUS_COMMAND = "labelloop_status"
+#: RabbitMQ's default consumer time-out: a job held longer than this is taken away from its worker.
+RABBITMQ_CONSUMER_TIMEOUT_S = 1800
 
 
 @dataclass(frozen=True)
@@ -417,6 +419,13 @@ def run_worker(
     defaults = ROLE_DEFAULTS[role]
     if concurrency is not None and concurrency < 1:
         raise InvalidInput("--concurrency must be at least 1")
+    if role == "train" and settings.train_time_limit_s >= RABBITMQ_CONSUMER_TIMEOUT_S:
+        log.warning(
+            "LABELLOOP_TRAIN_TIME_LIMIT_S is %s s: make sure the broker's consumer_timeout is "
+            "above it (RabbitMQ's default is %s s), or it will take running jobs away",
+            settings.train_time_limit_s,
+            RABBITMQ_CONSUMER_TIMEOUT_S,
+        )
     from labelloop.store.db import migrate
 
     # Several processes may start at once; migrations are serialised by the store.

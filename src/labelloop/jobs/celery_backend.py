@@ -100,7 +100,9 @@ class CeleryJobs(JobBackend):
                 select(Job.id, Job.kind).where(Job.state == "queued").order_by(Job.id)
             ).all()
         # A job published twice is harmless (jobs are idempotent); one never published is lost.
-        self._send_all({int(i): self._queue_of(k) for i, k in queued if self._queue_of(k)})
+        self._send_all(
+            {int(i): self._queue_of(k) for i, k in queued if self._queue_of(k)}, resending=True
+        )
         self._stopping.clear()
         self._thread = threading.Thread(target=self._resend, name="labelloop-resend", daemon=True)
         self._thread.start()
@@ -148,8 +150,14 @@ class CeleryJobs(JobBackend):
             JOB_TASKS[queue], args=[job_id], queue=self._queues[queue], ignore_result=True
         )
 
-    def _send_all(self, todo: dict[int, str]) -> bool:
+    def _send_all(self, todo: dict[int, str], *, resending: bool = False) -> bool:
         """Publish now; what the broker does not take waits for the re-sender."""
+        if not resending:
+            with self._lock:
+                if self._unsent:
+                    # The broker is known to be away: no request waits for it to fail again.
+                    self._unsent.update(todo)
+                    return False
         for n, (job_id, queue) in enumerate(todo.items()):
             try:
                 self._publish(job_id, queue)
@@ -200,7 +208,7 @@ class CeleryJobs(JobBackend):
             if not todo:
                 pause = 5.0
                 continue
-            if self._send_all(todo):
+            if self._send_all(todo, resending=True):
                 log.info("broker %s is back: published %d waiting job(s)", self.broker, len(todo))
                 pause = 0.5
             else:
