@@ -212,7 +212,7 @@ def test_two_tasks_train_at_once_on_different_workers(
     c, client = cluster
     links = images[1][:400]
     # Slow enough (20 folds, many spreading iterations) for the two jobs to overlap.
-    policy = {"min_labels": 100, "cv_folds": 20, "learner_params": {"iterations": 1000}}
+    policy = {"min_labels": 100, "cv_folds": 20, "learner_params": {"iterations": 2500}}
     a, items_a = new_task(client, links, **policy)
     b_task = client.create_task("parity", "image-classification", ["even", "odd"], policy=policy)
     b = b_task["id"]
