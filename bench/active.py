@@ -65,6 +65,7 @@ def run(
     target: float,
     flip: float,
     scope: str = "model-labels",
+    extra_policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     with (
         running_server(
@@ -73,7 +74,11 @@ def run(
         Client(server.url, timeout=600) as client,
     ):
         if kind == "auto":
-            t, ids = setup(client, ds, {"auto_label": {"target_accuracy": target, "scope": scope}})
+            policy = {
+                "auto_label": {"target_accuracy": target, "scope": scope},
+                **(extra_policy or {}),
+            }
+            t, ids = setup(client, ds, policy)
             truth = {item_id: [ds.truth[i]] for i, item_id in enumerate(ids)}
             result = run_active(client, t, truth)
             out = result.summary()
@@ -82,7 +87,10 @@ def run(
         if kind == "reach":
             out: dict[str, Any] = {}
             for order in ("active", "random"):
-                policy: dict[str, Any] = {"selection": "margin" if order == "active" else "random"}
+                policy: dict[str, Any] = {
+                    "selection": "margin" if order == "active" else "random",
+                    "seed": seed,
+                }
                 t, ids = setup(client, ds, policy)
                 truth = {item_id: [ds.truth[i]] for i, item_id in enumerate(ids)}
                 labelled: set[int] = set()
@@ -151,13 +159,14 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.98)
     parser.add_argument("--flip", type=float, default=0.05)
     parser.add_argument("--scope", choices=["model-labels", "dataset"], default="model-labels")
+    parser.add_argument("--policy", type=json.loads, default={}, help="more policy, as JSON")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory(prefix="labelloop-bench-") as tmp:
         ds = load(args.dataset, Path(tmp))
         for seed in args.seeds:
-            r = run(args.kind, ds, seed, Path(tmp), args.target, args.flip, args.scope)
+            r = run(args.kind, ds, seed, Path(tmp), args.target, args.flip, args.scope, args.policy)
             r["seed"] = seed
             runs.append(r)
             print(json.dumps(r), flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from labelloop.api.app import create_app
 from labelloop.config import Settings
+from labelloop.demo import free_port
 from labelloop.jobs.local import LocalJobs
 from labelloop.runtime import Runtime
 
@@ -64,6 +67,12 @@ def settings(tmp_path: Path, database_url: str | None, image_root: Path) -> Sett
 
 
 @pytest.fixture
+def rt_data(settings: Settings) -> Path:
+    """The data root of the test runtime."""
+    return settings.resolved_data_dir
+
+
+@pytest.fixture
 def rt(settings: Settings) -> Iterator[Runtime]:
     runtime = Runtime(settings, migrate_schema=True)
     yield runtime
@@ -100,6 +109,26 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, poll: float
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(poll)
+
+
+@pytest.fixture
+def live_url(rt: Runtime) -> Iterator[str]:
+    """The whole app served by uvicorn in a thread (jobs on threads), as ``labelloop serve`` does."""
+    rt.attach_jobs(LocalJobs(rt, workers=2, threads=True))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=20)
 
 
 @pytest.fixture(scope="session")

@@ -88,3 +88,41 @@ def test_http_links(cfg: Settings, server: str) -> None:
 def test_text_hash_is_stable() -> None:
     assert text_content("hello").content_hash == text_content("hello").content_hash
     assert text_content("hello").content_hash != text_content("hello!").content_hash
+
+
+def test_label_studio_media_links(tmp_path: Path) -> None:
+    """Relative Label Studio links need its URL; the token goes only to links below that URL."""
+    from pydantic import SecretStr
+
+    from labelloop.fetch import labelstudio_link
+    from labelloop.labelstudio.links import remember
+
+    cfg = Settings(data_dir=tmp_path / "data", import_roots=[tmp_path / "ok"])
+    with pytest.raises(FetchError, match="LABELLOOP_LABELSTUDIO_URL"):
+        read_link("/data/upload/1/a.png", cfg)
+    # A path below an import root stays a local file, even under a folder called data.
+    local = tmp_path / "ok" / "data" / "upload" / "b.png"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"local")
+    assert labelstudio_link(str(local), cfg) is None
+    assert read_link(str(local), cfg).raw == b"local"
+
+    cfg = Settings(
+        data_dir=tmp_path / "data",
+        labelstudio_url="http://ls.example:8080/",
+        labelstudio_token=SecretStr("settings-token"),
+    )
+    assert labelstudio_link("/data/upload/1/a.png", cfg) == (
+        "http://ls.example:8080/data/upload/1/a.png",
+        {"Authorization": "Token settings-token"},
+    )
+    # A token from a project's setup applies to its own Label Studio only.
+    remember(cfg, "http://other-ls:9000", "setup-token")
+    assert labelstudio_link("http://other-ls:9000/data/upload/2/b.png", cfg) == (
+        "http://other-ls:9000/data/upload/2/b.png",
+        {"Authorization": "Token setup-token"},
+    )
+    assert labelstudio_link("http://other-ls:9000.evil.example/data/x.png", cfg) is None
+    assert labelstudio_link("http://elsewhere/data/upload/2/b.png", cfg) is None
+    remember(cfg, "http://other-ls:9000", None)
+    assert labelstudio_link("http://other-ls:9000/data/upload/2/b.png", cfg) is None

@@ -97,9 +97,12 @@ def serve(
     setup_logging(settings.log_level)
     rt = Runtime(settings, migrate_schema=True)
     rt.attach_jobs(make_backend(rt))
+    base = f"http://{host}:{port}"
     console.print(
-        f"labelloop serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs; "
-        f"data: {settings.resolved_data_dir}; jobs: {settings.jobs})"
+        f"labelloop serving on {base}  (data: {settings.resolved_data_dir}; jobs: {settings.jobs})\n"
+        f"  open [bold]{base}/ui/[/] for the dashboard and the labelling page\n"
+        f"  API docs: {base}/docs   Prometheus metrics: {base}/metrics\n"
+        f"  Label Studio ML backend URL: {base}/labelstudio"
     )
     uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
 

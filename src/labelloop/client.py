@@ -1,8 +1,9 @@
 """A typed Python client for the labelloop HTTP API.
 
-Every method maps to one endpoint and returns its JSON answer; an error answer raises
-:class:`ApiError` (with the HTTP status and the server's message), and a server that cannot be
-reached raises :class:`ConnectionFailed`.
+Every method maps to one endpoint and returns its JSON answer (typed as the ``TypedDict`` below
+where the shape is fixed). An error answer raises a subclass of :class:`ApiError` chosen by the
+HTTP status (:class:`NotFoundError`, :class:`InvalidRequest`, :class:`ConflictError`, ...), with
+the server's code and message; a server that cannot be reached raises :class:`ConnectionFailed`.
 
     with Client("http://127.0.0.1:8000") as ll:
         task = ll.create_task("digits", "image-classification", labels=[str(d) for d in range(10)])
@@ -13,11 +14,87 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict
 
 import httpx
 
 JSON = dict[str, Any]
+
+
+class TaskCounts(TypedDict):
+    items: int
+    ready: int
+    pending: int
+    failed: int
+    human_labelled: int
+    model_labelled: int
+    unlabelled: int
+
+
+class Task(TypedDict):
+    id: int
+    name: str
+    category: str
+    extra: str
+    labels: list[str]
+    policy: JSON
+    served_version: int | None
+    training: bool
+    counts: TaskCounts
+    created_at: str
+
+
+class Prediction(TypedDict, total=False):
+    item_id: int | None
+    status: str  # ok | no_model | failed
+    model_version: int | None
+    labels: list[str] | None
+    score: float | None
+    scores: dict[str, float] | None
+    error: str
+
+
+class NextItem(TypedDict):
+    id: int
+    external_id: str | None
+    data: str
+    prediction: Prediction
+
+
+class NextItems(TypedDict):
+    model_version: int | None
+    items: list[NextItem]
+
+
+class AddedItems(TypedDict):
+    created: int
+    existing: int
+    items: list[JSON]
+
+
+class Submitted(TypedDict):
+    annotations: list[JSON]
+    revision: int
+    training_triggered: bool
+    training_job: int | None
+    training_pending: bool
+
+
+class ModelVersionInfo(TypedDict):
+    version: int
+    status: str
+    serving: bool
+    promoted: bool
+    learner: str
+    label_revision: int
+    n_labels: int
+    metrics: JSON
+    train_seconds: float | None
+    live_accuracy: float | None
+    live_n: int
+    created_at: str
+    promoted_at: str | None
 
 
 class ClientError(Exception):
@@ -29,13 +106,58 @@ class ConnectionFailed(ClientError):
 
 
 class ApiError(ClientError):
-    """The server answered with an error status."""
+    """The server answered with an error status; subclasses name the common ones."""
 
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(f"HTTP {status} {code}: {detail}")
         self.status = status
         self.code = code
         self.detail = detail
+
+
+class InvalidRequest(ApiError):
+    """400/422: the request's content is not acceptable (the detail says why)."""
+
+
+class Unauthorized(ApiError):
+    """401: no API token, or the wrong one."""
+
+
+class Forbidden(ApiError):
+    """403: e.g. a path outside the server's import roots."""
+
+
+class NotFoundError(ApiError):
+    """404: no such task, item or version; or an endpoint this server does not have."""
+
+
+class ConflictError(ApiError):
+    """409: the request contradicts the current state (e.g. no model yet)."""
+
+
+class PayloadTooLarge(ApiError):
+    """413: the body (or a fetched item) is over the server's limit."""
+
+
+class ServerError(ApiError):
+    """5xx: the server failed, or a dependency (database, workers) is unavailable."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLarge,
+    422: InvalidRequest,
+}
+
+
+def api_error(status: int, code: str, detail: str) -> ApiError:
+    """The exception class that fits an error answer."""
+    cls = _BY_STATUS.get(status, ServerError if status >= 500 else ApiError)
+    return cls(status, code, detail)
 
 
 class Client:
@@ -66,9 +188,11 @@ class Client:
                 code, detail = body.get("error", "error"), body.get("detail", resp.text)
             except ValueError:
                 code, detail = "error", resp.text
-            raise ApiError(resp.status_code, str(code), str(detail))
+            raise api_error(resp.status_code, str(code), str(detail))
         if resp.status_code == 204 or not resp.content:
             return None
+        if not resp.headers.get("content-type", "").startswith("application/json"):
+            return resp.content
         return resp.json()
 
     # -- health -----------------------------------------------------------------------------
@@ -94,25 +218,25 @@ class Client:
         labels: Sequence[str],
         extra: str = "multi-class",
         policy: JSON | None = None,
-    ) -> JSON:
+    ) -> Task:
         body: JSON = {"name": name, "category": category, "extra": extra, "labels": list(labels)}
         if policy is not None:
             body["policy"] = policy
-        result: JSON = self._request("POST", "/api/v1/tasks", json=body)
+        result: Task = self._request("POST", "/api/v1/tasks", json=body)
         return result
 
-    def list_tasks(self) -> list[JSON]:
-        result: list[JSON] = self._request("GET", "/api/v1/tasks")
+    def list_tasks(self) -> list[Task]:
+        result: list[Task] = self._request("GET", "/api/v1/tasks")
         return result
 
-    def get_task(self, task_id: int) -> JSON:
-        result: JSON = self._request("GET", f"/api/v1/tasks/{task_id}")
+    def get_task(self, task_id: int) -> Task:
+        result: Task = self._request("GET", f"/api/v1/tasks/{task_id}")
         return result
 
     def delete_task(self, task_id: int) -> None:
         self._request("DELETE", f"/api/v1/tasks/{task_id}")
 
-    def wait_for_training(self, task_id: int, timeout: float = 600.0, poll: float = 0.02) -> JSON:
+    def wait_for_training(self, task_id: int, timeout: float = 600.0, poll: float = 0.02) -> Task:
         """Block until no training job of the task is queued or running; returns the task."""
         deadline = time.monotonic() + timeout
         while True:
@@ -124,8 +248,8 @@ class Client:
             time.sleep(poll)
 
     # -- items and labels -------------------------------------------------------------------
-    def add_items(self, task_id: int, items: Sequence[JSON]) -> JSON:
-        result: JSON = self._request(
+    def add_items(self, task_id: int, items: Sequence[JSON]) -> AddedItems:
+        result: AddedItems = self._request(
             "POST", f"/api/v1/tasks/{task_id}/items", json={"items": list(items)}
         )
         return result
@@ -134,15 +258,15 @@ class Client:
         result: JSON = self._request("GET", f"/api/v1/tasks/{task_id}/items/{item_id}")
         return result
 
-    def annotate(self, task_id: int, annotations: Sequence[JSON]) -> JSON:
-        result: JSON = self._request(
+    def annotate(self, task_id: int, annotations: Sequence[JSON]) -> Submitted:
+        result: Submitted = self._request(
             "POST", f"/api/v1/tasks/{task_id}/annotations", json={"annotations": list(annotations)}
         )
         return result
 
     # -- predictions ------------------------------------------------------------------------
-    def prediction(self, task_id: int, item_id: int) -> JSON:
-        result: JSON = self._request(
+    def prediction(self, task_id: int, item_id: int) -> Prediction:
+        result: Prediction = self._request(
             "GET", f"/api/v1/tasks/{task_id}/predictions", params={"item_id": item_id}
         )
         return result
@@ -153,15 +277,15 @@ class Client:
         )
         return result
 
-    def next_items(self, task_id: int, limit: int = 10) -> JSON:
-        result: JSON = self._request(
+    def next_items(self, task_id: int, limit: int = 10) -> NextItems:
+        result: NextItems = self._request(
             "GET", f"/api/v1/tasks/{task_id}/next", params={"limit": limit}
         )
         return result
 
     # -- models, jobs, metrics --------------------------------------------------------------
-    def models(self, task_id: int) -> list[JSON]:
-        result: list[JSON] = self._request("GET", f"/api/v1/tasks/{task_id}/models")
+    def models(self, task_id: int) -> list[ModelVersionInfo]:
+        result: list[ModelVersionInfo] = self._request("GET", f"/api/v1/tasks/{task_id}/models")
         return result
 
     def promote(self, task_id: int, version: int) -> JSON:
@@ -183,9 +307,89 @@ class Client:
         return result
 
     def suspects(self, task_id: int, limit: int = 100) -> JSON:
+        """Human labels the model confidently disagrees with, and annotator agreement."""
         result: JSON = self._request(
             "GET", f"/api/v1/tasks/{task_id}/suspects", params={"limit": limit}
         )
+        return result
+
+    # -- getting data in, content out -----------------------------------------------------
+    def import_folders(self, path: str | None = None) -> JSON:
+        """The server's import roots, or one folder below them with its sub-folders and images."""
+        params = {"path": path} if path is not None else {}
+        result: JSON = self._request("GET", "/api/v1/import/folders", params=params)
+        return result
+
+    def import_folder(self, task_id: int, path: str, recursive: bool = False) -> JSON:
+        """Add every image of a folder on the server (below an import root) as items."""
+        result: JSON = self._request(
+            "POST",
+            f"/api/v1/tasks/{task_id}/import/folder",
+            json={"path": path, "recursive": recursive},
+        )
+        return result
+
+    def import_csv(
+        self,
+        task_id: int,
+        csv: bytes | str | Path,
+        text_column: str | None = None,
+        id_column: str | None = None,
+    ) -> JSON:
+        """Add the rows of a CSV (bytes, text, or a file path) as text items."""
+        raw = csv.read_bytes() if isinstance(csv, Path) else csv
+        raw = raw.encode("utf-8") if isinstance(raw, str) else raw
+        form = {k: v for k, v in (("text_column", text_column), ("id_column", id_column)) if v}
+        result: JSON = self._request(
+            "POST",
+            f"/api/v1/tasks/{task_id}/import/csv",
+            files={"file": ("texts.csv", raw, "text/csv")},
+            data=form,
+        )
+        return result
+
+    def upload_images(self, task_id: int, files: Sequence[Path | tuple[str, bytes]]) -> JSON:
+        """Upload image files (paths, or (name, bytes) pairs); the server keeps and adds them."""
+        parts = []
+        for f in files:
+            name, raw = (f.name, f.read_bytes()) if isinstance(f, Path) else f
+            parts.append(("files", (name, raw, "application/octet-stream")))
+        result: JSON = self._request("POST", f"/api/v1/tasks/{task_id}/uploads", files=parts)
+        return result
+
+    def item_content(self, task_id: int, item_id: int) -> bytes:
+        """The item's image bytes (or its text, UTF-8 encoded)."""
+        result: bytes = self._request("GET", f"/api/v1/tasks/{task_id}/items/{item_id}/content")
+        return result
+
+    # -- operators ------------------------------------------------------------------------
+    def prometheus_metrics(self) -> str:
+        """The Prometheus exposition text served at ``/metrics``."""
+        raw: bytes = self._request("GET", "/metrics")
+        return raw.decode("utf-8")
+
+    def cluster_workers(self) -> Any:
+        """Live workers of a cluster (``NotFoundError`` on a server without a cluster)."""
+        return self._request("GET", "/api/v1/cluster/workers")
+
+    # -- Label Studio ML backend ----------------------------------------------------------
+    def labelstudio_health(self) -> JSON:
+        result: JSON = self._request("GET", "/labelstudio/health")
+        return result
+
+    def labelstudio_setup(self, body: JSON) -> JSON:
+        """What Label Studio sends to connect a project (``project``, ``schema``, ...)."""
+        result: JSON = self._request("POST", "/labelstudio/setup", json=body)
+        return result
+
+    def labelstudio_predict(self, body: JSON) -> JSON:
+        """Label Studio's predict call: ``tasks``, ``project``, ``label_config``."""
+        result: JSON = self._request("POST", "/labelstudio/predict", json=body)
+        return result
+
+    def labelstudio_webhook(self, body: JSON) -> JSON:
+        """A Label Studio event (``action``, ``annotation``, ``task``, ``project``)."""
+        result: JSON = self._request("POST", "/labelstudio/webhook", json=body)
         return result
 
     def export(self, task_id: int, fmt: str = "jsonl") -> Iterator[str]:
@@ -197,7 +401,7 @@ class Client:
                 if resp.status_code >= 400:
                     resp.read()
                     body = resp.json()
-                    raise ApiError(
+                    raise api_error(
                         resp.status_code, body.get("error", "error"), body.get("detail", "")
                     )
                 yield from resp.iter_lines()

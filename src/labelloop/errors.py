@@ -41,6 +41,13 @@ class Conflict(LabelloopError):
     code = "conflict"
 
 
+class NotSupported(LabelloopError):
+    """Something labelloop does not handle yet (e.g. a Label Studio config other than choices)."""
+
+    status_code = 422
+    code = "not_supported"
+
+
 class PayloadTooLarge(LabelloopError):
     """A request body or a fetched item is bigger than the configured limit."""
 

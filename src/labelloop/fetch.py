@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlparse
+from urllib.parse import unquote, urlparse
 
 import httpx
 
@@ -107,13 +107,14 @@ def read_http(
 
 
 def labelstudio_link(link: str, settings: Settings) -> tuple[str, dict[str, str]] | None:
-    """Media hosted by Label Studio (``/data/upload/...``) is fetched with its URL and token."""
-    if not link.startswith("/data/") or not settings.labelstudio_url:
-        return None
-    headers = {}
-    if settings.labelstudio_token is not None:
-        headers["Authorization"] = f"Token {settings.labelstudio_token.get_secret_value()}"
-    return urljoin(settings.labelstudio_url.rstrip("/") + "/", link.lstrip("/")), headers
+    """Media hosted by Label Studio (``/data/upload/...``) is fetched with its URL and token.
+
+    The URL and token come from the project's setup call or from the settings; see
+    :mod:`labelloop.labelstudio.links`.
+    """
+    from labelloop.labelstudio.links import hosted_request
+
+    return hosted_request(link, settings)
 
 
 def read_link(link: str, settings: Settings) -> Content:

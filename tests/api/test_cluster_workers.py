@@ -50,6 +50,9 @@ def test_celery_workers_and_queues_are_listed(tmp_path: Path, broker_vhost: str)
             assert worker["host"] == HOST and worker["active"] == []
             assert body["queues"]["inference"]["consumers"] >= 1
             assert set(body["queues"]) == {"data", "train", "inference", "dead"}
+            assert body["queued"] == 0  # ready messages in the role queues
+            metrics = c.get("/metrics").text
+            assert 'labelloop_backend_queue_depth{backend="celery"} 0.0' in metrics
 
         runner = CliRunner()
         as_json = runner.invoke(cli, ["workers", "--json"], env=env)

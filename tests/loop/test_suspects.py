@@ -53,3 +53,11 @@ def test_annotator_agreement() -> None:
     assert rows["ann"]["agreement"] == 2 / 3 and rows["ann"]["shared_items"] == 2
     assert rows["bob"]["agreement"] == 1 / 3
     assert rows["cy"]["agreement"] == 1 / 2
+
+
+def test_no_flags_while_labels_are_too_few_to_judge() -> None:
+    # Ten items over three classes: the model disagrees with one, but that says little yet.
+    Y = indicator([["a"]] * 4 + [["b"]] * 3 + [["c"]] * 3, LABELS)
+    scores = np.where(Y == 1, 0.8, 0.1)
+    scores[0] = [0.05, 0.9, 0.05]
+    assert find_suspects(scores, Y, LABELS, False) == []

@@ -4,18 +4,34 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Response
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from labelloop import __version__
 from labelloop.api import errors
-from labelloop.api.deps import require_token
+from labelloop.api.deps import require_backend_token, require_token
 from labelloop.api.middleware import BodyLimit
-from labelloop.api.routes import export, items, labelling, models, predictions, tasks, workers
+from labelloop.api.routes import (
+    export,
+    imports,
+    items,
+    labelling,
+    labelstudio,
+    models,
+    predictions,
+    tasks,
+    workers,
+)
+from labelloop.observability import CONTENT_TYPE_LATEST, Metrics, RequestMetrics
 from labelloop.runtime import Runtime
 
 API_PREFIX = "/api/v1"
+LABELSTUDIO_PREFIX = "/labelstudio"
+STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
 
 
 def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
@@ -38,11 +54,30 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.rt = rt
+    metrics = Metrics(rt)
+    app.state.metrics = metrics
     app.add_middleware(BodyLimit, max_bytes=rt.settings.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics, mounts=("/ui",))
     errors.install(app)
     secured = [Depends(require_token)]
-    for module in (tasks, items, labelling, predictions, models, export, workers):
+    for module in (tasks, items, labelling, predictions, models, export, imports, workers):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=secured)
+    app.include_router(
+        labelstudio.router,
+        prefix=LABELSTUDIO_PREFIX,
+        dependencies=[Depends(require_backend_token)],
+    )
+    app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        """The dashboard is the front page."""
+        return RedirectResponse("/ui/")
+
+    @app.get("/metrics", tags=["health"], dependencies=secured)
+    def prometheus() -> Response:
+        """Prometheus metrics: requests, latencies, jobs, queue depth, training, edit rates."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, Any]:

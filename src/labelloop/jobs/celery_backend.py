@@ -342,6 +342,8 @@ class CeleryJobs(JobBackend):
         out: dict[str, Any] = {"backend": self.name, "broker": self.broker}
         try:
             out["queues"] = self.queue_depths()
+            # Messages waiting in the role queues (the metric the local pool reports as well).
+            out["queued"] = sum(out["queues"][q]["ready"] for q in ROLES)
             out["workers"] = self.workers()
             out["broker_ok"] = True
         except BROKER_ERRORS as exc:

@@ -50,6 +50,9 @@ class Policy(BaseModel):
     #: How ``/next`` ranks unlabelled items once a model serves.
     selection: Literal["margin", "entropy", "least-confidence", "random"] = "margin"
     auto_label: AutoLabelPolicy | None = None
+    #: Fixes the task's random choices (the order before the first model, the audits), so a
+    #: simulation can be repeated exactly; by default every task draws its own.
+    seed: int | None = Field(default=None, ge=0)
 
     def training_due(self, n_labels: int, n_classes: int, last_trained: int | None) -> bool:
         if n_labels < self.min_labels or n_classes < 2:

@@ -25,11 +25,21 @@ class Suspect:
     score: float
 
 
+#: Labels per class seen before any flag is raised: with fewer, the model's disagreement says
+#: more about the model than about the labels.
+MIN_PER_CLASS = 5
+
+
+def enough_labels(Y: np.ndarray) -> bool:
+    seen = int((Y.sum(axis=0) > 0).sum())
+    return len(Y) >= MIN_PER_CLASS * max(seen, 2)
+
+
 def find_suspects(
     scores: np.ndarray, Y: np.ndarray, labels: Sequence[str], multi_label: bool
 ) -> list[Suspect]:
-    """Flagged positions, most suspicious first."""
-    if len(Y) == 0:
+    """Flagged positions, most suspicious first (none while there are too few labels to judge)."""
+    if len(Y) == 0 or not enough_labels(Y):
         return []
     if multi_label:
         return _multi_label(scores, Y, labels)

@@ -46,6 +46,11 @@ def summary(rt: Runtime, task: Task) -> dict[str, Any]:
     """A task with its counts, served version and whether a training job is queued or running."""
     s = object_session(task)
     assert s is not None
+    # Read "is a job active" first, then the task row again: on PostgreSQL each statement sees
+    # the newest commit, and a training job commits its end and its promotion together, so an
+    # answer "not training" always carries that job's served version (no read skew).
+    training = active_training(s, task.id) is not None
+    s.refresh(task)
     status_counts = dict(
         s.execute(
             select(Item.status, func.count()).where(Item.task_id == task.id).group_by(Item.status)
@@ -62,7 +67,7 @@ def summary(rt: Runtime, task: Task) -> dict[str, Any]:
         "labels": task.labels,
         "policy": task.policy,
         "served_version": task.served_version,
-        "training": active_training(s, task.id) is not None,
+        "training": training,
         "counts": {
             "items": n_items,
             "ready": status_counts.get("ready", 0),
@@ -112,7 +117,7 @@ def create_task(rt: Runtime, spec: TaskCreate) -> dict[str, Any]:
             extra=spec.extra,
             labels=spec.labels,
             policy=spec.policy.model_dump(mode="json"),
-            salt=secrets.token_hex(8),
+            salt=secrets.token_hex(8) if spec.policy.seed is None else f"seed-{spec.policy.seed}",
         )
         s.add(task)
         s.flush()

@@ -188,3 +188,36 @@ class AuditPick(Base):
     )
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     picked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LabelStudioProject(Base):
+    """A Label Studio project connected as an ML backend, and the labelloop task that serves it.
+
+    The token Label Studio hands over at setup is never stored here (see ``labelstudio.links``).
+    """
+
+    __tablename__ = "labelstudio_projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Label Studio's project id (the part of its ``"<id>.<created timestamp>"`` uid before the dot).
+    project: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The whole uid: a project id reused by a fresh Label Studio gets a new task.
+    uid: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    #: Label Studio's base URL as given at setup (media links are resolved against it).
+    url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    #: The parsed labelling config: from/to names, object type, data key, labels, multi-label.
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LabelStudioAnnotation(Base):
+    """Which item a Label Studio annotation labelled: deletions arrive with annotation ids only."""
+
+    __tablename__ = "labelstudio_annotations"
+
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("labelstudio_projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    annotation_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)

@@ -1,0 +1,390 @@
+"""The ML-backend protocol Label Studio speaks, over labelloop's service functions.
+
+A Label Studio project maps to one labelloop task, created from the project's labelling config the
+first time the project calls (``/setup``, or any ``/predict`` or ``/webhook``: all carry the
+config). A Label Studio task becomes an item with ``external_id = "ls:<task id>"``; its media link
+is stored resolved against the project's Label Studio URL. Annotations arrive by webhook and are
+appended through :func:`labelloop.service.labelling.submit`, which only *queues* training: no
+request ever trains. A deleted annotation becomes a retraction (an annotation with labels null).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from labelloop import __version__
+from labelloop.errors import InvalidInput, NotFound
+from labelloop.labelstudio import links
+from labelloop.labelstudio.config import LabelConfig, parse_label_config
+from labelloop.runtime import Runtime
+from labelloop.service import items as item_service
+from labelloop.service import labelling, models, tasks
+from labelloop.service.common import task_spec
+from labelloop.service.predictions import current_predictions
+from labelloop.store.models import LabelStudioAnnotation, LabelStudioProject, Task
+
+log = logging.getLogger(__name__)
+
+EXTERNAL_PREFIX = "ls:"
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
+DELETE_EVENTS = ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED")
+TRAIN_EVENTS = ("START_TRAINING",)
+
+
+def version_name(version: int | None) -> str | None:
+    """The model version as Label Studio shows it: the name of the version's folder."""
+    return None if version is None else f"model-time{version}"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A connected project: its row, its task, its Label Studio URL and its parsed config."""
+
+    id: int
+    project: str
+    task_id: int
+    url: str | None
+    config: LabelConfig
+
+
+def split_project(value: object) -> tuple[str, str | None]:
+    """Label Studio names a project ``"<id>.<created timestamp>"`` (or just the id, in webhooks)."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    text = str(value if value is not None else "").strip()
+    project, _, stamp = text.partition(".")
+    if not project.isdigit():
+        raise InvalidInput(f"not a Label Studio project id: {text!r}")
+    return project, (text if stamp else None)
+
+
+def _row_link(row: LabelStudioProject) -> Link:
+    return Link(row.id, row.project, row.task_id, row.url, LabelConfig.from_dict(row.config))
+
+
+def connect(
+    rt: Runtime, project: str, uid: str | None, label_config: str, url: str | None = None
+) -> Link:
+    """The project's link, creating its task when the project is new or its config changed.
+
+    A changed config that still maps to the same task shape keeps the task; one with other labels
+    or another object type gets a new task (the old one stays, with its labels and models).
+    """
+    config = parse_label_config(label_config)
+    base = links.normalize_url(url) if url else None
+    with rt.session() as s:
+        row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project == project))
+        if row is not None and s.get(Task, row.task_id) is not None:
+            same_project = uid is None or row.uid is None or row.uid == uid
+            if same_project and LabelConfig.from_dict(row.config) == config:
+                if base and row.url != base:
+                    row.url = base
+                if uid and row.uid is None:
+                    row.uid = uid
+                return _row_link(row)
+    created = tasks.create_task(
+        rt,
+        tasks.TaskCreate(
+            name=f"Label Studio project {project}",
+            category=config.category,
+            extra=config.extra,
+            labels=list(config.labels),
+        ),
+    )
+    try:
+        with rt.session() as s:
+            row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project == project))
+            if row is None:
+                row = LabelStudioProject(project=project, uid=uid, task_id=created["id"], url=base)
+                s.add(row)
+            else:
+                s.execute(
+                    delete(LabelStudioAnnotation).where(LabelStudioAnnotation.project_id == row.id)
+                )
+                row.task_id, row.uid, row.url = created["id"], uid or row.uid, base or row.url
+            row.config = config.as_dict()
+            s.flush()
+            log.info("Label Studio project %s is served by task %s", project, created["id"])
+            return _row_link(row)
+    except IntegrityError:
+        # Another request connected the same new project first: use its task, drop ours.
+        tasks.delete_task(rt, created["id"])
+        with rt.session() as s:
+            row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project == project))
+            if row is None:
+                raise
+            return _row_link(row)
+
+
+def health() -> dict[str, Any]:
+    return {"status": "UP", "model_class": "labelloop", "version": __version__}
+
+
+def setup(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
+    """Connect a project: parse its config, keep its URL and token, answer the served version."""
+    project, uid = split_project(body.get("project"))
+    url = body.get("hostname") or None
+    if url is not None and not isinstance(url, str):
+        raise InvalidInput("hostname must be a URL")
+    link = connect(rt, project, uid, str(body.get("schema") or ""), url)
+    token = body.get("access_token")
+    if url and isinstance(token, str) and token:
+        links.remember(rt.settings, url, token)
+    spec = task_spec(rt, link.task_id)
+    return {"model_version": version_name(spec.served_version), "task_id": link.task_id}
+
+
+def _item_data(task: dict[str, Any], link: Link) -> str | None:
+    data = task.get("data")
+    if not isinstance(data, dict):
+        return None
+    value = data.get(link.config.value_key)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    if link.config.object_type == "Image":
+        return links.resolve(value.strip(), link.url)
+    return value
+
+
+def ingest(rt: Runtime, link: Link, ls_tasks: list[dict[str, Any]]) -> dict[int, int]:
+    """Store Label Studio tasks as items (idempotent); Label Studio task id -> item id."""
+    specs: list[item_service.ItemIn] = []
+    seen: set[int] = set()
+    for t in ls_tasks:
+        tid = t.get("id")
+        if not isinstance(tid, int) or tid in seen:
+            continue
+        data = _item_data(t, link)
+        if data is None:
+            continue
+        seen.add(tid)
+        specs.append(item_service.ItemIn(data=data, external_id=f"{EXTERNAL_PREFIX}{tid}"))
+    if not specs:
+        return {}
+    added = item_service.add_items(rt, link.task_id, specs)
+    return {int(it["external_id"][len(EXTERNAL_PREFIX) :]): int(it["id"]) for it in added["items"]}
+
+
+def _result(link: Link, labels: list[str], score: float | None) -> list[dict[str, Any]]:
+    if not labels:
+        return []
+    value: dict[str, Any] = {"choices": labels}
+    out: dict[str, Any] = {
+        "from_name": link.config.from_name,
+        "to_name": link.config.to_name,
+        "type": "choices",
+        "value": value,
+    }
+    if score is not None:
+        out["score"] = score
+    return [out]
+
+
+def predict(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
+    """Pre-labels for a batch of Label Studio tasks, one entry per task, in order.
+
+    Before the first model (or for a task whose data cannot be read) the entry is an empty list:
+    Label Studio then stores no prediction for it and asks again once a version serves.
+    """
+    project, uid = split_project(body.get("project"))
+    ls_tasks = body.get("tasks")
+    if not isinstance(ls_tasks, list) or not all(isinstance(t, dict) for t in ls_tasks):
+        raise InvalidInput("tasks must be a list of Label Studio tasks")
+    link = connect(rt, project, uid, str(body.get("label_config") or ""))
+    ids = ingest(rt, link, ls_tasks)
+    spec = task_spec(rt, link.task_id)
+    name = version_name(spec.served_version)
+    preds = current_predictions(rt, spec, list(ids.values())) if name is not None else {}
+    results: list[Any] = []
+    for t in ls_tasks:
+        p = preds.get(ids.get(t.get("id"), -1))
+        if p is None or p.get("status") != "ok":
+            results.append([])
+            continue
+        results.append(
+            {
+                "result": _result(link, list(p["labels"]), p["score"]),
+                "score": p["score"],
+                "model_version": name,
+            }
+        )
+    return {"results": results, "model_version": name}
+
+
+def _labels_of(annotation: dict[str, Any], link: Link) -> list[str] | None:
+    """The choices an annotation gives for the project's control; ``None`` when it gives none."""
+    if annotation.get("was_cancelled"):
+        return None
+    chosen: list[str] = []
+    for r in annotation.get("result") or []:
+        if not isinstance(r, dict) or r.get("from_name") != link.config.from_name:
+            continue
+        if r.get("type", "choices") != "choices":
+            continue
+        value = r.get("value") or {}
+        chosen.extend(str(c) for c in value.get("choices") or [])
+    return list(dict.fromkeys(chosen)) or None
+
+
+def _annotator(annotation: dict[str, Any]) -> str | None:
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("id")
+    return None if who is None else f"labelstudio:{who}"
+
+
+def _mapped_items(rt: Runtime, link: Link, annotation_ids: list[int]) -> dict[int, int]:
+    with rt.session() as s:
+        return dict(
+            s.execute(
+                select(LabelStudioAnnotation.annotation_id, LabelStudioAnnotation.item_id).where(
+                    LabelStudioAnnotation.project_id == link.id,
+                    LabelStudioAnnotation.annotation_id.in_(annotation_ids),
+                )
+            ).all()
+        )
+
+
+def _annotations(
+    rt: Runtime, link: Link, pairs: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> dict[str, Any]:
+    """Append the labels of (annotation, Label Studio task) pairs; returns what submit answered."""
+    ids = ingest(rt, link, [t for _, t in pairs])
+    known = _mapped_items(rt, link, [a["id"] for a, _ in pairs if isinstance(a.get("id"), int)])
+    todo: list[labelling.AnnotationIn] = []
+    maps: list[tuple[int, int, bool]] = []
+    ignored = 0
+    for annotation, task in pairs:
+        item_id = ids.get(task.get("id"))  # type: ignore[arg-type]
+        ann_id = annotation.get("id")
+        if item_id is None or not isinstance(ann_id, int):
+            ignored += 1
+            continue
+        labels = _labels_of(annotation, link)
+        if labels is None and ann_id not in known:
+            ignored += 1  # skipped, or empty, and never labelled before: nothing to record
+            continue
+        todo.append(
+            labelling.AnnotationIn(item_id=item_id, labels=labels, annotator=_annotator(annotation))
+        )
+        maps.append((ann_id, item_id, labels is None))
+    if not todo:
+        return {"status": "ignored", "reason": "no choices for this project's control", "n": 0}
+    answer = labelling.submit(rt, link.task_id, todo)
+    with rt.session() as s:
+        for ann_id, item_id, retracted in maps:
+            row = s.get(LabelStudioAnnotation, (link.id, ann_id))
+            if retracted:
+                if row is not None:
+                    s.delete(row)
+            elif row is None:
+                s.add(
+                    LabelStudioAnnotation(project_id=link.id, annotation_id=ann_id, item_id=item_id)
+                )
+    return {
+        "status": "ok",
+        "n": len(todo),
+        "ignored": ignored,
+        "revision": answer["revision"],
+        "training_triggered": answer["training_triggered"],
+    }
+
+
+def _retract(rt: Runtime, link: Link, annotation_ids: list[int]) -> dict[str, Any]:
+    """Deleted annotations: retract the item's label unless another annotation of it remains."""
+    mapped = _mapped_items(rt, link, annotation_ids)
+    if not mapped:
+        return {"status": "ignored", "reason": "unknown annotations", "n": 0}
+    with rt.session() as s:
+        s.execute(
+            delete(LabelStudioAnnotation).where(
+                LabelStudioAnnotation.project_id == link.id,
+                LabelStudioAnnotation.annotation_id.in_(list(mapped)),
+            )
+        )
+        still = set(
+            s.scalars(
+                select(LabelStudioAnnotation.item_id).where(
+                    LabelStudioAnnotation.project_id == link.id,
+                    LabelStudioAnnotation.item_id.in_(list(mapped.values())),
+                )
+            )
+        )
+    retract = sorted({i for i in mapped.values() if i not in still})
+    if not retract:
+        return {"status": "ok", "n": 0}
+    answer = labelling.submit(
+        rt, link.task_id, [labelling.AnnotationIn(item_id=i, labels=None) for i in retract]
+    )
+    return {"status": "ok", "n": len(retract), "revision": answer["revision"]}
+
+
+def _as_list(value: object) -> list[dict[str, Any]]:
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, dict)]
+    return []
+
+
+def webhook(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
+    """Label Studio's events: annotations feed the loop, "start training" queues a run."""
+    action = str(body.get("action") or "")
+    known = (*ANNOTATION_EVENTS, *DELETE_EVENTS, *TRAIN_EVENTS)
+    if action not in known:
+        return {"status": "ignored", "action": action}
+    project_body = body.get("project")
+    if not isinstance(project_body, dict):
+        raise InvalidInput(f"{action}: the event carries no project")
+    project, _ = split_project(project_body)
+    link = connect(rt, project, None, str(project_body.get("label_config") or ""))
+    if action in TRAIN_EVENTS:
+        out = models.train_now(rt, link.task_id)
+        return {"status": "ok", "action": action, "job_id": out["job_id"]}
+    if action in DELETE_EVENTS:
+        ids = [a["id"] for a in _as_list(body.get("annotations") or body.get("annotation"))]
+        return {"action": action, **_retract(rt, link, [i for i in ids if isinstance(i, int)])}
+    annotations = _as_list(body.get("annotation"))
+    ls_tasks = {t.get("id"): t for t in _as_list(body.get("task"))}
+    pairs = []
+    for a in annotations:
+        tid = a.get("task")
+        if isinstance(tid, dict):
+            tid = tid.get("id")
+        task = ls_tasks.get(tid)
+        if task is not None:
+            pairs.append((a, task))
+    if not pairs:
+        raise InvalidInput(f"{action}: no annotation with its task in the event")
+    return {"action": action, **_annotations(rt, link, pairs)}
+
+
+def train(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
+    """The older ``/train`` call: every annotated task at once, then a training run is queued."""
+    project, uid = split_project(body.get("project"))
+    link = connect(rt, project, uid, str(body.get("label_config") or ""))
+    pairs = []
+    for t in _as_list(body.get("annotations")):
+        done = [a for a in _as_list(t.get("annotations")) if not a.get("was_cancelled")]
+        if done:
+            pairs.append((done[-1], t))
+    answer = _annotations(rt, link, pairs) if pairs else {"n": 0}
+    try:
+        job = models.train_now(rt, link.task_id)
+    except InvalidInput as exc:
+        return {"status": "not_trained", "detail": exc.message, "n": answer.get("n", 0)}
+    return {"status": "ok", "job_id": job["job_id"], "n": answer.get("n", 0)}
+
+
+def project_task(rt: Runtime, project: str) -> int:
+    """The labelloop task that serves a Label Studio project (for operators and tests)."""
+    with rt.session() as s:
+        row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project == project))
+        if row is None:
+            raise NotFound(f"Label Studio project {project} is not connected")
+        return row.task_id

@@ -1,0 +1,212 @@
+"""Prometheus metrics for operators, all in this module, served at ``/metrics``.
+
+Requests and latencies are counted by an ASGI middleware. Everything else (jobs by state, queue
+depth, training time, versions and promotions, edit rate) is read from the store when Prometheus
+scrapes, by a custom collector: the loop is not instrumented, so these figures stay true whichever
+process (API, local worker, Celery worker on another machine) did the work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from labelloop.runtime import Runtime
+from labelloop.store.models import Annotation, Item, Job, ModelVersion, Task
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class StoreCollector(Collector):
+    """Figures gathered from the store at scrape time (a few aggregate queries)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily(
+            "labelloop_jobs", "Jobs in the store by kind and state", labels=["kind", "state"]
+        )
+        queue = GaugeMetricFamily(
+            "labelloop_queue_depth", "Jobs waiting to run, by kind", labels=["kind"]
+        )
+        train_time = CounterMetricFamily(
+            "labelloop_training_seconds", "Time spent training model versions", labels=["task"]
+        )
+        last_train = GaugeMetricFamily(
+            "labelloop_last_training_seconds",
+            "Training time of the newest version",
+            labels=["task"],
+        )
+        versions = CounterMetricFamily(
+            "labelloop_model_versions", "Model versions trained", labels=["task"]
+        )
+        promoted = CounterMetricFamily(
+            "labelloop_versions_promoted", "Versions promoted when trained", labels=["task"]
+        )
+        promotions = CounterMetricFamily(
+            "labelloop_promotions", "Promotions of a task, rollbacks included", labels=["task"]
+        )
+        served = GaugeMetricFamily(
+            "labelloop_served_version", "The version that serves (-1: none yet)", labels=["task"]
+        )
+        edit_rate = GaugeMetricFamily(
+            "labelloop_edit_rate",
+            "Share of submitted labels that differed from the pre-label shown",
+            labels=["task"],
+        )
+        submitted = CounterMetricFamily(
+            "labelloop_labels_submitted",
+            "Human labels submitted (edit rate denominator)",
+            labels=["task"],
+        )
+        items = GaugeMetricFamily("labelloop_items", "Items by status", labels=["task", "status"])
+        with self.rt.session() as s:
+            for kind, state, n in s.execute(
+                select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
+            ):
+                jobs.add_metric([kind, state], n)
+                if state == "queued":
+                    queue.add_metric([kind], n)
+            for task_id, total, count in s.execute(
+                select(ModelVersion.task_id, func.sum(ModelVersion.train_seconds), func.count())
+                .where(ModelVersion.status == "ready")
+                .group_by(ModelVersion.task_id)
+            ):
+                train_time.add_metric([str(task_id)], float(total or 0.0))
+                versions.add_metric([str(task_id)], count)
+            newest = (
+                select(ModelVersion.task_id, func.max(ModelVersion.version).label("v"))
+                .where(ModelVersion.status == "ready")
+                .group_by(ModelVersion.task_id)
+                .subquery()
+            )
+            for task_id, seconds in s.execute(
+                select(ModelVersion.task_id, ModelVersion.train_seconds).join(
+                    newest,
+                    (ModelVersion.task_id == newest.c.task_id)
+                    & (ModelVersion.version == newest.c.v),
+                )
+            ):
+                if seconds is not None:
+                    last_train.add_metric([str(task_id)], float(seconds))
+            for task_id, n in s.execute(
+                select(ModelVersion.task_id, func.count())
+                .where(ModelVersion.promoted.is_(True))
+                .group_by(ModelVersion.task_id)
+            ):
+                promoted.add_metric([str(task_id)], n)
+            for task_id, version, n in s.execute(
+                select(Task.id, Task.served_version, Task.promotions)
+            ):
+                served.add_metric([str(task_id)], -1 if version is None else version)
+                promotions.add_metric([str(task_id)], n or 0)
+            totals: dict[int, list[int]] = {}
+            for task_id, edited, n in s.execute(
+                select(Annotation.task_id, Annotation.edited, func.count())
+                .where(Annotation.source == "human", Annotation.edited.is_not(None))
+                .group_by(Annotation.task_id, Annotation.edited)
+            ):
+                row = totals.setdefault(task_id, [0, 0])
+                row[0] += n if edited else 0
+                row[1] += n
+            for task_id, (n_edited, n_total) in sorted(totals.items()):
+                submitted.add_metric([str(task_id)], n_total)
+                if n_total:
+                    edit_rate.add_metric([str(task_id)], n_edited / n_total)
+            for task_id, status, n in s.execute(
+                select(Item.task_id, Item.status, func.count()).group_by(Item.task_id, Item.status)
+            ):
+                items.add_metric([str(task_id), status], n)
+        yield from (jobs, queue, train_time, last_train, versions, promoted, promotions, served)
+        yield from (edit_rate, submitted, items)
+        if self.rt.has_jobs:
+            backend_status = self.rt.jobs.status()
+            depth = backend_status.get("queued")
+            if isinstance(depth, int):
+                backend = GaugeMetricFamily(
+                    "labelloop_backend_queue_depth",
+                    "Jobs handed to the job backend and not yet running",
+                    labels=["backend"],
+                )
+                backend.add_metric([str(backend_status.get("backend"))], depth)
+                yield backend
+
+
+class Metrics:
+    """The app's registry: request counters filled by :meth:`middleware`, the store collector."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "labelloop_http_requests",
+            "HTTP requests by method, route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "labelloop_http_request_duration_seconds",
+            "HTTP request latency by method and route",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(StoreCollector(rt))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts each request and its latency under its route template, not its path."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, mounts: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.mounts = mounts
+
+    def template(self, scope: Scope) -> str:
+        """``/api/v1/tasks/{task_id}`` for ``/api/v1/tasks/7``: path parameters put back.
+
+        Unmatched paths share one label, so that scanners cannot grow the series without bound;
+        a mounted app (the static UI) is counted under its mount point.
+        """
+        path = str(scope.get("path", ""))
+        for mount in self.mounts:
+            if path == mount or path.startswith(mount + "/"):
+                return mount
+        if "endpoint" not in scope:
+            return "unmatched"
+        params = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+        parts = [f"{{{params[p]}}}" if p in params else p for p in path.split("/")]
+        return "/".join(parts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            template = self.template(scope)
+            method = str(scope.get("method", "GET"))
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)

@@ -1,0 +1,388 @@
+// The dashboard: tasks, and per task its versions, learning curves, counts, jobs and suspects;
+// the cluster when the server has one. Everything refreshes by itself every few seconds.
+"use strict";
+
+const REFRESH_MS = 2500;
+const state = { tasks: [], selected: null, folder: null, busy: false };
+
+function toast(message) {
+  const el = document.getElementById("toast");
+  el.textContent = message;
+  el.classList.add("show");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => el.classList.remove("show"), 3500);
+}
+
+function selectedFromHash() {
+  const m = location.hash.match(/task=(\d+)/);
+  return m ? Number(m[1]) : null;
+}
+
+function countsBar(c) {
+  const total = Math.max(1, c.items);
+  const w = (n) => `${(100 * n) / total}%`;
+  return `<div class="counts" title="${c.human_labelled} by people, ${c.model_labelled} by the model, ${c.unlabelled} unlabelled">
+      <div class="human" style="width:${w(c.human_labelled)}"></div>
+      <div class="model" style="width:${w(c.model_labelled)}"></div>
+      <div class="pending" style="width:${w(c.pending)}"></div>
+      <div class="failed" style="width:${w(c.failed)}"></div></div>`;
+}
+
+function renderTasks() {
+  const ul = document.getElementById("tasks");
+  if (!state.tasks.length) {
+    ul.innerHTML = `<li class="muted">No task yet.</li>`;
+    return;
+  }
+  ul.innerHTML = state.tasks.map((t) => `
+    <li data-id="${t.id}" data-testid="task-${t.id}" class="${t.id === state.selected ? "active" : ""}">
+      <div class="name">${esc(t.name)}</div>
+      <div class="meta">${esc(t.category)} · ${esc(t.extra)} · ${t.counts.items} items</div>
+      ${countsBar(t.counts)}
+      <div class="meta">${t.served_version === null ? '<span class="chip">no model yet</span>' : `<span class="chip model">model-time${t.served_version}</span>`}
+        ${t.training ? '<span class="chip warn">training</span>' : ""}</div>
+    </li>`).join("");
+  for (const li of ul.querySelectorAll("li[data-id]")) {
+    li.onclick = () => { location.hash = `task=${li.dataset.id}`; };
+  }
+}
+
+function versionsTable(task, versions) {
+  if (!versions.length) {
+    return `<p class="muted">No model yet: the first one trains once ${task.policy.min_labels} items are labelled (with two classes at least).</p>`;
+  }
+  const rows = versions.slice().reverse().map((v) => {
+    const m = v.metrics || {};
+    const action = v.serving ? '<span class="chip good">serving</span>'
+      : v.status !== "ready" ? `<span class="chip">${esc(v.status)}</span>`
+      : `<button class="small" data-promote="${v.version}" data-testid="promote-${v.version}">${v.version < (task.served_version ?? -1) ? "Roll back to" : "Promote"}</button>`;
+    return `<tr class="${v.serving ? "serving" : ""}" data-testid="version-${v.version}">
+      <td>model-time${v.version}</td><td class="num">${v.n_labels}</td>
+      <td class="num">${pct(m.cv_accuracy)}</td><td class="num">${pct(m.cv_macro_f1)}</td>
+      <td class="num">${v.live_n ? `${pct(v.live_accuracy)} <span class="muted">(${v.live_n})</span>` : "–"}</td>
+      <td class="num">${v.train_seconds === null ? "–" : v.train_seconds.toFixed(2) + " s"}</td>
+      <td>${v.promoted ? "promoted" : '<span class="muted">kept out</span>'}</td>
+      <td>${action}</td></tr>`;
+  }).join("");
+  return `<table data-testid="versions"><thead><tr><th>version</th><th class="num">labels</th>
+    <th class="num">held-out acc.</th><th class="num">macro-F1</th><th class="num">live acc.</th>
+    <th class="num">train time</th><th>when trained</th><th></th></tr></thead><tbody>${rows}</tbody></table>`;
+}
+
+function charts(task, metrics) {
+  const acc = metrics.versions.filter((v) => v.heldout_accuracy !== null).map((v) => ({
+    x: v.n_labels, y: v.heldout_accuracy, label: `model-time${v.version}`, highlight: v.serving,
+  }));
+  const live = metrics.versions.filter((v) => v.live_accuracy !== null && v.live_n > 0).map((v) => ({
+    x: v.n_labels, y: v.live_accuracy, label: `model-time${v.version} (live, ${v.live_n} labels)`,
+  }));
+  const edits = metrics.edit_rate.curve.map((p) => ({ x: p.labels, y: p.edit_rate, label: "edit rate" }));
+  const f = (v) => `${Math.round(v * 100)}%`;
+  return `<div class="grid2">
+    <div>${lineChart({ title: "Held-out accuracy per version", xLabel: "labels", yLabel: "accuracy", yFormat: f, testid: "chart-accuracy",
+      series: [{ name: "held-out (cross-validated)", color: "#2563eb", points: acc },
+               { name: "live (pre-labels confirmed)", color: "#15803d", points: live, dashed: true }] })}</div>
+    <div>${lineChart({ title: "Edit rate (share of pre-labels people changed)", xLabel: "labels", yLabel: "edit rate", yFormat: f, testid: "chart-edit-rate",
+      series: [{ name: "edit rate per 50 labels", color: "#7c3aed", points: edits }] })}</div></div>`;
+}
+
+function jobsTable(jobs) {
+  if (!jobs.length) return '<p class="muted">No job yet.</p>';
+  const chip = { done: "good", failed: "bad", running: "warn", queued: "" };
+  return `<table data-testid="jobs"><thead><tr><th>job</th><th>kind</th><th>state</th><th>result</th><th>when</th></tr></thead><tbody>
+    ${jobs.slice(0, 12).map((j) => `<tr><td>#${j.id}</td><td>${esc(j.kind)}</td>
+      <td><span class="chip ${chip[j.state] ?? ""}">${esc(j.state)}</span></td>
+      <td class="muted result" title="${esc(j.error || (j.result ? JSON.stringify(j.result) : ""))}">${esc(j.error || (j.result ? (j.result.reason || JSON.stringify(j.result)) : ""))}</td>
+      <td class="muted">${esc(ago(j.finished_at || j.created_at))}</td></tr>`).join("")}</tbody></table>`;
+}
+
+function suspectsBlock(result, task) {
+  if (!result.available) {
+    return '<p class="na" data-testid="suspects-na">Label-error flags are not available on this server (no /suspects endpoint).</p>';
+  }
+  const data = result.data || {};
+  const list = Array.isArray(data) ? data : (data.suspects || []);
+  const head = data.version === null || data.version === undefined
+    ? '<p class="muted">Flags need a model: they come from the out-of-sample scores of a trained version.</p>'
+    : `<p class="muted">model-time${esc(data.version)} checked ${esc(data.checked ?? "?")} human labels and flags ${esc(data.flagged ?? list.length)}.</p>`;
+  const text = task.category.startsWith("text");
+  const rows = list.slice(0, 20).map((s) => `<tr><td>#${esc(s.item_id)}</td>
+      ${text ? `<td class="muted">${esc(String(s.data || "").slice(0, 80))}</td>` : ""}
+      <td>${esc([].concat(s.given ?? []).join(", "))}</td><td><b>${esc([].concat(s.suggested ?? []).join(", "))}</b></td>
+      <td class="num">${typeof s.score === "number" ? s.score.toFixed(2) : ""}</td>
+      <td class="muted">${esc([].concat(s.annotators ?? []).join(", "))}</td></tr>`).join("");
+  const flags = list.length
+    ? `<table data-testid="suspects"><thead><tr><th>item</th>${text ? "<th>text</th>" : ""}<th>given</th><th>suggested</th><th class="num">score</th><th>annotators</th></tr></thead><tbody>${rows}</tbody></table>`
+    : '<p class="muted" data-testid="suspects-none">No suspicious label right now.</p>';
+  const who = Array.isArray(data.annotators) && data.annotators.length
+    ? `<h3>Annotator agreement</h3>${table(data.annotators)}` : "";
+  return head + flags + who;
+}
+
+function importBlock(task) {
+  if (task.category.startsWith("text")) {
+    return `<div class="row"><input type="file" id="add-csv" accept=".csv,text/csv"><button class="small" id="add-csv-go">Add texts from CSV</button></div>`;
+  }
+  return `<div class="row"><input type="file" id="add-files" accept="image/*" multiple><button class="small" id="add-files-go">Upload images</button>
+    <input type="text" id="add-folder" placeholder="/folder/below/an/import/root" style="width: 260px"><button class="small" id="add-folder-go">Add folder</button></div>`;
+}
+
+async function renderDetail() {
+  const el = document.getElementById("detail");
+  const id = state.selected;
+  if (id === null) return;
+  let task, versions, metrics, jobs, suspects;
+  try {
+    [task, versions, metrics, jobs, suspects] = await Promise.all([
+      api.get(`/api/v1/tasks/${id}`), api.get(`/api/v1/tasks/${id}/models`),
+      api.get(`/api/v1/tasks/${id}/metrics`), api.get(`/api/v1/tasks/${id}/jobs?limit=20`),
+      api.optional(`/api/v1/tasks/${id}/suspects`),
+    ]);
+  } catch (err) {
+    el.innerHTML = `<div class="card error">${esc(err.message)}</div>`;
+    return;
+  }
+  if (state.selected !== id || state.busy) return;
+  const c = task.counts;
+  const er = metrics.edit_rate;
+  const focus = document.activeElement && document.activeElement.id;
+  if (focus && focus.startsWith("add-")) return; // do not wipe a form being filled in
+  el.innerHTML = `
+    <div class="card" data-testid="task-detail">
+      <div class="row" style="justify-content: space-between">
+        <div><h2 style="margin: 0" data-testid="task-name">${esc(task.name)}</h2>
+          <div class="muted">${esc(task.category)} · ${esc(task.extra)} · labels: ${task.labels.map(esc).join(", ")}</div></div>
+        <div class="row">
+          ${task.served_version === null ? '<span class="chip">no model yet</span>' : `<span class="chip model" data-testid="serving">serving model-time${task.served_version}</span>`}
+          ${task.training ? '<span class="chip warn">training…</span>' : ""}
+          <button id="train">Train now</button>
+          <a class="button primary" href="label.html?task=${task.id}" data-testid="label-link">Label →</a>
+        </div>
+      </div>
+      <div style="margin-top: 12px">
+        <span class="stat"><b data-testid="count-human">${c.human_labelled}</b>labelled by people</span>
+        <span class="stat"><b data-testid="count-model">${c.model_labelled}</b>labelled by the model</span>
+        <span class="stat"><b data-testid="count-unlabelled">${c.unlabelled}</b>unlabelled</span>
+        <span class="stat"><b>${pct(er.overall)}</b>edit rate (${er.submitted} labels)</span>
+        <span class="stat"><b>${pct(er.second_half)}</b>edit rate, second half</span>
+      </div>
+      ${countsBar(c)}
+      <div class="legend-row"><span><i style="background: var(--accent)"></i>people</span><span><i style="background: var(--model)"></i>model</span>
+        <span><i style="background: #fbbf24"></i>being read</span><span><i style="background: var(--bad)"></i>unreadable (${c.failed})</span><span><i style="background: #e5e7eb"></i>unlabelled</span></div>
+      <h3>Add items</h3>${importBlock(task)}
+    </div>
+    <div class="card"><h2>Learning curves</h2>${charts(task, metrics)}</div>
+    <div class="card"><h2>Model versions</h2>${versionsTable(task, versions)}</div>
+    <div class="card"><h2>Suspicious labels</h2>${suspectsBlock(suspects, task)}</div>
+    <div class="card"><h2>Jobs</h2>${jobsTable(jobs)}</div>`;
+  for (const b of el.querySelectorAll("[data-promote]")) {
+    b.onclick = async () => {
+      try {
+        const r = await api.post(`/api/v1/tasks/${id}/models/${b.dataset.promote}/promote`);
+        toast(`model-time${r.served_version} now serves`);
+      } catch (err) { toast(err.message); }
+      refresh();
+    };
+  }
+  document.getElementById("train").onclick = async () => {
+    try { await api.post(`/api/v1/tasks/${id}/train`); toast("training queued"); } catch (err) { toast(err.message); }
+    refresh();
+  };
+  wireImports(task);
+}
+
+function wireImports(task) {
+  const run = async (fn, what) => {
+    state.busy = true;
+    try { const r = await fn(); toast(`${what}: ${r.created} new item(s)`); } catch (err) { toast(err.message); }
+    state.busy = false;
+    refresh();
+  };
+  const q = (id) => document.getElementById(id);
+  if (q("add-csv-go")) q("add-csv-go").onclick = () => {
+    const f = q("add-csv").files[0];
+    if (!f) return toast("choose a CSV file first");
+    const fd = new FormData(); fd.append("file", f);
+    run(() => api.form(`/api/v1/tasks/${task.id}/import/csv`, fd), "CSV");
+  };
+  if (q("add-files-go")) q("add-files-go").onclick = () => {
+    const files = q("add-files").files;
+    if (!files.length) return toast("choose image files first");
+    const fd = new FormData(); for (const f of files) fd.append("files", f);
+    run(() => api.form(`/api/v1/tasks/${task.id}/uploads`, fd), "upload");
+  };
+  if (q("add-folder-go")) q("add-folder-go").onclick = () => {
+    const path = q("add-folder").value.trim();
+    if (!path) return toast("give a folder path");
+    run(() => api.post(`/api/v1/tasks/${task.id}/import/folder`, { path }), "folder");
+  };
+}
+
+function table(rows) {
+  if (!rows.length) return '<p class="muted">none</p>';
+  const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))].slice(0, 8);
+  const cell = (v) => {
+    if (v === true) return '<span class="chip good">yes</span>';
+    if (v === false) return '<span class="chip bad">no</span>';
+    if (v === "good") return '<span class="chip good">good</span>';
+    if (v === "bad") return '<span class="chip bad">bad</span>';
+    if (v !== null && typeof v === "object") return esc(Array.isArray(v) ? v.join(", ") : JSON.stringify(v));
+    return esc(v);
+  };
+  return `<table><thead><tr>${keys.map((k) => `<th>${esc(k)}</th>`).join("")}</tr></thead>
+    <tbody>${rows.map((r) => `<tr>${keys.map((k) => `<td>${cell(r[k])}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
+}
+
+function asRows(data, ...keys) {
+  if (Array.isArray(data)) return data;
+  for (const k of keys) if (data && Array.isArray(data[k])) return data[k];
+  return data ? [data] : [];
+}
+
+async function renderCluster() {
+  const el = document.getElementById("cluster");
+  try {
+    const [machines, workers] = await Promise.all([
+      api.optional("/api/v1/cluster/machines"), api.optional("/api/v1/cluster/workers"),
+    ]);
+    const parts = [];
+    if (machines.available) {
+      const d = machines.data || {};
+      const masters = ["master_train", "master_inference"].filter((k) => d[k]).map((k) => `${k}: <b>${esc(typeof d[k] === "object" ? (d[k].ip || d[k].hostname || JSON.stringify(d[k])) : d[k])}</b>`);
+      parts.push(`<h3>Machines</h3>${masters.length ? `<p>${masters.join(" · ")}</p>` : ""}${table(asRows(d, "machines", "items"))}`);
+    } else {
+      parts.push('<p class="na" data-testid="machines-na">Machines: not available (single machine, or no cluster endpoint on this server).</p>');
+    }
+    if (workers.available) {
+      parts.push(`<h3>Workers</h3>${table(asRows(workers.data, "workers", "items"))}`);
+    } else {
+      parts.push('<p class="na" data-testid="workers-na">Workers: not available (no /cluster/workers endpoint on this server).</p>');
+    }
+    el.innerHTML = parts.join("");
+  } catch (err) {
+    el.innerHTML = `<p class="error">${esc(err.message)}</p>`;
+  }
+}
+
+async function renderServer() {
+  const chip = document.getElementById("server");
+  const queue = document.getElementById("queue");
+  try {
+    const h = await api.get("/health");
+    chip.textContent = `v${h.version} · ${h.status}`;
+    const j = h.jobs || {};
+    const running = Array.isArray(j.running) ? j.running.length : (j.running ?? "–");
+    queue.innerHTML = `<div>backend <b>${esc(j.backend ?? "none")}</b>${j.workers ? ` · ${j.workers} workers` : ""}</div>
+      <div data-testid="queue-depth">queued <b>${esc(j.queued ?? "–")}</b> · running <b>${esc(running)}</b></div>`;
+  } catch (err) {
+    chip.textContent = "server unreachable";
+    queue.textContent = err.message;
+  }
+}
+
+async function refresh() {
+  try {
+    state.tasks = await api.get("/api/v1/tasks");
+  } catch (err) {
+    document.getElementById("tasks").innerHTML = `<li class="error">${esc(err.message)}</li>`;
+  }
+  state.selected = selectedFromHash();
+  if (state.selected === null && state.tasks.length) state.selected = state.tasks[state.tasks.length - 1].id;
+  renderTasks();
+  await Promise.all([renderDetail(), renderServer(), renderCluster()]);
+}
+
+// --- new task -------------------------------------------------------------------------------
+
+async function showFolder(path) {
+  const box = document.getElementById("folders");
+  try {
+    const d = await api.get(`/api/v1/import/folders${path ? `?path=${encodeURIComponent(path)}` : ""}`);
+    state.folder = d.path;
+    document.getElementById("folder-path").textContent = d.path || "Import roots (folders this server may read)";
+    const rows = [];
+    if (d.parent) rows.push(`<div data-path="${esc(d.parent)}">⬑ ..</div>`);
+    for (const f of d.folders) rows.push(`<div data-path="${esc(f.path)}" data-testid="folder">📁 ${esc(f.name)} <span class="muted">(${f.images} images)</span></div>`);
+    if (d.path && !d.folders.length && !d.parent) rows.push('<div class="muted">(no sub-folders)</div>');
+    if (!d.path && !d.folders.length) rows.push('<div class="muted">No import root: start the server with --import-root FOLDER, or upload files.</div>');
+    box.innerHTML = rows.join("");
+    for (const div of box.querySelectorAll("[data-path]")) div.onclick = () => showFolder(div.dataset.path);
+    document.getElementById("folder-info").textContent = d.path ? `${d.images} images here${d.sample.length ? ` (${d.sample.slice(0, 4).join(", ")}…)` : ""}` : "";
+  } catch (err) {
+    box.innerHTML = `<div class="error">${esc(err.message)}</div>`;
+  }
+}
+
+function syncSourceFields(form) {
+  const text = form.kind.value === "text";
+  document.getElementById("source-image").hidden = text;
+  document.getElementById("source-text").hidden = !text;
+  const upload = form.imgsrc.value === "upload";
+  document.getElementById("folder-pick").hidden = upload;
+  document.getElementById("upload-pick").hidden = !upload;
+}
+
+async function createTask(form) {
+  const labels = form.labels.value.split(/[\n,]/).map((s) => s.trim()).filter(Boolean);
+  const text = form.kind.value === "text";
+  const body = {
+    name: form.name.value.trim(), labels,
+    category: text ? "text-classification" : "image-classification",
+    extra: form.multi.checked ? "multi-label" : "multi-class",
+  };
+  if (text && !form.csv.files.length) throw new Error("choose a CSV file of texts");
+  if (!text && form.imgsrc.value === "folder" && !state.folder) throw new Error("open the folder that holds the images");
+  if (!text && form.imgsrc.value === "upload" && !form.files.files.length) throw new Error("choose image files");
+  const task = await api.post("/api/v1/tasks", body);
+  let added;
+  try {
+    if (text) {
+      const fd = new FormData(); fd.append("file", form.csv.files[0]);
+      added = await api.form(`/api/v1/tasks/${task.id}/import/csv`, fd);
+    } else if (form.imgsrc.value === "upload") {
+      const fd = new FormData(); for (const f of form.files.files) fd.append("files", f);
+      added = await api.form(`/api/v1/tasks/${task.id}/uploads`, fd);
+    } else {
+      added = await api.post(`/api/v1/tasks/${task.id}/import/folder`, { path: state.folder });
+    }
+  } catch (err) {
+    await api.del(`/api/v1/tasks/${task.id}`).catch(() => null);
+    throw err;
+  }
+  return { task, added };
+}
+
+function setupCreate() {
+  const dialog = document.getElementById("create");
+  const form = document.getElementById("create-form");
+  document.getElementById("new-task").onclick = () => {
+    document.getElementById("create-error").textContent = "";
+    syncSourceFields(form);
+    showFolder(null);
+    dialog.showModal();
+  };
+  form.kind.onchange = () => syncSourceFields(form);
+  for (const r of form.imgsrc) r.onchange = () => syncSourceFields(form);
+  form.addEventListener("submit", async (ev) => {
+    if (ev.submitter && ev.submitter.value === "cancel") return;
+    ev.preventDefault();
+    const button = document.getElementById("create-submit");
+    button.disabled = true;
+    try {
+      const { task, added } = await createTask(form);
+      dialog.close();
+      form.reset();
+      toast(`task "${task.name}" created with ${added.created} items`);
+      location.hash = `task=${task.id}`;
+    } catch (err) {
+      document.getElementById("create-error").textContent = err.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+window.addEventListener("hashchange", refresh);
+setupCreate();
+refresh();
+setInterval(refresh, REFRESH_MS);

@@ -1,0 +1,338 @@
+"""The ML-backend protocol with requests shaped like the ones Label Studio 1.23 sends.
+
+The shapes follow Label Studio's ``ml/api_connector.py`` (setup, predict) and its webhook payloads
+(``action``, ``annotation`` with ``result`` items, ``task``, ``project``). Media lives on a fake
+Label Studio that, like the real one, answers ``/data/upload/...`` only with ``Token`` auth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from labelloop.runtime import Runtime
+from tests.conftest import wait_until
+
+TOKEN = "ls-secret-token-0123456789"
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="digit" toName="image">
+    <Choice value="0"/><Choice value="1"/><Choice value="2"/>
+  </Choices>
+</View>"""
+
+
+class FakeLabelStudio:
+    """Serves PNG files under ``/data/upload/1/`` to requests that carry the right token."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.auth_seen: list[str | None] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.auth_seen.append(self.headers.get("Authorization"))
+                body = owner.files.get(self.path)
+                if self.headers.get("Authorization") != f"Token {TOKEN}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                if body is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("content-type", "image/png")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def fake_ls(
+    digit_files: list[tuple[str, str]],
+) -> Iterator[tuple[FakeLabelStudio, list[dict[str, Any]]]]:
+    """Label Studio tasks for the digits 0, 1 and 2, with media hosted by the fake server."""
+    chosen = [(p, label) for p, label in digit_files if label in ("0", "1", "2")][:45]
+    files = {f"/data/upload/1/{Path(p).name}": Path(p).read_bytes() for p, _ in chosen}
+    server = FakeLabelStudio(files)
+    tasks = [
+        {
+            "id": 100 + n,
+            "data": {"image": f"/data/upload/1/{Path(p).name}"},
+            "meta": {},
+            "project": 7,
+            "truth": label,
+        }
+        for n, (p, label) in enumerate(chosen)
+    ]
+    yield server, tasks
+    server.httpd.shutdown()
+
+
+def project_body() -> dict[str, Any]:
+    return {
+        "id": 7,
+        "title": "digits",
+        "label_config": CONFIG,
+        "created_at": "2026-11-27T10:00:00Z",
+    }
+
+
+def ls_task(t: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in t.items() if k != "truth"}
+
+
+def annotation_event(
+    action: str, annotation_id: int, t: dict[str, Any], choice: str | None, user: int = 1
+) -> dict[str, Any]:
+    result = (
+        []
+        if choice is None
+        else [
+            {
+                "id": f"r{annotation_id}",
+                "from_name": "digit",
+                "to_name": "image",
+                "type": "choices",
+                "origin": "manual",
+                "value": {"choices": [choice]},
+            }
+        ]
+    )
+    return {
+        "action": action,
+        "annotation": {
+            "id": annotation_id,
+            "result": result,
+            "task": t["id"],
+            "completed_by": user,
+            "was_cancelled": False,
+            "ground_truth": False,
+            "lead_time": 2.5,
+        },
+        "task": ls_task(t),
+        "project": project_body(),
+    }
+
+
+def predict_body(tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "tasks": [ls_task(t) for t in tasks],
+        "project": "7.1764237600",
+        "label_config": CONFIG,
+        "params": {"login": None, "password": None, "context": None},
+    }
+
+
+def setup(c: TestClient, url: str) -> dict[str, Any]:
+    r = c.post(
+        "/labelstudio/setup",
+        json={
+            "project": "7.1764237600",
+            "schema": CONFIG,
+            "hostname": url,
+            "access_token": TOKEN,
+            "extra_params": None,
+        },
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_health(app_client: TestClient) -> None:
+    for path in ("/labelstudio/", "/labelstudio/health"):
+        r = app_client.get(path)
+        assert r.status_code == 200 and r.json()["status"] == "UP"
+
+
+def test_a_project_learns_from_its_annotations(
+    app_client: TestClient,
+    rt: Runtime,
+    fake_ls: tuple[FakeLabelStudio, list[dict[str, Any]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    c = app_client
+    server, tasks = fake_ls
+    answer = setup(c, server.url)
+    assert answer["model_version"] is None
+    assert TOKEN not in json.dumps(answer)
+    # The token is kept for media fetching only: in one owner-only file, never in the store.
+    creds = rt.settings.resolved_data_dir / "labelstudio" / "credentials.json"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert json.loads(creds.read_text()) == {server.url: TOKEN}
+    task_id = answer["task_id"]
+    task = c.get(f"/api/v1/tasks/{task_id}").json()
+    assert (task["category"], task["extra"], task["labels"]) == (
+        "image-classification",
+        "multi-class",
+        ["0", "1", "2"],
+    )
+    # A second setup (Label Studio calls it before every prediction run) keeps the same task.
+    assert setup(c, server.url)["task_id"] == task_id
+
+    # Before the first model: one empty entry per task, so Label Studio stores nothing.
+    r = c.post("/labelstudio/predict", json=predict_body(tasks[:5]))
+    assert r.status_code == 200 and r.json()["results"] == [[] for _ in range(5)]
+
+    # Annotations arrive by webhook; the 10th label queues training but the request returns.
+    labelled = tasks[:15]
+    for n, t in enumerate(labelled):
+        r = c.post(
+            "/labelstudio/webhook",
+            json=annotation_event("ANNOTATION_CREATED", 500 + n, t, t["truth"]),
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "ok"
+    wait_until(lambda: not c.get(f"/api/v1/tasks/{task_id}").json()["training"], timeout=120)
+    task = c.get(f"/api/v1/tasks/{task_id}").json()
+    assert task["served_version"] is not None
+    assert task["counts"]["human_labelled"] == 15
+    assert (
+        task["counts"]["failed"] == 0
+    )  # every image was fetched from "Label Studio" with the token
+    assert server.auth_seen and all(a == f"Token {TOKEN}" for a in server.auth_seen)
+    items = [
+        json.loads(line) for line in c.get(f"/api/v1/tasks/{task_id}/export").text.splitlines()
+    ]
+    assert all(i["data"].startswith(server.url + "/data/upload/1/") for i in items)
+    assert all(i["external_id"].startswith("ls:") for i in items)
+
+    # Predictions for the other tasks, in Label Studio's format, with the model version.
+    others = tasks[15:]
+    r = c.post("/labelstudio/predict", json=predict_body(others))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    version = f"model-time{task['served_version']}"
+    assert body["model_version"] == version
+    results = body["results"]
+    assert len(results) == len(others)
+    right = 0
+    for t, res in zip(others, results, strict=True):
+        assert res["model_version"] == version and 0.0 <= res["score"] <= 1.0
+        (item,) = res["result"]
+        assert (item["from_name"], item["to_name"], item["type"]) == ("digit", "image", "choices")
+        right += item["value"]["choices"] == [t["truth"]]
+    assert right >= 0.8 * len(others)
+
+    # Updating an annotation changes the label (a new revision); deleting one retracts it.
+    first = labelled[0]
+    wrong = "1" if first["truth"] != "1" else "2"
+    r = c.post(
+        "/labelstudio/webhook", json=annotation_event("ANNOTATION_UPDATED", 500, first, wrong)
+    )
+    assert r.json()["status"] == "ok"
+    item_id = next(i["item_id"] for i in items if i["external_id"] == f"ls:{first['id']}")
+    assert c.get(f"/api/v1/tasks/{task_id}/items/{item_id}").json()["labels"] == [wrong]
+    r = c.post(
+        "/labelstudio/webhook",
+        json={
+            "action": "ANNOTATIONS_DELETED",
+            "annotations": [{"id": 500}],
+            "project": project_body(),
+        },
+    )
+    assert r.status_code == 200 and r.json()["n"] == 1
+    history = c.get(f"/api/v1/tasks/{task_id}/items/{item_id}").json()
+    assert history["labels"] is None
+    assert [a["labels"] for a in history["annotations"]] == [[first["truth"]], [wrong], None]
+    assert c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["human_labelled"] == 14
+
+    # "Start training" queues a run and answers at once.
+    r = c.post("/labelstudio/webhook", json={"action": "START_TRAINING", "project": project_body()})
+    assert r.status_code == 200 and r.json()["job_id"] is not None
+    wait_until(lambda: not c.get(f"/api/v1/tasks/{task_id}").json()["training"], timeout=120)
+
+    # Events labelloop has no use for are acknowledged and ignored.
+    r = c.post(
+        "/labelstudio/webhook", json={"action": "PROJECT_UPDATED", "project": project_body()}
+    )
+    assert r.status_code == 200 and r.json()["status"] == "ignored"
+    assert TOKEN not in caplog.text
+
+
+def test_skipped_and_foreign_annotations_are_ignored(
+    app_client: TestClient, fake_ls: tuple[FakeLabelStudio, list[dict[str, Any]]]
+) -> None:
+    c = app_client
+    server, tasks = fake_ls
+    setup(c, server.url)
+    skipped = annotation_event("ANNOTATION_CREATED", 1, tasks[0], None)
+    skipped["annotation"]["was_cancelled"] = True
+    assert c.post("/labelstudio/webhook", json=skipped).json()["status"] == "ignored"
+    other = annotation_event("ANNOTATION_CREATED", 2, tasks[1], "1")
+    other["annotation"]["result"][0]["from_name"] = "something_else"
+    assert c.post("/labelstudio/webhook", json=other).json()["status"] == "ignored"
+    bad = annotation_event("ANNOTATION_CREATED", 3, tasks[2], "7")
+    r = c.post("/labelstudio/webhook", json=bad)
+    assert r.status_code == 422 and "unknown label" in r.json()["detail"]
+
+
+def test_unsupported_config_is_a_clear_4xx(app_client: TestClient) -> None:
+    r = app_client.post(
+        "/labelstudio/setup",
+        json={
+            "project": "9.1764237600",
+            "schema": '<View><Image name="i" value="$image"/><RectangleLabels name="b" '
+            'toName="i"><Label value="car"/></RectangleLabels></View>',
+        },
+    )
+    assert r.status_code == 422
+    assert r.json()["error"] == "not_supported"
+    assert "not supported yet" in r.json()["detail"] and "RectangleLabels" in r.json()["detail"]
+    assert app_client.get("/api/v1/tasks").json() == []
+
+
+def test_media_without_a_known_label_studio_fails_clearly(
+    app_client: TestClient, fake_ls: tuple[FakeLabelStudio, list[dict[str, Any]]]
+) -> None:
+    """Predict without setup: the project is connected from the config it carries, but nobody
+    said where Label Studio runs, so its relative media links cannot be read, and the item says so."""
+    c = app_client
+    _, tasks = fake_ls
+    r = c.post("/labelstudio/predict", json=predict_body(tasks[:3]))
+    assert r.status_code == 200 and r.json()["results"] == [[], [], []]
+    task_id = c.get("/api/v1/tasks").json()[0]["id"]
+    wait_until(lambda: c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["pending"] == 0)
+    items = [
+        json.loads(line) for line in c.get(f"/api/v1/tasks/{task_id}/export").text.splitlines()
+    ]
+    detail = c.get(f"/api/v1/tasks/{task_id}/items/{items[0]['item_id']}").json()
+    assert detail["status"] == "failed"
+    assert "LABELLOOP_LABELSTUDIO_URL" in detail["error"]
+
+
+def test_basic_auth_with_the_api_token(rt: Runtime) -> None:
+    """Label Studio can send only basic auth to a backend: the API token is its password."""
+    from pydantic import SecretStr
+
+    from labelloop.api.app import create_app
+
+    rt.settings.api_token = SecretStr("s3cret")
+    with TestClient(create_app(rt, manage_jobs=False)) as c:
+        assert c.get("/labelstudio/health").status_code == 401
+        assert c.get("/labelstudio/health", auth=("labelstudio", "wrong")).status_code == 401
+        assert c.get("/labelstudio/health", auth=("labelstudio", "s3cret")).status_code == 200
+        assert (
+            c.get("/labelstudio/health", headers={"Authorization": "Bearer s3cret"}).status_code
+            == 200
+        )
+        assert c.get("/metrics").status_code == 401
