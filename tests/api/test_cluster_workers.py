@@ -17,9 +17,10 @@ from labelloop.runtime import Runtime
 from tests.celery_support import HOST, Cluster, wait_for
 
 
-def test_the_local_pool_is_listed(app_client: TestClient) -> None:
-    body = app_client.get("/api/v1/cluster/workers").json()
-    assert body["backend"] == "local" and body["workers"] == 2 and body["running"] == []
+def test_there_are_no_cluster_workers_in_the_embedded_default(app_client: TestClient) -> None:
+    r = app_client.get("/api/v1/cluster/workers")
+    assert r.status_code == 404 and r.json()["error"] == "http_error"  # no such endpoint
+    assert app_client.get("/health").json()["jobs"]["backend"] == "local"
 
 
 @pytest.mark.rabbitmq

@@ -110,8 +110,12 @@ def test_whole_loop_on_workers(
     # The featurize jobs ran on the data worker (the API runs no jobs in this mode).
     jobs = client.jobs(task_id, limit=200)
     assert jobs and all(j["kind"] == "featurize" and j["state"] == "done" for j in jobs)
-    data_worker = c.live_workers(client)[f"data-1@{HOST}"]
-    assert data_worker["processed"] >= len(jobs)
+    wait_for(
+        lambda: c.live_workers(client)[f"data-1@{HOST}"]["processed"] >= len(jobs),
+        30,
+        "the data worker to report its jobs",
+        poll=0.5,
+    )
 
     # A stream of predictions runs beside the labelling: none may answer with a version older
     # than the one served when it was sent (a promotion is visible from the next request on).
@@ -382,8 +386,13 @@ def test_kill_9_of_a_train_worker_in_the_middle_of_training(
     threads = [threading.Thread(target=f, daemon=True) for f in (annotate, predict)]
     for t in threads:
         t.start()
+
     # Redelivered to the other train worker (prefetch 1: nothing else holds it).
-    rerun = wait_for(holder, 120, "the training job redelivered", poll=0.2)
+    def new_holder() -> str | None:
+        name = holder()
+        return name if name != first else None
+
+    rerun = wait_for(new_holder, 120, "the training job redelivered", poll=0.2)
     assert rerun == f"{survivor}@{HOST}"
     threads[0].join(timeout=120)
     client.wait_for_training(task_id, timeout=600)

@@ -8,6 +8,7 @@ store and is published again as soon as the broker answers, or at the next start
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import socket
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 #: What a broker that is down or unreachable raises, from kombu, py-amqp or the socket.
 BROKER_ERRORS: tuple[type[Exception], ...] = (KombuError, AMQPError, OSError)
 
+#: How long an answer of :meth:`CeleryJobs.status` serves again (the dashboard, ``/health`` and
+#: ``/metrics`` ask at once; each fresh answer waits a second for the workers' replies).
+STATUS_TTL_S = 1.0
+
 #: How long a worker keeps trying to publish follow-up jobs while the broker is away.
 PATIENCE_S = 600.0
 
@@ -83,6 +88,8 @@ class CeleryJobs(JobBackend):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: ReplyListener | None = None
+        self._status: tuple[float, dict[str, Any]] | None = None
+        self._status_lock = threading.Lock()
         # Predict requests: same broker, no publisher confirms (their time-out covers a loss).
         self._rpc = make_app(rt.settings, worker=False, confirm=False) if app is None else self.app
 
@@ -339,6 +346,16 @@ class CeleryJobs(JobBackend):
                     a |= {"kind": job.kind, "task_id": job.task_id, "key": job.key}
 
     def status(self) -> dict[str, Any]:
+        """Workers and queues; callers within :data:`STATUS_TTL_S` share one broadcast."""
+        with self._status_lock:
+            cached = self._status
+            if cached is not None and time.monotonic() - cached[0] < STATUS_TTL_S:
+                return copy.deepcopy(cached[1])
+            out = self._fresh_status()
+            self._status = (time.monotonic(), out)
+            return copy.deepcopy(out)
+
+    def _fresh_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.name, "broker": self.broker}
         try:
             out["queues"] = self.queue_depths()
@@ -348,6 +365,9 @@ class CeleryJobs(JobBackend):
             out["broker_ok"] = True
         except BROKER_ERRORS as exc:
             out |= {"broker_ok": False, "error": f"broker not reachable: {exc}", "workers": []}
+        out["running"] = sorted(
+            a["job_id"] for w in out["workers"] for a in w["active"] if "job_id" in a
+        )
         out["unsent_jobs"] = self.unsent
         return out
 

@@ -1,4 +1,8 @@
-"""Operations: the workers that run jobs, and the depth of their queues."""
+"""Operations of the cluster mode: the workers that run jobs, and the depth of their queues.
+
+Registered only when the server runs its jobs on Celery (``LABELLOOP_JOBS=celery``); a server in
+the embedded default has no such endpoint (its local pool is described by ``/health``).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,5 @@ Rt = Annotated[Runtime, Depends(runtime)]
 
 @router.get("/cluster/workers")
 def list_workers(rt: Rt) -> dict[str, Any]:
-    """Live workers with their roles, queues and current jobs, and queue depths (Celery); the
-    local pool's size and running jobs (embedded default)."""
-    return rt.jobs.status() if rt.has_jobs else {"backend": None, "workers": []}
+    """Live Celery workers with their roles, queues and current jobs, and the queues' depths."""
+    return rt.jobs.status()
