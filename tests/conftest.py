@@ -129,3 +129,12 @@ def live_url(rt: Runtime) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def broker_vhost() -> Iterator[str]:
+    """A vhost of this test session's own on the machine's RabbitMQ (deleted afterwards)."""
+    from tests.celery_support import vhost
+
+    with vhost("labelloop-session") as url:
+        yield url

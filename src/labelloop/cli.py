@@ -180,3 +180,92 @@ def db_upgrade(data_dir: DataDir = None) -> None:
     settings = settings_from(data_dir)
     migrate(settings.resolved_database_url)
     console.print("schema is up to date")
+
+
+@app.command()
+@friendly
+def worker(
+    role: Annotated[str, typer.Option(help="What this worker runs: train, data or inference.")],
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Pool processes (default: 1 for train and data, one per core for inference)."
+        ),
+    ] = None,
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "--hostname", "-n", help="Worker name, unique per host (default: <role>-<pid>@<host>)."
+        ),
+    ] = None,
+    pool: Annotated[
+        str | None, typer.Option(help="Celery pool: prefork (default), solo or threads.")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a Celery worker for one role (cluster mode).
+
+    Reads LABELLOOP_BROKER_URL, LABELLOOP_DATABASE_URL and LABELLOOP_DATA_DIR (a folder every
+    worker and the API see).
+    """
+    from labelloop.jobs.celery_app import run_worker
+
+    settings = settings_from(data_dir)
+    setup_logging(settings.log_level)
+    run_worker(
+        settings,
+        role,
+        concurrency=concurrency,
+        hostname=hostname,
+        pool=pool,
+        loglevel=settings.log_level,
+    )
+
+
+@app.command("workers")
+@friendly
+def list_workers(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List live Celery workers: roles, queues, current jobs; and the queues' depths."""
+    import json
+
+    from rich.table import Table
+
+    from labelloop.errors import Unavailable
+    from labelloop.jobs.celery_backend import CeleryJobs
+    from labelloop.runtime import Runtime
+
+    rt = Runtime(settings_from(data_dir))
+    try:
+        status = CeleryJobs(rt).status()
+    finally:
+        rt.close()
+    if json_out:
+        console.print_json(json.dumps(status, default=str))
+        return
+    if not status.get("broker_ok"):
+        raise Unavailable(status.get("error", "the broker is not reachable"))
+    table = Table(title=f"workers on {status['broker']}")
+    for col in ("worker", "roles", "pool", "processes", "current jobs"):
+        table.add_column(col)
+    for w in status["workers"]:
+        jobs = ", ".join(
+            f"{a.get('kind', a['task'])} #{a.get('job_id', a.get('task_id', '?'))}"
+            for a in w["active"]
+        )
+        table.add_row(
+            w["name"], ",".join(w["roles"]), str(w["pool"]), str(w["concurrency"]), jobs or "-"
+        )
+    console.print(table)
+    queues = Table(title="queues")
+    for col in ("queue", "ready messages", "consumers"):
+        queues.add_column(col)
+    for name, q in status["queues"].items():
+        queues.add_row(name, str(q["ready"]), str(q["consumers"]))
+    console.print(queues)
+    if not status["workers"]:
+        err_console.print("no worker answered")

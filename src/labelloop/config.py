@@ -35,7 +35,15 @@ class Settings(BaseSettings):
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = "rpc://"
     predict_timeout_s: float = Field(default=10.0, gt=0)
-    train_time_limit_s: int = Field(default=1800, gt=0)
+    #: Hard time limit of a training job on a Celery worker; below RabbitMQ's default consumer
+    #: time-out (30 min), which must stay above it (docs/WORKERS.md).
+    train_time_limit_s: int = Field(default=1500, gt=0)
+    #: Hard time limit of featurize and re-prediction jobs on Celery workers.
+    job_time_limit_s: int = Field(default=600, gt=0)
+    #: Quorum queues (RabbitMQ 3.8+) survive a node loss; "classic" for brokers without them.
+    broker_queue_type: Literal["quorum", "classic"] = "quorum"
+    #: Deliveries of one message before the broker dead-letters it (a poison job cannot loop).
+    broker_delivery_limit: int = Field(default=5, ge=1, le=100)
 
     fetch_max_bytes: int = Field(default=20 * MiB, gt=0)
     fetch_timeout_s: float = Field(default=10.0, gt=0)

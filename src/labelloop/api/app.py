@@ -24,6 +24,7 @@ from labelloop.api.routes import (
     models,
     predictions,
     tasks,
+    workers,
 )
 from labelloop.observability import CONTENT_TYPE_LATEST, Metrics, RequestMetrics
 from labelloop.runtime import Runtime
@@ -59,7 +60,10 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics, mounts=("/ui",))
     errors.install(app)
     secured = [Depends(require_token)]
-    for module in (tasks, items, labelling, predictions, models, export, imports):
+    modules = [tasks, items, labelling, predictions, models, export, imports]
+    if rt.has_jobs and rt.jobs.name == "celery":
+        modules.append(workers)  # only a server in cluster mode has cluster workers
+    for module in modules:
         app.include_router(module.router, prefix=API_PREFIX, dependencies=secured)
     app.include_router(
         labelstudio.router,

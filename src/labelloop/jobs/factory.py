@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from labelloop.errors import ConfigError
 from labelloop.jobs.base import JobBackend
 from labelloop.runtime import Runtime
 
 
 def make_backend(rt: Runtime) -> JobBackend:
+    """``local`` (embedded default: worker processes beside the API) or ``celery`` (cluster)."""
     if rt.settings.jobs == "celery":
-        raise ConfigError("the celery job backend is not available in this build")
+        from labelloop.jobs.celery_backend import CeleryJobs
+
+        return CeleryJobs(rt)
     from labelloop.jobs.local import LocalJobs
 
     return LocalJobs(rt)

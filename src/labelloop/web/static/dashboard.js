@@ -272,7 +272,8 @@ async function renderServer() {
     chip.textContent = `v${h.version} · ${h.status}`;
     const j = h.jobs || {};
     const running = Array.isArray(j.running) ? j.running.length : (j.running ?? "–");
-    queue.innerHTML = `<div>backend <b>${esc(j.backend ?? "none")}</b>${j.workers ? ` · ${j.workers} workers` : ""}</div>
+    const workers = Array.isArray(j.workers) ? j.workers.length : j.workers;
+    queue.innerHTML = `<div>backend <b>${esc(j.backend ?? "none")}</b>${workers ? ` · ${workers} workers` : ""}</div>
       <div data-testid="queue-depth">queued <b>${esc(j.queued ?? "–")}</b> · running <b>${esc(running)}</b></div>`;
   } catch (err) {
     chip.textContent = "server unreachable";
