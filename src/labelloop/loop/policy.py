@@ -50,8 +50,16 @@ class Policy(BaseModel):
     #: How ``/next`` ranks unlabelled items once a model serves.
     selection: Literal["margin", "entropy", "least-confidence", "random"] = "margin"
     #: Weight uncertainty by how central an item is in the pool (its degree in the k-NN graph of
-    #: its features), so that uncertain outliers do not crowd out uncertain typical items.
-    density_weighting: bool = True
+    #: its features), so that uncertain outliers do not crowd out uncertain typical items. By
+    #: default on, except with auto-labelling: certifying a threshold needs the model right on
+    #: random audits, outliers included, and plain margin sampling teaches it those (measured).
+    density_weighting: bool | None = None
+
+    @property
+    def weights_by_density(self) -> bool:
+        if self.density_weighting is None:
+            return self.auto_label is None
+        return self.density_weighting
     auto_label: AutoLabelPolicy | None = None
     #: Fixes the task's random choices (the order before the first model, the audits), so a
     #: simulation can be repeated exactly; by default every task draws its own.

@@ -279,7 +279,7 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
 
 def _selection_weights(spec: TaskSpec, pool: Features, ok_ids: list[int]) -> dict[int, float]:
     """Item -> degree in the pool's k-NN graph over the largest degree (empty: no weighting)."""
-    if not spec.policy.density_weighting or spec.policy.selection == "random":
+    if not spec.policy.weights_by_density or spec.policy.selection == "random":
         return {}
     degrees = graph_degrees(pool)
     if degrees is None or degrees.max() <= 0:
