@@ -60,6 +60,7 @@ class Policy(BaseModel):
         if self.density_weighting is None:
             return self.auto_label is None
         return self.density_weighting
+
     auto_label: AutoLabelPolicy | None = None
     #: Fixes the task's random choices (the order before the first model, the audits), so a
     #: simulation can be repeated exactly; by default every task draws its own.
