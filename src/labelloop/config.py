@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = "rpc://"
     predict_timeout_s: float = Field(default=10.0, gt=0)
+    #: Cluster mode: a predict request of at least twice this many items is split into chunks
+    #: of about this size, answered by several inference processes in parallel.
+    predict_chunk_items: int = Field(default=32, ge=1)
     #: Hard time limit of a training job on a Celery worker; below RabbitMQ's default consumer
     #: time-out (30 min), which must stay above it (docs/WORKERS.md).
     train_time_limit_s: int = Field(default=1500, gt=0)

@@ -6,6 +6,8 @@ The API, the CLI, the local worker processes and the Celery workers each build o
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,15 @@ if TYPE_CHECKING:
 
 
 _depth = threading.local()
+
+
+#: Set by a Celery worker to its node name, so a job records which worker ran it.
+WORKER_NAME_ENV = "LABELLOOP_WORKER_NAME"
+
+
+def worker_identity() -> str:
+    """Who runs this job: the Celery node name when set, else ``<host>:<pid>``."""
+    return os.environ.get(WORKER_NAME_ENV) or f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Runtime:

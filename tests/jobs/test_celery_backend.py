@@ -197,3 +197,38 @@ def test_errors_sent_back_by_workers_keep_their_kind() -> None:
     with pytest.raises(LabelloopError) as other:
         raise_remote({"code": "something_new", "message": "odd"})
     assert other.value.message == "odd"
+
+
+def held_requests(backend: CeleryJobs, url: str, data: list[str]) -> list[Message]:
+    """Messages a predict request of ``data`` puts on the inference queue (nobody answers)."""
+    held: list[Message] = []
+
+    def call() -> None:
+        with contextlib.suppress(Timeout):
+            backend.predict_data(SPEC, 0, data)
+
+    queue = next(q for q in backend.app.conf.task_queues if q.name == "inference")
+    with Connection(url) as conn, Consumer(conn, [queue], callbacks=[lambda _b, m: held.append(m)]):
+        waiting = threading.Thread(target=call)
+        waiting.start()
+        while waiting.is_alive():
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.1)
+    return held
+
+
+def test_a_large_predict_request_is_split_for_parallel_workers(
+    tmp_path: Path, vhost_url: str
+) -> None:
+    rt = runtime(tmp_path, vhost_url, predict_timeout_s=0.5, predict_chunk_items=32)
+    backend = CeleryJobs(rt)
+    backend.start()
+    data = [f"text {i}" for i in range(100)]
+    held = held_requests(backend, vhost_url, data)
+    chunks = [m.payload[0][2] for m in held]
+    assert len(chunks) == 3 and all(30 <= len(c) <= 34 for c in chunks)
+    assert sorted(x for c in chunks for x in c) == sorted(data)  # every item once
+    # Below twice the chunk size, one message.
+    assert len(held_requests(backend, vhost_url, data[:63])) == 1
+    backend.stop()
+    rt.close()

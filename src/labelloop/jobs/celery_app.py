@@ -33,7 +33,7 @@ from kombu.entity import Exchange, Queue
 from labelloop.config import Settings
 from labelloop.errors import ConfigError, InvalidInput, LabelloopError, Unavailable
 from labelloop.loop.spec import TaskSpec
-from labelloop.runtime import Runtime
+from labelloop.runtime import WORKER_NAME_ENV, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -460,10 +460,12 @@ def run_worker(
 
     worker_process_init.connect(warm, weak=False)
     task_failure.connect(_on_hard_time_limit(state), weak=False)
+    name = hostname or default_hostname(role)
+    os.environ[WORKER_NAME_ENV] = name  # inherited by the pool: jobs record who ran them
     argv = [
         "worker",
         f"--queues={role}",
-        f"--hostname={hostname or default_hostname(role)}",
+        f"--hostname={name}",
         f"--concurrency={concurrency or defaults.concurrency}",
         f"--pool={pool or defaults.pool}",
         f"--prefetch-multiplier={defaults.prefetch}",

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from amqp.exceptions import AMQPError
 from celery import Celery
@@ -44,6 +44,7 @@ from labelloop.runtime import Runtime
 from labelloop.store.models import Job
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: What a broker that is down or unreachable raises, from kombu, py-amqp or the socket.
 BROKER_ERRORS: tuple[type[Exception], ...] = (KombuError, AMQPError, OSError)
@@ -232,18 +233,31 @@ class CeleryJobs(JobBackend):
     def predict_data(
         self, spec: TaskSpec, version: int, data: Sequence[str]
     ) -> list[DataPrediction]:
-        answer = self._call(PREDICT_DATA, [spec.id, int(version), list(data)])
-        return [DataPrediction(**p) for p in answer["predictions"]]
+        chunks = self._chunks(list(data))
+        answers = self._call_all(PREDICT_DATA, [[spec.id, int(version), c] for c in chunks])
+        return [DataPrediction(**p) for answer in answers for p in answer["predictions"]]
 
     def predict_items(
         self, spec: TaskSpec, version: int, item_ids: Sequence[int]
     ) -> ItemPredictions:
-        answer = self._call(PREDICT_ITEMS, [spec.id, int(version), [int(i) for i in item_ids]])
+        chunks = self._chunks([int(i) for i in item_ids])
+        answers = self._call_all(PREDICT_ITEMS, [[spec.id, int(version), c] for c in chunks])
         rows = [
-            {**r, "created_at": datetime.fromisoformat(r["created_at"])} for r in answer["rows"]
+            {**r, "created_at": datetime.fromisoformat(r["created_at"])}
+            for answer in answers
+            for r in answer["rows"]
         ]
-        failed = {int(k): str(v) for k, v in answer["failed"].items()}
-        return ItemPredictions(int(answer["version"]), rows, failed)
+        failed = {int(k): str(v) for answer in answers for k, v in answer["failed"].items()}
+        return ItemPredictions(int(answers[0]["version"]), rows, failed)
+
+    def _chunks(self, values: list[T]) -> list[list[T]]:
+        """Split a large request so that several inference processes answer it in parallel."""
+        size = self.rt.settings.predict_chunk_items
+        if len(values) < 2 * size:
+            return [values]
+        parts = len(values) // size
+        step = -(-len(values) // parts)
+        return [values[i : i + step] for i in range(0, len(values), step)]
 
     def _replies(self) -> ReplyListener:
         with self._lock:
@@ -253,29 +267,36 @@ class CeleryJobs(JobBackend):
         listener.ensure_running()
         return listener
 
-    def _call(self, name: str, args: list[Any]) -> dict[str, Any]:
-        """Send ``(task, version, items)`` to the inference queue and wait for the answer."""
+    def _call_all(self, name: str, calls: list[list[Any]]) -> list[dict[str, Any]]:
+        """Send each ``(task, version, items)`` to the inference queue; wait for every answer."""
         timeout = self.rt.settings.predict_timeout_s
         replies = self._replies()
-        task_id = str(uuid.uuid4())
-        waiter = replies.expect(task_id)
+        task_ids = [str(uuid.uuid4()) for _ in calls]
+        waiters = [replies.expect(task_id) for task_id in task_ids]
         try:
             try:
-                self._rpc.send_task(
-                    name,
-                    args=args,
-                    task_id=task_id,
-                    queue=self._queues["inference"],
-                    reply_to=replies.name,
-                    # Nobody waits for an answer after this: the broker drops the request, and a
-                    # worker that took it too late skips it.
-                    expires=timeout,
-                )
+                for task_id, args in zip(task_ids, calls, strict=True):
+                    self._rpc.send_task(
+                        name,
+                        args=args,
+                        task_id=task_id,
+                        queue=self._queues["inference"],
+                        reply_to=replies.name,
+                        # Nobody waits for an answer after this: the broker drops the request,
+                        # and a worker that took it too late skips it.
+                        expires=timeout,
+                    )
             except BROKER_ERRORS as exc:
                 raise Unavailable(f"the job broker {self.broker} is not reachable: {exc}") from None
-            body = waiter.wait(timeout)
+            deadline = time.monotonic() + timeout
+            bodies = [w.wait(max(0.0, deadline - time.monotonic())) for w in waiters]
         finally:
-            replies.forget(task_id)
+            for task_id in task_ids:
+                replies.forget(task_id)
+        return [self._answer(body, timeout) for body in bodies]
+
+    def _answer(self, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+        """One worker's reply as a result, or the error the client should get."""
         if body is None:
             if self._consumers("inference") == 0:
                 raise Unavailable(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
 from labelloop.loop.selection import graph_degrees
 from labelloop.loop.spec import TaskSpec
-from labelloop.runtime import Runtime
+from labelloop.runtime import Runtime, worker_identity
 from labelloop.store.models import AuditPick, Item, Job, ModelVersion, Task, utcnow
 from labelloop.store.upsert import upsert_predictions
 
@@ -66,7 +65,7 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
             job.error = f"gave up after {job.attempts} attempts"
             return [j.id for j in after_training(s, task)]
         job.state, job.attempts = "running", job.attempts + 1
-        job.started_at, job.worker = utcnow(), socket.gethostname()
+        job.started_at, job.worker = utcnow(), worker_identity()
         revision = int(job.payload["revision"])
         at = labelled_at(s, task.id, revision)
         labels = {i: ls for i, (ls, _) in at.items()}
