@@ -93,9 +93,15 @@ def test_workers_are_listed_with_roles_and_queues(cluster: tuple[Cluster, Client
         assert w["pid"] == c.workers[name].pid
     assert workers[f"train-1@{HOST}"]["prefetch"] == 1
     assert set(status["queues"]) == {"data", "train", "inference", "dead"}
-    assert status["queues"]["train"]["consumers"] == 2
-    assert status["queues"]["inference"]["consumers"] == 2
-    assert status["queues"]["data"]["consumers"] == 1
+    # A worker answers the broadcast a moment before its consumer is on the task queue.
+    expected = {"train": 2, "inference": 2, "data": 1}
+
+    def consumers() -> dict[str, int] | None:
+        queues = client._request("GET", "/api/v1/cluster/workers")["queues"]
+        got = {q: queues[q]["consumers"] for q in expected}
+        return got if got == expected else None
+
+    wait_for(consumers, 30, f"consumers {expected} on the queues", poll=0.5)
 
 
 def test_whole_loop_on_workers(
