@@ -89,6 +89,12 @@ def serve(
         str | None, typer.Option(help="Where jobs run: local (worker processes) or celery.")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Local worker processes.")] = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1, help="API processes (uvicorn workers); above 1 only with --jobs celery."
+        ),
+    ] = 1,
 ) -> None:
     """Run the API with its workers (embedded default: SQLite, local folder, local processes)."""
     import uvicorn
@@ -99,6 +105,9 @@ def serve(
 
     settings = settings_from(data_dir, import_root, jobs=jobs, local_workers=workers)
     setup_logging(settings.log_level)
+    if processes > 1:
+        _serve_processes(settings, host, port, processes)
+        return
     rt = Runtime(settings, migrate_schema=True)
     rt.attach_jobs(make_backend(rt))
     base = f"http://{host}:{port}"
@@ -109,6 +118,51 @@ def serve(
         f"  Label Studio ML backend URL: {base}/labelstudio"
     )
     uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+
+
+def _serve_processes(settings: Settings, host: str, port: int, processes: int) -> None:
+    """Several API processes on one port (the seed's predict service: one per inference machine).
+
+    Each process builds its own app from the environment, so the command line's settings travel
+    there as ``LABELLOOP_*`` variables; the schema is migrated once, here, before they start.
+    """
+    import os
+
+    import uvicorn
+
+    from labelloop.errors import InvalidInput
+    from labelloop.store.db import migrate
+
+    if settings.jobs != "celery":
+        raise InvalidInput(
+            "--processes above 1 needs --jobs celery (local workers are per process)"
+        )
+    migrate(settings.resolved_database_url)
+    os.environ["LABELLOOP_JOBS"] = settings.jobs
+    os.environ["LABELLOOP_DATA_DIR"] = str(settings.resolved_data_dir)
+    os.environ["LABELLOOP_IMPORT_ROOTS"] = ":".join(str(p) for p in settings.import_roots)
+    console.print(f"labelloop serving on http://{host}:{port} with {processes} processes")
+    uvicorn.run(
+        "labelloop.cli:api_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=processes,
+        log_level="warning",
+    )
+
+
+def api_from_environment() -> Any:
+    """The API app of one ``serve --processes`` process, from ``LABELLOOP_*`` variables."""
+    from labelloop.api.app import create_app
+    from labelloop.jobs.factory import make_backend
+    from labelloop.runtime import Runtime
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    rt = Runtime(settings)
+    rt.attach_jobs(make_backend(rt))
+    return create_app(rt)
 
 
 @app.command()
@@ -273,6 +327,59 @@ def list_workers(
     console.print(queues)
     if not status["workers"]:
         err_console.print("no worker answered")
+
+
+# -- the cluster bootstrap: agent side (docs/DEPLOY.md) ---------------------------------------------
+@app.command()
+@friendly
+def agent(
+    registry: Annotated[
+        str | None, typer.Option(help="The coordinator's URL (LABELLOOP_AGENT_REGISTRY).")
+    ] = None,
+    advertise_ip: Annotated[
+        str | None, typer.Option(help="This machine's IP for the others (default: detected).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="RPC port (default: a free one).")] = None,
+    rabbit_node: Annotated[
+        str | None, typer.Option(help="Local RabbitMQ node (default rabbit@<hostname>).")
+    ] = None,
+    amqp_port: Annotated[int | None, typer.Option(help="The node's AMQP port (5672).")] = None,
+    dist_port: Annotated[
+        int | None, typer.Option(help="The node's distribution port (AMQP port + 20000).")
+    ] = None,
+    rabbit_home: Annotated[
+        Path | None, typer.Option(help="The node's HOME (its .erlang.cookie), data and logs.")
+    ] = None,
+    hosts_file: Annotated[
+        Path | None, typer.Option(help="Hosts file with the managed block (/etc/hosts).")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="The agent's own folder.")] = None,
+    log_dir: Annotated[
+        Path | None, typer.Option(help="Where worker and service logs go (data-dir/logs).")
+    ] = None,
+) -> None:
+    """Run this machine's agent (the seed's manager_rpc): init, register, serve `initial`.
+
+    Every option is also a LABELLOOP_AGENT_* variable; the RPC needs LABELLOOP_CLUSTER_TOKEN.
+    """
+    from pydantic import ValidationError
+
+    from labelloop.cluster.agent import AgentSettings, run_agent
+    from labelloop.errors import ConfigError
+
+    given: dict[str, Any] = {
+        "registry": registry, "advertise_ip": advertise_ip, "port": port,
+        "rabbit_node": rabbit_node, "amqp_port": amqp_port, "dist_port": dist_port,
+        "rabbit_home": rabbit_home, "hosts_file": hosts_file, "data_dir": data_dir,
+        "log_dir": log_dir,
+    }  # fmt: skip
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    try:
+        agent_settings = AgentSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid agent settings: {exc.errors()[0]['msg']}") from None
+    run_agent(agent_settings, settings.cluster_token)
 
 
 # -- the cluster bootstrap: coordinator side (docs/DEPLOY.md) ---------------------------------------
