@@ -265,3 +265,31 @@ def _alive(pid: int) -> bool:
         return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
     except OSError:
         return False
+
+
+def test_serve_processes_needs_celery(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from labelloop.cli import app
+
+    result = CliRunner().invoke(
+        app, ["serve", "--processes", "2", "--data-dir", str(tmp_path), "--jobs", "local"]
+    )
+    assert result.exit_code == 2
+    assert "--processes above 1 needs --jobs celery" in result.output
+
+
+def test_start_sh_needs_token_and_registry_and_runs_the_agent() -> None:
+    script = Path(__file__).resolve().parents[2] / "deploy" / "start.sh"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP_")}
+    base["LABELLOOP_BIN"] = str(Path(sys.executable).parent / "labelloop")
+    run = [str(script), "--help"]
+    missing = subprocess.run(run, env=base, capture_output=True, text=True, check=False)
+    assert missing.returncode != 0 and "LABELLOOP_CLUSTER_TOKEN" in missing.stderr
+    env = {**base, "LABELLOOP_CLUSTER_TOKEN": TOKEN}
+    missing = subprocess.run(run, env=env, capture_output=True, text=True, check=False)
+    assert missing.returncode != 0 and "LABELLOOP_AGENT_REGISTRY" in missing.stderr
+    env["LABELLOOP_AGENT_REGISTRY"] = "http://127.0.0.1:1"
+    ok = subprocess.run(run, env=env, capture_output=True, text=True, check=False, timeout=60)
+    assert ok.returncode == 0 and "--registry" in ok.stdout
+    assert TOKEN not in ok.stdout + ok.stderr
