@@ -162,12 +162,14 @@ class Coordinator:
         token: SecretStr,
         probe_timeout_s: float = 3.0,
         initial_timeout_s: float = AgentClient.INITIAL_TIMEOUT_S,
+        status_timeout_s: float = 20.0,
     ) -> None:
         self.state_dir = state_dir
         self.path = state_dir / STATE_FILE
         self.token = token
         self.probe_timeout_s = probe_timeout_s
         self.initial_timeout_s = initial_timeout_s
+        self.status_timeout_s = status_timeout_s
         self._lock = threading.Lock()  # the state
         self._op = threading.Lock()  # one init, join or down at a time
         self.state = self._load()
@@ -378,7 +380,9 @@ class Coordinator:
             state = self.state.model_copy(deep=True)
 
         def ask(m: MachineInfo) -> AgentStatus:
-            with self.agent(m) as a:
+            # An agent's status runs ``rabbitmqctl cluster_status`` (a second or more): a longer
+            # wait than the health probe, or a busy machine would look bad.
+            with self.agent(m, timeout=self.status_timeout_s) as a:
                 return a.status()
 
         rows: list[dict[str, Any]] = []
