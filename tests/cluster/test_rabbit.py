@@ -72,8 +72,13 @@ def test_two_nodes_join_and_share_a_quorum_queue(nodes: tuple[RabbitNode, Rabbit
         assert stat.S_IMODE(node.cookie_file.stat().st_mode) == 0o600
     assert a.read_cookie() != b.read_cookie()
 
-    # the seed's step iii: b takes a's cookie, restarts, stop_app, reset, join_cluster, start_app
+    # the seed's step iii: b takes a's cookie, then stop_app, reset, join_cluster, start_app;
+    # the running node takes the cookie without a restart (same OS process before and after)
+    b_pid = b.pid()
+    assert b_pid is not None
     assert b.join(a.name, a.read_cookie())
+    assert b.pid() == b_pid
+    assert not (b.home / ".erlang.cookie.next").exists()
     assert b.read_cookie() == a.read_cookie()
     assert stat.S_IMODE(b.cookie_file.stat().st_mode) == 0o600
     assert a.running_nodes() == sorted([a.name, b.name])
