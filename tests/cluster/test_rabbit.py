@@ -101,7 +101,10 @@ def test_two_nodes_join_and_share_a_quorum_queue(nodes: tuple[RabbitNode, Rabbit
         got.append(body)
         message.ack()
 
-    with Connection(f"amqp://guest:guest@127.0.0.1:{b.amqp_port}//") as conn:
+    # a user of our own (production: guest works over loopback only), created through a, used on b
+    a.ensure_user("ll-user", "s3cret pw")
+    a.ensure_user("ll-user", "s3cret pw")  # again: the password is set, nothing breaks
+    with Connection(f"amqp://ll-user:s3cret%20pw@127.0.0.1:{b.amqp_port}//") as conn:
         consumer = conn.Consumer(queue, callbacks=[on_message])
         with consumer:
             conn.drain_events(timeout=10)
