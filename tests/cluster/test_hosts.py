@@ -65,3 +65,25 @@ def test_entries_that_would_break_the_file_are_refused(
     with pytest.raises(ValueError):
         write_hosts(hosts, [bad])
     assert hosts.read_text() == ORIGINAL
+
+
+def test_bind_mounted_file_is_rewritten_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's /etc/hosts cannot be replaced (EBUSY): the block still gets written."""
+    import errno
+
+    from labelloop.cluster import hosts as hosts_mod
+
+    def busy(src: str, dst: object) -> None:
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text(ORIGINAL)
+    inode = hosts.stat().st_ino
+    monkeypatch.setattr(hosts_mod.os, "replace", busy)
+    assert write_hosts(hosts, [("10.0.0.2", "m2")])
+    assert hosts.stat().st_ino == inode
+    assert read_block(hosts) == [("10.0.0.2", "m2")]
+    assert hosts.read_text().startswith(ORIGINAL)
+    assert [p.name for p in tmp_path.iterdir()] == ["hosts"]
