@@ -293,3 +293,151 @@ def test_start_sh_needs_token_and_registry_and_runs_the_agent() -> None:
     ok = subprocess.run(run, env=env, capture_output=True, text=True, check=False, timeout=60)
     assert ok.returncode == 0 and "--registry" in ok.stdout
     assert TOKEN not in ok.stdout + ok.stderr
+
+
+# -- unit: initial's decisions, with a fake node and a fake supervisor -------------------------
+
+
+class FakeNode(RabbitNode):
+    """A node that records what the agent asks of it."""
+
+    joined: list[tuple[str, str]]
+
+    def is_running(self) -> bool:
+        return True
+
+    def running_nodes(self) -> list[str]:
+        return [self.name]
+
+    def join(self, master: str, cookie: str, timeout_s: float = 90.0) -> bool:
+        self.joined.append((master, cookie))
+        return True
+
+
+class FakeSupervisor:
+    def __init__(self) -> None:
+        self.specs: dict[str, Any] = {}
+        self.starts = 0
+
+    def ensure(self, spec: Any) -> bool:
+        if self.specs.get(spec.name) == spec:
+            return False
+        self.specs[spec.name] = spec
+        self.starts += 1
+        return True
+
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    def stop(self, name: str) -> None:
+        self.specs.pop(name, None)
+
+    def status(self) -> list[Any]:
+        return []
+
+    def stop_all(self) -> None:
+        self.specs.clear()
+
+
+def fake_agent(tmp_path: Path, ip: str, port: int) -> tuple[Agent, FakeSupervisor, FakeNode]:
+    settings = AgentSettings(
+        rabbit_node=f"n{ip}@localhost", amqp_port=5999, rabbit_home=tmp_path / "home",
+        hosts_file=tmp_path / "hosts", data_dir=tmp_path / "agent", api_port=8123,
+    )  # fmt: skip
+    agent = Agent(settings, SecretStr(TOKEN))
+    node = FakeNode(settings.node_name, 5999, 25999, tmp_path / "home")
+    node.joined = []
+    node.ensure_cookie()
+    agent.node = node
+    sup = FakeSupervisor()
+    agent.supervisor = sup  # type: ignore[assignment]
+    agent.machine = Registration(
+        hostname="me", ip=ip, port=port, erlang_hash="", rabbit_node=node.name,
+        amqp_port=5999, dist_port=25999,
+    )  # fmt: skip
+    return agent, sup, node
+
+
+def test_initial_decisions_on_a_train_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labelloop.cluster import agent as agent_mod
+    from labelloop.cluster.probe import ProbeResult
+
+    monkeypatch.setenv("LABELLOOP_CLUSTER_TOKEN", TOKEN)
+    agent, sup, node = fake_agent(tmp_path, "10.0.0.10", 7000)
+
+    def m(ip: str, role: str, port: int = 7000) -> MachineInfo:
+        return MachineInfo(
+            hostname=f"h{ip}", ip=ip, port=port, erlang_hash="", type=role,  # type: ignore[arg-type]
+            rabbit_node=f"rabbit@h{ip}", amqp_port=5672, dist_port=25672,
+        )  # fmt: skip
+
+    me, t9 = m("10.0.0.10", "train"), m("10.0.0.9", "train")
+    i3, i2, down = (
+        m("10.0.0.30", "inference"),
+        m("10.0.0.20", "inference"),
+        m("10.0.0.5", "inference"),
+    )
+    machines = [me, t9, i3, i2, down]
+    monkeypatch.setattr(
+        agent_mod,
+        "probe_machines",
+        lambda ms, **_: ProbeResult([x for x in ms if x is not down], [down], "tcp"),
+    )
+    req = InitialRequest(
+        machines_info=machines, task_category="c", task_datastore_path=str(tmp_path / "ds"),
+        erlang_cookie=SecretStr("CLUSTERCOOKIE"), database_url="postgresql://db/x",
+    )  # fmt: skip
+    answer = agent.initial(req)
+    # ii) masters by address: 10.0.0.9 over 10.0.0.10, 10.0.0.20 over 10.0.0.30; .5 is bad
+    assert (answer.master_train, answer.master_inference) == ("10.0.0.9", "10.0.0.20")
+    assert answer.bad_machines_info == [down] and down not in answer.good_machines_info
+    # iii) a train machine's node joins the inference master's cluster, with the request's cookie
+    assert node.joined == [("rabbit@h10.0.0.20", "CLUSTERCOOKIE")]
+    # iv) a data and a train worker; not the train master, so no service (vi)
+    assert answer.workers == ["data-10-0-0-10@h10.0.0.10", "train-10-0-0-10@h10.0.0.10"]
+    assert set(sup.specs) == set(answer.workers) and answer.rpc == ""
+    env = dict(sup.specs[answer.workers[0]].env)
+    assert env["LABELLOOP_BROKER_URL"].split(";") == [
+        "amqp://guest:guest@127.0.0.1:5999//",
+        "amqp://guest:guest@10.0.0.20:5672//",
+        "amqp://guest:guest@10.0.0.9:5672//",
+    ]
+    assert env["LABELLOOP_DATABASE_URL"] == "postgresql://db/x"
+    assert env["LABELLOOP_DATA_DIR"] == str((tmp_path / "ds").resolve())
+    assert "LABELLOOP_CLUSTER_TOKEN" not in env
+    assert not any("CLUSTERCOOKIE" in v for v in env.values())
+    assert read_block(tmp_path / "hosts") == [(x.ip, x.hostname) for x in (me, t9, i3, i2)]
+    # a second initial starts nothing
+    starts = sup.starts
+    assert agent.initial(req) == answer
+    assert sup.starts == starts
+
+
+def test_inference_service_processes_follow_good_inference_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labelloop.cluster import agent as agent_mod
+    from labelloop.cluster.probe import ProbeResult
+
+    agent, sup, node = fake_agent(tmp_path, "10.0.0.20", 7000)
+    machines = [
+        MachineInfo(
+            hostname=f"h{i}", ip=f"10.0.0.{i}", port=7000, erlang_hash="", type="inference",
+            rabbit_node=f"rabbit@h{i}", amqp_port=5672, dist_port=25672,
+        )
+        for i in (20, 21, 22)
+    ]  # fmt: skip
+    monkeypatch.setattr(
+        agent_mod, "probe_machines", lambda ms, **_: ProbeResult(list(ms), [], "tcp")
+    )
+    req = InitialRequest(
+        machines_info=machines, task_category="c", task_datastore_path=str(tmp_path / "ds")
+    )
+    answer = agent.initial(req)
+    assert node.joined == []  # the inference master itself joins nobody
+    assert answer.rpc == "http://10.0.0.20:8123"
+    service = sup.specs["service"]
+    assert service.argv[-2:] == ("--processes", "3")
+    assert service.argv[service.argv.index("--host") :][:2] == ("--host", "10.0.0.20")
