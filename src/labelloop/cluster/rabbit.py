@@ -278,9 +278,14 @@ class RabbitNode:
         """
         if master == self.name:
             return False
-        running = self.is_running()
-        if running and master in self.running_nodes():
-            return False
+        # Each rabbitmqctl call costs seconds (an Erlang VM starts): as few as possible here.
+        running = port_open(self.amqp_port)
+        if running:
+            try:
+                if master in self.running_nodes():
+                    return False
+            except Unavailable:
+                running = self.is_running()
         if self.read_cookie() != cookie:
             self.adopt_cookie(cookie, timeout_s, running=running)
         if not running:
@@ -292,7 +297,6 @@ class RabbitNode:
             self.ctl("join_cluster", master, timeout_s=timeout_s)
         finally:
             self.start_app(timeout_s)
-        self.ctl("await_startup", "--timeout", "60", timeout_s=90)
         try:  # quorum queues declared before this node joined get a replica here too
             self._queues("grow", self.name, "all")
         except Unavailable as exc:
@@ -318,8 +322,7 @@ class RabbitNode:
             )
             try:
                 self.ctl("eval", expr, timeout_s=60)
-                os.replace(staged, self.cookie_file)
-                self.ctl("ping", timeout_s=30)
+                os.replace(staged, self.cookie_file)  # the next call (stop_app) checks it
                 log.info("node %s took the cluster's cookie", self.name)
                 return
             except Unavailable as exc:
