@@ -6,10 +6,12 @@ HOME and data folders under tmp, and are stopped at the end (with the epmd they 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,12 @@ def free_amqp_port() -> int:
                 continue
         return port
     raise RuntimeError("no free port pair")
+
+
+def members(node: RabbitNode, queue: str) -> list[str]:
+    out = node.ctl("list_queues", "name", "members", "--formatter", "json")
+    rows = json.loads(out[out.find("[") :])
+    return sorted(m for row in rows if row["name"] == queue for m in row["members"])
 
 
 @pytest.fixture
@@ -72,6 +80,19 @@ def test_two_nodes_join_and_share_a_quorum_queue(nodes: tuple[RabbitNode, Rabbit
         assert stat.S_IMODE(node.cookie_file.stat().st_mode) == 0o600
     assert a.read_cookie() != b.read_cookie()
 
+    # a quorum queue, declared (with a message) while a is alone: it lives on a only
+    exchange = Exchange("ll-test", type="direct", durable=True)
+    queue = Queue(
+        "ll-test-q", exchange, routing_key="q", durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )  # fmt: skip
+    with Connection(f"amqp://guest:guest@127.0.0.1:{a.amqp_port}//") as conn:
+        producer = conn.Producer()
+        producer.publish(
+            {"job": 42}, exchange=exchange, routing_key="q", declare=[queue], serializer="json"
+        )
+    assert members(a, "ll-test-q") == [a.name]
+
     # the seed's step iii: b takes a's cookie, then stop_app, reset, join_cluster, start_app;
     # the running node takes the cookie without a restart (same OS process before and after)
     b_pid = b.pid()
@@ -84,17 +105,12 @@ def test_two_nodes_join_and_share_a_quorum_queue(nodes: tuple[RabbitNode, Rabbit
     assert a.running_nodes() == sorted([a.name, b.name])
     assert b.running_nodes() == sorted([a.name, b.name])
     assert not b.join(a.name, a.read_cookie())  # already a member: nothing happens
+    # the queue declared before the join gets a replica on b (rabbitmq-queues grow)
+    deadline = time.monotonic() + 60
+    while members(a, "ll-test-q") != sorted([a.name, b.name]) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert members(a, "ll-test-q") == sorted([a.name, b.name])
 
-    exchange = Exchange("ll-test", type="direct", durable=True)
-    queue = Queue(
-        "ll-test-q", exchange, routing_key="q", durable=True,
-        queue_arguments={"x-queue-type": "quorum"},
-    )  # fmt: skip
-    with Connection(f"amqp://guest:guest@127.0.0.1:{a.amqp_port}//") as conn:
-        producer = conn.Producer()
-        producer.publish(
-            {"job": 42}, exchange=exchange, routing_key="q", declare=[queue], serializer="json"
-        )
     got: list[object] = []
 
     def on_message(body: object, message: Message) -> None:

@@ -21,6 +21,7 @@ import socket
 import string
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,11 +298,16 @@ class RabbitNode:
             self.ctl("join_cluster", master, timeout_s=timeout_s)
         finally:
             self.start_app(timeout_s)
-        try:  # quorum queues declared before this node joined get a replica here too
-            self._queues("grow", self.name, "all")
-        except Unavailable as exc:
-            log.warning("could not add %s to existing quorum queues: %s", self.name, exc)
+        # Quorum queues declared before this node joined get a replica here too; in the
+        # background, so that the workers need not wait for it.
+        threading.Thread(target=self._grow_queues, name="grow-queues", daemon=True).start()
         return True
+
+    def _grow_queues(self) -> None:
+        try:
+            self._queues("grow", self.name, "all")
+        except (Unavailable, OSError, subprocess.SubprocessError) as exc:
+            log.warning("could not add %s to existing quorum queues: %s", self.name, exc)
 
     def adopt_cookie(self, cookie: str, timeout_s: float = 90.0, *, running: bool = True) -> None:
         """Make ``cookie`` this node's cookie, in its file and in the running node.
