@@ -1,0 +1,112 @@
+"""The managed block of a hosts file: the good machines' ``ip hostname`` lines (seed step 2.1 i).
+
+Only the lines between the two markers belong to labelloop; every other line is left as it was.
+The file is replaced atomically (temp file in the same folder, then ``os.replace``), and writing the
+same block twice leaves the file untouched, so a second ``initial`` changes nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BEGIN = "# BEGIN labelloop cluster"
+END = "# END labelloop cluster"
+
+
+def render_block(entries: Iterable[tuple[str, str]]) -> list[str]:
+    """The block's lines for ``(ip, hostname)`` pairs, without duplicates, in the order given."""
+    lines = [BEGIN]
+    seen: set[tuple[str, str]] = set()
+    for ip, hostname in entries:
+        if (ip, hostname) in seen:
+            continue
+        if not ip or any(c.isspace() for c in ip + hostname) or "#" in ip + hostname:
+            raise ValueError(f"not a hosts entry: {ip!r} {hostname!r}")
+        seen.add((ip, hostname))
+        lines.append(f"{ip}\t{hostname}")
+    lines.append(END)
+    return lines
+
+
+def replace_block(text: str, block: list[str]) -> str:
+    """``text`` with its managed block replaced by ``block`` (appended if it had none)."""
+    lines = text.splitlines()
+    out: list[str] = []
+    inside = placed = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped == BEGIN:
+            inside = True
+            if not placed:
+                out.extend(block)
+                placed = True
+            continue
+        if stripped == END and inside:
+            inside = False
+            continue
+        if not inside:
+            out.append(line)
+    if not placed:
+        out.extend(block)
+    return "\n".join(out) + "\n"
+
+
+def read_block(path: Path) -> list[tuple[str, str]]:
+    """The ``(ip, hostname)`` pairs currently in the managed block (empty if none)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    pairs: list[tuple[str, str]] = []
+    inside = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped == BEGIN:
+            inside = True
+        elif stripped == END:
+            inside = False
+        elif inside and stripped:
+            ip, _, name = stripped.partition("\t")
+            pairs.append((ip, name.strip() or ip))
+    return pairs
+
+
+def write_hosts(path: Path, entries: Iterable[tuple[str, str]]) -> bool:
+    """Put ``entries`` in the managed block of ``path``; returns whether the file changed."""
+    block = render_block(entries)
+    try:
+        old = path.read_text()
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        old, mode = "", 0o644
+    new = replace_block(old, block)
+    if new == old:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            # A container's /etc/hosts is a bind mount: it cannot be replaced, only rewritten.
+            if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM):
+                raise
+            log.warning("%s cannot be replaced atomically (%s); rewriting it in place", path, exc)
+            with open(path, "w") as fh:
+                fh.write(new)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return True

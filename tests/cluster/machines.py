@@ -1,0 +1,306 @@
+"""Several "machines" on one host, for the cluster tests and ``bench/cluster_bootstrap.py``.
+
+Each machine is a ``labelloop agent`` process on its own loopback address (127.0.0.2, 127.0.0.3,
+...) with its own RabbitMQ node (name, AMQP and distribution ports, HOME with its cookie, data and
+log folders), hosts file, data and log folders, and role-service port; one ``labelloop
+coordinator`` process. :meth:`Machines.cleanup` ends everything started here, by PID: the agents'
+workers and services, the agents, the coordinator, every RabbitMQ node (``rabbitmqctl stop``), and
+the ``epmd`` daemons that were not running before.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from labelloop.cluster.client import AgentClient, CoordinatorClient
+from labelloop.cluster.protocol import Registration
+from labelloop.cluster.rabbit import RabbitNode, epmd_pids
+from labelloop.demo import free_port
+from labelloop.errors import LabelloopError
+
+HOSTS_PREAMBLE = "127.0.0.1\tlocalhost\n# a line of the operator's own, left alone\n"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def port_pair(ip: str) -> tuple[int, int]:
+    """An AMQP port free on all addresses whose distribution port (+20000) is free too."""
+    for _ in range(100):
+        port = free_port("0.0.0.0")
+        if port + 20000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port + 20000))
+            except OSError:
+                continue
+        return port, port + 20000
+    raise RuntimeError("no free pair of ports")
+
+
+@dataclass
+class Machine:
+    ip: str
+    root: Path
+    node: RabbitNode
+    api_port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def hosts_file(self) -> Path:
+        return self.root / "hosts"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.root / "agent.log"
+
+
+class Machines:
+    """The coordinator and the agents of one test or benchmark run."""
+
+    def __init__(self, root: Path, token: str, concurrency: int = 1) -> None:
+        self.root = root
+        self.token = token
+        self.concurrency = concurrency
+        self.run_id = uuid.uuid4().hex[:6]
+        self.machines: dict[str, Machine] = {}
+        self.coordinator: subprocess.Popen[bytes] | None = None
+        self.coordinator_url = ""
+        self._epmd_before = epmd_pids()
+        self._descendants: set[int] = set()
+        self.base_env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("LABELLOOP_", "RABBITMQ_"))
+        } | {"LABELLOOP_CLUSTER_TOKEN": token, "LABELLOOP_LOG_LEVEL": "INFO"}
+
+    # -- processes ------------------------------------------------------------------------------
+    def _spawn(self, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "ab")  # noqa: SIM115 - the child keeps it
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "labelloop", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            out.close()
+
+    def start_coordinator(self) -> CoordinatorClient:
+        port = free_port()
+        self.coordinator_url = f"http://127.0.0.1:{port}"
+        self.coordinator = self._spawn(
+            [
+                "coordinator",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(self.root / "coordinator"),
+            ],
+            self.base_env,
+            self.root / "coordinator.log",
+        )
+        client = CoordinatorClient(self.coordinator_url, self.token)
+
+        def up() -> bool:
+            assert self.coordinator is not None
+            if self.coordinator.poll() is not None:
+                raise AssertionError(
+                    f"coordinator exited: {self.tail(self.root / 'coordinator.log')}"
+                )
+            try:
+                client.health()
+                return True
+            except LabelloopError:
+                return False
+
+        wait_for(up, 60, "the coordinator did not start")
+        return client
+
+    def start_agent(self, ip: str) -> Machine:
+        """``labelloop agent`` for a machine at ``ip`` (its node starts in the agent's ``init``)."""
+        root = self.root / f"m-{ip}"
+        home = root / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        (root / "hosts").write_text(HOSTS_PREAMBLE)
+        amqp, dist = port_pair(ip)
+        name = f"ll-{ip.rsplit('.', 1)[1]}-{self.run_id}@localhost"
+        node = RabbitNode(
+            name=name, amqp_port=amqp, dist_port=dist, home=home, base=home / "rabbitmq"
+        )
+        api_port = free_port(ip)
+        env = self.base_env | {
+            "LABELLOOP_AGENT_REGISTRY": self.coordinator_url,
+            "LABELLOOP_AGENT_ADVERTISE_IP": ip,
+            "LABELLOOP_AGENT_HOSTNAME": f"machine-{ip.rsplit('.', 1)[1]}",
+            "LABELLOOP_AGENT_RABBIT_NODE": name,
+            "LABELLOOP_AGENT_AMQP_PORT": str(amqp),
+            "LABELLOOP_AGENT_DIST_PORT": str(dist),
+            "LABELLOOP_AGENT_RABBIT_HOME": str(home),
+            "LABELLOOP_AGENT_HOSTS_FILE": str(root / "hosts"),
+            "LABELLOOP_AGENT_DATA_DIR": str(root / "data"),
+            "LABELLOOP_AGENT_LOG_DIR": str(root / "logs"),
+            "LABELLOOP_AGENT_API_PORT": str(api_port),
+            "LABELLOOP_AGENT_WORKER_CONCURRENCY": str(self.concurrency),
+            "LABELLOOP_AGENT_ICMP": "auto",
+        }
+        proc = self._spawn(["agent"], env, root / "agent.log")
+        machine = Machine(ip, root, node, api_port, proc)
+        self.machines[ip] = machine
+        return machine
+
+    def wait_registered(
+        self, client: CoordinatorClient, ips: list[str], timeout: float = 180
+    ) -> None:
+        def done() -> bool:
+            for ip in ips:
+                proc = self.machines[ip].proc
+                if proc.poll() is not None:
+                    raise AssertionError(
+                        f"agent {ip} exited: {self.tail(self.machines[ip].agent_log)}"
+                    )
+            return set(ips) <= {m["ip"] for m in client.machines()}
+
+        wait_for(done, timeout, f"agents {ips} did not register", poll=0.5)
+
+    def register_dead(self, client: CoordinatorClient, ip: str) -> Registration:
+        """A machine that registered, then stopped answering (nothing listens at its port)."""
+        reg = Registration(
+            hostname=f"machine-{ip.rsplit('.', 1)[1]}",
+            ip=ip,
+            port=free_port(ip),
+            erlang_hash="0" * 64,
+            rabbit_node=f"ll-{ip.rsplit('.', 1)[1]}-{self.run_id}@localhost",
+            amqp_port=1,
+            dist_port=2,
+        )
+        client.register(reg)
+        return reg
+
+    def agent(self, ip: str, timeout: float = 30.0) -> AgentClient:
+        m = self.machines[ip]
+        reg = next(r for r in self._registrations() if r["ip"] == ip)
+        return AgentClient(f"http://{m.ip}:{reg['port']}", self.token, timeout)
+
+    def _registrations(self) -> list[dict[str, Any]]:
+        with CoordinatorClient(self.coordinator_url, self.token) as c:
+            return c.machines()
+
+    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """``labelloop cluster ...`` against the coordinator, as an operator runs it."""
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "labelloop",
+                "cluster",
+                *args,
+                "--coordinator",
+                self.coordinator_url,
+            ],
+            env=self.base_env | {"COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def _remember_descendants(self) -> None:
+        procs = [m.proc for m in self.machines.values()]
+        if self.coordinator is not None:
+            procs.append(self.coordinator)
+        for p in procs:
+            with suppress(psutil.Error):
+                self._descendants |= {c.pid for c in psutil.Process(p.pid).children(recursive=True)}
+
+    @staticmethod
+    def tail(path: Path, lines: int = 40) -> str:
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- cleanup --------------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """End everything this run started (each step best effort; none skips the next)."""
+        self._remember_descendants()
+        if self.coordinator is not None and self.coordinator.poll() is None:
+            with suppress(LabelloopError), CoordinatorClient(self.coordinator_url, self.token) as c:
+                c.down(timeout=300)
+        self._remember_descendants()
+        for m in self.machines.values():
+            _terminate(m.proc)
+        if self.coordinator is not None:
+            _terminate(self.coordinator)
+        for pid in sorted(self._descendants):
+            with suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                proc.kill()
+                proc.wait(timeout=10)
+        for m in self.machines.values():
+            with suppress(LabelloopError, OSError):
+                m.node.stop(timeout_s=60)
+        for pid in epmd_pids() - self._epmd_before:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def wait_serving(answers: dict[str, dict[str, Any]], timeout: float = 300) -> None:
+    """Wait until every role service answers and lists every worker of ``answers`` as live
+    (each worker replied to the broadcast status command: it is consuming its queue)."""
+    from labelloop.client import Client, ClientError
+
+    services = [a["rpc"] for a in answers.values() if a["rpc"]]
+    workers = {w for a in answers.values() for w in a["workers"]}
+
+    def ready() -> bool:
+        seen: set[str] = set()
+        for url in services:
+            try:
+                with Client(url, timeout=30) as api:
+                    api.health()
+                    seen |= {w["name"] for w in api.cluster_workers()["workers"]}
+            except ClientError:
+                return False
+        return workers <= seen
+
+    wait_for(ready, timeout, f"services {services} and workers {sorted(workers)}", poll=0.5)

@@ -1,0 +1,135 @@
+"""Real RabbitMQ nodes started by the test: the seed's join step and a quorum queue across nodes.
+
+Never touches the machine's own RabbitMQ (127.0.0.1:5672): both nodes have their own names, ports,
+HOME and data folders under tmp, and are stopped at the end (with the epmd they caused to start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Exchange, Queue
+from kombu.message import Message
+
+from labelloop.cluster.rabbit import RabbitNode, epmd_pids
+
+pytestmark = pytest.mark.cluster
+
+
+def free_amqp_port() -> int:
+    """A free port whose distribution port (+20000) is free too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = int(s.getsockname()[1])
+        if port + 20000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("", port + 20000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def members(node: RabbitNode, queue: str) -> list[str]:
+    out = node.ctl("list_queues", "name", "members", "--formatter", "json")
+    rows = json.loads(out[out.find("[") :])
+    return sorted(m for row in rows if row["name"] == queue for m in row["members"])
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[tuple[RabbitNode, RabbitNode]]:
+    epmd_before = epmd_pids()
+    made = []
+    for name in ("a", "b"):
+        port = free_amqp_port()
+        home = tmp_path / name
+        made.append(
+            RabbitNode(
+                name=f"ll-test-{name}-{os.getpid()}@localhost",
+                amqp_port=port,
+                dist_port=port + 20000,
+                home=home,
+                base=home / "rabbitmq",
+            )
+        )
+    try:
+        yield made[0], made[1]
+    finally:
+        for node in made:
+            node.stop()
+        for pid in epmd_pids() - epmd_before:
+            os.kill(pid, signal.SIGTERM)
+
+
+def test_two_nodes_join_and_share_a_quorum_queue(nodes: tuple[RabbitNode, RabbitNode]) -> None:
+    a, b = nodes
+    assert a.start() and b.start()
+    assert a.started_by_us and not a.start()  # found running the second time
+    for node in (a, b):
+        assert stat.S_IMODE(node.cookie_file.stat().st_mode) == 0o600
+    assert a.read_cookie() != b.read_cookie()
+
+    # a quorum queue, declared (with a message) while a is alone: it lives on a only
+    exchange = Exchange("ll-test", type="direct", durable=True)
+    queue = Queue(
+        "ll-test-q", exchange, routing_key="q", durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )  # fmt: skip
+    with Connection(f"amqp://guest:guest@127.0.0.1:{a.amqp_port}//") as conn:
+        producer = conn.Producer()
+        producer.publish(
+            {"job": 42}, exchange=exchange, routing_key="q", declare=[queue], serializer="json"
+        )
+    assert members(a, "ll-test-q") == [a.name]
+
+    # the seed's step iii: b takes a's cookie, then stop_app, reset, join_cluster, start_app;
+    # the running node takes the cookie without a restart (same OS process before and after)
+    b_pid = b.pid()
+    assert b_pid is not None
+    assert b.join(a.name, a.read_cookie())
+    assert b.pid() == b_pid
+    assert not (b.home / ".erlang.cookie.next").exists()
+    assert b.read_cookie() == a.read_cookie()
+    assert stat.S_IMODE(b.cookie_file.stat().st_mode) == 0o600
+    assert a.running_nodes() == sorted([a.name, b.name])
+    assert b.running_nodes() == sorted([a.name, b.name])
+    assert not b.join(a.name, a.read_cookie())  # already a member: nothing happens
+    # the queue declared before the join gets a replica on b (rabbitmq-queues grow)
+    deadline = time.monotonic() + 60
+    while members(a, "ll-test-q") != sorted([a.name, b.name]) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert members(a, "ll-test-q") == sorted([a.name, b.name])
+
+    got: list[object] = []
+
+    def on_message(body: object, message: Message) -> None:
+        got.append(body)
+        message.ack()
+
+    # a user of our own (production: guest works over loopback only), created through a, used on b
+    a.ensure_user("ll-user", "s3cret pw")
+    a.ensure_user("ll-user", "s3cret pw")  # again: the password is set, nothing breaks
+    with Connection(f"amqp://ll-user:s3cret%20pw@127.0.0.1:{b.amqp_port}//") as conn:
+        consumer = conn.Consumer(queue, callbacks=[on_message])
+        with consumer:
+            conn.drain_events(timeout=10)
+    assert got == [{"job": 42}]
+
+
+def test_cookie_never_in_error_text(tmp_path: Path) -> None:
+    node = RabbitNode(name="ll-nobody@localhost", amqp_port=free_amqp_port(), home=tmp_path)
+    cookie = node.ensure_cookie()
+    assert stat.S_IMODE(node.cookie_file.stat().st_mode) == 0o600
+    assert node._scrub(f"bad cookie {cookie} here") == "bad cookie <cookie> here"
+    assert not node.is_running()

@@ -1,0 +1,121 @@
+"""Supervised processes: restarted with back-off when they die, never duplicated, all stopped."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+from labelloop.cluster.supervisor import ProcessSpec, Supervisor, backoff
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def spec(tmp_path: Path, name: str = "w1", argv: list[str] | None = None) -> ProcessSpec:
+    return ProcessSpec.make(
+        name, "inference", argv or SLEEPER, dict(os.environ), tmp_path / f"{name}.log"
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too
+    return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def wait_for(cond: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(cond) and cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_backoff_doubles_up_to_thirty_seconds() -> None:
+    assert [backoff(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_ensure_twice_starts_one_process(tmp_path: Path) -> None:
+    sup = Supervisor(poll_s=0.05)
+    try:
+        assert sup.ensure(spec(tmp_path))
+        pid = sup.pid("w1")
+        assert not sup.ensure(spec(tmp_path))
+        assert sup.pid("w1") == pid
+        [status] = sup.status()
+        assert status.alive and status.restarts == 0 and status.name == "w1"
+    finally:
+        sup.stop_all()
+    assert pid is not None and not alive(pid)
+
+
+def test_changed_spec_replaces_the_process(tmp_path: Path) -> None:
+    sup = Supervisor(poll_s=0.05)
+    try:
+        sup.ensure(spec(tmp_path))
+        old = sup.pid("w1")
+        changed = [*SLEEPER, "x"]
+        assert sup.ensure(spec(tmp_path, argv=changed))
+        assert old is not None and not alive(old)
+        assert sup.pid("w1") not in (None, old)
+    finally:
+        sup.stop_all()
+
+
+def test_a_dead_process_is_restarted_with_backoff(tmp_path: Path) -> None:
+    sup = Supervisor(poll_s=0.05, max_backoff_s=30)
+    try:
+        sup.ensure(spec(tmp_path))
+        first = sup.pid("w1")
+        assert first is not None
+        os.kill(first, 9)
+        killed_at = time.monotonic()
+        assert wait_for(lambda: sup.pid("w1") not in (None, first), timeout=5)
+        assert time.monotonic() - killed_at >= 0.9  # the first back-off is 1 s
+        [status] = sup.status()
+        assert status.restarts == 1 and status.alive
+    finally:
+        sup.stop_all()
+
+
+def test_crashing_process_backs_off_exponentially(tmp_path: Path) -> None:
+    sup = Supervisor(poll_s=0.05)
+    crash = [
+        sys.executable,
+        "-c",
+        "import sys, time; print(time.monotonic(), flush=True); sys.exit(3)",
+    ]
+    try:
+        sup.ensure(spec(tmp_path, "crasher", crash))
+        log = tmp_path / "crasher.log"
+        assert wait_for(lambda: log.exists() and len(log.read_text().split()) >= 3, timeout=10)
+        starts = [float(x) for x in log.read_text().split()]
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        assert gaps[0] >= 0.9 and gaps[1] >= 1.9  # 1 s, then 2 s
+    finally:
+        sup.stop_all()
+
+
+def test_stop_all_ends_children_too(tmp_path: Path) -> None:
+    child_pid_file = tmp_path / "child.pid"
+    parent = [
+        sys.executable, "-c",
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(child_pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)",
+    ]  # fmt: skip
+    sup = Supervisor(poll_s=0.05)
+    sup.ensure(spec(tmp_path, "parent", parent))
+    assert wait_for(lambda: child_pid_file.exists() and child_pid_file.read_text() != "")
+    child = int(child_pid_file.read_text())
+    parent_pid = sup.pid("parent")
+    sup.stop_all()
+    assert parent_pid is not None and not alive(parent_pid)
+    assert wait_for(lambda: not alive(child), timeout=5)
+    assert sup.status() == []
