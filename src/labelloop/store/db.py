@@ -72,6 +72,8 @@ def migrate(url: str) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     from alembic import command
     from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -79,12 +81,18 @@ def migrate(url: str) -> None:
     cfg.attributes["configure_logger"] = False
     engine = make_engine(url)
     try:
-        with translate_db_errors(), engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Several processes may start at once: serialise their migrations.
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7243001)")
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        # Most starts find the schema current: say so without queueing for the lock behind
+        # every other process that starts at the same time (a cluster starts dozens at once).
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        with translate_db_errors(), engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision() == head
+        if not current:
+            with translate_db_errors(), engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Several processes may start at once: serialise their migrations.
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7243001)")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
     finally:
         engine.dispose()
     os.environ.setdefault("LABELLOOP_MIGRATED", "1")
