@@ -479,6 +479,17 @@ def cluster_init(
     api_port: Annotated[
         int | None, typer.Option(help="Port of the role services (default: the agent's choice).")
     ] = None,
+    task_labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated labels: also create the task (or attach to the one of that "
+            "name) once the cluster serves."
+        ),
+    ] = None,
+    task_name: Annotated[
+        str | None,
+        typer.Option(help="The task's name (default: the datastore path's last folder)."),
+    ] = None,
     json_out: JsonOut = False,
 ) -> None:
     """Give roles and run the seed's `initial` on every machine (in parallel)."""
@@ -493,6 +504,9 @@ def cluster_init(
         "train": train,
         "inference": inference,
     }
+    if task_labels is not None:
+        body["task_labels"] = [label.strip() for label in task_labels.split(",") if label.strip()]
+        body["task_name"] = task_name
     if machines_file is not None:
         entries = load_machines_file(machines_file)
         body["machines_info"] = [e.model_dump(exclude_none=True) for e in entries]
@@ -502,6 +516,10 @@ def cluster_init(
         console.print_json(data=result)
     else:
         _print_answers(result)
+        if result.get("task"):
+            t = result["task"]
+            how = "created" if t["created"] else "attached"
+            console.print(f"task {t['name']!r} (id {t['id']}) {how} on {t['service']}")
     if not result["answers"]:
         raise typer.Exit(1)
 

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from labelloop import cli
 from labelloop.cli import app as cli_app
+from labelloop.client import Client
 from labelloop.cluster.client import AgentClient, CoordinatorClient
 from labelloop.cluster.coordinator import (
     STATE_FILE,
@@ -78,6 +79,7 @@ class FakeAgent:
         self.stopped = 0
         self.answer: InitialAnswer | None = None
         self.registration: Registration | None = None
+        self.service: str | None = None  # the role service's URL to answer with, if any
         self.app = FastAPI()
 
         def auth(authorization: str | None) -> None:
@@ -105,7 +107,7 @@ class FakeAgent:
             train, inference = masters(probe.good)
             me = next(m for m in req.machines_info if m.ip == self.ip)
             self.answer = InitialAnswer(
-                rpc=f"http://{self.ip}:9/{me.type}",
+                rpc=self.service or f"http://{self.ip}:9/{me.type}",
                 bad_machines_info=probe.bad,
                 good_machines_info=probe.good,
                 master_train=train.ip if train else "",
@@ -273,6 +275,34 @@ def test_init_by_count_sends_initial_everywhere_with_the_masters_cookie(
     assert "COOKIE1270010" not in text
     state = json.loads(text)
     assert state["master_inference"] == "127.0.0.10" and state["task"]["task_category"]
+
+
+def test_init_creates_the_task_then_attaches_to_it(
+    coord: Coordinator, agents: dict[str, FakeAgent], live_url: str
+) -> None:
+    """With labels, ``init`` creates the seed's task on master_train's label-ingest service (a
+    live labelloop app here); a second ``init`` finds it by name; another name adds a task."""
+    agents["127.0.0.9"].service = live_url  # the train master's service
+    register_all(coord, agents)
+    fields = {**TASK, "task_extra_info": "multi-label", "task_labels": ["cat", "dog"]}
+    first = coord.init(InitRequest(train=1, inference=2, **fields))["task"]
+    assert first["created"] is True and first["name"] == "task-1" and first["service"] == live_url
+    with Client(live_url) as api:
+        task = api.get_task(first["id"])
+    assert task["category"] == "image-classification" and task["extra"] == "multi-label"
+    assert task["labels"] == ["cat", "dog"]
+
+    again = coord.init(InitRequest(train=1, inference=2, **fields))["task"]
+    assert again == {**first, "created": False}
+    other = coord.init(InitRequest(train=1, inference=2, task_name="birds", **fields))["task"]
+    assert other["created"] is True and other["id"] != first["id"]
+    with pytest.raises(InvalidInput) as err:
+        coord.init(
+            InitRequest(
+                train=1, inference=2, **{**fields, "task_category": "audio", "task_name": "x"}
+            )
+        )
+    assert "could not be created" in err.value.message
 
 
 def test_init_with_a_machines_file(coord: Coordinator, agents: dict[str, FakeAgent]) -> None:

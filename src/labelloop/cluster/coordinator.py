@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
@@ -110,11 +110,18 @@ class TaskFields(BaseModel):
 
 
 class InitRequest(TaskFields):
-    """``POST /init``: roles by count (in address order of the registered machines) or a file."""
+    """``POST /init``: roles by count (in address order of the registered machines) or a file.
+
+    With ``task_labels``, the task itself is created on the label-ingest service once the
+    cluster serves (or attached, when a task of that name exists): ``task_name``, default the last
+    folder of ``task_datastore_path``; category and extra from the seed's two fields.
+    """
 
     train: int | None = Field(default=None, ge=0)
     inference: int | None = Field(default=None, ge=0)
     machines_info: list[MachineEntry] | None = None
+    task_name: str | None = Field(default=None, min_length=1, max_length=200)
+    task_labels: list[str] | None = Field(default=None, min_length=1)
 
 
 class JoinRequest(BaseModel):
@@ -163,6 +170,7 @@ class Coordinator:
         probe_timeout_s: float = 3.0,
         initial_timeout_s: float = AgentClient.INITIAL_TIMEOUT_S,
         status_timeout_s: float = 20.0,
+        service_timeout_s: float = 120.0,
     ) -> None:
         self.state_dir = state_dir
         self.path = state_dir / STATE_FILE
@@ -170,6 +178,7 @@ class Coordinator:
         self.probe_timeout_s = probe_timeout_s
         self.initial_timeout_s = initial_timeout_s
         self.status_timeout_s = status_timeout_s
+        self.service_timeout_s = service_timeout_s
         self._lock = threading.Lock()  # the state
         self._op = threading.Lock()  # one init, join or down at a time
         self.state = self._load()
@@ -302,7 +311,41 @@ class Coordinator:
                 self.state.errors = errors
                 self._remember_masters(answers)
                 self._save()
-            return self._result(machines, answers, errors, time.monotonic() - started)
+            result = self._result(machines, answers, errors, time.monotonic() - started)
+            if request.task_labels and answers:
+                result["task"] = self._ensure_task(request, answers)
+            return result
+
+    def _ensure_task(
+        self, request: InitRequest, answers: dict[str, InitialAnswer]
+    ) -> dict[str, Any]:
+        """Create the seed's task on the label-ingest service, or attach to the one of that name.
+
+        Many tasks share one cluster: each lives in its own ``task-<id>/`` below the datastore
+        path, with its own models, so a second ``init`` with another name adds a task beside it.
+        """
+        from labelloop.client import ApiError, Client, ClientError
+
+        first = next(iter(answers.values()))
+        ingest = answers.get(first.master_train)
+        url = ingest.rpc if ingest is not None and ingest.rpc else first.rpc
+        if not url:
+            raise Unavailable("no machine runs a service that could create the task")
+        name = request.task_name or PurePosixPath(request.task_datastore_path).name or "task"
+        extra = request.task_extra_info or "multi-class"
+        assert request.task_labels is not None
+        try:
+            with Client(url, token=os.environ.get("LABELLOOP_API_TOKEN")) as api:
+                api.wait_until_up(timeout=self.service_timeout_s)
+                for task in api.list_tasks():
+                    if task["name"] == name:
+                        return {"id": task["id"], "name": name, "created": False, "service": url}
+                task = api.create_task(name, request.task_category, request.task_labels, extra)
+        except ApiError as exc:
+            raise InvalidInput(f"the task could not be created on {url}: {exc}") from None
+        except ClientError as exc:
+            raise Unavailable(f"the label-ingest service {url} did not answer: {exc}") from None
+        return {"id": task["id"], "name": name, "created": True, "service": url}
 
     def _remember_masters(self, answers: dict[str, InitialAnswer]) -> None:
         if answers:
