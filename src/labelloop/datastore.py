@@ -41,20 +41,32 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+def write_bytes_atomic(
+    path: Path, data: bytes, durable: bool = True, mode: int | None = None
+) -> None:
     """Write a file whole or not at all (temporary file, rename).
 
     ``durable`` also flushes it to disk first; caches skip that, since a cache entry lost in a
-    power cut is simply computed again.
+    power cut is simply computed again. ``mode`` is set before any byte is written, so a secret
+    is never readable by others, not even for a moment.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        if mode is None:
+            fh = open(tmp, "xb")  # noqa: SIM115 - closed by the with below
+        else:
+            fh = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb")
+            os.fchmod(fh.fileno(), mode)  # whatever the umask
+        with fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

@@ -72,8 +72,7 @@ def test_bind_mounted_file_is_rewritten_in_place(
 ) -> None:
     """A container's /etc/hosts cannot be replaced (EBUSY): the block still gets written."""
     import errno
-
-    from labelloop.cluster import hosts as hosts_mod
+    import os
 
     def busy(src: str, dst: object) -> None:
         raise OSError(errno.EBUSY, "Device or resource busy")
@@ -81,7 +80,7 @@ def test_bind_mounted_file_is_rewritten_in_place(
     hosts = tmp_path / "hosts"
     hosts.write_text(ORIGINAL)
     inode = hosts.stat().st_ino
-    monkeypatch.setattr(hosts_mod.os, "replace", busy)
+    monkeypatch.setattr(os, "replace", busy)
     assert write_hosts(hosts, [("10.0.0.2", "m2")])
     assert hosts.stat().st_ino == inode
     assert read_block(hosts) == [("10.0.0.2", "m2")]

@@ -19,7 +19,6 @@ import ipaddress
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from labelloop.cluster.protocol import (
     Registration,
     Role,
 )
+from labelloop.datastore import write_bytes_atomic
 from labelloop.errors import (
     Conflict,
     InvalidInput,
@@ -144,22 +144,6 @@ class State(BaseModel):
     erlang_hash: str = ""
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Coordinator:
     """The coordinator's logic, apart from HTTP (tests drive it directly or through the app)."""
 
@@ -193,7 +177,7 @@ class Coordinator:
             raise LabelloopError(f"cannot read the coordinator state {self.path}: {exc}") from None
 
     def _save(self) -> None:
-        write_atomic(self.path, self.state.model_dump_json(indent=2))
+        write_bytes_atomic(self.path, self.state.model_dump_json(indent=2).encode(), mode=0o600)
 
     def agent(self, machine: Registration, timeout: float | None = None) -> AgentClient:
         return AgentClient.of(machine, self.token, timeout or self.probe_timeout_s)

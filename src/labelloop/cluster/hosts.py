@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from labelloop.datastore import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +89,13 @@ def write_hosts(path: Path, entries: Iterable[tuple[str, str]]) -> bool:
     new = replace_block(old, block)
     if new == old:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
+        write_bytes_atomic(path, new.encode(), mode=mode)
+    except OSError as exc:
+        # A container's /etc/hosts is a bind mount: it cannot be replaced, only rewritten.
+        if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM):
+            raise
+        log.warning("%s cannot be replaced atomically (%s); rewriting it in place", path, exc)
+        with open(path, "w") as fh:
             fh.write(new)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            # A container's /etc/hosts is a bind mount: it cannot be replaced, only rewritten.
-            if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM):
-                raise
-            log.warning("%s cannot be replaced atomically (%s); rewriting it in place", path, exc)
-            with open(path, "w") as fh:
-                fh.write(new)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return True

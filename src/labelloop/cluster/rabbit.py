@@ -20,13 +20,13 @@ import signal
 import socket
 import string
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labelloop.cluster.protocol import cookie_hash
+from labelloop.datastore import write_bytes_atomic
 from labelloop.errors import ConfigError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -37,18 +37,7 @@ COOKIE_NAME = ".erlang.cookie"
 
 def write_secret(path: Path, value: str) -> None:
     """Write ``value`` to ``path`` atomically with mode 600 (created so, never widened)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(value)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, value.encode(), mode=0o600)
 
 
 def new_cookie() -> str:
