@@ -64,6 +64,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: floa
         time.sleep(poll)
 
 
+def terminate(proc: subprocess.Popen[bytes], grace_s: float = 30) -> None:
+    """SIGTERM a process started in its own session, then SIGKILL what is left of its group
+    (pool processes too, whatever happened to the main one)."""
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
 class Cluster:
     """The API and its workers as separate processes sharing a broker, a database and a folder."""
 
@@ -153,16 +167,7 @@ class Cluster:
 
     @staticmethod
     def _stop(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=20)
-        # The pool processes too, whatever happened to the main one.
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
+        terminate(proc)
 
     def stop(self) -> None:
         for name in list(self.workers):

@@ -30,6 +30,7 @@ from labelloop.cluster.protocol import Registration
 from labelloop.cluster.rabbit import RabbitNode, epmd_pids
 from labelloop.demo import free_port
 from labelloop.errors import LabelloopError
+from tests.celery_support import terminate
 
 HOSTS_PREAMBLE = "127.0.0.1\tlocalhost\n# a line of the operator's own, left alone\n"
 
@@ -256,9 +257,9 @@ class Machines:
                 c.down(timeout=300)
         self._remember_descendants()
         for m in self.machines.values():
-            _terminate(m.proc)
+            terminate(m.proc)
         if self.coordinator is not None:
-            _terminate(self.coordinator)
+            terminate(self.coordinator)
         for pid in sorted(self._descendants):
             with suppress(psutil.Error):
                 proc = psutil.Process(pid)
@@ -270,18 +271,6 @@ class Machines:
         for pid in epmd_pids() - self._epmd_before:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
 
 
 def wait_serving(answers: dict[str, dict[str, Any]], timeout: float = 300) -> None:
