@@ -133,3 +133,23 @@ def test_cookie_never_in_error_text(tmp_path: Path) -> None:
     assert stat.S_IMODE(node.cookie_file.stat().st_mode) == 0o600
     assert node._scrub(f"bad cookie {cookie} here") == "bad cookie <cookie> here"
     assert not node.is_running()
+
+
+@pytest.mark.parametrize(
+    "bad", ["x'), os:cmd(\"id\"), ('", "no-host", "a@b c", "a@b\nc", "@localhost"]
+)
+def test_node_names_that_are_not_names_are_refused(bad: str) -> None:
+    """A node name reaches rabbitmqctl and an Erlang ``eval``: only ``name@host`` passes."""
+    from pydantic import ValidationError
+
+    from labelloop.cluster.protocol import Registration
+    from labelloop.errors import InvalidInput
+
+    with pytest.raises(ValidationError):
+        Registration(
+            hostname="h", ip="127.0.0.2", port=1, erlang_hash="0", rabbit_node=bad,
+            amqp_port=1, dist_port=2,
+        )  # fmt: skip
+    node = RabbitNode(name="ll-nobody@localhost", amqp_port=1)
+    with pytest.raises(InvalidInput):
+        node._join_in_one_call(bad, timeout_s=1)

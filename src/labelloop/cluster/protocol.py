@@ -18,6 +18,8 @@ ROLES: tuple[Role, ...] = ("train", "inference")
 
 # The agent RPC lives under this prefix; every call but ``health`` needs the cluster token.
 RPC_PREFIX = "/rpc"
+#: A RabbitMQ node name (``name@host``): it goes into rabbitmqctl arguments and an ``eval``.
+NODE_NAME_PATTERN = r"^[A-Za-z0-9_.\-]+@[A-Za-z0-9_.\-]+$"
 TOKEN_HEADER = "Authorization"  # noqa: S105 - a header name, not a secret
 
 
@@ -38,7 +40,10 @@ class Registration(BaseModel):
     ip: str
     port: int = Field(description="The agent's RPC port on ``ip``.")
     erlang_hash: str = Field(description="sha256 hex of the machine's Erlang cookie.")
-    rabbit_node: str = Field(description="The local RabbitMQ node's name, e.g. ll-inf1@localhost.")
+    rabbit_node: str = Field(
+        pattern=NODE_NAME_PATTERN,
+        description="The local RabbitMQ node's name, e.g. ll-inf1@localhost.",
+    )
     amqp_port: int
     dist_port: int
 
