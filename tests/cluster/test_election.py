@@ -9,7 +9,7 @@ from labelloop.cluster.protocol import MachineInfo, Role
 def machine(ip: str, role: Role | None) -> MachineInfo:
     return MachineInfo(
         hostname=f"h{ip}", ip=ip, port=1, erlang_hash="x", type=role,
-        rabbit_node=f"rabbit@h{ip}", amqp_port=5672, dist_port=25672,
+        rabbit_node=f"rabbit@h{ip.replace(':', '-')}", amqp_port=5672, dist_port=25672,
     )  # fmt: skip
 
 
