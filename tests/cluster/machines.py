@@ -15,9 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +28,9 @@ from labelloop.cluster.protocol import Registration
 from labelloop.cluster.rabbit import RabbitNode, epmd_pids
 from labelloop.demo import free_port
 from labelloop.errors import LabelloopError
-from tests.celery_support import terminate
+from tests.celery_support import terminate, wait_for
 
 HOSTS_PREAMBLE = "127.0.0.1\tlocalhost\n# a line of the operator's own, left alone\n"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(poll)
 
 
 def port_pair(ip: str) -> tuple[int, int]:

@@ -23,8 +23,8 @@ from labelloop.cluster.client import CoordinatorClient
 from labelloop.cluster.hosts import BEGIN, END
 from labelloop.cluster.rabbit import COOKIE_NAME
 from labelloop.demo import write_digits
-from tests.celery_support import pg_database
-from tests.cluster.machines import Machines, wait_for, wait_serving
+from tests.celery_support import pg_database, wait_for
+from tests.cluster.machines import Machines, wait_serving
 
 pytestmark = [pytest.mark.cluster, pytest.mark.postgres, pytest.mark.timeout(1500)]
 

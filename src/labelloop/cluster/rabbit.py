@@ -125,6 +125,14 @@ class RabbitNode:
             raise ConfigError(f"{name} not found in {self.bin_dir} or on PATH")
         return found
 
+    @property
+    def workdir(self) -> Path:
+        """Where the node's processes run: an Erlang crash leaves its dumps there, not in the
+        caller's folder."""
+        folder = self.base or self.home
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def env(self) -> dict[str, str]:
         """The environment of this node's server and of ``rabbitmqctl`` calls on it."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
@@ -156,7 +164,13 @@ class RabbitNode:
         argv = [self._exe("rabbitmqctl"), "-n", self.name, *args]
         try:
             done = subprocess.run(
-                argv, env=self.env(), capture_output=True, text=True, timeout=timeout_s, check=False
+                argv,
+                env=self.env(),
+                cwd=self.workdir,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             raise Unavailable(f"rabbitmqctl {args[0]} on {self.name} timed out") from None
@@ -197,6 +211,7 @@ class RabbitNode:
         subprocess.run(
             [self._exe("rabbitmq-server"), "-detached"],
             env=self.env(),
+            cwd=self.workdir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             timeout=60,
@@ -376,7 +391,13 @@ class RabbitNode:
     def _queues(self, *args: str) -> str:
         argv = [self._exe("rabbitmq-queues"), "-n", self.name, *args]
         done = subprocess.run(
-            argv, env=self.env(), capture_output=True, text=True, timeout=60, check=False
+            argv,
+            env=self.env(),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         if done.returncode != 0:
             raise Unavailable(self._scrub((done.stderr or done.stdout).strip())[-300:])
@@ -395,7 +416,7 @@ class RabbitNode:
         else:
             argv += ["add_user", user]
         done = subprocess.run(
-            argv, env=self.env(), input=password + "\n", capture_output=True, text=True,
+            argv, env=self.env(), cwd=self.workdir, input=password + "\n", capture_output=True, text=True,
             timeout=60, check=False,
         )  # fmt: skip
         if done.returncode != 0:
