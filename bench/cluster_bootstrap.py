@@ -8,6 +8,9 @@ Measured, per round (a fresh cluster each):
 - ``agents_up_s``: from starting the four agents to all four registered (RabbitMQ start-up);
 - ``init_to_serving_s``: from ``labelloop cluster init`` to every role service answering and every
   worker consuming (each listed live by every service);
+- ``init_to_workers_s``: from ``labelloop cluster init`` to every Celery worker answering a ping
+  through the inference master's node (the workers consume their queues; the role services may
+  still be starting);
 - ``total_s``: the two together: from nothing running to every worker serving;
 - ``join_to_serving_s``: from ``labelloop cluster join`` (the late agent already registered) to its
   service and worker serving; ``late_agent_up_s`` is that agent's own start-up before.
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.celery_support import pg_database
+from tests.celery_support import pg_database, wait_for
 from tests.cluster.machines import Machines, wait_serving
 
 TOKEN = "bench-cluster-token-0123456789"
@@ -42,6 +45,23 @@ TRAIN, INFERENCE, DEAD, LATE = (
 OUT = Path(__file__).parent / "results" / "cluster_bootstrap.json"
 
 
+def wait_workers(broker: str, answers: dict[str, dict[str, Any]], timeout: float) -> None:
+    """Until every worker named in ``answers`` answers a ping through ``broker``."""
+    from celery import Celery
+
+    names = {w for a in answers.values() for w in a["workers"]}
+    app = Celery("bootstrap-bench", broker=broker)
+
+    def all_answer() -> bool:
+        replies = app.control.ping(timeout=1.0) or []
+        return names <= {name for reply in replies for name in reply}
+
+    try:
+        wait_for(all_answer, timeout, f"workers {sorted(names)}", poll=0.2)
+    finally:
+        app.close()
+
+
 def one_round(root: Path) -> dict[str, Any]:
     with pg_database() as db:
         m = Machines(root, TOKEN)
@@ -49,8 +69,7 @@ def one_round(root: Path) -> dict[str, Any]:
             coordinator = m.start_coordinator()
             live = [TRAIN, *INFERENCE]
             t0 = time.monotonic()
-            for ip in live:
-                m.start_agent(ip)
+            machines = {ip: m.start_agent(ip) for ip in live}
             m.wait_registered(coordinator, live, timeout=300)
             t1 = time.monotonic()
             m.register_dead(coordinator, DEAD)
@@ -63,6 +82,9 @@ def one_round(root: Path) -> dict[str, Any]:
             if done.returncode != 0:
                 raise RuntimeError(done.stdout + done.stderr)
             answers = json.loads(done.stdout)["answers"]
+            master = machines[INFERENCE[0]].node.amqp_port
+            wait_workers(f"amqp://guest:guest@127.0.0.1:{master}//", answers, timeout=600)
+            tw = time.monotonic()
             wait_serving(answers, timeout=600)
             t2 = time.monotonic()
 
@@ -78,6 +100,7 @@ def one_round(root: Path) -> dict[str, Any]:
             m.cleanup()
     return {
         "agents_up_s": round(t1 - t0, 1),
+        "init_to_workers_s": round(tw - t1, 1),
         "init_to_serving_s": round(t2 - t1, 1),
         "total_s": round(t2 - t0, 1),
         "late_agent_up_s": round(t3 - t2, 1),
