@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,9 @@ from labelloop.cluster.protocol import (
     cookie_hash,
 )
 from labelloop.cluster.rabbit import RabbitNode, epmd_pids
+from labelloop.demo import free_port
 from labelloop.errors import Unauthorized
+from tests.cluster.machines import port_pair
 
 TOKEN = "test-cluster-token-1234"
 
@@ -121,25 +122,6 @@ def test_wire_reveals_the_cookie_only_there() -> None:
 # -- for real: one machine, its own RabbitMQ node ----------------------------------------------
 
 
-def free_port(ip: str = "") -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
-
-
-def free_amqp_port() -> int:
-    for _ in range(200):
-        port = free_port()
-        if port + 20000 <= 65535:
-            with socket.socket() as s:
-                try:
-                    s.bind(("", port + 20000))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port pair")
-
-
 def wait_until(cond: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -155,7 +137,7 @@ def wait_until(cond: Any, timeout: float, what: str) -> None:
 @pytest.mark.cluster
 def test_initial_on_one_machine(tmp_path: Path) -> None:
     ip = "127.0.0.2"
-    port, amqp, api_port = free_port(ip), free_amqp_port(), free_port(ip)
+    port, amqp, api_port = free_port(ip), port_pair(ip)[0], free_port(ip)
     node_name = f"ll-agent-{os.getpid()}@localhost"
     home, logs, hosts = tmp_path / "rabbit-home", tmp_path / "logs", tmp_path / "hosts"
     hosts.write_text("127.0.0.1\tlocalhost\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -20,25 +19,9 @@ from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 
 from labelloop.cluster.rabbit import RabbitNode, epmd_pids
+from tests.cluster.machines import port_pair
 
 pytestmark = pytest.mark.cluster
-
-
-def free_amqp_port() -> int:
-    """A free port whose distribution port (+20000) is free too."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = int(s.getsockname()[1])
-        if port + 20000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("", port + 20000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def members(node: RabbitNode, queue: str) -> list[str]:
@@ -52,7 +35,7 @@ def nodes(tmp_path: Path) -> Iterator[tuple[RabbitNode, RabbitNode]]:
     epmd_before = epmd_pids()
     made = []
     for name in ("a", "b"):
-        port = free_amqp_port()
+        port = port_pair("127.0.0.1")[0]
         home = tmp_path / name
         made.append(
             RabbitNode(
@@ -128,7 +111,9 @@ def test_two_nodes_join_and_share_a_quorum_queue(nodes: tuple[RabbitNode, Rabbit
 
 
 def test_cookie_never_in_error_text(tmp_path: Path) -> None:
-    node = RabbitNode(name="ll-nobody@localhost", amqp_port=free_amqp_port(), home=tmp_path)
+    node = RabbitNode(
+        name="ll-nobody@localhost", amqp_port=port_pair("127.0.0.1")[0], home=tmp_path
+    )
     cookie = node.ensure_cookie()
     assert stat.S_IMODE(node.cookie_file.stat().st_mode) == 0o600
     assert node._scrub(f"bad cookie {cookie} here") == "bad cookie <cookie> here"
