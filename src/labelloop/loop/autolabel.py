@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import beta
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labelloop.loop.labels import current_labels, decide, same_labels, top_score
+from labelloop.loop.labels import current_labels, decide, labelled_at, same_labels, top_score
 from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
@@ -133,9 +134,22 @@ def apply_model_labels(
     scores: np.ndarray,
     threshold: float | None,
 ) -> Applied:
-    """Re-derive the task's model labels from ``version``; only changes are appended."""
+    """Re-derive the task's model labels from ``version``; only changes are appended.
+
+    A model label that ``version`` confirms is appended again when an older version set it, so
+    that every model label's version and score are those of the model that now stands behind it
+    (an older score may sit below the new threshold)."""
     human = current_labels(session, spec.id, source="human")
-    old = current_labels(session, spec.id, source="model")
+    old_at = labelled_at(session, spec.id, source="model")
+    old = {item_id: labels for item_id, (labels, _) in old_at.items()}
+    set_by = {
+        rev: set_version
+        for rev, set_version in session.execute(
+            select(Annotation.id, Annotation.model_version).where(
+                Annotation.id.in_([rev for _, rev in old_at.values()])
+            )
+        )
+    }
     new: dict[int, tuple[list[str], float]] = {}
     if threshold is not None and len(item_ids):
         conf = top_score(scores, spec.multi_label)
@@ -146,8 +160,9 @@ def apply_model_labels(
     rows = []
     changed = 0
     for item_id, (labels, score) in new.items():
-        if not same_labels(old.get(item_id), labels):
-            changed += 1
+        relabelled = not same_labels(old.get(item_id), labels)
+        changed += relabelled
+        if relabelled or set_by.get(old_at[item_id][1]) != version:
             rows.append(
                 Annotation(
                     task_id=spec.id,
