@@ -111,14 +111,27 @@ class CookieAnswer(BaseModel):
     cookie: SecretStr
 
 
+ChildState = Literal["running", "restarting", "crash-looping"]
+
+
 class WorkerStatus(BaseModel):
     """One supervised process (Celery worker or role service) on an agent."""
 
     name: str
     role: str
-    pid: int | None
-    alive: bool
-    restarts: int
+    pid: int | None = Field(description="Its PID while it runs.")
+    alive: bool = Field(description="Running and not crash-looping.")
+    restarts: int = Field(description="Restarts since the agent started it.")
+    state: ChildState = "running"
+    uptime_s: float | None = Field(default=None, description="Seconds up (None: not running).")
+    recent_restarts: int = Field(default=0, description="Exits in the last 5 minutes.")
+    last_exit_code: int | None = Field(
+        default=None, description="Its last exit code (negative: killed by that signal)."
+    )
+    log_file: str = ""
+    log_tail: list[str] = Field(
+        default_factory=list, description="The last lines of its latest run, when not running."
+    )
 
 
 class AgentStatus(BaseModel):
