@@ -23,7 +23,12 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_bad_settings_give_a_message_not_a_traceback(tmp_path: Path) -> None:
-    env = {**os.environ, "LABELLOOP_ENVIRONMENT": "production", "LABELLOOP_DATA_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "LABELLOOP_ENVIRONMENT": "production",
+        "LABELLOOP_DATA_DIR": str(tmp_path),
+        "LABELLOOP_CLUSTER_TOKEN": "dev-cluster-token",  # the development default: refused
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "labelloop", "serve", "--port", "1"],
         env=env,

@@ -291,7 +291,9 @@ class FakeNode(RabbitNode):
     def running_nodes(self) -> list[str]:
         return [self.name]
 
-    def join(self, master: str, cookie: str, timeout_s: float = 90.0) -> bool:
+    def join(
+        self, master: str, cookie: str, timeout_s: float = 90.0, *, allow_reset: bool = False
+    ) -> bool:
         self.joined.append((master, cookie))
         return True
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException
@@ -217,8 +218,11 @@ def test_calls_without_the_token_are_refused(
         with CoordinatorClient(served, token) as c, pytest.raises(Unauthorized):
             c.status()
     assert coord.machines() == []
+    # Monitoring needs no token: before any init the verdict is "down" (503).
+    health = httpx.get(f"{served}/health", timeout=30)
+    assert health.status_code == 503 and health.json()["status"] == "down"
     with CoordinatorClient(served, TOKEN) as c:
-        assert c.health()["status"] == "ok"
+        assert c.live()["ok"] is True
         c.register(reg)
         assert [m["ip"] for m in c.machines()] == ["127.0.0.9"]
 
@@ -363,7 +367,13 @@ def test_join_initialises_only_the_late_machine(
         "127.0.0.11": "inference",
     }
     assert sent["erlang_cookie"] == "COOKIE1270010"  # the running cluster's cookie
-    assert all(len(f.requests) == 1 for f in agents.values())  # the others were left alone
+    assert sent["refresh"] is False
+    # The others were not initialised again: each got one refresh, which lists the new machine.
+    for f in agents.values():
+        assert len(f.requests) == 2 and f.requests[1]["refresh"] is True
+        assert "127.0.0.11" in {m["ip"] for m in f.requests[1]["machines_info"]}
+        assert f.answer is not None and "127.0.0.11" in {m.ip for m in f.answer.good_machines_info}
+    assert set(result["answers"]) == {"127.0.0.9", "127.0.0.10", "127.0.0.11"}
     assert result["master_inference"] == "127.0.0.10"
     assert late.answer is not None and late.answer.erlang_hash == cookie_hash("COOKIE1270010")
     status = coord.status()
@@ -447,7 +457,7 @@ def test_cli_init_status_and_join(
     assert result["master_inference"] == "127.0.0.10" and set(result["errors"]) == {"127.0.0.12"}
 
     got = runner.invoke(cli_app, ["cluster", "status"])
-    assert got.exit_code == 0, got.output
+    assert got.exit_code == 3, got.output  # degraded: .12 has a role and does not answer
     assert "inference master" in got.output and "bad" in got.output
     assert "n-127.0.0.10@localhost" in got.output
 

@@ -89,13 +89,32 @@ def write_hosts(path: Path, entries: Iterable[tuple[str, str]]) -> bool:
     new = replace_block(old, block)
     if new == old:
         return False
+    _write(path, new, mode)
+    return True
+
+
+def _write(path: Path, text: str, mode: int) -> None:
     try:
-        write_bytes_atomic(path, new.encode(), mode=mode)
+        write_bytes_atomic(path, text.encode(), mode=mode)
     except OSError as exc:
         # A container's /etc/hosts is a bind mount: it cannot be replaced, only rewritten.
         if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM):
             raise
         log.warning("%s cannot be replaced atomically (%s); rewriting it in place", path, exc)
         with open(path, "w") as fh:
-            fh.write(new)
+            fh.write(text)
+
+
+def remove_block(path: Path) -> bool:
+    """Take the managed block out of ``path`` (the host left as found); whether it changed."""
+    try:
+        old = path.read_text()
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return False
+    lines = old.splitlines()
+    if BEGIN not in (line.strip() for line in lines):
+        return False
+    new = replace_block(old, [])
+    _write(path, new if new.strip() else "", mode)
     return True

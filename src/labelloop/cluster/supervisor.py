@@ -131,10 +131,7 @@ class Supervisor:
         recent = sum(1 for at, _ in e.exits if now - at <= RECENT_S)
         uptime = now - e.started_at if running else None
         looping = recent >= CRASH_LOOP_EXITS and (uptime is None or uptime < STABLE_AFTER_S)
-        if looping:
-            state = "crash-looping"
-        else:
-            state = "running" if running else "restarting"
+        state = "crash-looping" if looping else "running" if running else "restarting"
         return WorkerStatus(
             name=e.spec.name,
             role=e.spec.role,
