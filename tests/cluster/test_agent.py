@@ -8,6 +8,7 @@ the answer's shape, that nothing is duplicated, and that the cookie is in no log
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -142,9 +143,14 @@ def test_initial_on_one_machine(tmp_path: Path) -> None:
     home, logs, hosts = tmp_path / "rabbit-home", tmp_path / "logs", tmp_path / "hosts"
     hosts.write_text("127.0.0.1\tlocalhost\n")
     agent_log = tmp_path / "agent.log"
+    broker_password = secrets.token_hex(16)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP_")},
+        # production, as the guide runs it: real secrets, the broker's own user
+        "LABELLOOP_ENVIRONMENT": "production",
         "LABELLOOP_CLUSTER_TOKEN": TOKEN,
+        "LABELLOOP_AGENT_BROKER_USER": "labelloop",
+        "LABELLOOP_AGENT_BROKER_PASSWORD": broker_password,
         "LABELLOOP_LOG_LEVEL": "DEBUG",  # the most the agent ever logs
         "LABELLOOP_AGENT_STOP_RABBIT_ON_EXIT": "true",
         "LABELLOOP_AGENT_WORKER_CONCURRENCY": "1",
@@ -213,9 +219,18 @@ def test_initial_on_one_machine(tmp_path: Path) -> None:
         assert all(w.restarts == 0 for w in second.workers)
         assert hosts.read_text() == hosts_after_first
 
+        # production children: up, never restarted (they got the secrets they need, no more)
+        third = status()
+        assert all(w.alive and w.restarts == 0 and w.last_exit_code is None for w in third.workers)
+        assert third.rabbit_running and third.cluster_node == node_name and not third.stopped
+        for w in third.workers:
+            assert "development default" not in Path(w.log_file).read_text()
+
         stopped = httpx.post(f"{base}/stop", headers=bearer(TOKEN), timeout=120).json()
-        assert stopped["rabbit_stopped"] is True
+        assert stopped["rabbit_stopped"] is True and stopped["hosts_block_removed"] is True
         assert sorted(stopped["stopped"]) == sorted(pids)
+        assert hosts.read_text() == "127.0.0.1\tlocalhost\n"  # the host as it was found
+        assert status().stopped
         for pid in pids.values():
             assert pid is not None
             wait_until(lambda p=pid: not _alive(p), 20, f"process {pid} to end")
@@ -235,7 +250,8 @@ def test_initial_on_one_machine(tmp_path: Path) -> None:
     log_files = [agent_log, *logs.rglob("*.log"), *(home / "rabbitmq").rglob("*.log")]
     assert len(log_files) >= 3
     for path in log_files:
-        assert cookie not in path.read_text(errors="replace"), path
+        text = path.read_text(errors="replace")
+        assert cookie not in text and broker_password not in text, path
 
 
 def _alive(pid: int) -> bool:
