@@ -53,10 +53,12 @@ TASK = {"task_category": "image-classification", "task_datastore_path": "/data/t
 
 
 @contextmanager
-def serve_app(app: FastAPI, host: str) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on ``host``; yields its base URL."""
-    port = free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+def serve_app(app: FastAPI, host: str, config: uvicorn.Config | None = None) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on ``host`` (with ``config``, e.g. TLS, if given);
+    yields its base URL."""
+    if config is None:
+        config = uvicorn.Config(app, host=host, port=free_port(host), log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -64,8 +66,9 @@ def serve_app(app: FastAPI, host: str) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError(f"fake server on {host} did not start")
         time.sleep(0.02)
+    scheme = "https" if config.ssl_certfile else "http"
     try:
-        yield f"http://{host}:{port}"
+        yield f"{scheme}://{host}:{config.port}"
     finally:
         server.should_exit = True
         thread.join(timeout=20)

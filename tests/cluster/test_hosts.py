@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.cluster.hosts import BEGIN, END, read_block, write_hosts
+from labelloop.cluster.hosts import BEGIN, END, read_block, remove_block, write_hosts
 
 ORIGINAL = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n# a comment\n10.1.1.1 db\n"
 
@@ -86,3 +86,14 @@ def test_bind_mounted_file_is_rewritten_in_place(
     assert read_block(hosts) == [("10.0.0.2", "m2")]
     assert hosts.read_text().startswith(ORIGINAL)
     assert [p.name for p in tmp_path.iterdir()] == ["hosts"]
+
+
+def test_removing_the_block_leaves_the_file_as_found(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text(ORIGINAL)
+    hosts.chmod(0o640)
+    assert not remove_block(hosts)  # no block: untouched
+    write_hosts(hosts, [("10.0.0.2", "m2")])
+    assert remove_block(hosts)
+    assert hosts.read_text() == ORIGINAL and (hosts.stat().st_mode & 0o777) == 0o640
+    assert not remove_block(hosts) and not remove_block(tmp_path / "missing")
