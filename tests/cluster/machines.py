@@ -15,13 +15,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+import uvicorn
+from fastapi import FastAPI
 
 from labelloop.cluster.client import AgentClient, CoordinatorClient
 from labelloop.cluster.protocol import Registration
@@ -280,3 +285,25 @@ def wait_serving(answers: dict[str, dict[str, Any]], timeout: float = 300) -> No
         return workers <= seen
 
     wait_for(ready, timeout, f"services {services} and workers {sorted(workers)}", poll=0.5)
+
+
+@contextmanager
+def serve_app(app: FastAPI, host: str, config: uvicorn.Config | None = None) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on ``host`` (with ``config``, e.g. TLS, if given);
+    yields its base URL."""
+    if config is None:
+        config = uvicorn.Config(app, host=host, port=free_port(host), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"fake server on {host} did not start")
+        time.sleep(0.02)
+    scheme = "https" if config.ssl_certfile else "http"
+    try:
+        yield f"{scheme}://{host}:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)

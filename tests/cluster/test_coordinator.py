@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import stat
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Header, HTTPException
 from pydantic import SecretStr
 from typer.testing import CliRunner
@@ -46,32 +43,11 @@ from labelloop.cluster.protocol import (
 )
 from labelloop.demo import free_port
 from labelloop.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
+from tests.cluster.machines import serve_app
 
 TOKEN = "test-cluster-token-0123456789"
 COOKIE = "SECRETCOOKIEABCDEFGH"
 TASK = {"task_category": "image-classification", "task_datastore_path": "/data/task-1"}
-
-
-@contextmanager
-def serve_app(app: FastAPI, host: str, config: uvicorn.Config | None = None) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on ``host`` (with ``config``, e.g. TLS, if given);
-    yields its base URL."""
-    if config is None:
-        config = uvicorn.Config(app, host=host, port=free_port(host), log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"fake server on {host} did not start")
-        time.sleep(0.02)
-    scheme = "https" if config.ssl_certfile else "http"
-    try:
-        yield f"{scheme}://{host}:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 class FakeAgent:

@@ -33,7 +33,7 @@ from labelloop.cluster.security import (
 from labelloop.config import load_settings
 from labelloop.demo import free_port
 from labelloop.errors import ConfigError, Unavailable
-from tests.cluster.test_coordinator import serve_app
+from tests.cluster.machines import serve_app
 
 TOKEN = "security-test-token-0123456789"
 
