@@ -307,3 +307,24 @@ def serve_app(app: FastAPI, host: str, config: uvicorn.Config | None = None) -> 
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+def make_certs(folder: Path) -> dict[str, Path]:
+    """A CA and a certificate for 127.0.0.1-3 signed by it, made with the openssl CLI."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "node.key", "-out", "node.csr")  # fmt: skip
+    (folder / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3,DNS:localhost\n"
+    )
+    ssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "node.pem")  # fmt: skip
+    for name in ("ca.key", "node.key"):
+        (folder / name).chmod(0o600)
+    return {"ca": folder / "ca.pem", "cert": folder / "node.pem", "key": folder / "node.key"}

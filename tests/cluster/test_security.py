@@ -33,7 +33,7 @@ from labelloop.cluster.security import (
 from labelloop.config import load_settings
 from labelloop.demo import free_port
 from labelloop.errors import ConfigError, Unavailable
-from tests.cluster.machines import serve_app
+from tests.cluster.machines import make_certs, serve_app
 
 TOKEN = "security-test-token-0123456789"
 
@@ -132,24 +132,7 @@ def test_a_rewritten_cookie_keeps_its_owner(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A CA and a certificate for 127.0.0.x signed by it, made with the openssl CLI."""
-    d = tmp_path_factory.mktemp("certs")
-
-    def ssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
-
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
-        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
-    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "node.key", "-out", "node.csr")  # fmt: skip
-    (d / "san.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3,DNS:localhost\n"
-    )
-    ssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "node.pem")  # fmt: skip
-    for name in ("ca.key", "node.key"):
-        (d / name).chmod(0o600)
-    return {"ca": d / "ca.pem", "cert": d / "node.pem", "key": d / "node.key"}
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture

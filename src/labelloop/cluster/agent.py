@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from fastapi import Depends, FastAPI, Request, Response
@@ -481,17 +481,8 @@ class Agent:
         s = self.settings
         auth = f"{quote(s.broker_user, safe='')}:{quote(s.broker_secret(), safe='')}"
         where = f"[{host}]" if ":" in host else host
-        if not s.broker_tls:
-            return f"amqp://{auth}@{where}:{port}//"
-        assert s.tls_ca is not None
-        query = urlencode(
-            {
-                "ssl_ca_certs": str(s.tls_ca.resolve()),
-                "ssl_cert_reqs": "CERT_REQUIRED",
-                "ssl_server_hostname": host,
-            }
-        )
-        return f"amqps://{auth}@{where}:{port}//?{query}"
+        scheme = "amqps" if s.broker_tls else "amqp"
+        return f"{scheme}://{auth}@{where}:{port}//"
 
     def _child_env(self, req: InitialRequest, cluster_masters: list[MachineInfo]) -> dict[str, str]:
         """Workers' and service's environment: local node first, the masters' as failover.
@@ -516,6 +507,9 @@ class Agent:
             "LABELLOOP_JOBS": "celery",
             "LABELLOOP_ENVIRONMENT": self.environment,
         }
+        if self.settings.broker_tls:
+            assert self.settings.tls_ca is not None
+            env["LABELLOOP_BROKER_CA"] = str(self.settings.tls_ca.resolve())
         if req.database_url:
             env["LABELLOOP_DATABASE_URL"] = req.database_url
         return env
