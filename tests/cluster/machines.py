@@ -11,6 +11,7 @@ the ``epmd`` daemons that were not running before.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -87,9 +88,24 @@ class Machines:
         self.coordinator_url = ""
         self._epmd_before = epmd_pids()
         self._descendants: set[int] = set()
+        #: The broker user's password, made here (the cluster master's agent creates the user).
+        self.broker_password = secrets.token_hex(16)
+        # Production, as docs/DEPLOY.md runs it: real secrets, the broker's own user.
         self.base_env = {
             k: v for k, v in os.environ.items() if not k.startswith(("LABELLOOP_", "RABBITMQ_"))
-        } | {"LABELLOOP_CLUSTER_TOKEN": token, "LABELLOOP_LOG_LEVEL": "INFO"}
+        } | {
+            "LABELLOOP_ENVIRONMENT": "production",
+            "LABELLOOP_CLUSTER_TOKEN": token,
+            "LABELLOOP_LOG_LEVEL": "INFO",
+        }
+        self.agent_env = {
+            "LABELLOOP_AGENT_BROKER_USER": "labelloop",
+            "LABELLOOP_AGENT_BROKER_PASSWORD": self.broker_password,
+        }
+
+    def broker_url(self, amqp_port: int) -> str:
+        """The URL workers use to reach a node (the user the agents created)."""
+        return f"amqp://labelloop:{self.broker_password}@127.0.0.1:{amqp_port}//"
 
     # -- processes ------------------------------------------------------------------------------
     def _spawn(self, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -131,7 +147,7 @@ class Machines:
                     f"coordinator exited: {self.tail(self.root / 'coordinator.log')}"
                 )
             try:
-                client.health()
+                client.live()
                 return True
             except LabelloopError:
                 return False
@@ -151,21 +167,25 @@ class Machines:
             name=name, amqp_port=amqp, dist_port=dist, home=home, base=home / "rabbitmq"
         )
         api_port = free_port(ip)
-        env = self.base_env | {
-            "LABELLOOP_AGENT_REGISTRY": self.coordinator_url,
-            "LABELLOOP_AGENT_ADVERTISE_IP": ip,
-            "LABELLOOP_AGENT_HOSTNAME": f"machine-{ip.rsplit('.', 1)[1]}",
-            "LABELLOOP_AGENT_RABBIT_NODE": name,
-            "LABELLOOP_AGENT_AMQP_PORT": str(amqp),
-            "LABELLOOP_AGENT_DIST_PORT": str(dist),
-            "LABELLOOP_AGENT_RABBIT_HOME": str(home),
-            "LABELLOOP_AGENT_HOSTS_FILE": str(root / "hosts"),
-            "LABELLOOP_AGENT_DATA_DIR": str(root / "data"),
-            "LABELLOOP_AGENT_LOG_DIR": str(root / "logs"),
-            "LABELLOOP_AGENT_API_PORT": str(api_port),
-            "LABELLOOP_AGENT_WORKER_CONCURRENCY": str(self.concurrency),
-            "LABELLOOP_AGENT_ICMP": "auto",
-        }
+        env = (
+            self.base_env
+            | self.agent_env
+            | {
+                "LABELLOOP_AGENT_REGISTRY": self.coordinator_url,
+                "LABELLOOP_AGENT_ADVERTISE_IP": ip,
+                "LABELLOOP_AGENT_HOSTNAME": f"machine-{ip.rsplit('.', 1)[1]}",
+                "LABELLOOP_AGENT_RABBIT_NODE": name,
+                "LABELLOOP_AGENT_AMQP_PORT": str(amqp),
+                "LABELLOOP_AGENT_DIST_PORT": str(dist),
+                "LABELLOOP_AGENT_RABBIT_HOME": str(home),
+                "LABELLOOP_AGENT_HOSTS_FILE": str(root / "hosts"),
+                "LABELLOOP_AGENT_DATA_DIR": str(root / "data"),
+                "LABELLOOP_AGENT_LOG_DIR": str(root / "logs"),
+                "LABELLOOP_AGENT_API_PORT": str(api_port),
+                "LABELLOOP_AGENT_WORKER_CONCURRENCY": str(self.concurrency),
+                "LABELLOOP_AGENT_ICMP": "auto",
+            }
+        )
         proc = self._spawn(["agent"], env, root / "agent.log")
         machine = Machine(ip, root, node, api_port, proc)
         self.machines[ip] = machine
@@ -208,7 +228,9 @@ class Machines:
         with CoordinatorClient(self.coordinator_url, self.token) as c:
             return c.machines()
 
-    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """``labelloop cluster ...`` against the coordinator, as an operator runs it."""
         return subprocess.run(
             [
@@ -220,7 +242,7 @@ class Machines:
                 "--coordinator",
                 self.coordinator_url,
             ],
-            env=self.base_env | {"COLUMNS": "200"},
+            env=self.base_env | {"COLUMNS": "200"} | (env or {}),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -293,6 +293,27 @@ def test_start_sh_needs_token_and_registry_and_runs_the_agent() -> None:
     assert TOKEN not in ok.stdout + ok.stderr
 
 
+def test_start_sh_finds_labelloop_in_the_checkout(tmp_path: Path) -> None:
+    """Without LABELLOOP_BIN and with no `labelloop` on PATH, start.sh runs the one `make
+    install` puts in the checkout's .venv; with none there, it says how to install it."""
+    checkout = tmp_path / "checkout"
+    (checkout / "deploy").mkdir(parents=True)
+    script = checkout / "deploy" / "start.sh"
+    script.write_bytes((Path(__file__).resolve().parents[2] / "deploy" / "start.sh").read_bytes())
+    script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP_")}
+    env |= {"PATH": "/usr/bin:/bin", "LABELLOOP_CLUSTER_TOKEN_FILE": str(tmp_path / "token"),
+            "LABELLOOP_AGENT_REGISTRY": "http://127.0.0.1:1"}  # fmt: skip
+    missing = subprocess.run([str(script), "--help"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "make install" in missing.stderr
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    (checkout / ".venv" / "bin" / "labelloop").symlink_to(Path(sys.executable).parent / "labelloop")
+    ok = subprocess.run(
+        [str(script), "--help"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ok.returncode == 0 and "--registry" in ok.stdout, ok.stderr
+
+
 # -- unit: initial's decisions, with a fake node and a fake supervisor -------------------------
 
 
