@@ -462,3 +462,17 @@ def test_inference_service_processes_follow_good_inference_machines(
     service = sup.specs["service"]
     assert service.argv[-2:] == ("--processes", "3")
     assert service.argv[service.argv.index("--host") :][:2] == ("--host", "10.0.0.20")
+
+
+def test_agent_metrics_show_its_processes(rpc: tuple[TestClient, Agent], tmp_path: Path) -> None:
+    from labelloop.cluster.supervisor import ProcessSpec
+
+    client, agent = rpc
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    agent.supervisor.ensure(
+        ProcessSpec.make("w1", "inference", sleeper, dict(os.environ), tmp_path / "w1.log")
+    )
+    text = client.get("/metrics").text  # no token: Prometheus scrapes it
+    assert 'labelloop_agent_child_up{child="w1",role="inference"} 1.0' in text
+    assert 'labelloop_agent_child_restarts_total{child="w1",role="inference"} 0.0' in text
+    assert "labelloop_agent_child_uptime_seconds" in text
