@@ -670,3 +670,25 @@ def test_rabbit_status_and_init_refresh_through_the_cli(
     assert got.exit_code == 0, got.output
     assert all(f.requests[-1]["refresh"] is True for f in agents.values())
     assert all(f.requests[-1]["task_datastore_path"] == "/data/task-1" for f in agents.values())
+
+
+def test_a_member_that_registers_again_is_initialised_again(
+    coord: Coordinator, agents: dict[str, FakeAgent]
+) -> None:
+    """An agent that restarted (a reboot, systemd) registers again: the coordinator runs its
+    initial at once and refreshes the others, with no operator; not after `cluster down`."""
+    register_all(coord, agents)
+    coord.init(InitRequest(train=1, inference=2, **TASK))
+    fake = agents["127.0.0.11"]
+    assert fake.registration is not None
+    coord.register(fake.registration)
+    rejoin = coord.rejoins["127.0.0.11"]
+    rejoin.join(timeout=60)
+    assert not rejoin.is_alive()
+    assert len(fake.requests) == 2  # initial on the machine that came back
+    assert fake.requests[1]["refresh"] is False and fake.requests[1]["erlang_cookie"]
+    others = [agents["127.0.0.9"], agents["127.0.0.10"]]
+    assert all(len(f.requests) == 2 and f.requests[1]["refresh"] is True for f in others)
+    coord.down()
+    coord.register(fake.registration)
+    assert coord.rejoins["127.0.0.11"] is rejoin  # none started: the cluster is down

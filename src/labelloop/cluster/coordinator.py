@@ -185,6 +185,7 @@ class Coordinator:
         service_timeout_s: float = 120.0,
         settle_timeout_s: float = 60.0,
         verify: ssl.SSLContext | None = None,
+        auto_rejoin: bool = True,
     ) -> None:
         self.state_dir = state_dir
         self.path = state_dir / STATE_FILE
@@ -195,6 +196,9 @@ class Coordinator:
         self.service_timeout_s = service_timeout_s
         self.settle_timeout_s = settle_timeout_s
         self.verify = verify
+        #: A machine with a role that registers again is initialised again (see register).
+        self.auto_rejoin = auto_rejoin
+        self.rejoins: dict[str, threading.Thread] = {}  # the latest rejoin per machine
         self._lock = threading.Lock()  # the state
         self._op = threading.Lock()  # one init, join, leave or down at a time
         self._health: tuple[float, dict[str, Any]] | None = None
@@ -221,7 +225,11 @@ class Coordinator:
 
     # -- registration ---------------------------------------------------------------------------
     def register(self, machine: Registration) -> MachineInfo:
-        """Record (or refresh, after an agent restart) a machine; its role, if any, is kept."""
+        """Record (or refresh, after an agent restart) a machine; its role, if any, is kept.
+
+        A machine of the running cluster that registers again (its agent restarted, the machine
+        rebooted) is initialised again at once, in the background, as a join would, so it comes
+        back without an operator (:attr:`auto_rejoin`)."""
         _address(machine.ip)
         with self._lock:
             old = self.state.machines.get(machine.ip)
@@ -229,8 +237,27 @@ class Coordinator:
             self.state.machines[machine.ip] = info
             self.state.registered_at[machine.ip] = time.time()
             self._save()
+            rejoin = (
+                self.auto_rejoin
+                and info.type is not None
+                and self.state.task is not None
+                and not self.state.down
+            )
         log.info("registered %s (%s) agent port %d", machine.ip, machine.hostname, machine.port)
+        if rejoin:
+            assert info.type is not None
+            request = JoinRequest(ip=info.ip, type=info.type)
+            thread = threading.Thread(target=self._rejoin, args=(request,), daemon=True)
+            self.rejoins[info.ip] = thread
+            thread.start()
         return info
+
+    def _rejoin(self, request: JoinRequest) -> None:
+        try:
+            result = self.join(request)
+            log.info("%s came back: initial ran again (%.1f s)", request.ip, result["seconds"])
+        except LabelloopError as exc:
+            log.warning("%s registered again, but initial failed: %s", request.ip, exc.message)
 
     def machines(self) -> list[MachineInfo]:
         with self._lock:
