@@ -61,6 +61,7 @@ class Machine:
     node: RabbitNode
     api_port: int
     proc: subprocess.Popen[bytes]
+    env: dict[str, str]
 
     @property
     def hosts_file(self) -> Path:
@@ -187,9 +188,20 @@ class Machines:
             }
         )
         proc = self._spawn(["agent"], env, root / "agent.log")
-        machine = Machine(ip, root, node, api_port, proc)
+        machine = Machine(ip, root, node, api_port, proc, env)
         self.machines[ip] = machine
         return machine
+
+    def stop_agent(self, ip: str) -> None:
+        """Stop a machine's agent cleanly (SIGTERM, as systemd stops it)."""
+        self._remember_descendants()
+        terminate(self.machines[ip].proc)
+
+    def restart_agent(self, ip: str) -> Machine:
+        """Start a stopped agent again with the same settings (systemd after a reboot)."""
+        m = self.machines[ip]
+        m.proc = self._spawn(["agent"], m.env, m.agent_log)
+        return m
 
     def wait_registered(
         self, client: CoordinatorClient, ips: list[str], timeout: float = 180

@@ -360,6 +360,18 @@ def test_a_late_machine_joins_and_serves(scenario: Scenario) -> None:
     assert all(sorted(r["good"]) == sorted([*LIVE, LATE]) for r in status["machines"])
 
 
+def test_a_restarted_agent_comes_back_by_itself(scenario: Scenario) -> None:
+    """An agent that stops cleanly removes its hosts block; started again (systemd, a reboot),
+    it registers and the coordinator runs initial on it at once: no operator command."""
+    m = scenario.machines
+    ip = INFERENCE[1]
+    m.stop_agent(ip)
+    assert m.machines[ip].hosts_file.read_text() == HOSTS_PREAMBLE
+    m.restart_agent(ip)
+    wait_for(lambda: m.cli("status").returncode == 0, 300, "the machine back by itself", poll=2)
+    assert LATE in [line.split()[0] for line in hosts_block(m.machines[ip].hosts_file)]
+
+
 def test_the_cookie_is_in_no_log(scenario: Scenario) -> None:
     m = scenario.machines
     cookies = {(mm.node.home / COOKIE_NAME).read_text().strip() for mm in m.machines.values()} - {
