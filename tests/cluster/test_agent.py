@@ -476,3 +476,52 @@ def test_agent_metrics_show_its_processes(rpc: tuple[TestClient, Agent], tmp_pat
     assert 'labelloop_agent_child_up{child="w1",role="inference"} 1.0' in text
     assert 'labelloop_agent_child_restarts_total{child="w1",role="inference"} 0.0' in text
     assert "labelloop_agent_child_uptime_seconds" in text
+
+
+def test_a_failed_join_is_retried_then_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join that fails for a moment is tried again; one that keeps failing fails initial, and
+    the status says so (a machine is good only when its node is a member and initial ran)."""
+    from labelloop.cluster import agent as agent_mod
+    from labelloop.cluster.health import machine_state
+    from labelloop.cluster.probe import ProbeResult
+    from labelloop.errors import Unavailable
+
+    monkeypatch.setattr(agent_mod, "JOIN_RETRY_S", 0.0)
+    agent, _, node = fake_agent(tmp_path, "10.0.0.21", 7000)
+    failures = ["cannot_start_mnesia", "eaddrinuse"]
+
+    def flaky_join(master: str, cookie: str, timeout_s: float = 90.0, **_: Any) -> bool:
+        if failures:
+            raise Unavailable(f"rabbitmqctl reset on {node.name} failed: {failures.pop(0)}")
+        node.joined.append((master, cookie))
+        return True
+
+    node.join = flaky_join  # type: ignore[method-assign]
+    machines = [
+        MachineInfo(
+            hostname=f"h{i}", ip=f"10.0.0.{i}", port=7000, erlang_hash="", type="inference",
+            rabbit_node=f"rabbit@h{i}", amqp_port=5672, dist_port=25672,
+        )
+        for i in (20, 21)
+    ]  # fmt: skip
+    monkeypatch.setattr(
+        agent_mod, "probe_machines", lambda ms, **_: ProbeResult(list(ms), [], "tcp")
+    )
+    req = InitialRequest(
+        machines_info=machines, task_category="c", task_datastore_path=str(tmp_path / "ds"),
+        erlang_cookie=SecretStr("C"),
+    )  # fmt: skip
+    agent.initial(req)  # two failures, then the third try joins
+    assert node.joined == [("rabbit@h20", "C")] and agent.initial_error is None
+
+    failures.extend(["cannot_start_mnesia"] * 3)
+    node.running_nodes = lambda: [node.name]  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match="cannot_start_mnesia"):
+        agent.initial(req)
+    status = agent.status()
+    assert status.initial_error is not None and "cannot_start_mnesia" in status.initial_error
+    state, problems = machine_state("inference", status, "rabbit@h20")
+    assert state == "failing"
+    assert problems[0].startswith("initial failed") and "not a running member" in problems[1]

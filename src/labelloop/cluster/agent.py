@@ -39,7 +39,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from labelloop.api import errors as api_errors
 from labelloop.cluster.client import AgentClient
 from labelloop.cluster.election import masters
-from labelloop.cluster.hosts import remove_block, write_hosts
+from labelloop.cluster.hosts import aliases, remove_block, write_hosts
 from labelloop.cluster.probe import probe_machines
 from labelloop.cluster.protocol import (
     NODE_NAME_PATTERN,
@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 #: Celery queues a machine of each role consumes (a train machine also runs a data worker).
 WORKER_ROLES: dict[str, tuple[str, ...]] = {"train": ("data", "train"), "inference": ("inference",)}
 SERVICE_NAME = "service"
+#: Seconds before the second try of a join (then twice that, ...).
+JOIN_RETRY_S = 2.0
 
 
 class ForgetRequest(BaseModel):
@@ -398,7 +400,10 @@ class Agent:
         good, bad = probe.good, probe.bad
         if not any(self._is_me(m) for m in good):  # we are answering: we are up
             good, bad = [*good, me], [m for m in bad if not self._is_me(m)]
-        write_hosts(self.settings.hosts_file, [(m.ip, m.hostname) for m in good])
+        write_hosts(
+            self.settings.hosts_file,
+            [(m.ip, m.hostname, *aliases(m.hostname, m.rabbit_node.split("@")[1])) for m in good],
+        )
         # ii) masters: smallest address of each role among the good machines
         m_train, m_inf = masters(good)
         # iii) every good machine's node joins the inference master's cluster
@@ -457,7 +462,7 @@ class Agent:
                     "joining %s failed (try %d of %d): %s", master.rabbit_node, attempt,
                     attempts, exc.message,
                 )  # fmt: skip
-                time.sleep(2.0 * attempt)
+                time.sleep(JOIN_RETRY_S * attempt)
 
     def _is_me(self, m: MachineInfo | Registration) -> bool:
         me = self.machine
