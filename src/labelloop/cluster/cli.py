@@ -270,13 +270,14 @@ def cluster_init(
     of its log. Exits 0 when every answering machine's processes run, 1 when none answered, a
     process fails or the task could not be created.
     """
-    body: dict[str, Any] = {"refresh": refresh}
-    if not refresh:
+    if refresh:  # the stored task is what counts; these fields only satisfy the request's shape
+        body: dict[str, Any] = {"refresh": True, "task_category": "-", "task_datastore_path": "-"}
+    else:
         if task_category is None or task_datastore_path is None:
             raise InvalidInput("give --task-category and --task-datastore-path (or --refresh)")
         if database_url_file is not None:
             database_url = read_secret_file(database_url_file, "the database URL")
-        body |= {
+        body = {
             "task_category": task_category,
             "task_extra_info": task_extra_info,
             "task_datastore_path": task_datastore_path,
@@ -288,11 +289,13 @@ def cluster_init(
         if machines_file is not None:
             entries = load_machines_file(machines_file)
             body["machines_info"] = [e.model_dump(exclude_none=True) for e in entries]
-    else:  # the stored task is what counts; these fields only satisfy the request's shape
-        body |= {"task_category": "-", "task_datastore_path": "-"}
     if task_labels is not None:
         body["task_labels"] = [label.strip() for label in task_labels.split(",") if label.strip()]
         body["task_name"] = task_name
+    _run_init(coordinator, tls_ca, body, json_out)
+
+
+def _run_init(coordinator: str, tls_ca: Path | None, body: dict[str, Any], json_out: bool) -> None:
     with _coordinator(coordinator, tls_ca) as client:
         result = client.init(body)
     if json_out:
