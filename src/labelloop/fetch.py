@@ -38,6 +38,7 @@ from labelloop.errors import (
     FetchError,
     ForbiddenAddress,
     ForbiddenPath,
+    InvalidInput,
     PayloadTooLarge,
 )
 
@@ -178,7 +179,10 @@ def _local_target(link: str, settings: Settings, task: TaskFolder | None) -> Pat
 def _upload_target(link: str, task: TaskFolder | None) -> Path:
     if task is None:
         raise ForbiddenPath(f"{link!r} names an upload, which only its own task can read")
-    return task.upload_path(link[len(UPLOAD_PREFIX) :])
+    try:
+        return task.upload_path(link[len(UPLOAD_PREFIX) :])
+    except InvalidInput as exc:
+        raise FetchError(exc.message) from None
 
 
 def _read_file(path: Path, link: str, settings: Settings) -> Content:

@@ -1,0 +1,103 @@
+"""Stub HTTP servers on loopback addresses (127.0.0.x only) and hostile images, for the tests of
+what data links may reach."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from PIL import Image
+
+
+def png(size: tuple[int, int] = (4, 4), value: int = 128) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", size, value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width`` x ``height`` pixels (a decompression bomb)."""
+    raw = bytearray(png((1, 1)))
+    # Signature (8), IHDR length (4), "IHDR" (4), then width and height; the CRC covers the type
+    # and the 13 bytes of data.
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    return bytes(raw)
+
+
+@dataclass
+class Route:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Seconds between bytes of the body (a slow server); 0 sends it at once.
+    drip_s: float = 0.0
+
+
+@dataclass
+class Seen:
+    path: str
+    host: str | None
+    authorization: str | None
+
+
+class StubServer:
+    """Answers the routes it is given; records every request (path, Host, Authorization)."""
+
+    def __init__(self, routes: dict[str, Route], host: str = "127.0.0.1", port: int = 0) -> None:
+        assert host.startswith("127."), "stub servers listen on loopback only"
+        self.routes = routes
+        self.seen: list[Seen] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.seen.append(
+                    Seen(self.path, self.headers.get("Host"), self.headers.get("Authorization"))
+                )
+                route = owner.routes.get(self.path, Route(status=404))
+                self.send_response(route.status)
+                for k, v in route.headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(route.body)))
+                self.end_headers()
+                if route.drip_s:
+                    for i in range(len(route.body)):
+                        self.wfile.write(route.body[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(route.drip_s)
+                else:
+                    self.wfile.write(route.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self.url = f"http://{host}:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> StubServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def image_route(body: bytes | None = None) -> Route:
+    return Route(body=png() if body is None else body, headers={"content-type": "image/png"})
+
+
+def redirect(location: str, status: int = 302) -> Route:
+    return Route(status=status, headers={"location": location})
