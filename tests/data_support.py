@@ -4,12 +4,15 @@ what data links may reach."""
 from __future__ import annotations
 
 import io
+import ssl
 import struct
+import subprocess
 import threading
 import time
 import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from PIL import Image
 
@@ -49,7 +52,13 @@ class Seen:
 class StubServer:
     """Answers the routes it is given; records every request (path, Host, Authorization)."""
 
-    def __init__(self, routes: dict[str, Route], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        routes: dict[str, Route],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         assert host.startswith("127."), "stub servers listen on loopback only"
         self.routes = routes
         self.seen: list[Seen] = []
@@ -79,8 +88,10 @@ class StubServer:
 
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = int(self.httpd.server_address[1])
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -101,3 +112,24 @@ def image_route(body: bytes | None = None) -> Route:
 
 def redirect(location: str, status: int = 302) -> Route:
     return Route(status=status, headers={"location": location})
+
+
+def tls_pair(folder: Path, name: str) -> tuple[Path, ssl.SSLContext]:
+    """A certificate authority (its PEM file) and a server context with a certificate it signed
+    for the DNS name ``name`` only (made with the ``openssl`` command)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=labelloop test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign")  # fmt: skip
+    run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", f"/CN={name}")
+    (folder / "ext.cnf").write_text(f"subjectAltName=DNS:{name}\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf")  # fmt: skip
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(folder / "srv.pem", folder / "srv.key")
+    return folder / "ca.pem", ctx

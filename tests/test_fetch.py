@@ -10,7 +10,15 @@ import pytest
 from labelloop.config import Settings
 from labelloop.errors import FetchError, ForbiddenPath, PayloadTooLarge
 from labelloop.fetch import read_link, text_content
-from tests.data_support import Route, StubServer, image_route, png, png_declaring, redirect
+from tests.data_support import (
+    Route,
+    StubServer,
+    image_route,
+    png,
+    png_declaring,
+    redirect,
+    tls_pair,
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -459,3 +467,30 @@ def test_images_are_identified_before_they_are_decoded(cfg: Settings, tmp_path: 
     truncated = png((64, 64))[:-30]
     with pytest.raises(FetchError, match="damaged"):
         identify_image(truncated, verify=True)
+
+
+def test_https_to_the_checked_address_verifies_the_name(
+    cfg: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection goes to the checked address, but TLS is spoken with the link's name: the
+    certificate must be valid for that name (not for the address, not for another name)."""
+    import socket
+
+    import certifi
+
+    ca, server_tls = tls_pair(tmp_path / "tls", "pinned.test")
+    monkeypatch.setattr(certifi, "where", lambda: str(ca))  # trust the test authority only
+    real = socket.getaddrinfo
+
+    def fake(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if host in ("pinned.test", "other.test"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    with StubServer({"/img.png": image_route()}, tls=server_tls) as stub:
+        assert read_link(f"https://pinned.test:{stub.port}/img.png", cfg).raw == png()
+        assert [s.host for s in stub.seen] == [f"pinned.test:{stub.port}"]
+        for wrong in ("other.test", "127.0.0.1"):
+            with pytest.raises(FetchError, match="TLS certificate"):
+                read_link(f"https://{wrong}:{stub.port}/img.png", cfg)

@@ -360,54 +360,58 @@ def _http_failure(link: str, exc: httpx.HTTPError, settings: Settings) -> FetchE
     return FetchError(f"cannot fetch {link!r}: the connection failed")
 
 
-def read_http(link: str, settings: Settings, accept: tuple[str, ...] = IMAGE_TYPES) -> Content:
-    """GET an http(s) link, checking the address of every hop, within the size and time caps."""
+def _get(
+    target: Target, settings: Settings, accept: tuple[str, ...], deadline: float
+) -> bytes | httpx.URL:
+    """One GET to the checked address (a client of its own: no connection is shared between
+    hops); the body, or where a redirect points."""
+    url = str(target.url)
     limit = settings.fetch_max_bytes
+    timeout = max(0.001, min(settings.fetch_timeout_s, deadline - time.monotonic()))
+    extensions = {"sni_hostname": target.url.host} if target.url.scheme == "https" else {}
+    with (
+        httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+        client.stream(
+            "GET", target.request_url(), headers=target.request_headers(), extensions=extensions
+        ) as resp,
+    ):
+        if resp.status_code in REDIRECTS:
+            location = resp.headers.get("location")
+            if not location:
+                raise FetchError(f"{url!r} redirects without saying where")
+            return target.url.join(location)
+        if resp.status_code != 200:
+            raise FetchError(f"{url!r} answered HTTP {resp.status_code}")
+        ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype and not ctype.startswith(accept) and ctype not in GENERIC_TYPES:
+            raise FetchError(f"{url!r} has content type {ctype!r}, expected {accept[0]}*")
+        declared = resp.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"{url!r} is {declared} bytes, over {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in resp.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"{url!r} is over {limit} bytes")
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout("the whole fetch took too long")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def read_http(link: str, settings: Settings, accept: tuple[str, ...] = IMAGE_TYPES) -> Content:
+    """GET an http(s) link, checking the address of every hop; one time limit covers them all."""
     deadline = time.monotonic() + settings.fetch_timeout_s
     url = link
     try:
-        with httpx.Client(
-            timeout=settings.fetch_timeout_s, follow_redirects=False, trust_env=False
-        ) as client:
-            for _ in range(MAX_REDIRECTS + 1):
-                target = check_url(url, settings)
-                assert target is not None  # need_address: an unresolved host raised
-                extensions = (
-                    {"sni_hostname": target.url.host} if target.url.scheme == "https" else {}
-                )
-                with client.stream(
-                    "GET",
-                    target.request_url(),
-                    headers=target.request_headers(),
-                    extensions=extensions,
-                ) as resp:
-                    if resp.status_code in REDIRECTS:
-                        location = resp.headers.get("location")
-                        if not location:
-                            raise FetchError(f"{url!r} redirects without saying where")
-                        url = str(target.url.join(location))
-                        continue
-                    if resp.status_code != 200:
-                        raise FetchError(f"{url!r} answered HTTP {resp.status_code}")
-                    ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-                    if ctype and not ctype.startswith(accept) and ctype not in GENERIC_TYPES:
-                        raise FetchError(
-                            f"{url!r} has content type {ctype!r}, expected {accept[0]}*"
-                        )
-                    declared = resp.headers.get("content-length")
-                    if declared and declared.isdigit() and int(declared) > limit:
-                        raise PayloadTooLarge(f"{url!r} is {declared} bytes, over {limit}")
-                    chunks: list[bytes] = []
-                    size = 0
-                    for chunk in resp.iter_bytes():
-                        size += len(chunk)
-                        if size > limit:
-                            raise PayloadTooLarge(f"{url!r} is over {limit} bytes")
-                        if time.monotonic() > deadline:
-                            raise httpx.ReadTimeout("the whole fetch took too long")
-                        chunks.append(chunk)
-                    raw = b"".join(chunks)
-                    return Content(raw=raw, content_hash=content_hash(raw), source=link)
+        for _ in range(MAX_REDIRECTS + 1):
+            target = check_url(url, settings)
+            assert target is not None  # need_address: an unresolved host raised
+            got = _get(target, settings, accept, deadline)
+            if isinstance(got, bytes):
+                return Content(raw=got, content_hash=content_hash(got), source=link)
+            url = str(got)
     except httpx.HTTPError as exc:
         raise _http_failure(link, exc, settings) from None
     raise FetchError(f"{link!r} redirects more than {MAX_REDIRECTS} times")
