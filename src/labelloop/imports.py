@@ -220,11 +220,13 @@ def import_csv(
     reader = csv.reader(io.StringIO(decoded))
     try:
         rows = list(reader)
-    except csv.Error:
-        raise InvalidInput(
-            f"the CSV cannot be read at line {reader.line_num}: a field longer than "
-            f"{MAX_TEXT:,} characters (the most a text item holds) or a broken quote"
-        ) from None
+    except csv.Error as exc:
+        why = (
+            f"a field is longer than {MAX_TEXT:,} characters (the most a text item holds)"
+            if "field limit" in str(exc)
+            else "it is not well-formed CSV"
+        )
+        raise InvalidInput(f"the CSV cannot be read at line {reader.line_num}: {why}") from None
     if len(rows) < 2:
         raise InvalidInput("the CSV needs a header row and at least one row of text")
     header, body = rows[0], rows[1:]
