@@ -494,3 +494,29 @@ def test_https_to_the_checked_address_verifies_the_name(
         for wrong in ("other.test", "127.0.0.1"):
             with pytest.raises(FetchError, match="TLS certificate"):
                 read_link(f"https://{wrong}:{stub.port}/img.png", cfg)
+
+
+def test_every_address_of_a_name_is_checked_and_tried_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with one refused address among its answers is refused; with several allowed ones,
+    the next is tried when one does not take the connection (as a connection by name would)."""
+    import socket
+
+    from labelloop.errors import ForbiddenAddress
+
+    answers = {"two.test": ["127.0.0.3", "127.0.0.1"], "mixed.test": ["127.0.0.1", "10.0.0.1"]}
+    real = socket.getaddrinfo
+
+    def fake(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if host in answers:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answers[host]]
+        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    cfg = Settings(data_dir=tmp_path, fetch_allow_hosts=["127.0.0.0/8"])
+    with StubServer({"/img.png": image_route()}) as stub:
+        assert read_link(f"http://two.test:{stub.port}/img.png", cfg).raw == png()
+        with pytest.raises(ForbiddenAddress, match="private"):
+            read_link(f"http://mixed.test:{stub.port}/img.png", cfg)
+        assert len(stub.seen) == 1

@@ -24,9 +24,11 @@ import ipaddress
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import httpx
@@ -288,14 +290,15 @@ def _addresses(host: str, port: int) -> list[Address] | None:
 
 @dataclass(frozen=True)
 class Target:
-    """An http(s) URL that passed the checks, and the one address to send it to."""
+    """An http(s) URL that passed the checks, and the checked addresses to send it to (tried in
+    the resolver's order, as a connection by name would)."""
 
     url: httpx.URL
-    address: Address
+    addresses: tuple[Address, ...]
     headers: dict[str, str] = field(default_factory=dict)
 
-    def request_url(self) -> httpx.URL:
-        return self.url.copy_with(host=str(self.address))
+    def request_url(self, address: Address) -> httpx.URL:
+        return self.url.copy_with(host=str(address))
 
     def request_headers(self) -> dict[str, str]:
         return {**self.headers, "Host": self.url.netloc.decode("ascii")}
@@ -342,7 +345,7 @@ def check_url(
                     "unless the operator lists the host or its network in "
                     "LABELLOOP_FETCH_ALLOW_HOSTS"
                 )
-    return Target(url, addresses[0], links.token_for(link, settings))
+    return Target(url, tuple(addresses), links.token_for(link, settings))
 
 
 # --- http ---------------------------------------------------------------------------------------
@@ -360,6 +363,29 @@ def _http_failure(link: str, exc: httpx.HTTPError, settings: Settings) -> FetchE
     return FetchError(f"cannot fetch {link!r}: the connection failed")
 
 
+@contextmanager
+def _stream(
+    client: httpx.Client, target: Target, extensions: dict[str, Any]
+) -> Iterator[httpx.Response]:
+    """The answer of the first checked address that takes the connection."""
+    with ExitStack() as stack:
+        for n, address in enumerate(target.addresses):
+            try:
+                resp = stack.enter_context(
+                    client.stream(
+                        "GET",
+                        target.request_url(address),
+                        headers=target.request_headers(),
+                        extensions=extensions,
+                    )
+                )
+                break
+            except httpx.ConnectError as exc:
+                if n == len(target.addresses) - 1 or "CERTIFICATE" in str(exc):
+                    raise
+        yield resp
+
+
 def _get(
     target: Target, settings: Settings, accept: tuple[str, ...], deadline: float
 ) -> bytes | httpx.URL:
@@ -371,9 +397,7 @@ def _get(
     extensions = {"sni_hostname": target.url.host} if target.url.scheme == "https" else {}
     with (
         httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-        client.stream(
-            "GET", target.request_url(), headers=target.request_headers(), extensions=extensions
-        ) as resp,
+        _stream(client, target, extensions) as resp,
     ):
         if resp.status_code in REDIRECTS:
             location = resp.headers.get("location")
