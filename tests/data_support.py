@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 
@@ -133,3 +134,31 @@ def tls_pair(folder: Path, name: str) -> tuple[Path, ssl.SSLContext]:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(folder / "srv.pem", folder / "srv.key")
     return folder / "ca.pem", ctx
+
+
+def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> list[str]:
+    """Names of the test's own (``*.test``) that resolve to the given loopback addresses; every
+    lookup of them is recorded in the list returned. Other names resolve as usual."""
+    import socket
+
+    assert all(ip in ("127.0.0.1", "::1") for ips in answers.values() for ip in ips)
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def fake(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if isinstance(host, str) and host in answers:
+            lookups.append(host)
+            return [
+                (
+                    socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    6,
+                    "",
+                    (ip, port, 0, 0) if ":" in ip else (ip, port),
+                )
+                for ip in answers[host]
+            ]
+        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    return lookups

@@ -13,6 +13,7 @@ from labelloop.fetch import read_link, text_content
 from tests.data_support import (
     Route,
     StubServer,
+    fake_dns,
     image_route,
     png,
     png_declaring,
@@ -305,62 +306,55 @@ def test_the_allow_list_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert AllowList.of(Settings()) == AllowList(frozenset(), ())
 
 
-def test_redirects_are_checked_at_every_hop(cfg: Settings) -> None:
-    """``cfg`` allows 127.0.0.1 only; a redirect to 127.0.0.2 (or to a file) is refused, and the
-    server it points to never sees a request."""
+def test_redirects_are_checked_at_every_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the name ``outer.test`` is allowed: a redirect from it to the address behind it (also
+    spelled as a decimal), or to a file, is refused, and the server it points to never sees a
+    request."""
     from labelloop.errors import ForbiddenAddress
 
-    with StubServer({"/secret.png": image_route()}, host="127.0.0.2") as inner:
-        routes = {
-            "/img.png": image_route(),
-            "/to-inner": redirect(f"{inner.url}/secret.png"),
-            "/to-inner-decimal": redirect(f"http://2130706434:{inner.port}/secret.png", 307),
-            "/to-self": redirect("/img.png", 301),
-            "/twice": redirect("/to-self", 308),
-            "/loop": redirect("/loop"),
-            "/to-file": redirect("file:///etc/passwd"),
-            "/nowhere": Route(status=302),
-        }
-        with StubServer(routes) as outer:
-            for path in ("/to-inner", "/to-inner-decimal"):
-                with pytest.raises(ForbiddenAddress):
-                    read_link(f"{outer.url}{path}", cfg)
-            assert inner.seen == []
-            assert read_link(f"{outer.url}/to-self", cfg).raw == png()
-            assert read_link(f"{outer.url}/twice", cfg).raw == png()
-            with pytest.raises(FetchError, match="redirects more than 5 times"):
-                read_link(f"{outer.url}/loop", cfg)
-            assert sum(s.path == "/loop" for s in outer.seen) == 6
-            with pytest.raises(FetchError, match="http"):
-                read_link(f"{outer.url}/to-file", cfg)
-            with pytest.raises(FetchError, match="without saying where"):
-                read_link(f"{outer.url}/nowhere", cfg)
+    fake_dns(monkeypatch, {"outer.test": ["127.0.0.1"]})
+    cfg = Settings(data_dir=tmp_path, fetch_allow_hosts=["outer.test"])
+    inner = StubServer({"/secret.png": image_route()})
+    routes = {
+        "/img.png": image_route(),
+        "/to-inner": redirect(f"{inner.url}/secret.png"),
+        "/to-inner-decimal": redirect(f"http://2130706433:{inner.port}/secret.png", 307),
+        "/to-localhost": redirect(f"http://localhost:{inner.port}/secret.png", 303),
+        "/to-self": redirect("/img.png", 301),
+        "/twice": redirect("/to-self", 308),
+        "/loop": redirect("/loop"),
+        "/to-file": redirect("file:///etc/passwd"),
+        "/nowhere": Route(status=302),
+    }
+    with inner, StubServer(routes) as outer:
+        base = f"http://outer.test:{outer.port}"
+        for path in ("/to-inner", "/to-inner-decimal", "/to-localhost"):
+            with pytest.raises(ForbiddenAddress):
+                read_link(f"{base}{path}", cfg)
+        assert inner.seen == []
+        assert read_link(f"{base}/to-self", cfg).raw == png()
+        assert read_link(f"{base}/twice", cfg).raw == png()
+        with pytest.raises(FetchError, match="redirects more than 5 times"):
+            read_link(f"{base}/loop", cfg)
+        assert sum(s.path == "/loop" for s in outer.seen) == 6
+        with pytest.raises(FetchError, match="http"):
+            read_link(f"{base}/to-file", cfg)
+        with pytest.raises(FetchError, match="without saying where"):
+            read_link(f"{base}/nowhere", cfg)
 
 
 def test_the_checked_address_is_the_one_connected(
     cfg: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A name that answers an allowed address first and another one after (DNS rebinding) is
-    looked up once; the request goes to the checked address, with the name in ``Host``."""
-    import socket
-
-    real = socket.getaddrinfo
-    lookups: list[str] = []
-
-    def fake(host: object, port: object, *args: object, **kwargs: object) -> object:
-        if host == "rebind.test":
-            lookups.append(str(host))
-            ip = "127.0.0.1" if len(lookups) == 1 else "127.0.0.2"
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
-        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
-
-    good = StubServer({"/img.png": image_route()})
-    with good, StubServer({"/img.png": image_route(png(value=9))}, "127.0.0.2", good.port) as evil:
-        monkeypatch.setattr(socket, "getaddrinfo", fake)
-        assert read_link(f"http://rebind.test:{good.port}/img.png", cfg).raw == png()
+    """The name is looked up once, for the check; the request goes to the checked address (a
+    second lookup could answer another one: DNS rebinding), with the name in ``Host``."""
+    lookups = fake_dns(monkeypatch, {"rebind.test": ["127.0.0.1"]})
+    with StubServer({"/img.png": image_route()}) as stub:
+        assert read_link(f"http://rebind.test:{stub.port}/img.png", cfg).raw == png()
         assert lookups == ["rebind.test"]
-        assert evil.seen == []
-        assert [s.host for s in good.seen] == [f"rebind.test:{good.port}"]
+        assert [s.host for s in stub.seen] == [f"rebind.test:{stub.port}"]
 
 
 def test_a_slow_server_cannot_hold_a_fetch_past_the_time_limit(tmp_path: Path) -> None:
@@ -474,20 +468,11 @@ def test_https_to_the_checked_address_verifies_the_name(
 ) -> None:
     """The connection goes to the checked address, but TLS is spoken with the link's name: the
     certificate must be valid for that name (not for the address, not for another name)."""
-    import socket
-
     import certifi
 
     ca, server_tls = tls_pair(tmp_path / "tls", "pinned.test")
     monkeypatch.setattr(certifi, "where", lambda: str(ca))  # trust the test authority only
-    real = socket.getaddrinfo
-
-    def fake(host: object, port: object, *args: object, **kwargs: object) -> object:
-        if host in ("pinned.test", "other.test"):
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
-        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    fake_dns(monkeypatch, {"pinned.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
     with StubServer({"/img.png": image_route()}, tls=server_tls) as stub:
         assert read_link(f"https://pinned.test:{stub.port}/img.png", cfg).raw == png()
         assert [s.host for s in stub.seen] == [f"pinned.test:{stub.port}"]
@@ -501,22 +486,13 @@ def test_every_address_of_a_name_is_checked_and_tried_in_order(
 ) -> None:
     """A name with one refused address among its answers is refused; with several allowed ones,
     the next is tried when one does not take the connection (as a connection by name would)."""
-    import socket
-
     from labelloop.errors import ForbiddenAddress
 
-    answers = {"two.test": ["127.0.0.3", "127.0.0.1"], "mixed.test": ["127.0.0.1", "10.0.0.1"]}
-    real = socket.getaddrinfo
-
-    def fake(host: object, port: object, *args: object, **kwargs: object) -> object:
-        if host in answers:
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answers[host]]
-        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
-    cfg = Settings(data_dir=tmp_path, fetch_allow_hosts=["127.0.0.0/8"])
-    with StubServer({"/img.png": image_route()}) as stub:
-        assert read_link(f"http://two.test:{stub.port}/img.png", cfg).raw == png()
-        with pytest.raises(ForbiddenAddress, match="private"):
-            read_link(f"http://mixed.test:{stub.port}/img.png", cfg)
+    fake_dns(monkeypatch, {"two.test": ["::1", "127.0.0.1"], "mixed.test": ["127.0.0.1", "::1"]})
+    with StubServer({"/img.png": image_route()}) as stub:  # listens on 127.0.0.1 only
+        both = Settings(data_dir=tmp_path, fetch_allow_hosts=["127.0.0.1", "::1"])
+        assert read_link(f"http://two.test:{stub.port}/img.png", both).raw == png()
+        one = Settings(data_dir=tmp_path, fetch_allow_hosts=["127.0.0.1"])
+        with pytest.raises(ForbiddenAddress, match="loopback"):
+            read_link(f"http://mixed.test:{stub.port}/img.png", one)
         assert len(stub.seen) == 1
