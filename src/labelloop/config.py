@@ -33,8 +33,7 @@ class Settings(BaseSettings):
     jobs: Literal["local", "celery"] = "local"
     local_workers: int = Field(default=2, ge=1, le=64)
     broker_url: str = DEFAULT_BROKER_URL
-    #: CA file an ``amqps://`` broker's certificate (and host name) is verified by; None: the
-    #: system's CAs.
+    #: CA file an ``amqps://`` broker's certificate chain is verified by; None: the system's CAs.
     broker_ca: Path | None = None
     result_backend: str = "rpc://"
     predict_timeout_s: float = Field(default=10.0, gt=0)
