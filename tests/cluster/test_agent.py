@@ -525,3 +525,55 @@ def test_a_failed_join_is_retried_then_shown(
     state, problems = machine_state("inference", status, "rabbit@h20")
     assert state == "failing"
     assert problems[0].startswith("initial failed") and "not a running member" in problems[1]
+
+
+def test_a_late_machine_with_the_smallest_address_joins_the_running_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Elected inference master by address, but the cluster already runs on another node: it
+    joins that node (the coordinator names it) instead of staying a cluster of its own."""
+    from labelloop.cluster import agent as agent_mod
+    from labelloop.cluster.probe import ProbeResult
+
+    agent, _, node = fake_agent(tmp_path, "10.0.0.5", 7000)
+    machines = [
+        MachineInfo(
+            hostname=f"h{i}", ip=f"10.0.0.{i}", port=7000, erlang_hash="", type="inference",
+            rabbit_node=node.name if i == 5 else f"rabbit@h{i}", amqp_port=5672, dist_port=25672,
+        )
+        for i in (5, 20)
+    ]  # fmt: skip
+    monkeypatch.setattr(
+        agent_mod, "probe_machines", lambda ms, **_: ProbeResult(list(ms), [], "tcp")
+    )
+    req = InitialRequest(
+        machines_info=machines, task_category="c", task_datastore_path=str(tmp_path / "ds"),
+        erlang_cookie=SecretStr("C"), cluster_node="rabbit@h20",
+    )  # fmt: skip
+    answer = agent.initial(req)
+    assert answer.master_inference == "10.0.0.5"  # the seed's rule, unchanged
+    assert node.joined == [("rabbit@h20", "C")]  # but its node joined the running cluster
+    assert agent.status().cluster_node == "rabbit@h20"
+
+
+def test_the_broker_user_is_made_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labelloop.cluster import agent as agent_mod
+    from labelloop.cluster.probe import ProbeResult
+
+    agent, _, node = fake_agent(tmp_path, "10.0.0.20", 7000)
+    agent.settings = agent.settings.model_copy(
+        update={"broker_user": "labelloop", "broker_password": SecretStr("pw")}
+    )
+    made: list[tuple[str, str]] = []
+    node.ensure_user = lambda user, password: made.append((user, password))  # type: ignore[method-assign]
+    me = MachineInfo(
+        hostname="h", ip="10.0.0.20", port=7000, erlang_hash="", type="inference",
+        rabbit_node=node.name, amqp_port=5999, dist_port=25999,
+    )  # fmt: skip
+    monkeypatch.setattr(
+        agent_mod, "probe_machines", lambda ms, **_: ProbeResult(list(ms), [], "tcp")
+    )
+    req = InitialRequest(machines_info=[me], task_category="c", task_datastore_path=str(tmp_path))
+    agent.initial(req)
+    agent.initial(req.model_copy(update={"refresh": True}))
+    assert made == [("labelloop", "pw")]  # the master's node, once

@@ -290,6 +290,7 @@ class Agent:
         self.stopped = True  # nothing runs until the first initial
         self.initial_error: str | None = None
         self._database_url: str | None = None
+        self._user_ready: tuple[str, str, str] | None = None
         self._lock = threading.Lock()
 
     # -- init (seed step 1) ------------------------------------------------------------------
@@ -410,11 +411,16 @@ class Agent:
         cluster_master = m_inf or m_train
         if not port_open(self.node.amqp_port):  # stopped by `cluster down`, say
             self._ensure_node()
-        if cluster_master is not None and not self._is_me(cluster_master):
-            self._join(req, cluster_master)
+        target = cluster_master.rabbit_node if cluster_master is not None else None
+        if cluster_master is not None and self._is_me(cluster_master):
+            # Elected, yet a late machine (a smaller address): the running cluster is elsewhere.
+            target = req.cluster_node if req.cluster_node != self.node.name else None
+        if target is not None and target != self.node.name:
+            assert cluster_master is not None
+            self._join(req, target, cluster_master)
         elif self.settings.broker_user != "guest":
-            self.node.ensure_user(self.settings.broker_user, self.settings.broker_secret())
-        self.cluster_node = cluster_master.rabbit_node if cluster_master else None
+            self._ensure_user()
+        self.cluster_node = target or self.node.name
         # iv) the role's Celery workers, supervised
         env = self._child_env(req, [m for m in (m_inf, m_train) if m is not None])
         Path(req.task_datastore_path).mkdir(parents=True, exist_ok=True)
@@ -446,23 +452,31 @@ class Agent:
             probe=probe.method,
         )
 
-    def _join(self, req: InitialRequest, master: MachineInfo) -> None:
+    def _join(self, req: InitialRequest, target: str, master: MachineInfo) -> None:
         """Step iii, retried: a join can fail for a moment (the master's node busy, a port not
         free yet); a refusal (a node that is not ours) is not retried."""
         cookie = self._cluster_cookie(req, master)
         attempts = self.settings.join_attempts
         for attempt in range(1, attempts + 1):
             try:
-                self.node.join(master.rabbit_node, cookie, allow_reset=self.settings.adopt_node)
+                self.node.join(target, cookie, allow_reset=self.settings.adopt_node)
                 return
             except Unavailable as exc:
                 if attempt == attempts:
                     raise
                 log.warning(
-                    "joining %s failed (try %d of %d): %s", master.rabbit_node, attempt,
-                    attempts, exc.message,
-                )  # fmt: skip
+                    "joining %s failed (try %d of %d): %s", target, attempt, attempts, exc.message
+                )
                 time.sleep(JOIN_RETRY_S * attempt)
+
+    def _ensure_user(self) -> None:
+        """The broker user of workers and services, on the cluster master's node (once per
+        password: each ``rabbitmqctl`` call costs seconds)."""
+        user, password = self.settings.broker_user, self.settings.broker_secret()
+        key = (self.node.name, user, cookie_hash(password))
+        if self._user_ready != key:
+            self.node.ensure_user(user, password)
+            self._user_ready = key
 
     def _is_me(self, m: MachineInfo | Registration) -> bool:
         me = self.machine

@@ -360,6 +360,7 @@ class Coordinator:
                 machines_info=machines,
                 erlang_cookie=cookie,
                 refresh=request.refresh,
+                cluster_node=self._cluster_node(self.state) if request.refresh else None,
                 **task.model_dump(),
             )
             log.info("initial on %d machines (cookie from %s's agent)", len(machines), source.ip)
@@ -550,7 +551,10 @@ class Coordinator:
             machines = sorted([*others, new], key=lambda m: _address(m.ip))
             cookie, source = self._cookie(others)
             initial = InitialRequest(
-                machines_info=machines, erlang_cookie=cookie, **task.model_dump()
+                machines_info=machines,
+                erlang_cookie=cookie,
+                cluster_node=self._cluster_node(self.state),
+                **task.model_dump(),
             )
             log.info("initial on late machine %s (cookie from %s's agent)", new.ip, source.ip)
             answers, errors = self._send_initial([new], initial)
@@ -604,7 +608,11 @@ class Coordinator:
             if remaining and task is not None:
                 cookie, _ = self._cookie(remaining)
                 refresh = InitialRequest(
-                    machines_info=remaining, erlang_cookie=cookie, refresh=True, **task.model_dump()
+                    machines_info=remaining,
+                    erlang_cookie=cookie,
+                    refresh=True,
+                    cluster_node=self._cluster_node_except(ip),
+                    **task.model_dump(),
                 )
                 answers, errors = self._send_initial(remaining, refresh)
                 with self._lock:
@@ -628,8 +636,19 @@ class Coordinator:
 
     # -- status, health and down ----------------------------------------------------------------
     def _cluster_node(self, state: State) -> str | None:
+        """The node the others joined: the inference master's (the train master's if none)."""
         master = state.machines.get(state.master_inference or state.master_train)
         return master.rabbit_node if master is not None else None
+
+    def _cluster_node_except(self, gone: str) -> str | None:
+        """A node of the running cluster other than ``gone``'s (after it left)."""
+        if gone not in (self.state.master_inference, self.state.master_train):
+            return self._cluster_node(self.state)
+        others = sorted(
+            (m for m in self.members() if m.ip != gone and m.ip in self.state.answers),
+            key=lambda m: _address(m.ip),
+        )
+        return others[0].rabbit_node if others else None
 
     def status(self) -> dict[str, Any]:
         """Every machine as its agent sees itself now, its state by :mod:`health`'s rule, and the

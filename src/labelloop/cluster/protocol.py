@@ -82,6 +82,12 @@ class InitialRequest(BaseModel):
     api_port: int | None = Field(
         default=None, description="Port of the role service started in step vi (default: agent's)."
     )
+    cluster_node: str | None = Field(
+        default=None,
+        pattern=NODE_NAME_PATTERN,
+        description="A node of the running cluster (join, refresh): a machine elected master "
+        "that is not in the cluster yet joins it there instead of staying alone.",
+    )
     refresh: bool = Field(
         default=False,
         description="A refresh after another machine joined or left: probe, hosts file, masters "
