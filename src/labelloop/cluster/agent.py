@@ -415,9 +415,12 @@ class Agent:
         if cluster_master is not None and self._is_me(cluster_master):
             # Elected, yet a late machine (a smaller address): the running cluster is elsewhere.
             target = req.cluster_node if req.cluster_node != self.node.name else None
+        members = self._members()  # one rabbitmqctl call (seconds): also the answer's
         if target is not None and target != self.node.name:
             assert cluster_master is not None
-            self._join(req, target, cluster_master)
+            if target not in members:
+                self._join(req, target, cluster_master)
+                members = self._members()
         elif self.settings.broker_user != "guest":
             self._ensure_user()
         self.cluster_node = target or self.node.name
@@ -448,7 +451,7 @@ class Agent:
             master_inference=self.master_inference,
             erlang_hash=self.node.cookie_hash(),
             workers=workers,
-            rabbit_cluster=self._members(),
+            rabbit_cluster=members,
             probe=probe.method,
         )
 

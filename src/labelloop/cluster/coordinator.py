@@ -566,8 +566,12 @@ class Coordinator:
                 self._save()
             if errors:
                 raise Unavailable(errors[new.ip])
+            # The others refresh while the new machine's processes settle.
             refresh = initial.model_copy(update={"refresh": True})
-            more, more_errors = self._send_initial(others, refresh)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                settling = pool.submit(self._settle, [new], answers)
+                more, more_errors = self._send_initial(others, refresh)
+                failing = settling.result()
             answers |= more
             with self._lock:
                 self.state.answers.update(more)
@@ -577,8 +581,7 @@ class Coordinator:
                 self._remember_masters(answers)
                 self._save()
             result = self._result(machines, answers, more_errors, time.monotonic() - started)
-            result["failing"] = self._settle([new], answers)
-            result["seconds"] = round(time.monotonic() - started, 3)
+            result["failing"] = failing
             return result
 
     def leave(self, ip: str) -> dict[str, Any]:
