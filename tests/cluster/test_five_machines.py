@@ -78,9 +78,12 @@ def init_cli(m: Machines, args: list[str], env: dict[str, str]) -> dict[str, Any
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     root = tmp_path_factory.mktemp("five")
     datastore = root / "shared" / "task-digits"
-    links = [(str(p), y) for p, y in write_digits(datastore / "images", limit=120)]
+    # Items link to images below an import root, never into the datastore (labelloop's own).
+    images = root / "shared" / "images"
+    links = [(str(p), y) for p, y in write_digits(images, limit=120)]
     with pg_database() as db:
         m = Machines(root, TOKEN)
+        m.base_env["LABELLOOP_IMPORT_ROOTS"] = str(images)  # agents pass it to their processes
         try:
             coordinator = m.start_coordinator()
             for ip in LIVE:
