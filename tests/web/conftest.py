@@ -45,3 +45,19 @@ def page(tmp_path: Path) -> Iterator[Any]:
             yield pg
         finally:
             context.close()
+
+
+def on_screen(page: Any) -> int:
+    """The id of the item whose content the labelling page shows (it takes choices for that one)."""
+    page.wait_for_selector("[data-testid=stage][data-item]")
+    return int(page.get_attribute("[data-testid=stage]", "data-item"))
+
+
+def wait_for_next(page: Any, item: int) -> int:
+    """Wait until another item than ``item`` is on screen; returns its id."""
+    page.wait_for_function(
+        "(item) => { const d = document.querySelector('[data-testid=stage]').dataset.item;"
+        " return d !== undefined && d !== String(item); }",
+        arg=item,
+    )
+    return on_screen(page)

@@ -12,7 +12,7 @@ import pytest
 
 from labelloop.client import Client
 from tests.conftest import wait_until
-from tests.web.conftest import ARTIFACTS
+from tests.web.conftest import ARTIFACTS, on_screen, wait_for_next
 
 pytestmark = pytest.mark.browser
 LABELS = [str(d) for d in range(10)]
@@ -83,18 +83,15 @@ def test_labelling_by_keyboard_until_the_model_takes_over(
     page.screenshot(path=str(ARTIFACTS / "label-no-model.png"), full_page=True)
 
     def current() -> int:
-        return int(page.get_attribute("[data-testid=stage]", "data-item"))
+        return on_screen(page)
 
-    # Label by number keys (label "d" is key d+1, "9" is key 0) until the first model serves.
+    # Label by keys until the first model serves: labels that are digits are picked by their name.
     labelled = 0
     while "model-time" not in (page.text_content("[data-testid=serving]") or ""):
         assert labelled < 60, "no model served after 60 labels"
         item = current()
-        digit = int(truth[item])
-        page.keyboard.press(str((digit + 1) % 10))
-        page.wait_for_function(
-            f"document.querySelector('[data-testid=stage]').dataset.item !== '{item}'"
-        )
+        page.keyboard.press(truth[item])
+        wait_for_next(page, item)
         labelled += 1
         if labelled >= 10:
             page.wait_for_timeout(300)  # a person takes a moment per item; training runs meanwhile
@@ -114,9 +111,7 @@ def test_labelling_by_keyboard_until_the_model_takes_over(
             page.screenshot(path=str(ARTIFACTS / "label-prelabel.png"), full_page=True)
         item = current()
         page.keyboard.press("Enter")
-        page.wait_for_function(
-            f"document.querySelector('[data-testid=stage]').dataset.item !== '{item}'"
-        )
+        wait_for_next(page, item)
         confirmed.append(item)
 
     with Client(live_url) as ll:
