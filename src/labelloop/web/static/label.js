@@ -11,8 +11,6 @@ const taskId = Number(params.get("task"));
 const NAME_KEY = "labelloop.annotator";
 const GUEST_KEY = "labelloop.guest";
 const QUICK_KEY = "labelloop.quick";
-// A click this soon after an item appeared was aimed at the item before (a double-click).
-const POINTER_GUARD_MS = 350;
 // Quick accept/reject is offered from this score on.
 const QUICK_MIN = 0.9;
 // A new version is announced when its held-out accuracy moved this much since the last notice.
@@ -21,7 +19,7 @@ const HISTORY_SHOWN = 12;
 
 const S = {
   task: null, keys: null, queue: [], current: null, history: [], pos: null,
-  onScreen: null, shownAt: 0, selected: new Set(), rejecting: false,
+  onScreen: null, selected: new Set(), rejecting: false,
   sent: new Set(), served: undefined, announced: null, loading: null, chain: Promise.resolve(),
   images: new Map(), quick: false, guest: "",
 };
@@ -134,7 +132,6 @@ function pruneImages() {
 
 function markShown(item) {
   S.onScreen = item.id;
-  S.shownAt = performance.now();
   const stage = $("stage");
   stage.dataset.item = item.id;
   stage.classList.remove("flash"); void stage.offsetWidth; stage.classList.add("flash");
@@ -406,12 +403,10 @@ function decide(labels) {
   if (entry) correct(entry, labels); else if (S.current) submit(S.current, labels);
 }
 
-// Input applies only to the item whose content is on screen; a click that is the second of a
-// double-click, or that comes too soon after the item appeared, was meant for the item before.
+// Input applies only to the item whose content is on screen; the second click of a double-click
+// lands on the item after the one it was meant for, and is ignored.
 function pointerOk(ev, item) {
-  if (ev.detail > 1) return false;
-  if (!item || S.onScreen !== item.id) return false;
-  return performance.now() - S.shownAt >= POINTER_GUARD_MS;
+  return ev.detail <= 1 && Boolean(item) && S.onScreen === item.id;
 }
 
 function ready() {
@@ -483,12 +478,20 @@ function chip(version, accuracy) {
   el.className = version === null ? "chip" : "chip model";
 }
 
+// A change of served version is announced when it is the first model, or when held-out accuracy
+// moved by NOTICE_DELTA since the last notice (not at every retraining).
+function worthANotice(before, now, announced, accuracy) {
+  if (now === null) return false;
+  if (before === null) return true;
+  if (accuracy === null) return false;
+  return announced === null || Math.abs(accuracy - announced) >= NOTICE_DELTA;
+}
+
 async function versionChanged(before, now) {
   const accuracy = now === null ? null : await accuracyOf(now);
   chip(now, accuracy);
   if (before === undefined) { S.announced = accuracy; return; } // the page just opened
-  if (now !== null && (before === null || (accuracy !== null && S.announced !== null
-      && Math.abs(accuracy - S.announced) >= NOTICE_DELTA))) {
+  if (worthANotice(before, now, S.announced, accuracy)) {
     const acc = accuracy === null ? "" : S.announced === null ? ` (held-out accuracy ${Math.round(100 * accuracy)}%)`
       : `: held-out accuracy ${Math.round(100 * S.announced)}% → ${Math.round(100 * accuracy)}%`;
     toast(`model-time${now} now serves${acc}`);
