@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -166,6 +167,24 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def route_template(path: str, route: str, params: dict[str, Any]) -> str:
+    """The whole template of a request's route: the matched route's path (relative to the router
+    it was included with) after the prefix the request's path has in front of it.
+
+    A prefix segment that holds a path parameter's value is named like the parameter.
+    """
+    if ":path}" in route:  # a parameter spanning segments: the route's own path is bounded
+        return route
+    actual = path.rstrip("/").split("/")
+    own = route.rstrip("/").split("/")
+    if len(own) > len(actual):
+        return route
+    names = {str(v): k for k, v in params.items() if f"{{{k}" not in route}
+    prefix = [f"{{{names[p]}}}" if p in names else p for p in actual[: len(actual) - len(own) + 1]]
+    full = "/".join(prefix + own[1:]) or "/"
+    return full + "/" if route.endswith("/") and not full.endswith("/") else full
+
+
 class RequestMetrics:
     """ASGI middleware: counts each request and its latency under its route template, not its path."""
 
@@ -174,21 +193,26 @@ class RequestMetrics:
         self.metrics = metrics
         self.mounts = mounts
 
-    def template(self, scope: Scope) -> str:
-        """``/api/v1/tasks/{task_id}`` for ``/api/v1/tasks/7``: path parameters put back.
+    def template(self, scope: Scope, root_path: str = "") -> str:
+        """``/api/v1/tasks/{task_id}/items/{item_id}`` for ``/api/v1/tasks/3/items/3``.
 
-        Unmatched paths share one label, so that scanners cannot grow the series without bound;
-        a mounted app (the static UI) is counted under its mount point.
+        The label comes from the route that matched (the router records it in the scope), not
+        from the values in the path, so two parameters with the same value cannot be mistaken
+        for each other. Unmatched paths share one label, so that scanners cannot grow the series
+        without bound; a mounted app (the static UI, the docs' assets) is counted under its mount
+        point (a mount extends the scope's ``root_path``).
         """
         path = str(scope.get("path", ""))
         for mount in self.mounts:
             if path == mount or path.startswith(mount + "/"):
                 return mount
-        if "endpoint" not in scope:
-            return "unmatched"
-        params = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
-        parts = [f"{{{params[p]}}}" if p in params else p for p in path.split("/")]
-        return "/".join(parts)
+        route = getattr(scope.get("route"), "path", None)
+        if isinstance(route, str) and route:
+            return route_template(path, route, scope.get("path_params") or {})
+        mounted = str(scope.get("root_path", ""))
+        if mounted.startswith(root_path) and len(mounted) > len(root_path):
+            return mounted[len(root_path) :]
+        return "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -203,10 +227,11 @@ class RequestMetrics:
                 status = int(message["status"])
             await send(message)
 
+        root_path = str(scope.get("root_path", ""))
         try:
             await self.app(scope, receive, sending)
         finally:
-            template = self.template(scope)
+            template = self.template(scope, root_path)
             method = str(scope.get("method", "GET"))
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
