@@ -160,3 +160,19 @@ def test_a_newcomer_creates_tasks_from_a_folder_and_from_a_csv(
     with Client(live_url) as ll:
         reviews = next(t for t in ll.list_tasks() if t["name"] == "reviews")
         wait_until(lambda: ll.get_task(reviews["id"])["counts"]["human_labelled"] == 1)
+
+
+def test_a_single_server_is_asked_its_mode_once_not_polled_for_a_cluster(
+    live_url: str, page: Any
+) -> None:
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url.removeprefix(live_url)))
+    page.goto(f"{live_url}/ui/")
+    page.wait_for_selector("[data-testid=single-server]")
+    page.wait_for_selector("[data-testid=workers-na]")
+    page.wait_for_selector("[data-testid=machines-na]")
+    # Three refreshes later: still one question, and no request for a cluster endpoint.
+    for _ in range(3):
+        page.wait_for_event("request", lambda r: r.url.endswith("/health"))
+    assert asked.count("/api/v1/info") == 1
+    assert not [u for u in asked if "/cluster/" in u]

@@ -18,6 +18,7 @@ from labelloop.api.middleware import BodyLimit
 from labelloop.api.routes import (
     export,
     imports,
+    info,
     items,
     labelling,
     labelstudio,
@@ -63,7 +64,7 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics, mounts=("/ui",))
     errors.install(app)
     secured = [Depends(require_token)]
-    modules = [tasks, items, labelling, predictions, models, export, imports]
+    modules = [tasks, items, labelling, predictions, models, export, imports, info]
     if rt.has_jobs and rt.jobs.name == "celery":
         modules.append(workers)  # only a server in cluster mode has cluster workers
     for module in modules:
