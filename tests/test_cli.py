@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from labelloop.cli import app
@@ -103,3 +104,49 @@ def test_simulate_reports_a_bad_dataset(tmp_path: Path) -> None:
     result = runner.invoke(app, ["simulate", str(tmp_path / "nothing.csv")])
     assert result.exit_code == 2
     assert "is not 'digits'" in result.output
+
+
+def test_simulate_fails_loudly_when_the_server_cannot_read_the_files(tmp_path: Path) -> None:
+    from labelloop.client import Client
+    from labelloop.demo import free_port, running_server
+
+    elsewhere = tmp_path / "elsewhere"  # neither below the server's data folder nor a root
+    with running_server(tmp_path / "data", free_port()) as server:
+        result = runner.invoke(
+            app,
+            [
+                *("simulate", "digits", "--url", server.url, "--limit", "40"),
+                *("--images-dir", str(elsewhere), "--out", str(tmp_path / "report")),
+            ],
+        )
+        with Client(server.url) as ll:
+            assert ll.list_tasks() == []  # no task left behind with unreadable items
+    assert result.exit_code == 2, result.output
+    assert "replaying 40 of 1797 items of digits" in result.output
+    assert "could not read 1 of the 1 item(s)" in result.output
+    assert str(elsewhere) in result.output and "outside" in result.output
+    assert "--import-root" in result.output
+    assert not (tmp_path / "report" / "report.json").exists()
+
+
+def test_the_readme_simulate_example_works_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`labelloop serve` and `labelloop simulate digits` from one folder: the server reads the
+    digits below its data folder (here on another port, and with a limit, to keep it short)."""
+    from labelloop.demo import free_port, running_server
+
+    monkeypatch.chdir(tmp_path)
+    with running_server(tmp_path / "labelloop-data", free_port()) as server:
+        result = runner.invoke(
+            app,
+            [
+                *("simulate", "digits", "--mode", "active", "--target-accuracy", "0.98"),
+                *("--url", server.url, "--limit", "60"),
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    assert "replaying 60 of 1797 items of digits" in result.output
+    report = json.loads((tmp_path / "simulation" / "report.json").read_text())
+    assert report["summary"]["items"] == 60
+    assert report["summary"]["human_labels"] + report["summary"]["model_labelled"] == 60

@@ -221,7 +221,9 @@ def simulate(
     if mode == "active" or target_accuracy is not None:
         policy["auto_label"] = {"target_accuracy": target_accuracy or 0.98}
     ds = load(dataset, images_dir.resolve())
-    console.print(f"replaying {len(ds.data)} items of {ds.name} against {url} ({mode} mode)")
+    n = ds.size(limit)
+    of = "" if n == len(ds.data) else f" of {len(ds.data)}"
+    console.print(f"replaying {n}{of} items of {ds.name} against {url} ({mode} mode)")
     report = replay(url, ds, mode, out, seed, policy, flip_rate, limit, token)
     console.print_json(data=report["summary"])
     if "suspects" in report:
