@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from labelloop.cli import app
+from tests.conftest import wait_until
 
 runner = CliRunner()
 
@@ -150,3 +151,26 @@ def test_the_readme_simulate_example_works_as_written(
     report = json.loads((tmp_path / "simulation" / "report.json").read_text())
     assert report["summary"]["items"] == 60
     assert report["summary"]["human_labels"] + report["summary"]["model_labelled"] == 60
+
+
+def test_the_server_log_has_no_migration_chatter_nor_progress_bars(tmp_path: Path) -> None:
+    from labelloop.client import Client
+    from labelloop.demo import free_port, running_server
+    from labelloop.learners.text import embeddings_available
+
+    log = tmp_path / "server.log"
+    with (
+        running_server(tmp_path / "data", free_port(), log=log) as server,
+        Client(server.url) as ll,
+    ):
+        task = ll.create_task("texts", "text-classification", ["a", "b"])
+        ll.add_items(task["id"], [{"data": f"text number {n}"} for n in range(3)])
+        # Text items are read by a worker process, which loads the sentence-embedding model
+        # when the embeddings extra is installed (as `make test` installs it).
+        wait_until(lambda: ll.get_task(task["id"])["counts"]["ready"] == 3)
+    text = log.read_text()
+    assert "labelloop serving on" in text
+    assert "alembic" not in text
+    assert embeddings_available(), "the embeddings extra is part of the test install"
+    assert list((tmp_path / "data").rglob("minilm*")), "the model was loaded and used"
+    assert "Loading weights" not in text and "it/s]" not in text

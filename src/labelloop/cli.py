@@ -62,11 +62,14 @@ def settings_from(
 
 
 def setup_logging(level: str) -> None:
+    from labelloop.observability import quiet_libraries
+
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    quiet_libraries(level)
 
 
 DataDir = Annotated[

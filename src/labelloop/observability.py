@@ -8,6 +8,8 @@ process (API, local worker, Celery worker on another machine) did the work.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +24,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from labelloop.runtime import Runtime
 from labelloop.store.models import Annotation, Item, Job, ModelVersion, Task
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "quiet_libraries"]
+
+#: Set before any worker starts (spawned workers inherit them), and before the libraries that read
+#: them are imported: model loading (sentence embeddings) draws no progress bars into the log.
+QUIET_ENVIRONMENT = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",
+}
+
+
+def quiet_libraries(level: str) -> None:
+    """Keep the server's log to what it does: no schema-migration chatter at INFO (Alembic's
+    plugins and "Context impl SQLiteImpl."), no progress bars of libraries loading models."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    if logging.getLevelName(level.upper()) != logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
