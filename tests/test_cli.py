@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +65,44 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "edit rate, whole stream" in proc.stdout
     assert "items labelled" in proc.stdout and "80" in proc.stdout
     assert "model update latency" in proc.stdout  # a model was trained and updated
+    # Not on a terminal: the dashboard's address, and progress as plain lines.
+    assert re.search(r"dashboard, http://127\.0\.0\.1:\d+/ui/#task=1 ", proc.stdout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("labelled ")]
+    assert lines[-1].startswith("labelled 80/80  model-time")
+    assert any(line.startswith("labelled 8/80 ") for line in lines)
+
+
+def test_demo_keeps_serving_when_asked(tmp_path: Path) -> None:
+    import httpx
+
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "labelloop", "demo", "--limit", "30", "--keep-serving"),
+            *("--data-dir", str(tmp_path / "demo")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "keeps running at" in line:
+                break
+        match = re.search(r"keeps running at (http://127\.0\.0\.1:\d+)/ui/#task=1", "".join(seen))
+        assert match, "".join(seen)
+        url = match.group(1)
+        assert httpx.get(f"{url}/api/v1/tasks/1").json()["counts"]["human_labelled"] == 30
+        assert httpx.get(f"{url}/ui/").status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health")
 
 
 def test_simulate_writes_a_report_and_a_plot(tmp_path: Path) -> None:

@@ -176,11 +176,17 @@ def demo(
     ] = Path("labelloop-data/demo"),
     limit: Annotated[int | None, typer.Option(help="Label only this many digits.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the labelling order.")] = 0,
+    keep_serving: Annotated[
+        bool,
+        typer.Option(
+            "--keep-serving", help="Keep the server up afterwards, to look around (Ctrl-C stops)."
+        ),
+    ] = False,
 ) -> None:
     """Watch a model take over a labelling job: digits, a simulated annotator, live metrics."""
     from labelloop.demo import run_demo
 
-    run_demo(data_dir.resolve(), limit, seed, console)
+    run_demo(data_dir.resolve(), limit, seed, console, keep_serving)
 
 
 @app.command()

@@ -43,6 +43,7 @@ def quiet_libraries(level: str) -> None:
     if logging.getLevelName(level.upper()) != logging.DEBUG:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
