@@ -26,6 +26,21 @@ def test_help_lists_the_commands() -> None:
         assert command in result.output
 
 
+def test_help_shows_placeholders_and_defaults_a_person_reads() -> None:
+    for command in (["serve"], ["demo"], ["simulate"], ["db", "upgrade"]):
+        result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        for placeholder in ("<bool>", "<list[Path]>", "<path>", "<int>", "<float>"):
+            assert placeholder not in result.output, (command, placeholder, result.output)
+    serve = runner.invoke(app, ["serve", "--help"], terminal_width=200).output
+    assert "--import-root FOLDER" in serve and "--data-dir FOLDER" in serve
+    assert "default: (labelloop-data)" in serve and "LABELLOOP_DATA_DIR" in serve
+    assert "--jobs local|celery" in serve and "default: (local)" in serve
+    assert "default: (2)" in serve  # local workers
+    demo = runner.invoke(app, ["demo", "--help"], terminal_width=200).output
+    assert "--keep-serving " in demo
+
+
 def test_bad_settings_give_a_message_not_a_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "LABELLOOP_ENVIRONMENT": "production", "LABELLOOP_DATA_DIR": str(tmp_path)}
     proc = subprocess.run(
