@@ -104,6 +104,17 @@ def test_labelling_by_keyboard_until_the_model_takes_over(
         page.wait_for_selector("[data-testid=suggestion]")
         suggestion = page.text_content("[data-testid=suggestion]") or ""
         assert re.search(r"model-time\d+ suggests .+ \(score \d+%\)", suggestion)
+        # One truth: the suggestion's version is the one the chip names, or the page says that
+        # the chip's version serves from the next item on.
+        page.wait_for_function(
+            """() => {
+              const v = (sel) => ((document.querySelector(sel) || {}).textContent || "")
+                .match(/model-time(\\d+)/);
+              const chip = v("[data-testid=serving]"), shown = v("[data-testid=suggestion]");
+              const note = v("[data-testid=version-note]");
+              return chip && shown && (chip[1] === shown[1] || (note && note[1] === chip[1]));
+            }"""
+        )
         highlighted = page.locator(".choice.suggested")
         assert highlighted.count() == 1
         assert re.search(r"\d+%", highlighted.text_content() or "")

@@ -55,7 +55,7 @@ function setupAnnotator() {
   const given = params.get("annotator");
   if (given) localStorage.setItem(NAME_KEY, given.trim());
   input.value = localStorage.getItem(NAME_KEY) || "";
-  input.placeholder = `${guest} (type your name)`;
+  input.placeholder = `${guest} (your name?)`;
   input.classList.toggle("unnamed", !input.value.trim());
   input.oninput = () => {
     localStorage.setItem(NAME_KEY, input.value.trim());
@@ -178,9 +178,11 @@ function sureWord(score) {
 function renderPrelabel(item, p, entry) {
   const pre = $("prelabel");
   if (p) {
+    // An item fetched before another version started serving keeps the suggestion it came with.
+    const changed = S.served !== undefined && S.served !== null && S.served !== p.model_version
+      && item.servedWhenFetched !== S.served;
     const later = entry ? ' <span class="muted">· shown when you labelled it</span>'
-      : S.served !== undefined && S.served !== null && S.served !== p.model_version
-        ? ` <span class="muted" data-testid="version-note">· model-time${S.served} serves from the next item on</span>` : "";
+      : changed ? ` <span class="muted" data-testid="version-note">· model-time${S.served} serves from the next item on</span>` : "";
     pre.innerHTML = `<span data-testid="suggestion">model-time${p.model_version} suggests <b>${p.labels.map(esc).join(", ") || "no label"}</b> (score ${Math.round(100 * p.score)}%)</span> <span class="muted">· ${sureWord(p.score)}</span>${later}`;
   } else if (entry) {
     pre.innerHTML = '<span class="muted">No suggestion was shown when you labelled it.</span>';
@@ -309,8 +311,11 @@ async function refill() {
       const next = await api.get(`/api/v1/tasks/${taskId}/next?limit=12&annotator=${encodeURIComponent(annotator())}`);
       const have = new Set([...S.queue.map((i) => i.id), S.current && S.current.id]);
       for (const it of next.items) {
+        it.servedWhenFetched = next.model_version;
         if (!S.sent.has(it.id) && !have.has(it.id)) S.queue.push(it);
       }
+      // A newer version serves than the page knows: catch up before these items show.
+      if (S.served !== undefined && next.model_version !== S.served) pollTask();
       if (!isText()) S.queue.slice(0, 4).forEach(imageUrl);
     } catch (err) {
       toast(err.message);
