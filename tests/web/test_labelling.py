@@ -298,3 +298,46 @@ def test_confidence_is_shown_as_it_is(live_url: str, page: Any) -> None:
     assert page.evaluate(rule, [3, 4, 0.90, 0.91]) is False
     assert page.evaluate(rule, [3, 4, 0.90, 0.93]) is True
     assert page.evaluate(rule, [4, 3, 0.93, 0.90]) is True
+
+
+def test_audits_are_labelled_blind(live_url: str, page: Any) -> None:
+    """With auto-labelling, /next hands out random audits whose labels certify the threshold:
+    the page shows them without the model's suggestion (and says none was shown)."""
+    rng = random.Random(5)
+    labels = list(TOPICS)
+    texts, truth = [], []
+    for n in range(60):
+        topic = labels[n % 3]
+        texts.append(" ".join(rng.sample(TOPICS[topic].split(), 5)))
+        truth.append(topic)
+    with Client(live_url) as ll:
+        task_id, ids = text_task(
+            ll, "audited", labels, texts, min_labels=12, auto_label={"target_accuracy": 0.9}
+        )
+        by_id = dict(zip(ids, truth, strict=True))
+        for item_id in ids[:15]:
+            if ll.annotate(task_id, [{"item_id": item_id, "labels": [by_id[item_id]]}])[
+                "training_triggered"
+            ]:
+                ll.wait_for_training(task_id)
+        ll.wait_for_training(task_id)
+    item = open_task(page, live_url, task_id)
+    seen = {"audit": [], "suggested": []}
+    for _ in range(6):
+        page.wait_for_selector("[data-testid=audit], [data-testid=suggestion]")
+        if page.locator("[data-testid=audit]").count():
+            assert page.locator(".choice.suggested").count() == 0
+            assert page.locator("[data-testid=conf], .choice .score").count() == 0
+            seen["audit"].append(item)
+        else:
+            seen["suggested"].append(item)
+        page.click(f"[data-testid=choice-{by_id[item]}]")
+        item = wait_for_next(page, item)
+    assert seen["audit"] and seen["suggested"]
+    page.wait_for_selector(f"[data-testid=history-{seen['audit'][-1]}] .chip:text-is('saved')")
+    page.wait_for_selector(f"[data-testid=history-{seen['suggested'][-1]}] .chip:text-is('saved')")
+    with Client(live_url) as ll:
+        for audit in seen["audit"]:
+            assert human_labels(ll, task_id, audit)[-1]["shown_version"] is None
+        for shown in seen["suggested"]:
+            assert human_labels(ll, task_id, shown)[-1]["shown_version"] is not None
