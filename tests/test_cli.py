@@ -163,37 +163,54 @@ def test_simulate_reports_a_bad_dataset(tmp_path: Path) -> None:
 
 
 def test_simulate_fails_loudly_when_the_server_cannot_read_the_files(tmp_path: Path) -> None:
+    from PIL import Image
+
     from labelloop.client import Client
     from labelloop.demo import free_port, running_server
 
-    elsewhere = tmp_path / "elsewhere"  # neither below the server's data folder nor a root
-    with running_server(tmp_path / "data", free_port()) as server:
-        result = runner.invoke(
+    elsewhere = tmp_path / "elsewhere"  # not below an import root of the server
+    # A data set of images by class below the import root, one of them not an image at all.
+    root = tmp_path / "root"
+    for label in ("a", "b"):
+        (root / "set" / label).mkdir(parents=True)
+        for n in range(3):
+            Image.new("L", (8, 8), 60 * n).save(root / "set" / label / f"{n}.png")
+    (root / "set" / "b" / "broken.png").write_bytes(b"not a png")
+    with running_server(tmp_path / "data", free_port(), ["--import-root", str(root)]) as server:
+        outside = runner.invoke(
             app,
             [
                 *("simulate", "digits", "--url", server.url, "--limit", "40"),
                 *("--images-dir", str(elsewhere), "--out", str(tmp_path / "report")),
             ],
         )
+        unreadable = runner.invoke(
+            app,
+            ["simulate", str(root / "set"), "--url", server.url, "--out", str(tmp_path / "r2")],
+        )
         with Client(server.url) as ll:
             assert ll.list_tasks() == []  # no task left behind with unreadable items
-    assert result.exit_code == 2, result.output
-    assert "replaying 40 of 1797 items of digits" in result.output
-    assert "could not read 1 of the 1 item(s)" in result.output
-    assert str(elsewhere) in result.output and "outside" in result.output
-    assert "--import-root" in result.output
+    assert outside.exit_code == 2, outside.output
+    assert "replaying 40 of 1797 items of digits" in outside.output
+    assert "refused the items" in outside.output and "import root" in outside.output
+    assert f"--import-root {elsewhere}" in outside.output
     assert not (tmp_path / "report" / "report.json").exists()
+    assert unreadable.exit_code == 2, unreadable.output
+    assert re.search(r"could not read 1 of the \d+ item", unreadable.output), unreadable.output
+    assert "broken.png" in unreadable.output
+    assert not (tmp_path / "r2" / "report.json").exists()
 
 
 def test_the_readme_simulate_example_works_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`labelloop serve` and `labelloop simulate digits` from one folder: the server reads the
-    digits below its data folder (here on another port, and with a limit, to keep it short)."""
+    """`labelloop serve --import-root labelloop-simulate` and `labelloop simulate digits` from one
+    folder (here on another port, and with a limit, to keep it short)."""
     from labelloop.demo import free_port, running_server
 
     monkeypatch.chdir(tmp_path)
-    with running_server(tmp_path / "labelloop-data", free_port()) as server:
+    serve = ["--import-root", "labelloop-simulate"]
+    with running_server(tmp_path / "labelloop-data", free_port(), serve) as server:
         result = runner.invoke(
             app,
             [
@@ -222,7 +239,7 @@ def test_the_server_log_has_no_migration_chatter_nor_progress_bars(tmp_path: Pat
         ll.add_items(task["id"], [{"data": f"text number {n}"} for n in range(3)])
         # Text items are read by a worker process, which loads the sentence-embedding model
         # when the embeddings extra is installed (as `make test` installs it).
-        wait_until(lambda: ll.get_task(task["id"])["counts"]["ready"] == 3)
+        wait_until(lambda: ll.get_task(task["id"])["counts"]["ready"] == 3, timeout=300)
     text = log.read_text()
     assert "labelloop serving on" in text
     assert "alembic" not in text

@@ -274,10 +274,9 @@ def simulate(
         Path,
         typer.Option(
             metavar="FOLDER",
-            help="Where 'digits' writes its images (the server must be able to read it: below "
-            "its data folder or an import root).",
+            help="Where 'digits' writes its images (below an import root of the server).",
         ),
-    ] = Path("labelloop-data/simulate-digits"),
+    ] = Path("labelloop-simulate/digits"),
     token: Annotated[
         str | None,
         typer.Option(envvar="LABELLOOP_API_TOKEN", metavar="TOKEN", help="API token."),

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labelloop.client import Client
+from labelloop.client import Client, Forbidden, InvalidRequest, NotFoundError
 from labelloop.errors import InvalidInput
 from labelloop.simulation import Annotator, Step, plot_curve, run_active, run_stream
 
@@ -140,6 +141,12 @@ def simulate(
         except InvalidInput:
             client.delete_task(task["id"])
             raise
+        except (Forbidden, NotFoundError, InvalidRequest) as exc:  # the links are refused
+            client.delete_task(task["id"])
+            raise InvalidInput(
+                f"the server at {url} refused the items ({exc.detail}); nothing was replayed "
+                f"and the task is deleted{_link_hint(ds)}"
+            ) from None
         truth = {it["id"]: [ds.truth[int(it["external_id"])]] for it in added["items"]}
         noise = Annotator(ds.labels, flip_rate, seed) if flip_rate else None
         report: dict[str, Any] = {
@@ -206,16 +213,19 @@ def require_readable(
         if item["status"] == "failed":
             example = f" (for one, {item['data']}: {item['error']})"
             break
-    hint = (
-        ". Items link to files by path: run the server on this machine, with their folder below "
-        "its data folder or an import root (labelloop serve --import-root FOLDER)"
-        if ds.category.startswith("image")
-        else ""
-    )
     raise InvalidInput(
         f"the server at {url} could not read {counts['failed']} of the {counts['items']} "
         "item(s) it was given"
-        f"{example}; nothing was replayed and the task is deleted{hint}"
+        f"{example}; nothing was replayed and the task is deleted{_link_hint(ds)}"
+    )
+
+
+def _link_hint(ds: LabelledSet) -> str:
+    if not ds.category.startswith("image"):
+        return ""
+    return (
+        ". Items link to files by path: run the server on this machine with an import root over "
+        f"their folder (labelloop serve --import-root {os.path.commonpath(ds.data)})"
     )
 
 
