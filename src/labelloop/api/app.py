@@ -18,6 +18,7 @@ from labelloop.api.middleware import BodyLimit
 from labelloop.api.routes import (
     export,
     imports,
+    info,
     items,
     labelling,
     labelstudio,
@@ -28,6 +29,7 @@ from labelloop.api.routes import (
 )
 from labelloop.observability import CONTENT_TYPE_LATEST, Metrics, RequestMetrics
 from labelloop.runtime import Runtime
+from labelloop.web.docs import install_docs
 
 API_PREFIX = "/api/v1"
 LABELSTUDIO_PREFIX = "/labelstudio"
@@ -52,6 +54,8 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
         version=__version__,
         description="Model-assisted labelling that gets better while people label.",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_docs, below
+        redoc_url=None,
     )
     app.state.rt = rt
     metrics = Metrics(rt)
@@ -60,7 +64,7 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics, mounts=("/ui",))
     errors.install(app)
     secured = [Depends(require_token)]
-    modules = [tasks, items, labelling, predictions, models, export, imports]
+    modules = [tasks, items, labelling, predictions, models, export, imports, info]
     if rt.has_jobs and rt.jobs.name == "celery":
         modules.append(workers)  # only a server in cluster mode has cluster workers
     for module in modules:
@@ -71,6 +75,7 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
         dependencies=[Depends(require_backend_token)],
     )
     app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
+    install_docs(app)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

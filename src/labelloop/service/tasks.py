@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
@@ -40,6 +40,13 @@ class TaskCreate(BaseModel):
         if len(set(cleaned)) != len(cleaned):
             raise ValueError("labels must be unique")
         return cleaned
+
+    @model_validator(mode="after")
+    def _hotkeys_name_labels(self) -> TaskCreate:
+        unknown = sorted(set(self.policy.hotkeys) - set(self.labels))
+        if unknown:
+            raise ValueError(f"policy.hotkeys names labels the task does not have: {unknown}")
+        return self
 
 
 def summary(rt: Runtime, task: Task) -> dict[str, Any]:
