@@ -64,7 +64,7 @@ class Policy(BaseModel):
     auto_label: AutoLabelPolicy | None = None
     #: Fixes the task's random choices (the order before the first model, the audits), so a
     #: simulation can be repeated exactly; by default every task draws its own.
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
     def training_due(self, n_labels: int, n_classes: int, last_trained: int | None) -> bool:
         if n_labels < self.min_labels or n_classes < 2:

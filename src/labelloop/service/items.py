@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from labelloop.errors import InvalidInput, NotFound
@@ -13,17 +12,12 @@ from labelloop.loop.features import is_text
 from labelloop.loop.scheduling import featurize_jobs
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
+from labelloop.schemas import ItemCreate
 from labelloop.service.common import enqueue, get_task_row
 from labelloop.store.models import Annotation, Item, Job, Prediction
 
-
-class ItemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    data: str = Field(
-        min_length=1, max_length=1_000_000, description="a data link or, for text tasks, the text"
-    )
-    external_id: str | None = Field(default=None, min_length=1, max_length=512)
+#: One item to add; the shape (and its checks) is :class:`labelloop.schemas.ItemCreate`.
+ItemIn = ItemCreate
 
 
 def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from labelloop.errors import InvalidInput, LabelloopError, NotFound
@@ -13,31 +12,12 @@ from labelloop.loop.labels import same_labels
 from labelloop.loop.scheduling import lock_task, request_training
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
+from labelloop.schemas import AnnotationCreate
 from labelloop.service.common import enqueue, get_task_row
 from labelloop.store.models import Annotation, Item, Job, ModelVersion, Prediction
 
-
-class AnnotationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    item_id: int | None = None
-    external_id: str | None = None
-    labels: list[str] | None = Field(
-        description="the item's labels; null retracts the item's earlier label"
-    )
-    annotator: str | None = Field(default=None, max_length=200)
-    shown_version: int | None = Field(
-        default=None, description="the model version whose pre-label was shown (default: current)"
-    )
-    shown_none: bool = Field(
-        default=False, description="true when no pre-label was shown at all (labelled from scratch)"
-    )
-
-    @model_validator(mode="after")
-    def _one_reference(self) -> AnnotationIn:
-        if (self.item_id is None) == (self.external_id is None):
-            raise ValueError("give exactly one of item_id and external_id")
-        return self
+#: One item's labels; the shape (and its checks) is :class:`labelloop.schemas.AnnotationCreate`.
+AnnotationIn = AnnotationCreate
 
 
 def _validate_labels(spec: TaskSpec, labels: list[str] | None, where: str) -> None:
