@@ -124,7 +124,7 @@ def run_demo(data_dir: Path, limit: int | None, seed: int, console: Console) -> 
             task["id"], [{"data": str(p), "external_id": p.stem} for p, _ in images]
         )
         truth = {p.stem: label for p, label in images}
-        order = [(it["id"], [truth[it["external_id"]]]) for it in added["items"]]
+        order = [(it["id"], [truth[str(it["external_id"])]]) for it in added["items"]]
         random.Random(seed).shuffle(order)
 
         progress = Progress(

@@ -123,7 +123,7 @@ def simulate(
         added = client.add_items(
             task["id"], [{"data": ds.data[i], "external_id": str(i)} for i in order]
         )
-        truth = {it["id"]: [ds.truth[int(it["external_id"])]] for it in added["items"]}
+        truth = {it["id"]: [ds.truth[int(str(it["external_id"]))]] for it in added["items"]}
         noise = Annotator(ds.labels, flip_rate, seed) if flip_rate else None
         report: dict[str, Any] = {
             "dataset": ds.name,
