@@ -65,31 +65,40 @@ def check_text(value: str) -> str:
     return value
 
 
+class TextError(ValueError):
+    """A string (or number) inside free-form JSON that cannot be stored; ``path`` says where."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}" if path else reason)
+        self.path = path
+        self.reason = reason
+
+
 def check_json(value: Any) -> Any:
     """``value`` (parsed JSON) if every string in it, keys included, is valid text and every
-    number is finite; else a ``ValueError`` naming where."""
+    number is finite; else a :class:`TextError` naming where."""
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         where, node = stack.pop()
         if isinstance(node, str):
-            _checked(node, where)
+            _checked(node, where, "")
         elif isinstance(node, float) and not math.isfinite(node):
-            raise ValueError(f"{where or 'a value'}: numbers must be finite (no NaN or Infinity)")
+            raise TextError(where, "numbers must be finite (no NaN or Infinity)")
         elif isinstance(node, Mapping):
             for key, child in node.items():
                 if isinstance(key, str):
-                    _checked(key, f"a key of {where}" if where else "a key")
+                    _checked(key, where, "a key ")
                 stack.append((f"{where}.{key}" if where else str(key), child))
         elif isinstance(node, list | tuple):
             stack.extend((f"{where}[{n}]", child) for n, child in enumerate(node))
     return value
 
 
-def _checked(text: str, where: str) -> None:
+def _checked(text: str, where: str, what: str) -> None:
     try:
         check_text(text)
     except ValueError as exc:
-        raise ValueError(f"{where or 'a value'} {exc}") from None
+        raise TextError(where, f"{what}{exc}") from None
 
 
 def clean_label(value: str) -> str:
@@ -161,11 +170,14 @@ def printable(text: str, limit: int = 200) -> str:
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
+    """``labels[1]``, ``policy.min_labels``: the field, without FastAPI's "body" or "query"."""
+    if loc and loc[0] in _WHERE:
+        loc = loc[1:]
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part not in _WHERE or out:
+        else:
             out += f".{printable(part, 60)}" if out else printable(part, 60)
     return out
 
@@ -194,6 +206,7 @@ def _describe(err: ErrorDetails, field: str) -> str:
         "model_type": "must be an object",
         "model_attributes_type": "must be an object",
         "string_too_short": "must not be empty",
+        "string_unicode": "is not valid text: it holds a lone surrogate (half of a UTF-16 pair)",
         "none_required": "must be null",
     }.get(kind)
     if text is not None:
@@ -218,7 +231,10 @@ def _describe(err: ErrorDetails, field: str) -> str:
     if kind in ("literal_error", "enum"):
         return f"unknown {field or 'value'}; use one of {printable(str(ctx.get('expected', '')))}"
     if kind == "value_error":
-        return printable(str(ctx.get("error", err["msg"])))
+        error = ctx.get("error")
+        if isinstance(error, TextError):
+            return printable(error.reason)
+        return printable(str(error if error is not None else err["msg"]))
     return printable(err["msg"])
 
 
@@ -231,8 +247,12 @@ def explain(errors: Iterable[ErrorDetails], prefix: str = "") -> str:
         loc = tuple(err.get("loc", ()))
         if err["type"] == "missing" and loc == ("body",):
             return "a JSON body is required"
+        error = (err.get("ctx") or {}).get("error")
+        if isinstance(error, TextError) and error.path:
+            loc = (*loc, error.path)
         where = _where((prefix, *loc) if prefix else loc)
-        field = next((p for p in reversed(loc) if isinstance(p, str) and p not in _WHERE), "")
+        inner = loc[1:] if loc and loc[0] in _WHERE else loc
+        field = next((p for p in reversed(inner) if isinstance(p, str)), "")
         reason = _describe(err, field)
         part = f"{where}: {reason}" if where and not reason.startswith(f"no {where}:") else reason
         if part not in parts:
