@@ -122,6 +122,8 @@ def clean_label(value: str) -> str:
 
 def _clean_name(value: str) -> str:
     name = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
     if not name:
         raise ValueError("give a name that is not only spaces")
     return name
