@@ -287,6 +287,19 @@ def _enum_of(name: str) -> Any:
 class TaskCreate(RequestModel):
     """A new task; it starts with no model."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "reviews",
+                    "category": "text-classification",
+                    "labels": ["pos", "neg"],
+                    "policy": {"min_labels": 20, "auto_label": {"target_accuracy": 0.98}},
+                }
+            ]
+        }
+    )
+
     name: Annotated[Text, AfterValidator(_clean_name)] = Field(min_length=1, max_length=200)
     category: Text = Field(
         description="what the items are: image-classification or text-classification",
@@ -310,6 +323,10 @@ class TaskCreate(RequestModel):
 class TaskUpdate(RequestModel):
     """A change to a task: its name, or policy fields (those given replace the current ones, the
     others stay). Labels and category are fixed: a task with other labels is a new task."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"policy": {"min_labels": 30, "selection": "entropy"}}]}
+    )
 
     name: Annotated[Text, AfterValidator(_clean_name)] | None = Field(
         default=None, min_length=1, max_length=200
@@ -336,6 +353,15 @@ class ItemCreate(RequestModel):
 
 
 class ItemsCreate(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"items": [{"data": "/data/img/cat-1.jpg", "external_id": "cat-1"}]},
+                {"items": [{"data": "a fine film", "external_id": "review-7"}]},
+            ]
+        }
+    )
+
     items: list[ItemCreate] = Field(min_length=1)
 
 
@@ -363,6 +389,15 @@ class AnnotationCreate(RequestModel):
 
 
 class AnnotationsCreate(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"annotations": [{"item_id": 1, "labels": ["pos"], "annotator": "ann"}]},
+                {"annotations": [{"external_id": "review-7", "labels": None}]},
+            ]
+        }
+    )
+
     annotations: list[AnnotationCreate] = Field(min_length=1)
 
 

@@ -26,7 +26,7 @@ log = logging.getLogger("labelloop.api")
 
 #: What each error status means, as the OpenAPI schema says it.
 MEANING = {
-    400: "The request cannot be read.",
+    400: "The body cannot be read (not UTF-8 text, or a broken multipart form).",
     401: "No API token, or the wrong one (`WWW-Authenticate` names the scheme).",
     403: "A path outside the server's import roots.",
     404: "No such task, item or model version.",
@@ -99,8 +99,10 @@ def install(app: FastAPI) -> None:
             detail = f"{request.method} is not allowed here; use {' or '.join(allowed)}"
         elif exc.status_code == 404:
             detail = f"nothing at {request.url.path}"
+        elif exc.status_code == 400:  # FastAPI could not parse the body at all
+            detail = "the request body cannot be read: send UTF-8 JSON (or a multipart form)"
         # An unknown path keeps the code "http_error": the pages tell it from "no such task" by it.
-        code = {405: "method_not_allowed", 413: "payload_too_large"}
+        code = {400: "bad_request", 405: "method_not_allowed", 413: "payload_too_large"}
         return error_answer(
             exc.status_code, code.get(exc.status_code, "http_error"), detail, headers
         )

@@ -49,7 +49,7 @@ def folders(
     "/tasks/{task_id}/import/folder",
     status_code=201,
     response_model=FolderImported,
-    responses=responses(401, 403, 404, 413, 422, 503),
+    responses=responses(400, 401, 403, 404, 413, 422, 503),
 )
 def import_folder(task_id: TaskId, body: FolderImport, rt: RuntimeDep) -> dict[str, Any]:
     """Every image of a server folder (below an import root) becomes an item."""
@@ -60,7 +60,7 @@ def import_folder(task_id: TaskId, body: FolderImport, rt: RuntimeDep) -> dict[s
     "/tasks/{task_id}/import/csv",
     status_code=201,
     response_model=CsvImported,
-    responses=responses(401, 404, 413, 422, 503),
+    responses=responses(400, 401, 404, 413, 422, 503),
 )
 def import_csv(
     task_id: TaskId,
@@ -78,7 +78,7 @@ def import_csv(
     "/tasks/{task_id}/uploads",
     status_code=201,
     response_model=UploadsAdded,
-    responses=responses(401, 404, 413, 422, 503),
+    responses=responses(400, 401, 404, 413, 422, 503),
 )
 def upload(
     task_id: TaskId, rt: RuntimeDep, files: Annotated[list[UploadFile], File()]

@@ -18,7 +18,7 @@ router = APIRouter(tags=["annotations"])
     "/tasks/{task_id}/annotations",
     status_code=201,
     response_model=AnnotationsSubmitted,
-    responses=responses(401, 404, 413, 422, 503),
+    responses=responses(400, 401, 404, 413, 422, 503),
 )
 def submit(task_id: TaskId, body: AnnotationsCreate, rt: RuntimeDep) -> dict[str, Any]:
     """Append labels (all or none). Each records the pre-label shown, so edit rates are measured."""

@@ -21,7 +21,7 @@ from labelloop.schemas import (
 router = APIRouter(tags=["label studio"])
 #: Label Studio's own JSON, read by :mod:`labelloop.labelstudio.backend`; checked for valid text.
 Payload = Annotated[Json, Body()]
-CALL = responses(401, 404, 413, 422, 503)
+CALL = responses(400, 401, 404, 413, 422, 503)
 
 
 @router.get("/", response_model=LabelStudioHealth, responses=responses(401))

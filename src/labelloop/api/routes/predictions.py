@@ -27,7 +27,7 @@ def get_prediction(task_id: TaskId, item_id: ItemIdQuery, rt: RuntimeDep) -> dic
 @router.post(
     "/tasks/{task_id}/predict",
     response_model=DataPredictions,
-    responses=responses(401, 404, 413, 422, 503, 504),
+    responses=responses(400, 401, 404, 413, 422, 503, 504),
 )
 def predict(task_id: TaskId, body: PredictRequest, rt: RuntimeDep) -> dict[str, Any]:
     """Pre-labels for data links (or texts) that are not stored as items."""
