@@ -16,6 +16,7 @@ people's words (:func:`explain`), and never echo a Python repr or the offending 
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, NotRequired
@@ -162,13 +163,28 @@ _NOUNS = {
 _WHERE = frozenset({"body", "query", "path", "header", "cookie", "form"})
 
 
+#: A Python object's default repr (``<_io.BytesIO object at 0x7f…>``), which a third-party
+#: library's message may carry: it means nothing to a person.
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def printable(text: str, limit: int = 200) -> str:
-    """``text`` safe to put in a message: no NUL, control or unencodable characters, bounded."""
+    """``text`` safe to put in a message: no NUL, control or unencodable characters, no object
+    reprs, bounded."""
+    text = _OBJECT_REPR.sub("(the data)", text)
     clean = "".join(
         "?" if unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\t\n" else ch
         for ch in text[: limit + 1]
     )
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+def _as_message(text: str) -> str:
+    return printable(text, 4000)
+
+
+#: A message in an answer (an item's or a job's error, an error's detail): printable on the way out.
+Message = Annotated[str, AfterValidator(_as_message)]
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -421,7 +437,7 @@ class ErrorPublic(TypedDict):
     """Every error answer: a stable code, and a message for people."""
 
     error: str
-    detail: str
+    detail: Message
 
 
 class TaskCounts(TypedDict):
@@ -498,7 +514,7 @@ class ItemPublic(TypedDict):
     external_id: str | None
     data: str
     status: Literal["pending", "ready", "failed"]
-    error: str | None
+    error: Message | None
     labels: list[str] | None
     label_source: Literal["human", "model"] | None
     annotations: list[AnnotationPublic]
@@ -529,7 +545,7 @@ class PredictionPublic(TypedDict):
     labels: list[str] | None
     score: float | None
     scores: dict[str, float] | None
-    error: NotRequired[str]
+    error: NotRequired[Message]
 
 
 class DataPrediction(TypedDict):
@@ -537,7 +553,7 @@ class DataPrediction(TypedDict):
     labels: list[str] | None
     score: float | None
     scores: dict[str, float] | None
-    error: NotRequired[str]
+    error: NotRequired[Message]
 
 
 class DataPredictions(TypedDict):
@@ -594,7 +610,7 @@ class JobPublic(TypedDict):
     state: str
     attempts: int
     worker: str | None
-    error: str | None
+    error: Message | None
     result: dict[str, Any] | None
     created_at: str
     finished_at: str | None

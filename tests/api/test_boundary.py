@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+
+from tests.conftest import wait_until
 
 LONE = "\ud800"  # half of a UTF-16 surrogate pair: valid JSON escape, not encodable text
 
@@ -215,7 +218,16 @@ def test_validation_messages_are_in_peoples_words(
 def test_no_python_repr_in_error_messages(app_client: TestClient) -> None:
     c = app_client
     t = make_task(c)
+    item = c.post(f"/api/v1/tasks/{t}/items", json={"items": [{"data": "x"}]}).json()["items"][0]
     answers = [
+        c.post(
+            f"/api/v1/tasks/{t}/annotations",
+            json={"annotations": [{"item_id": item["id"], "labels": ["zebra"]}]},
+        ),
+        c.post(
+            f"/api/v1/tasks/{t}/annotations",
+            json={"annotations": [{"external_id": "nope", "labels": ["a"]}]},
+        ),
         c.post("/api/v1/tasks", content=b"[1, 2", headers={"content-type": "application/json"}),
         c.post("/api/v1/tasks", content=b"", headers={"content-type": "application/json"}),
         c.post("/api/v1/tasks", json=[1, 2]),
@@ -245,3 +257,20 @@ def test_label_studio_payloads_are_checked_for_text(app_client: TestClient) -> N
     )
     refused(r, 422, "schema")
     assert app_client.get("/api/v1/tasks").json() == []
+
+
+def test_no_python_repr_in_an_items_error(app_client: TestClient, image_root: Path) -> None:
+    """A file that is no image: the decoder's message named ``<_io.BytesIO object at 0x…>``."""
+    c = app_client
+    fake = image_root / "fake.png"
+    fake.write_bytes(b"this is not an image at all")
+    t = c.post(
+        "/api/v1/tasks",
+        json={"name": "img", "category": "image-classification", "labels": ["a", "b"]},
+    ).json()["id"]
+    item = c.post(f"/api/v1/tasks/{t}/items", json={"items": [{"data": str(fake)}]}).json()
+    item_id = item["items"][0]["id"]
+    wait_until(lambda: c.get(f"/api/v1/tasks/{t}/items/{item_id}").json()["status"] != "pending")
+    got = c.get(f"/api/v1/tasks/{t}/items/{item_id}").json()
+    assert got["status"] == "failed" and got["error"], got
+    assert not re.search(r"object at 0x", got["error"]), got["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -20,13 +21,19 @@ from labelloop.store.models import Annotation, Item, Job, ModelVersion, Predicti
 AnnotationIn = AnnotationCreate
 
 
+def _quoted(labels: Sequence[str]) -> str:
+    """Labels as people write them: ``"cat", "dog"`` (not a Python list)."""
+    return ", ".join(f'"{label}"' for label in labels)
+
+
 def _validate_labels(spec: TaskSpec, labels: list[str] | None, where: str) -> None:
     if labels is None:
         return
     unknown = [label for label in labels if label not in spec.labels]
     if unknown:
         raise InvalidInput(
-            f"{where}: unknown label(s) {unknown}; the task's labels are {list(spec.labels)}"
+            f"{where}: unknown label(s) {_quoted(unknown)}; "
+            f"the task's labels are {_quoted(spec.labels)}"
         )
     if len(set(labels)) != len(labels):
         raise InvalidInput(f"{where}: a label repeats")
@@ -102,7 +109,7 @@ def submit(rt: Runtime, task_id: int, annotations: list[AnnotationIn]) -> dict[s
             assert a.external_id is not None
             if a.external_id not in by_ext:
                 raise NotFound(
-                    f"{where}: task {task_id} has no item with external_id {a.external_id!r}"
+                    f'{where}: task {task_id} has no item with external_id "{a.external_id}"'
                 )
             resolved.append(by_ext[a.external_id])
         _validate_labels(spec, a.labels, where)
