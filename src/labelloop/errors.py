@@ -19,7 +19,8 @@ both.
     │   ├── Conflict ·········· 409  contradicts the current state
     │   └── NoModel ··········· 409  needs a served model; the task has none yet
     ├── FetchError ············ 422  a data link cannot be read, is too big or cannot be decoded
-    │   └── ForbiddenPath ····· 403  a local path outside the import roots
+    │   ├── ForbiddenPath ····· 403  a local path outside the import roots
+    │   └── ForbiddenAddress ·· 403  an http(s) link to a non-public address
     ├── ServiceError                 a dependency is not answering: retrying later may work
     │   ├── Unavailable ······· 503  broker, workers or database away
     │   └── Timeout ··········· 504  no worker answered in time
@@ -148,6 +149,13 @@ class ForbiddenPath(FetchError):
 
     status_code = 403
     code = "forbidden_path"
+
+
+class ForbiddenAddress(FetchError):
+    """An http(s) link to a loopback, private, link-local or other non-public address."""
+
+    status_code = 403
+    code = "forbidden_address"
 
 
 # -- the services labelloop depends on --------------------------------------------------------

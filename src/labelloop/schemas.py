@@ -39,6 +39,8 @@ from labelloop.loop.policy import Policy
 MAX_ID = 2**31 - 1
 #: Longest label, in characters after normalisation.
 MAX_LABEL_CHARS = 200
+#: The most characters an item's data holds (a link, or a whole text).
+MAX_ITEM_DATA_CHARS = 1_000_000
 
 # -- text at the boundary ---------------------------------------------------------------------
 
@@ -55,7 +57,7 @@ _INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co", "Cn
 def check_text(value: str) -> str:
     """``value`` if it is text every store and encoder takes; else a ``ValueError`` saying why."""
     if "\x00" in value:
-        raise ValueError("holds a NUL character, which cannot be stored")
+        raise ValueError("holds a NUL character (control characters such as NUL cannot be stored)")
     if not value.isascii():
         try:
             value.encode("utf-8")
@@ -363,7 +365,9 @@ class ItemCreate(RequestModel):
     """One item: a data link or, for text tasks, the text itself."""
 
     data: Text = Field(
-        min_length=1, max_length=1_000_000, description="a data link or, for text tasks, the text"
+        min_length=1,
+        max_length=MAX_ITEM_DATA_CHARS,
+        description="a data link or, for text tasks, the text",
     )
     external_id: Text | None = Field(default=None, min_length=1, max_length=512)
 

@@ -15,15 +15,15 @@ import pytest
 from labelloop import client, schemas
 from labelloop.api.app import create_app
 from labelloop.config import Settings
+from labelloop.fetch import IMAGE_FORMATS
 from labelloop.runtime import Runtime
 
 #: Answers that are not JSON, with the media types they document.
 NOT_JSON = {
     ("get", "/api/v1/tasks/{task_id}/export"): {"application/x-ndjson", "text/csv"},
     ("get", "/api/v1/tasks/{task_id}/items/{item_id}/content"): {
-        "image/*",
+        *IMAGE_FORMATS.values(),
         "text/plain",
-        "application/octet-stream",
     },
     ("get", "/metrics"): {"text/plain; version=1.0.0; charset=utf-8"},
 }

@@ -28,7 +28,7 @@ log = logging.getLogger("labelloop.api")
 MEANING = {
     400: "The body cannot be read (not UTF-8 text, or a broken multipart form).",
     401: "No API token, or the wrong one (`WWW-Authenticate` names the scheme).",
-    403: "A path outside the server's import roots.",
+    403: "A data link the server may not read (outside the import roots, a non-public address).",
     404: "No such task, item or model version.",
     405: "The path exists but not with this method (`Allow` lists the methods it has).",
     409: "The request contradicts the current state (no model yet, a version not ready).",

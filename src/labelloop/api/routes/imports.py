@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from labelloop import imports
 from labelloop.api.deps import ItemId, RuntimeDep, TaskId
 from labelloop.api.errors import responses
+from labelloop.fetch import IMAGE_FORMATS
 from labelloop.schemas import (
     CsvImported,
     FolderImport,
@@ -23,10 +24,10 @@ router = APIRouter(tags=["import"])
 #: Not JSON: the item's bytes under their own media type.
 CONTENT: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "An image (its own type), text (`text/plain`) or `application/octet-stream`.",
+        "description": "The item's image, with its type; for a text task, its text.",
         "content": {
             media: {"schema": {"type": "string", "format": "binary"}}
-            for media in ("image/*", "text/plain", "application/octet-stream")
+            for media in [*sorted(set(IMAGE_FORMATS.values())), "text/plain"]
         },
     }
 }

@@ -18,7 +18,7 @@ router = APIRouter(tags=["items"])
     "/tasks/{task_id}/items",
     status_code=201,
     response_model=ItemsAdded,
-    responses=responses(400, 401, 404, 413, 422, 503),
+    responses=responses(400, 401, 403, 404, 413, 422, 503),
 )
 def add_items(task_id: TaskId, body: ItemsCreate, rt: RuntimeDep) -> dict[str, Any]:
     """Add items in bulk; an item whose ``external_id`` is already stored is not added twice."""
