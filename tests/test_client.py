@@ -24,6 +24,9 @@ def test_every_endpoint(
         tid = task["id"]
         assert task["served_version"] is None and task["counts"]["items"] == 0
         assert [t["id"] for t in ll.list_tasks()] == [tid]
+        patched = ll.update_task(tid, name="digits!", policy={"growth": 0.2})
+        assert patched["name"] == "digits!" and patched["policy"]["growth"] == 0.2
+        assert patched["policy"]["min_labels"] == 10 and patched["auto_label"] is None
 
         assert ll.import_folders()["roots"] == [str(image_root.resolve())]
         assert ll.import_folders(str(image_root))["images"] == len(digit_files)
