@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -26,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from labelloop.client import Client
+from labelloop.schemas import TaskMetrics
 from labelloop.simulation import Step, StreamResult, run_stream
 
 
@@ -148,7 +148,7 @@ def run_demo(
             task["id"], [{"data": str(p), "external_id": p.stem} for p, _ in images]
         )
         truth = {p.stem: label for p, label in images}
-        order = [(it["id"], [truth[it["external_id"]]]) for it in added["items"]]
+        order = [(it["id"], [truth[str(it["external_id"])]]) for it in added["items"]]
         random.Random(seed).shuffle(order)
         result = _label_with_progress(client, task["id"], order, console)
         metrics = client.metrics(task["id"])
@@ -212,7 +212,7 @@ def _label_with_progress(
         return run_stream(client, task_id, order, on_step)
 
 
-def _summary_table(result: StreamResult, metrics: dict[str, Any]) -> Table:
+def _summary_table(result: StreamResult, metrics: TaskMetrics) -> Table:
     table = Table(title="labelloop demo: digits, random order, true-label annotator")
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labelloop.client import Client, Forbidden, InvalidRequest, NotFoundError
+from labelloop.client import Client, ForbiddenError, InvalidRequestError, NotFoundError
 from labelloop.errors import InvalidInput
 from labelloop.simulation import Annotator, Step, plot_curve, run_active, run_stream
 
@@ -141,13 +141,13 @@ def simulate(
         except InvalidInput:
             client.delete_task(task["id"])
             raise
-        except (Forbidden, NotFoundError, InvalidRequest) as exc:  # the links are refused
+        except (ForbiddenError, NotFoundError, InvalidRequestError) as exc:  # the links are refused
             client.delete_task(task["id"])
             raise InvalidInput(
                 f"the server at {url} refused the items ({exc.detail}); nothing was replayed "
                 f"and the task is deleted{_link_hint(ds)}"
             ) from None
-        truth = {it["id"]: [ds.truth[int(it["external_id"])]] for it in added["items"]}
+        truth = {it["id"]: [ds.truth[int(str(it["external_id"]))]] for it in added["items"]}
         noise = Annotator(ds.labels, flip_rate, seed) if flip_rate else None
         report: dict[str, Any] = {
             "dataset": ds.name,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from labelloop.client import Client, InvalidRequest
+from labelloop.client import Client, InvalidRequestError
 from tests.conftest import wait_until
 from tests.web.conftest import ARTIFACTS, on_screen, wait_for_next
 
@@ -81,11 +81,11 @@ def test_keys_pick_labels_by_name_by_position_or_by_the_tasks_hotkeys(
             ll, "animals, own keys", ["cat", "dog", "bird"], ["x", "y", "z"],
             hotkeys={"cat": "c", "dog": "d"},
         )  # fmt: skip
-        with pytest.raises(InvalidRequest, match="hotkeys"):
+        with pytest.raises(InvalidRequestError, match="hotkeys"):
             ll.create_task(
                 "bad keys", "text-classification", ["a", "b"], policy={"hotkeys": {"c": "x"}}
             )
-        with pytest.raises(InvalidRequest, match="hotkey"):
+        with pytest.raises(InvalidRequestError, match="hotkey"):
             ll.create_task(
                 "bad keys", "text-classification", ["a", "b"], policy={"hotkeys": {"a": "xy"}}
             )

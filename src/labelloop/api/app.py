@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
 
 from labelloop import __version__
 from labelloop.api import errors
@@ -29,6 +30,8 @@ from labelloop.api.routes import (
 )
 from labelloop.observability import CONTENT_TYPE_LATEST, Metrics, RequestMetrics
 from labelloop.runtime import Runtime
+from labelloop.schemas import Health
+from labelloop.store.db import translate_db_errors
 from labelloop.web.docs import install_docs
 
 API_PREFIX = "/api/v1"
@@ -82,20 +85,29 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
         """The dashboard is the front page."""
         return RedirectResponse("/ui/")
 
-    @app.get("/metrics", tags=["health"], dependencies=secured)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=secured,
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus' text exposition format.",
+                "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            },
+            **errors.responses(401),
+        },
+    )
     def prometheus() -> Response:
         """Prometheus metrics: requests, latencies, jobs, queue depth, training, edit rates."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/health", tags=["health"])
-    def health() -> dict[str, Any]:
-        from sqlalchemy import text
-
-        from labelloop.store.db import translate_db_errors
-
+    @app.get("/health", tags=["health"], response_model=Health, responses=errors.responses(503))
+    def health() -> Health:
+        """The store answers; the job backend's status."""
         with translate_db_errors(), rt.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        jobs = rt.jobs.status() if rt.has_jobs else {"backend": None}
+        jobs: dict[str, Any] = rt.jobs.status() if rt.has_jobs else {"backend": None}
         return {"status": "ok", "version": __version__, "jobs": jobs}
 
     return app

@@ -64,7 +64,7 @@ class Policy(BaseModel):
     auto_label: AutoLabelPolicy | None = None
     #: Fixes the task's random choices (the order before the first model, the audits), so a
     #: simulation can be repeated exactly; by default every task draws its own.
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     #: The labelling page's keys, label -> one character (by default the label itself when every
     #: label is one character, else positions 1-9, 0).
     hotkeys: dict[str, str] = Field(default_factory=dict)

@@ -6,30 +6,14 @@ have (the cluster's workers and machines).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Request
 
 from labelloop import __version__
-from labelloop.api.deps import runtime
-from labelloop.runtime import Runtime
+from labelloop.api.deps import RuntimeDep
+from labelloop.api.errors import responses
+from labelloop.schemas import ServerInfo
 
 router = APIRouter(tags=["health"])
-Rt = Annotated[Runtime, Depends(runtime)]
-
-
-class ServerInfo(BaseModel):
-    version: str
-    mode: Literal["embedded", "cluster"] = Field(
-        description="embedded: jobs run in this server's own worker processes; "
-        "cluster: on Celery workers"
-    )
-    jobs: str | None = Field(description="the job backend (local, celery), null when none")
-    endpoints: dict[str, bool] = Field(
-        description="optional endpoints, by name: whether this server has them "
-        "(cluster_workers, cluster_machines)"
-    )
 
 
 OPTIONAL = {
@@ -38,14 +22,14 @@ OPTIONAL = {
 }
 
 
-@router.get("/info", response_model=ServerInfo)
-def server_info(request: Request, rt: Rt) -> ServerInfo:
+@router.get("/info", response_model=ServerInfo, responses=responses(401))
+def server_info(request: Request, rt: RuntimeDep) -> ServerInfo:
     """The server's version and mode, and which optional endpoints it has."""
     paths = request.app.openapi().get("paths", {})
     backend = rt.jobs.name if rt.has_jobs else None
-    return ServerInfo(
-        version=__version__,
-        mode="cluster" if backend == "celery" else "embedded",
-        jobs=backend,
-        endpoints={name: path in paths for name, path in OPTIONAL.items()},
-    )
+    return {
+        "version": __version__,
+        "mode": "cluster" if backend == "celery" else "embedded",
+        "jobs": backend,
+        "endpoints": {name: path in paths for name, path in OPTIONAL.items()},
+    }
