@@ -41,8 +41,11 @@ def friendly(func: F) -> F:
 
 
 def setup_logging(level: str) -> None:
+    from labelloop.observability import quiet_libraries  # the store's models: not for --help
+
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    quiet_libraries(level)
