@@ -42,7 +42,12 @@ def test_help_shows_placeholders_and_defaults_a_person_reads() -> None:
 
 
 def test_bad_settings_give_a_message_not_a_traceback(tmp_path: Path) -> None:
-    env = {**os.environ, "LABELLOOP_ENVIRONMENT": "production", "LABELLOOP_DATA_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "LABELLOOP_ENVIRONMENT": "production",
+        "LABELLOOP_DATA_DIR": str(tmp_path),
+        "LABELLOOP_CLUSTER_TOKEN": "dev-cluster-token",  # the development default: refused
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "labelloop", "serve", "--port", "1"],
         env=env,

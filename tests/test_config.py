@@ -30,7 +30,12 @@ def test_import_roots_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 def test_production_refuses_default_secrets(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="LABELLOOP_CLUSTER_TOKEN"):
-        load_settings(environment="production", data_dir=tmp_path)
+        load_settings(
+            environment="production", cluster_token="dev-cluster-token", data_dir=tmp_path
+        )
+    # Workers and services need no cluster token (the agent gives them none); the commands that
+    # need it refuse to run without one in production (tests/cluster/test_security.py).
+    assert load_settings(environment="production", data_dir=tmp_path).cluster_token is None
     with pytest.raises(ConfigError, match="guest"):
         load_settings(environment="production", cluster_token="s3cret-token-xyz", jobs="celery")
     ok = load_settings(

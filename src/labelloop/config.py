@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     jobs: Literal["local", "celery"] = "local"
     local_workers: int = Field(default=2, ge=1, le=64)
     broker_url: str = DEFAULT_BROKER_URL
+    #: CA file an ``amqps://`` broker's certificate chain is verified by; None: the system's CAs.
+    broker_ca: Path | None = None
     result_backend: str = "rpc://"
     predict_timeout_s: float = Field(default=10.0, gt=0)
     #: Cluster mode: a predict request of at least twice this many items is split into chunks
@@ -60,7 +62,9 @@ class Settings(BaseSettings):
     model_cache_bytes: int = Field(default=512 * MiB, gt=0)
 
     api_token: SecretStr | None = None
-    cluster_token: SecretStr = SecretStr(DEFAULT_CLUSTER_TOKEN)
+    #: Only the agent, the coordinator and ``labelloop cluster`` need it (labelloop.cluster.security
+    #: reads it, or LABELLOOP_CLUSTER_TOKEN_FILE); workers and services run without it.
+    cluster_token: SecretStr | None = None
     labelstudio_url: str | None = None
     labelstudio_token: SecretStr | None = None
 
@@ -104,7 +108,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         if self.environment != "development":
-            if self.cluster_token.get_secret_value() == DEFAULT_CLUSTER_TOKEN:
+            token = self.cluster_token
+            if token is not None and token.get_secret_value() == DEFAULT_CLUSTER_TOKEN:
                 raise ValueError(
                     "LABELLOOP_CLUSTER_TOKEN is the development default; set a secret of your own"
                 )

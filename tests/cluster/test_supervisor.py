@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from labelloop.cluster.supervisor import ProcessSpec, Supervisor, backoff
+from labelloop.cluster.supervisor import START_MARK, ProcessSpec, Supervisor, backoff
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -94,8 +94,13 @@ def test_crashing_process_backs_off_exponentially(tmp_path: Path) -> None:
     try:
         sup.ensure(spec(tmp_path, "crasher", crash))
         log = tmp_path / "crasher.log"
-        assert wait_for(lambda: log.exists() and len(log.read_text().split()) >= 3, timeout=10)
-        starts = [float(x) for x in log.read_text().split()]
+
+        def printed() -> list[str]:  # the process's own lines, not the supervisor's start marks
+            text = log.read_text() if log.exists() else ""
+            return [x for x in text.splitlines() if not x.startswith(START_MARK)]
+
+        assert wait_for(lambda: len(printed()) >= 3, timeout=10)
+        starts = [float(x) for x in printed()]
         gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert gaps[0] >= 0.9 and gaps[1] >= 1.9  # 1 s, then 2 s
     finally:
@@ -119,3 +124,36 @@ def test_stop_all_ends_children_too(tmp_path: Path) -> None:
     assert parent_pid is not None and not alive(parent_pid)
     assert wait_for(lambda: not alive(child), timeout=5)
     assert sup.status() == []
+
+
+def test_status_tells_a_crash_loop_with_its_log(tmp_path: Path) -> None:
+    sup = Supervisor(poll_s=0.05, scrub=lambda line: line.replace("hunter2", "***"))
+    crash = [sys.executable, "-c", "import sys; print('boom: bad setting hunter2'); sys.exit(3)"]
+    try:
+        sup.ensure(spec(tmp_path, "crasher", crash))
+        assert wait_for(lambda: sup.status()[0].state == "crash-looping", timeout=15)
+        [status] = sup.status()
+        assert not status.alive and status.last_exit_code == 3
+        assert status.recent_restarts >= 2 and status.log_file == str(tmp_path / "crasher.log")
+        assert status.log_tail == ["boom: bad setting ***"]  # the latest run only, scrubbed
+    finally:
+        sup.stop_all()
+
+
+def test_a_killed_process_shows_its_exit_then_runs_again(tmp_path: Path) -> None:
+    sup = Supervisor(poll_s=0.05)
+    try:
+        sup.ensure(spec(tmp_path))
+        [status] = sup.status()
+        assert status.state == "running" and status.uptime_s is not None
+        assert status.last_exit_code is None and status.log_tail == []
+        first = sup.pid("w1")
+        assert first is not None
+        os.kill(first, 9)
+        assert wait_for(lambda: sup.status()[0].state == "restarting", timeout=5)
+        assert not sup.status()[0].alive and sup.status()[0].pid is None
+        assert wait_for(lambda: sup.status()[0].state == "running", timeout=5)
+        [status] = sup.status()
+        assert status.alive and status.last_exit_code == -9 and status.recent_restarts == 1
+    finally:
+        sup.stop_all()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -155,7 +156,19 @@ def make_app(settings: Settings, *, worker: bool = True, confirm: bool = True) -
         broker_pool_limit=50,
         worker_consumer=f"{__name__}:LabelloopConsumer",
     )
+    if settings.broker_url.startswith("amqps://"):
+        app.conf.broker_use_ssl = broker_tls(settings)
     return app
+
+
+def broker_tls(settings: Settings) -> dict[str, Any]:
+    """TLS to an ``amqps://`` broker: its certificate chain verified by ``LABELLOOP_BROKER_CA``
+    (else the system's CAs). Host names are not checked: kombu keeps one TLS setting for every
+    failover URL, so use a CA of the cluster's own (docs/DEPLOY.md)."""
+    options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
+    if settings.broker_ca is not None:
+        options["ca_certs"] = str(settings.broker_ca)
+    return options
 
 
 class WorkerState:

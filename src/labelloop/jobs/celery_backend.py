@@ -81,7 +81,8 @@ class CeleryJobs(JobBackend):
         self.app = app if app is not None else make_app(rt.settings, worker=False)
         # A worker waits for the broker when publishing follow-ups; the API must not block.
         self.patient = patient
-        self.broker = maybe_sanitize_url(rt.settings.broker_url)
+        # Every failover URL without its password (kombu's sanitiser masks only the first).
+        self.broker = ";".join(maybe_sanitize_url(u) for u in rt.settings.broker_url.split(";"))
         self._queues: dict[str, Queue] = {q.name: q for q in self.app.conf.task_queues}
         self._unsent: dict[int, str] = {}
         self._lock = threading.Lock()
