@@ -10,16 +10,9 @@ from sqlalchemy import text
 
 from labelloop.config import Settings
 from labelloop.errors import InvalidInput
-from labelloop.jobs.celery_app import (
-    JOB_TASKS,
-    ROLE_DEFAULTS,
-    WorkerState,
-    make_app,
-    register_tasks,
-    run_worker,
-    soft_limit,
-)
+from labelloop.jobs.celery_app import JOB_TASKS, ROLE_DEFAULTS, make_app, soft_limit
 from labelloop.jobs.celery_backend import CeleryJobs
+from labelloop.jobs.celery_worker import WorkerState, register_tasks, run_worker
 
 
 def test_roles_and_their_defaults() -> None:

@@ -22,17 +22,19 @@ from typing import Any
 from sqlalchemy import select
 
 from labelloop.config import Settings
-from labelloop.jobs.base import JobBackend
+from labelloop.errors import Unavailable
+from labelloop.jobs.base import DataPrediction, ItemPredictions, JobBackend
+from labelloop.jobs.state import ACTIVE_JOB_STATES
 from labelloop.loop import prediction
-from labelloop.loop.prediction import DataPrediction, ItemPredictions
+from labelloop.loop.executor import KINDS, execute
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
-from labelloop.store.models import ACTIVE_JOB_STATES, Job
+from labelloop.store.models import Job
 
 log = logging.getLogger(__name__)
 
-#: Lower runs first: a model update should not wait behind a backlog of featurization.
-PRIORITY = {"train": 0, "predict": 1, "autolabel": 1, "featurize": 2}
+#: How long a job waits to run again when the store did not answer.
+RETRY_AFTER_S = 2.0
 
 _WORKER_RT: Runtime | None = None
 
@@ -46,10 +48,6 @@ def _init_worker(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s",
     )
     _WORKER_RT = Runtime(settings)
-    import sklearn.neighbors
-    import sklearn.svm  # noqa: F401
-
-    import labelloop.loop.executor  # noqa: F401
 
 
 _THREAD_RT = threading.local()
@@ -60,8 +58,6 @@ def _init_thread_worker(rt: Runtime) -> None:
 
 
 def _run(job_id: int) -> list[int]:
-    from labelloop.loop.executor import execute
-
     rt = getattr(_THREAD_RT, "rt", None) or _WORKER_RT
     assert rt is not None
     return execute(rt, job_id)
@@ -133,7 +129,8 @@ class LocalJobs(JobBackend):
             kinds = dict(s.execute(select(Job.id, Job.kind).where(Job.id.in_(ids))).all())
         for job_id in ids:
             if job_id in kinds:
-                self._queue.put((PRIORITY.get(kinds[job_id], 9), next(self._seq), job_id))
+                kind = KINDS.get(kinds[job_id])
+                self._queue.put((kind.priority if kind else 9, next(self._seq), job_id))
 
     def _dispatch(self) -> None:
         """Hand jobs to the pool by priority, never more than there are workers.
@@ -174,8 +171,17 @@ class LocalJobs(JobBackend):
                 if self._pool is not None and not self._stopping:
                     self._pool = self._new_pool()
             self.enqueue([job_id])
+        except Unavailable as exc:
+            # Nothing could be recorded: the job stays as it is and runs again shortly.
+            log.warning(
+                "job %s: %s; running it again in %.0f s", job_id, exc.message, RETRY_AFTER_S
+            )
+            timer = threading.Timer(RETRY_AFTER_S, self.enqueue, args=([job_id],))
+            timer.daemon = True
+            timer.start()
         except Exception:
-            log.exception("job %s failed", job_id)
+            # execute() records every failure of the job itself; this is a failure to record it.
+            log.exception("job %s failed and could not be recorded", job_id)
 
     def predict_data(
         self, spec: TaskSpec, version: int, data: Sequence[str]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 
-from labelloop.errors import NoModel, NotFound
+from labelloop.errors import LabelloopError, NoModel, NotFound
 from labelloop.fetch import Content
-from labelloop.learners import Learner, learner_by_name
+from labelloop.jobs.base import DataPrediction, ItemPredictions
+from labelloop.jobs.state import claim, finish, is_finished
+from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.loop.cache import folder_bytes
-from labelloop.loop.features import ItemRef, featurize, featurize_contents
+from labelloop.loop.features import ItemRef, featurize, featurize_contents, read_content
 from labelloop.loop.labels import decide, top_score
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
@@ -27,8 +30,6 @@ def load_model(rt: Runtime, task_id: int, version: int) -> Learner:
         folder = rt.folder(task_id).version_dir(version) / "model"
         if not folder.is_dir():
             raise NotFound(f"task {task_id} has no model version {version} on disk")
-        import json
-
         meta = json.loads((folder / "learner.json").read_text())
         learner = learner_by_name(meta["learner"]).load(folder)
         return learner, max(folder_bytes(folder) * 3, 1)
@@ -131,7 +132,7 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
     """Re-predict a batch of unlabelled items with a newly promoted version (idempotent)."""
     with rt.session() as s:
         job = s.get(Job, job_id)
-        if job is None or job.state in ("done", "failed"):
+        if job is None or is_finished(job):
             return []
         task = s.get(Task, job.task_id)
         if task is None:
@@ -139,9 +140,10 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
         version = int(job.payload["version"])
         if task.served_version != version:
             # A newer promotion (or a rollback) superseded this batch; its own batches follow.
-            job.state, job.finished_at, job.result = "done", utcnow(), {"skipped": "superseded"}
+            finish(job, {"skipped": "superseded"})
             return []
-        job.state, job.attempts, job.started_at = "running", job.attempts + 1, utcnow()
+        if not claim(job):
+            return []
         spec = TaskSpec.of(task)
         refs = [
             ItemRef(i.id, i.data, i.content_hash)
@@ -157,8 +159,7 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
             return []
         if task.served_version == version:
             upsert_predictions(s, rows)
-        job.state, job.finished_at = "done", utcnow()
-        job.result = {"predicted": len(rows), "failed": len(scored.failed)}
+        finish(job, {"predicted": len(rows), "failed": len(scored.failed)})
     return []
 
 
@@ -168,30 +169,10 @@ def require_served(spec: TaskSpec) -> int:
     return spec.served_version
 
 
-@dataclass
-class DataPrediction:
-    """The answer for one data link: labels with scores, or the reason it could not be read."""
-
-    labels: list[str] | None = None
-    scores: list[float] | None = None
-    score: float | None = None
-    error: str | None = None
-
-
-@dataclass
-class ItemPredictions:
-    version: int
-    rows: list[dict[str, object]]
-    failed: dict[int, str]
-
-
 def predict_data(
     rt: Runtime, spec: TaskSpec, version: int, data: Sequence[str]
 ) -> list[DataPrediction]:
     """Scores for data links or texts; a link that fails gets its reason, the others go on."""
-    from labelloop.errors import LabelloopError
-    from labelloop.loop.features import read_content
-
     out: list[DataPrediction] = [DataPrediction() for _ in data]
     contents: list[Content] = []
     where: list[int] = []
@@ -204,8 +185,6 @@ def predict_data(
     if not contents:
         return out
     model = load_model(rt, spec.id, version)
-    from labelloop.learners.base import Features
-
     try:
         feats = featurize_contents(model, contents)
         good = where

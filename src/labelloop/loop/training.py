@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy import func, select, update
 
 from labelloop.errors import LabelloopError
+from labelloop.jobs.state import claim, fail, finish, is_finished
 from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.loop import autolabel, evaluation
 from labelloop.loop.features import ItemRef, featurize
@@ -27,13 +28,11 @@ from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
 from labelloop.loop.selection import graph_degrees
 from labelloop.loop.spec import TaskSpec
-from labelloop.runtime import Runtime, worker_identity
+from labelloop.runtime import Runtime
 from labelloop.store.models import AuditPick, Item, Job, ModelVersion, Task, utcnow
 from labelloop.store.upsert import upsert_predictions
 
 log = logging.getLogger(__name__)
-
-MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -55,17 +54,13 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
     """Mark the job running and read what it needs; a list means "nothing to do, enqueue these"."""
     with rt.session() as s:
         job = s.get(Job, job_id)
-        if job is None or job.state in ("done", "failed"):
+        if job is None or is_finished(job):
             return []
         task = s.get(Task, job.task_id)
         if task is None:
             return []
-        if job.attempts >= MAX_ATTEMPTS:
-            job.state, job.finished_at = "failed", utcnow()
-            job.error = f"gave up after {job.attempts} attempts"
+        if not claim(job):  # out of attempts: failed with the reason
             return [j.id for j in after_training(s, task)]
-        job.state, job.attempts = "running", job.attempts + 1
-        job.started_at, job.worker = utcnow(), worker_identity()
         revision = int(job.payload["revision"])
         at = labelled_at(s, task.id, revision)
         labels = {i: ls for i, (ls, _) in at.items()}
@@ -126,9 +121,8 @@ def _fail(rt: Runtime, job_id: int, reason: str) -> list[int]:
         shutil.rmtree(rt.folder(job_task).checkpoint_dir(f"job-{job_id}"), ignore_errors=True)
     with rt.session() as s:
         job = s.get(Job, job_id)
-        if job is None or job.state in ("done", "failed"):
+        if job is None or not fail(job, reason):
             return []
-        job.state, job.error, job.finished_at = "failed", reason, utcnow()
         mv = s.scalar(select(ModelVersion).where(ModelVersion.job_key == job.key))
         if mv is not None and mv.status == "building":
             mv.status = "failed"
@@ -366,7 +360,7 @@ def _finish(
         task = s.get(Task, spec.id)
         if job is None or task is None:
             return []
-        if job.state in ("done", "failed"):
+        if is_finished(job):
             return []  # a duplicate delivery finished first
         mv = s.scalar(select(ModelVersion).where(ModelVersion.job_key == job.key))
         assert mv is not None
@@ -421,7 +415,6 @@ def _finish(
             known = set(ok_ids)
             late = [i for i in unlabelled_item_ids(s, spec.id) if i not in known]
             follow += repredict_jobs(s, task, mv.version, late)
-        job.state, job.finished_at = "done", utcnow()
-        job.result = {"version": mv.version, "promoted": promoted, "reason": reason}
+        finish(job, {"version": mv.version, "promoted": promoted, "reason": reason})
         follow += after_training(s, task)
         return [j.id for j in follow]
