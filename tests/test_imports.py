@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 
 def new_task(c: TestClient, category: str, labels: list[str]) -> int:

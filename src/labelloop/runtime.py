@@ -17,11 +17,12 @@ from sqlalchemy.orm import Session
 
 from labelloop.config import Settings
 from labelloop.datastore import TaskFolder
+from labelloop.loop.cache import ModelCache
 from labelloop.store.db import make_engine, make_sessionmaker, migrate, translate_db_errors
 
 if TYPE_CHECKING:
+    # Only a type: the backends import the runtime.
     from labelloop.jobs.base import JobBackend
-    from labelloop.loop.cache import ModelCache
 
 
 _depth = threading.local()
@@ -84,8 +85,6 @@ class Runtime:
     def models(self) -> ModelCache:
         with self._lock:
             if self._models is None:
-                from labelloop.loop.cache import ModelCache
-
                 self._models = ModelCache(self.settings.model_cache_bytes)
             return self._models
 

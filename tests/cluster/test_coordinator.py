@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +42,7 @@ from labelloop.cluster.protocol import (
 )
 from labelloop.demo import free_port
 from labelloop.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
+from tests.support import wait_until
 
 TOKEN = "test-cluster-token-0123456789"
 COOKIE = "SECRETCOOKIEABCDEFGH"
@@ -56,11 +56,8 @@ def serve_app(app: FastAPI, host: str) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"fake server on {host} did not start")
-        time.sleep(0.02)
+    wait_until(lambda: server.started or not thread.is_alive(), 20, f"fake server on {host}")
+    assert thread.is_alive(), f"fake server on {host} exited while starting"
     try:
         yield f"http://{host}:{port}"
     finally:

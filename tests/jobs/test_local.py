@@ -13,7 +13,7 @@ from labelloop.config import Settings
 from labelloop.jobs.local import LocalJobs
 from labelloop.runtime import Runtime
 from labelloop.store.models import Job
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 
 def test_training_runs_in_worker_processes(

@@ -9,10 +9,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labelloop.learners.base import Learner
+if TYPE_CHECKING:
+    # Only a type here: the runtime (and every light process with it) imports this module, and
+    # the learners package imports scikit-learn.
+    from labelloop.learners.base import Learner
 
 
 def folder_bytes(folder: Path) -> int:
