@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
 from labelloop.client import ApiError, Client, ClientError
 from labelloop.demo import write_digits
-from labelloop.store.models import Annotation, Job, ModelVersion, Task
+from labelloop.store.models import Annotation, Item, Job, ModelVersion, Task
 from tests.celery_support import HOST, Cluster, pg_database, vhost
 from tests.support import wait_until
 
@@ -105,6 +105,37 @@ def test_workers_are_listed_with_roles_and_queues(cluster: tuple[Cluster, Client
     wait_until(consumers, 30, f"consumers {expected} on the queues", poll=0.5)
 
 
+def test_a_job_that_raises_ends_failed_and_jobs_record_who_ran_them(
+    cluster: tuple[Cluster, Client], images: tuple[Path, list[tuple[str, str]]], db: Session
+) -> None:
+    _, client = cluster
+    links = images[1][:3]
+    task_id = client.create_task("crash", "image-classification", DIGITS)["id"]
+    # A learner that cannot be built (what an unchecked parameter did): its featurize job raises
+    # on the data worker after claiming the items.
+    db.execute(
+        update(Task)
+        .where(Task.id == task_id)
+        .values(policy={"learner_params": {"image_size": "not a number"}})
+    )
+    db.commit()
+    items = client.add_items(task_id, [{"data": p} for p, _ in links])["items"]
+    jobs = wait_until(
+        lambda: [j for j in client.jobs(task_id) if j["state"] in ("done", "failed")],
+        120,
+        "the featurize job to end",
+        poll=0.2,
+    )
+    assert len(jobs) == 1 and jobs[0]["state"] == "failed"
+    assert "featurize job crashed" in jobs[0]["error"] and jobs[0]["worker"] == f"data-1@{HOST}"
+    assert client.get_task(task_id)["counts"]["pending"] == 0
+    db.rollback()
+    job = db.get(Job, jobs[0]["id"], populate_existing=True)
+    assert job is not None and job.started_at is not None and job.attempts == 1
+    statuses = db.scalars(select(Item.status).where(Item.id.in_([i["id"] for i in items]))).all()
+    assert statuses == ["failed"] * len(items)
+
+
 def test_whole_loop_on_workers(
     cluster: tuple[Cluster, Client], images: tuple[Path, list[tuple[str, str]]], db: Session
 ) -> None:
@@ -117,6 +148,9 @@ def test_whole_loop_on_workers(
     # The featurize jobs ran on the data worker (the API runs no jobs in this mode).
     jobs = client.jobs(task_id, limit=200)
     assert jobs and all(j["kind"] == "featurize" and j["state"] == "done" for j in jobs)
+    assert all(j["worker"] == f"data-1@{HOST}" for j in jobs)  # each job says who ran it
+    db.rollback()
+    assert None not in db.scalars(select(Job.started_at).where(Job.task_id == task_id)).all()
     wait_until(
         lambda: c.live_workers(client)[f"data-1@{HOST}"]["processed"] >= len(jobs),
         30,

@@ -139,7 +139,9 @@ def register_tasks(app: Celery, state: WorkerState) -> None:
             rt.jobs.enqueue(follow)
         return follow
 
-    common: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True}
+    # Not shared: each app gets the tasks of its own worker state (Celery would otherwise hand the
+    # functions of the first app registered in the process to every later one).
+    common: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True, "shared": False}
     for queue, name in JOB_TASKS.items():
         hard = settings.train_time_limit_s if queue == "train" else settings.job_time_limit_s
         app.task(
