@@ -17,6 +17,7 @@ from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.loop.cache import folder_bytes
 from labelloop.loop.features import ItemRef, featurize, featurize_contents, read_content
 from labelloop.loop.labels import decide, top_score
+from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.store.models import Item, Job, Task, utcnow
@@ -35,25 +36,6 @@ def load_model(rt: Runtime, task_id: int, version: int) -> Learner:
         return learner, max(folder_bytes(folder) * 3, 1)
 
     return rt.models.get(task_id, version, load)
-
-
-def uncertainty(scores: np.ndarray, multi_label: bool, strategy: str) -> np.ndarray:
-    """Higher means the model is less sure; the order ``/next`` uses."""
-    if len(scores) == 0:
-        return np.zeros(0)
-    if multi_label:
-        return 1.0 - np.abs(2.0 * scores - 1.0).mean(axis=1)  # type: ignore[no-any-return]
-    if strategy == "entropy":
-        p = np.clip(scores, 1e-12, 1.0)
-        return -(p * np.log(p)).sum(axis=1)  # type: ignore[no-any-return]
-    if strategy == "least-confidence":
-        return 1.0 - scores.max(axis=1)  # type: ignore[no-any-return]
-    top2 = (
-        np.sort(scores, axis=1)[:, -2:]
-        if scores.shape[1] > 1
-        else np.hstack([np.zeros((len(scores), 1)), scores])
-    )
-    return 1.0 - (top2[:, 1] - top2[:, 0])  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -86,12 +68,11 @@ def prediction_rows(
     weights: dict[int, float] | None = None,
 ) -> list[dict[str, object]]:
     """Rows of the predictions table; ``uncertainty`` is the priority ``/next`` ranks by (the
-    selection strategy's uncertainty, times the item's weight when there is one)."""
+    task's query strategy's, with the per-item weights the version was trained with)."""
     chosen = decide(scores, spec.labels, spec.multi_label)
     conf = top_score(scores, spec.multi_label)
-    unc = uncertainty(scores, spec.multi_label, spec.policy.selection)
-    if weights:
-        unc = unc * np.array([weights.get(int(i), 1.0) for i in item_ids])
+    w = np.array([weights.get(int(i), 1.0) for i in item_ids]) if weights else None
+    unc = strategy_for(spec.policy).priority(scores, spec.multi_label, w)
     now = utcnow()
     return [
         {
@@ -112,7 +93,8 @@ WEIGHTS_FILE = "weights.npz"
 
 
 def selection_weights(rt: Runtime, task_id: int, version: int) -> dict[int, float]:
-    """The per-item weights a version was trained with (``weights.npz``; none for text)."""
+    """The per-item weights a version was trained with (``weights.npz``: the query strategy's
+    :meth:`~labelloop.loop.selection.QueryStrategy.pool_weights`; none for text)."""
     path = rt.folder(task_id).version_dir(version) / WEIGHTS_FILE
     try:
         with np.load(path) as w:

@@ -26,7 +26,7 @@ from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import indicator, labelled_at, top_score
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
-from labelloop.loop.selection import graph_degrees
+from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.store.models import AuditPick, Item, Job, ModelVersion, Task, utcnow
@@ -219,7 +219,7 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     # Pre-labels for the unlabelled pool come with the version (one pass, no second load).
     unlabelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id not in claim.labels]
     pool_scores = model.predict_proba(pool.take(unlabelled_pos)) if unlabelled_pos else None
-    weights = _selection_weights(spec, pool, ok_ids)
+    weights = strategy_for(spec.policy).pool_weights(pool, ok_ids)
     phase("predict_pool")
     metrics: dict[str, Any] = {
         "n_labels": len(labelled_ids),
@@ -268,17 +268,6 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     )
     shutil.rmtree(folder.checkpoint_dir(checkpoint), ignore_errors=True)
     return follow
-
-
-def _selection_weights(spec: TaskSpec, pool: Features, ok_ids: list[int]) -> dict[int, float]:
-    """Item -> degree in the pool's k-NN graph over the largest degree (empty: no weighting)."""
-    if not spec.policy.weights_by_density or spec.policy.selection == "random":
-        return {}
-    degrees = graph_degrees(pool)
-    if degrees is None or degrees.max() <= 0:
-        return {}
-    scaled = degrees / degrees.max()
-    return {item_id: float(w) for item_id, w in zip(ok_ids, scaled.tolist(), strict=True)}
 
 
 def _resume(checkpoint: Path, labelled_ids: list[int]) -> tuple[Learner, np.ndarray] | None:
