@@ -4,7 +4,8 @@ backend (local worker processes, Celery workers) moves a job through these helpe
 ::
 
     queued ──claim──▶ running ──finish──▶ done
-                         │  └───fail────▶ failed
+       ▲                 │  └───fail────▶ failed
+       └────release──────┤  (the server stopped: the attempt does not count)
                          └─(worker died: run again; claim counts the attempt, and after
                             MAX_ATTEMPTS it fails the job instead of running it)
 
@@ -16,8 +17,11 @@ does nothing the second time. A job that raises ends ``failed`` with its error (
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop.runtime import worker_identity
@@ -39,6 +43,7 @@ __all__ = [
     "fail_by_id",
     "finish",
     "is_finished",
+    "release",
 ]
 
 #: Runs of one job (each claim is one, a worker that died mid-job included) before it is failed.
@@ -98,3 +103,23 @@ def fail_by_id(session: Session, job_id: int, reason: str) -> Job | None:
     if job is None or not fail(job, reason):
         return None
     return job
+
+
+def release(session: Session, handed_out: Mapping[int, datetime]) -> list[int]:
+    """Put back jobs a stopping server abandoned: queued again, the attempt not counted.
+
+    ``handed_out`` maps job ids to when they were handed to a worker; only a job claimed since
+    then is put back (an older claim was an attempt of its own, by a worker that died).
+    """
+    back = []
+    rows = session.scalars(
+        select(Job).where(Job.id.in_(list(handed_out)), Job.state == JobState.RUNNING)
+    )
+    for job in rows:
+        started = job.started_at
+        if started is not None and started.tzinfo is None:  # SQLite returns naive UTC
+            started = started.replace(tzinfo=handed_out[job.id].tzinfo)
+        if started is not None and started >= handed_out[job.id]:
+            job.state, job.attempts = JobState.QUEUED, max(0, job.attempts - 1)
+            back.append(job.id)
+    return sorted(back)
