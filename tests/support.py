@@ -8,11 +8,21 @@ allows and still pass on a slow one.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, TypeVar
+
+import psutil
+
+from labelloop.client import Client, ClientError
+from labelloop.demo import free_port
 
 T = TypeVar("T")
 
@@ -65,3 +75,62 @@ def wait_until(
             detail = f" (last error: {last})" if last is not None else ""
             raise AssertionError(f"{what}: not met within {timeout:g} s{detail}")
         time.sleep(poll)
+
+
+class Server:
+    """``labelloop serve`` on a data folder (two local workers), in a session of its own."""
+
+    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+        self.data = data
+        self.port = free_port()
+        self.log = data.parent / f"serve-{self.port}.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "LABELLOOP_DATA_DIR": str(data),
+            "LABELLOOP_LOCAL_WORKERS": "2",
+            **(env or {}),
+        }
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "labelloop", "serve", "--port", str(self.port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def client(self) -> Client:
+        return Client(self.url, timeout=30)
+
+    def up(self) -> Client:
+        """A client, once the server answers."""
+        client = self.client()
+
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited: {self.output()}")
+            client.health()
+            return True
+
+        wait_until(answers, 180, "the server to start", poll=0.2, ignore=(ClientError,))
+        return client
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def children(self) -> list[psutil.Process]:
+        """Its worker processes and multiprocessing's resource tracker."""
+        return psutil.Process(self.proc.pid).children()
+
+    def stop(self, grace_s: float = 30) -> None:
+        """SIGTERM, then SIGKILL what is left of its session (its workers too)."""
+        if self.proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=grace_s)
+        with suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)

@@ -19,62 +19,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from labelloop.client import Client, ClientError
 from labelloop.config import Settings
-from labelloop.demo import free_port
 from labelloop.jobs.guard import RUN_DIR
 from labelloop.jobs.local import LocalJobs
 from labelloop.runtime import Runtime
-from tests.celery_support import terminate
-from tests.support import wait_until
+from tests.support import Server, wait_until
 
 DIGITS = [str(d) for d in range(10)]
-
-
-class Server:
-    """``labelloop serve`` on a data folder, in a session of its own."""
-
-    def __init__(self, data: Path, image_root: Path) -> None:
-        self.data = data
-        self.log = data.parent / f"serve-{free_port()}.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "LABELLOOP_DATA_DIR": str(data),
-            "LABELLOOP_IMPORT_ROOTS": str(image_root),
-            "LABELLOOP_LOCAL_WORKERS": "2",
-        }
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "labelloop", "serve", "--port", str(self.port)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def up(self) -> Client:
-        client = Client(self.url, timeout=30)
-
-        def answers() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited: {self.output()}")
-            client.health()
-            return True
-
-        wait_until(answers, 180, "the server to start", poll=0.2, ignore=(ClientError,))
-        return client
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def children(self) -> list[psutil.Process]:
-        """Its worker processes and multiprocessing's resource tracker."""
-        return psutil.Process(self.proc.pid).children()
-
-    def stop(self) -> None:
-        terminate(self.proc)  # type: ignore[arg-type]
 
 
 def gone(procs: list[psutil.Process]) -> bool:
@@ -94,7 +45,7 @@ def servers(tmp_path: Path, image_root: Path) -> Iterator[list[Server]]:
 
 
 def start(servers: list[Server], data: Path, image_root: Path) -> Server:
-    server = Server(data, image_root)
+    server = Server(data, {"LABELLOOP_IMPORT_ROOTS": str(image_root)})
     servers.append(server)
     return server
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select, update
 
-from labelloop.errors import LabelloopError
+from labelloop.errors import LabelloopError, Unavailable
 from labelloop.jobs.state import claim, fail, finish, is_finished
 from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.loop import autolabel, evaluation
@@ -149,6 +149,8 @@ def run_train_job(rt: Runtime, job_id: int) -> list[int]:
     spec = claim.spec
     try:
         return _train(rt, job_id, claim)
+    except Unavailable:
+        raise  # the store is away: the job runs again (see loop.executor), it has not failed
     except LabelloopError as exc:
         log.warning("training job %s of task %s failed: %s", job_id, spec.id, exc.message)
         return _fail(rt, job_id, exc.message)
