@@ -12,7 +12,7 @@ def test_defaults_are_the_embedded_setup(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path)
     assert s.jobs == "local"
     assert s.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'labelloop.db'}"
-    assert s.allowed_roots == (tmp_path.resolve(),)
+    assert s.allowed_roots == ()  # the data root is never one: it holds the store and tokens
 
 
 def test_import_roots_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -20,7 +20,6 @@ def test_import_roots_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("LABELLOOP_DATA_DIR", str(tmp_path / "data"))
     s = load_settings()
     assert s.allowed_roots == (
-        (tmp_path / "data").resolve(),
         (tmp_path / "a").resolve(),
         (tmp_path / "b").resolve(),
     )

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     #: Deliveries of one message before the broker dead-letters it (a poison job cannot loop).
     broker_delivery_limit: int = Field(default=5, ge=1, le=100)
 
+    #: Hosts (names) and networks (``10.0.0.0/8``, ``127.0.0.1``) that http(s) links may reach
+    #: although they are loopback, private, link-local or otherwise not public; comma-separated.
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     fetch_max_bytes: int = Field(default=20 * MiB, gt=0)
     fetch_timeout_s: float = Field(default=10.0, gt=0)
     max_request_bytes: int = Field(default=32 * MiB, gt=0)
@@ -67,6 +70,14 @@ class Settings(BaseSettings):
         """``LABELLOOP_IMPORT_ROOTS`` is colon-separated, like ``PATH``."""
         if isinstance(value, str):
             return [Path(part) for part in value.split(":") if part]
+        return value
+
+    @field_validator("fetch_allow_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        """``LABELLOOP_FETCH_ALLOW_HOSTS`` is comma-separated."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @model_validator(mode="after")
@@ -95,9 +106,9 @@ class Settings(BaseSettings):
 
     @cached_property
     def allowed_roots(self) -> tuple[Path, ...]:
-        """Folders below which local paths may be read: the data root and the import roots."""
-        roots = [self.resolved_data_dir, *(p.expanduser().resolve() for p in self.import_roots)]
-        return tuple(dict.fromkeys(roots))
+        """Folders below which local paths may be read: the import roots only (never the data
+        root, which holds the store, the Label Studio tokens and every task's uploads)."""
+        return tuple(dict.fromkeys(p.expanduser().resolve() for p in self.import_roots))
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -112,7 +112,14 @@ def run_demo(data_dir: Path, limit: int | None, seed: int, console: Console) -> 
     port = free_port()
     console.print(f"[bold]labelloop demo[/]: {len(images)} digit images, data in {data_dir}")
     with (
-        running_server(data_dir, port, log=data_dir / "server.log") as server,
+        # The images lie beside labelloop's data folder, below an import root: links never
+        # reach into the data folder itself.
+        running_server(
+            data_dir / "store",
+            port,
+            ["--import-root", str(data_dir / "digits")],
+            log=data_dir / "server.log",
+        ) as server,
         Client(server.url) as client,
     ):
         url = server.url

@@ -76,6 +76,13 @@ class ForbiddenPath(FetchError):
     code = "forbidden_path"
 
 
+class ForbiddenAddress(FetchError):
+    """An http(s) link to a loopback, private, link-local or other non-public address."""
+
+    status_code = 403
+    code = "forbidden_address"
+
+
 class NoModel(LabelloopError):
     """An operation that needs a served model on a task that has none yet."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi.testclient import TestClient
 
 from labelloop.config import Settings
@@ -28,7 +30,7 @@ def assert_error(r, status: int, fragment: str) -> None:  # type: ignore[no-unty
     assert "Traceback" not in r.text
 
 
-def test_bad_input(app_client: TestClient) -> None:
+def test_bad_input(app_client: TestClient, image_root: Path) -> None:
     c = app_client
     assert_error(c.get("/api/v1/tasks/999"), 404, "no task 999")
     assert_error(
@@ -79,9 +81,14 @@ def test_bad_input(app_client: TestClient) -> None:
     )
 
     t = make(c)
-    items = c.post(f"/api/v1/tasks/{t}/items", json={"items": [{"data": "/nowhere/a.png"}]}).json()[
-        "items"
-    ]
+    # A link outside the import roots is refused when the item is created: nothing is stored.
+    assert_error(
+        c.post(f"/api/v1/tasks/{t}/items", json={"items": [{"data": "/nowhere/a.png"}]}),
+        403,
+        "outside the import roots",
+    )
+    missing = str(image_root / "missing.png")
+    items = c.post(f"/api/v1/tasks/{t}/items", json={"items": [{"data": missing}]}).json()["items"]
     assert_error(
         c.post(
             f"/api/v1/tasks/{t}/annotations",
@@ -146,7 +153,7 @@ def test_bad_input(app_client: TestClient) -> None:
         if wait["status"] != "pending":
             break
         wait = c.get(f"/api/v1/tasks/{t}/items/{items[0]['id']}").json()
-    assert wait["status"] == "failed" and "outside the import roots" in wait["error"]
+    assert wait["status"] == "failed" and "no such file" in wait["error"]
 
 
 def test_oversized_payload(tmp_path) -> None:  # type: ignore[no-untyped-def]

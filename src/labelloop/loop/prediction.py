@@ -160,7 +160,7 @@ def predict_data(
     where: list[int] = []
     for i, d in enumerate(data):
         try:
-            contents.append(read_content(rt, spec.category, d))
+            contents.append(read_content(rt, spec.category, d, spec.id))
             where.append(i)
         except LabelloopError as exc:
             out[i].error = exc.message
