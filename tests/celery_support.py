@@ -18,7 +18,7 @@ from typing import Any
 
 from labelloop.client import Client, ClientError
 from labelloop.demo import free_port
-from tests.support import pg_database, wait_until
+from tests.support import pg_database, terminate, wait_until
 
 __all__ = ["HOST", "Cluster", "RabbitNode", "pg_database", "terminate", "vhost", "wait_for"]
 
@@ -43,20 +43,6 @@ def vhost(prefix: str) -> Iterator[str]:
         yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
     finally:
         rabbitmqctl("delete_vhost", name)
-
-
-def terminate(proc: subprocess.Popen[bytes], grace_s: float = 30) -> None:
-    """SIGTERM a process started in its own session, then SIGKILL what is left of its group
-    (pool processes too, whatever happened to the main one)."""
-    if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
 
 
 class Cluster:

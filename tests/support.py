@@ -77,6 +77,20 @@ def wait_until(
         time.sleep(poll)
 
 
+def terminate(proc: subprocess.Popen[bytes], grace_s: float = 30) -> None:
+    """SIGTERM a process started in its own session, then SIGKILL what is left of its group
+    (pool processes too, whatever happened to the main one)."""
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
 class Server:
     """``labelloop serve`` on a data folder (two local workers), in a session of its own."""
 
@@ -125,12 +139,4 @@ class Server:
 
     def stop(self, grace_s: float = 30) -> None:
         """SIGTERM, then SIGKILL what is left of its session (its workers too)."""
-        if self.proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=grace_s)
-        with suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
+        terminate(self.proc, grace_s)
