@@ -20,7 +20,7 @@ from labelloop.jobs.celery_app import (
 from labelloop.jobs.celery_backend import CeleryJobs
 from labelloop.jobs.celery_worker import WorkerState, register_tasks, run_worker
 from labelloop.runtime import Runtime
-from tests.jobs.test_failures import check_failed, crashing_task, job_row, unreadable_job
+from tests.jobs.faults import check_failed, crashing_task, job_row, unreadable_job
 
 
 def test_roles_and_their_defaults() -> None:
