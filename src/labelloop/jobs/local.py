@@ -126,6 +126,8 @@ class LocalJobs(JobBackend):
         if not self.threads and not self._folder.held:
             self._folder.acquire()
         self._stopping = False
+        self._ready.clear()
+        self._start_error = None
         self._pool = self._new_pool()
         self._thread = threading.Thread(target=self._dispatch, name="labelloop-jobs", daemon=True)
         self._thread.start()
