@@ -126,6 +126,10 @@ class LocalJobs(JobBackend):
         if not self.threads and not self._folder.held:
             self._folder.acquire()
         self._stopping = False
+        # Fresh hand-over state (a backend may be started again after a stop); what was queued is
+        # in the store and is enqueued again below.
+        self._queue = queue.PriorityQueue()
+        self._slots = threading.Semaphore(self.workers)
         self._ready.clear()
         self._start_error = None
         self._pool = self._new_pool()
