@@ -27,6 +27,8 @@ app = typer.Typer(
     help="Model-assisted labelling that gets better while people label.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: rich help shows a type placeholder (<bool>) against every flag and --help.
+    rich_markup_mode=None,
 )
 db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -62,37 +64,69 @@ def settings_from(
 
 
 def setup_logging(level: str) -> None:
+    from labelloop.observability import quiet_libraries
+
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    quiet_libraries(level)
 
 
 DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Datastore root (LABELLOOP_DATA_DIR).")
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        metavar="FOLDER",
+        envvar="LABELLOOP_DATA_DIR",
+        help="Datastore root.",
+        show_default=str(Settings.model_fields["data_dir"].default),
+    ),
 ]
 ImportRoot = Annotated[
     list[Path] | None,
-    typer.Option("--import-root", help="A folder whose files items may link to (repeatable)."),
+    typer.Option(
+        "--import-root",
+        metavar="FOLDER",
+        help="A folder whose files items may link to (repeatable; adds to LABELLOOP_IMPORT_ROOTS).",
+    ),
 ]
 
 
 @app.command()
 @friendly
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on.")] = 8000,
     data_dir: DataDir = None,
     import_root: ImportRoot = None,
     jobs: Annotated[
-        str | None, typer.Option(help="Where jobs run: local (worker processes) or celery.")
+        str | None,
+        typer.Option(
+            metavar="local|celery",
+            envvar="LABELLOOP_JOBS",
+            help="Where jobs run: local (worker processes) or celery.",
+            show_default=str(Settings.model_fields["jobs"].default),
+        ),
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            envvar="LABELLOOP_LOCAL_WORKERS",
+            help="Local worker processes.",
+            show_default=str(Settings.model_fields["local_workers"].default),
+        ),
+    ] = None,
     processes: Annotated[
         int,
         typer.Option(
-            min=1, help="API processes (uvicorn workers); above 1 only with --jobs celery."
+            min=1,
+            metavar="N",
+            help="API processes (uvicorn workers); above 1 only with --jobs celery.",
         ),
     ] = 1,
 ) -> None:
@@ -169,15 +203,27 @@ def api_from_environment() -> Any:
 @friendly
 def demo(
     data_dir: Annotated[
-        Path, typer.Option("--data-dir", help="Folder for the demo's data (wiped first).")
+        Path,
+        typer.Option(
+            "--data-dir", metavar="FOLDER", help="Folder for the demo's data (wiped first)."
+        ),
     ] = Path("labelloop-data/demo"),
-    limit: Annotated[int | None, typer.Option(help="Label only this many digits.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the labelling order.")] = 0,
+    limit: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Label only this many digits.", show_default="all 1,797"),
+    ] = None,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of the labelling order.")] = 0,
+    keep_serving: Annotated[
+        bool,
+        typer.Option(
+            "--keep-serving", help="Keep the server up afterwards, to look around (Ctrl-C stops)."
+        ),
+    ] = False,
 ) -> None:
     """Watch a model take over a labelling job: digits, a simulated annotator, live metrics."""
     from labelloop.demo import run_demo
 
-    run_demo(data_dir.resolve(), limit, seed, console)
+    run_demo(data_dir.resolve(), limit, seed, console, keep_serving)
 
 
 @app.command()
@@ -185,32 +231,55 @@ def demo(
 def simulate(
     dataset: Annotated[
         str,
-        typer.Argument(help="'digits', a folder of images by class, or a CSV/TSV of text,label."),
+        typer.Argument(
+            metavar="DATASET",
+            help="'digits', a folder of images by class, or a CSV/TSV of text,label.",
+        ),
     ],
     url: Annotated[
-        str, typer.Option(help="The labelloop server to replay against.")
+        str, typer.Option(metavar="URL", help="The labelloop server to replay against.")
     ] = "http://127.0.0.1:8000",
     mode: Annotated[
-        str, typer.Option(help="stream (fixed order) or active (what /next asks for).")
+        str,
+        typer.Option(
+            metavar="stream|active", help="stream (fixed order) or active (what /next asks for)."
+        ),
     ] = "stream",
     out: Annotated[
-        Path, typer.Option(help="Folder for report.json and learning-curve.png.")
+        Path,
+        typer.Option(metavar="FOLDER", help="Folder for report.json and learning-curve.png."),
     ] = Path("simulation"),
-    seed: Annotated[int, typer.Option(help="Seed of the order (and of annotator noise).")] = 0,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="Seed of the order (and of annotator noise).")
+    ] = 0,
     target_accuracy: Annotated[
-        float | None, typer.Option(help="Auto-label at this accuracy (active mode default 0.98).")
+        float | None,
+        typer.Option(
+            metavar="ACCURACY",
+            help="Auto-label at this accuracy.",
+            show_default="0.98 in active mode, none in stream mode",
+        ),
     ] = None,
-    min_labels: Annotated[int, typer.Option(help="First training at this many labels.")] = 10,
+    min_labels: Annotated[
+        int, typer.Option(metavar="N", help="First training at this many labels.")
+    ] = 10,
     flip_rate: Annotated[
-        float, typer.Option(help="Share of labels the annotator flips (noise).")
+        float, typer.Option(metavar="SHARE", help="Share of labels the annotator flips (noise).")
     ] = 0.0,
-    limit: Annotated[int | None, typer.Option(help="Use only this many items.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Use only this many items.", show_default="all"),
+    ] = None,
     images_dir: Annotated[
         Path,
-        typer.Option(help="Where 'digits' writes its images (the server must be able to read it)."),
-    ] = Path("labelloop-data/simulate-digits"),
+        typer.Option(
+            metavar="FOLDER",
+            help="Where 'digits' writes its images (below an import root of the server).",
+        ),
+    ] = Path("labelloop-simulate/digits"),
     token: Annotated[
-        str | None, typer.Option(envvar="LABELLOOP_API_TOKEN", help="API token.")
+        str | None,
+        typer.Option(envvar="LABELLOOP_API_TOKEN", metavar="TOKEN", help="API token."),
     ] = None,
 ) -> None:
     """Replay a labelled data set against a running server and report what labelling would cost."""
@@ -221,7 +290,9 @@ def simulate(
     if mode == "active" or target_accuracy is not None:
         policy["auto_label"] = {"target_accuracy": target_accuracy or 0.98}
     ds = load(dataset, images_dir.resolve())
-    console.print(f"replaying {len(ds.data)} items of {ds.name} against {url} ({mode} mode)")
+    n = ds.size(limit)
+    of = "" if n == len(ds.data) else f" of {len(ds.data)}"
+    console.print(f"replaying {n}{of} items of {ds.name} against {url} ({mode} mode)")
     report = replay(url, ds, mode, out, seed, policy, flip_rate, limit, token)
     console.print_json(data=report["summary"])
     if "suspects" in report:

@@ -18,6 +18,8 @@ from labelloop.errors import ConfigError
 DEFAULT_CLUSTER_TOKEN = "dev-cluster-token"  # noqa: S105 - refused outside development
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 MiB = 1024 * 1024
+#: Shortest API token accepted: an empty or short one would let anyone in (or guess it).
+MIN_API_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -72,6 +74,25 @@ class Settings(BaseSettings):
             return [Path(part) for part in value.split(":") if part]
         return value
 
+    @field_validator("api_token")
+    @classmethod
+    def _token_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        """Unset means "no token"; set means a real secret, never an empty or short one."""
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if not value.strip():
+            raise ValueError(
+                "LABELLOOP_API_TOKEN is set but empty; unset it to run without a token, "
+                f"or give a secret of at least {MIN_API_TOKEN_CHARS} characters"
+            )
+        if len(value) < MIN_API_TOKEN_CHARS or value != value.strip():
+            raise ValueError(
+                f"LABELLOOP_API_TOKEN must be at least {MIN_API_TOKEN_CHARS} characters "
+                "without surrounding spaces (e.g. the output of `openssl rand -hex 16`)"
+            )
+        return token
+
     @field_validator("fetch_allow_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
@@ -119,7 +140,8 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         reasons = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+            + err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {reasons}") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from labelloop.errors import FetchError, InvalidInput, NotFound
@@ -13,22 +12,14 @@ from labelloop.loop.features import is_text
 from labelloop.loop.scheduling import featurize_jobs
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
+from labelloop.schemas import MAX_ITEM_DATA_CHARS, ItemCreate
 from labelloop.service.common import enqueue, get_task_row
 from labelloop.store.models import Annotation, Item, Job, Prediction
 
+#: One item to add; the shape (and its checks) is :class:`labelloop.schemas.ItemCreate`.
+ItemIn = ItemCreate
 #: The most characters an item's data holds (a link, or a whole text).
-MAX_DATA_CHARS = 1_000_000
-
-
-class ItemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    data: str = Field(
-        min_length=1,
-        max_length=MAX_DATA_CHARS,
-        description="a data link or, for text tasks, the text",
-    )
-    external_id: str | None = Field(default=None, min_length=1, max_length=512)
+MAX_DATA_CHARS = MAX_ITEM_DATA_CHARS
 
 
 def check_links(rt: Runtime, task_id: int, items: list[ItemIn]) -> None:
