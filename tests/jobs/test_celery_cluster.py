@@ -163,6 +163,7 @@ def test_whole_loop_on_workers(
     jobs = client.jobs(task_id, limit=200)
     assert jobs and all(j["kind"] == "featurize" and j["state"] == "done" for j in jobs)
     assert all(j["worker"] == f"data-1@{HOST}" for j in jobs)  # each job says who ran it
+    assert all(j["started_at"] and j["started_at"] <= j["finished_at"] for j in jobs)
     db.rollback()
     assert None not in db.scalars(select(Job.started_at).where(Job.task_id == task_id)).all()
     wait_until(
