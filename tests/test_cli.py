@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from labelloop.cli import app
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 runner = CliRunner()
 

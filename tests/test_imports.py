@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from labelloop.runtime import Runtime
-from tests.conftest import wait_until
 from tests.data_support import StubServer, image_route, png, png_declaring
+from tests.support import wait_until
 
 
 def gif() -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 
 def scrape(c: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -300,7 +300,7 @@ def worker(
     Reads LABELLOOP_BROKER_URL, LABELLOOP_DATABASE_URL and LABELLOOP_DATA_DIR (a folder every
     worker and the API see).
     """
-    from labelloop.jobs.celery_app import run_worker
+    from labelloop.jobs.celery_worker import run_worker
 
     settings = settings_from(data_dir)
     setup_logging(settings.log_level)

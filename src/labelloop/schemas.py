@@ -617,6 +617,7 @@ class JobPublic(TypedDict):
     error: Message | None
     result: dict[str, Any] | None
     created_at: str
+    started_at: str | None
     finished_at: str | None
 
 

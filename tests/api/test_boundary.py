@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 LONE = "\ud800"  # half of a UTF-16 surrogate pair: valid JSON escape, not encodable text
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from labelloop.api.app import create_app
 from labelloop.demo import free_port
 from labelloop.runtime import Runtime
 from labelloop.service import tasks as task_service
+from tests.support import wait_until
 
 TOKEN = "0123456789abcdef-test-token"
 
@@ -169,10 +169,8 @@ def test_a_client_goes_on_after_a_500(rt: Runtime, monkeypatch: Any) -> None:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-            time.sleep(0.05)
+        wait_until(lambda: server.started or not thread.is_alive(), 30, "the server to start")
+        assert thread.is_alive(), "the server exited while starting"
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
             for _ in range(5):
                 assert http.get("/api/v1/tasks").status_code == 500

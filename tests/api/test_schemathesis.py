@@ -28,7 +28,7 @@ from labelloop.api.app import create_app
 from labelloop.config import Settings
 from labelloop.jobs.local import LocalJobs
 from labelloop.runtime import Runtime
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 #: Examples per operation and mode: 31 operations x (8 valid + 4 invalid) requests at most.
 EXAMPLES = {GenerationMode.POSITIVE: 8, GenerationMode.NEGATIVE: 4}

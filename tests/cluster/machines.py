@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -35,6 +34,7 @@ from labelloop.cluster.rabbit import RabbitNode, epmd_pids
 from labelloop.demo import free_port
 from labelloop.errors import LabelloopError
 from tests.celery_support import terminate, wait_for
+from tests.support import wait_until
 
 HOSTS_PREAMBLE = "127.0.0.1\tlocalhost\n# a line of the operator's own, left alone\n"
 
@@ -330,11 +330,8 @@ def serve_app(app: FastAPI, host: str, config: uvicorn.Config | None = None) -> 
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"fake server on {host} did not start")
-        time.sleep(0.02)
+    wait_until(lambda: server.started or not thread.is_alive(), 20, f"fake server on {host}")
+    assert thread.is_alive(), f"fake server on {host} exited while starting"
     scheme = "https" if config.ssl_certfile else "http"
     try:
         yield f"{scheme}://{host}:{config.port}"

@@ -12,7 +12,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from labelloop.cluster.protocol import (
 from labelloop.cluster.rabbit import RabbitNode, epmd_pids
 from labelloop.demo import free_port
 from labelloop.errors import Unauthorized
+from tests import support
 from tests.cluster.machines import port_pair
 
 TOKEN = "test-cluster-token-1234"
@@ -124,15 +124,7 @@ def test_wire_reveals_the_cookie_only_there() -> None:
 
 
 def wait_until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    support.wait_until(cond, timeout, what, poll=0.5, ignore=(httpx.HTTPError, OSError))
 
 
 @pytest.mark.cluster

@@ -11,7 +11,6 @@ import os
 import signal
 import ssl
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from labelloop.cluster.rabbit import RabbitNode, epmd_pids
 from labelloop.config import load_settings
 from labelloop.errors import ConfigError
 from tests.cluster.machines import make_certs, port_pair
+from tests.support import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -106,10 +106,9 @@ def test_two_nodes_join_and_share_a_quorum_queue(nodes: tuple[RabbitNode, Rabbit
     assert b.running_nodes() == sorted([a.name, b.name])
     assert not b.join(a.name, a.read_cookie())  # already a member: nothing happens
     # the queue declared before the join gets a replica on b (rabbitmq-queues grow)
-    deadline = time.monotonic() + 60
-    while members(a, "ll-test-q") != sorted([a.name, b.name]) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert members(a, "ll-test-q") == sorted([a.name, b.name])
+    wait_until(
+        lambda: members(a, "ll-test-q") == sorted([a.name, b.name]), 60, "a replica on b", poll=1
+    )
 
     got: list[object] = []
 

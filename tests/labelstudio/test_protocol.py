@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from labelloop.runtime import Runtime
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 TOKEN = "ls-secret-token-0123456789"
 CONFIG = """<View>

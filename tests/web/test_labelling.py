@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from labelloop.client import Client, InvalidRequestError
-from tests.conftest import wait_until
+from tests.support import wait_until
 from tests.web.conftest import ARTIFACTS, on_screen, wait_for_next
 
 pytestmark = pytest.mark.browser

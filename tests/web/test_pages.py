@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from labelloop.client import Client
-from tests.conftest import wait_until
+from tests.support import wait_until
 from tests.web.conftest import ARTIFACTS, on_screen, wait_for_next
 
 pytestmark = pytest.mark.browser
