@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 
 from labelloop.errors import Forbidden, Unauthorized
+from labelloop.observability import route_template
 from labelloop.runtime import Runtime
 from labelloop.schemas import MAX_ID
 from labelloop.service import annotators
@@ -89,8 +90,12 @@ def require_token(request: Request) -> None:
         if rt.settings.api_token is not None:
             raise Unauthorized("missing or wrong API token")
         caller = ADMIN  # a server without a token is open to everyone
-    route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
+    route = getattr(request.scope.get("route"), "path", None)
+    path = (
+        route_template(request.url.path, route, request.path_params)
+        if isinstance(route, str)
+        else request.url.path
+    )
     if not caller.admin and not annotator_may(request.method, path):
         raise Forbidden(
             f"the token of annotator {caller.annotator!r} may read and label, not this: "
