@@ -596,6 +596,8 @@ class NextItems(TypedDict):
     annotator: str | None
     #: Until when they are reserved (ISO 8601, UTC); asking again renews the lease.
     reserved_until: str | None
+    #: How long a lease is (``LABELLOOP_RESERVATION_LEASE_S``).
+    lease_seconds: float
 
 
 class Released(TypedDict):

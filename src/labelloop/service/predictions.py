@@ -221,6 +221,7 @@ def next_items(
         "model_version": spec.served_version,
         "annotator": annotator,
         "reserved_until": None if reserved_until is None else reserved_until.isoformat(),
+        "lease_seconds": rt.settings.reservation_lease_s,
         "items": [
             {
                 "id": i,
