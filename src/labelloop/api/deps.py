@@ -1,7 +1,10 @@
-"""Request dependencies: the runtime, the API token when one is configured, and path parameters.
+"""Request dependencies: the runtime, who calls (the token), and path parameters.
 
 A route takes ``rt: RuntimeDep`` and ids typed ``TaskId`` / ``ItemId`` / ``VersionNo``: an id the
-store cannot hold is answered 422 before any query runs.
+store cannot hold is answered 422 before any query runs. ``require_token`` (on every ``/api/v1``
+route) tells the admin's token from an annotator's and holds an annotator to
+:func:`annotator_may`, the one rule of what such a token may do; a route that acts for the caller
+takes ``caller: CallerDep``.
 """
 
 from __future__ import annotations
