@@ -113,6 +113,8 @@ def test_a_flagged_label_opens_in_the_item_browser_and_is_corrected(
     page.click("[data-testid=relabel-sport]")
     page.wait_for_selector("[data-testid=item-label]:has-text('sport')")
     page.wait_for_selector(f"[data-testid=row-{wrong}] [data-testid=row-label]:text-is('sport')")
+    page.wait_for_selector("[data-testid=history] tr:nth-child(2)")
+    page.screenshot(path=str(ARTIFACTS / "items.png"), full_page=True)
     with Client(live_url) as ll:
         history = [
             a for a in ll.get_item(task["id"], wrong)["annotations"] if a["source"] == "human"
@@ -136,7 +138,6 @@ def test_a_flagged_label_opens_in_the_item_browser_and_is_corrected(
     page.wait_for_selector("[data-testid=range]:has-text('of 15')")
     page.locator("[data-testid=items] tbody tr").first.click()
     page.wait_for_selector("[data-testid=item-label]:has-text('none')")
-    page.screenshot(path=str(ARTIFACTS / "items.png"), full_page=True)
 
 
 def test_export_archive_and_delete_from_the_dashboard(live_url: str, page: Any) -> None:
