@@ -93,6 +93,11 @@ class Pinned:
             ids = self.items.get(task) or [1]
             query["item_id"] = ids[query["item_id"] % len(ids)]
         body = case.body
+        policy = body.get("policy") if isinstance(body, dict) else None
+        if isinstance(policy, dict) and isinstance(policy.get("hotkeys"), dict):
+            # Hotkeys name the task's own labels (drawn names almost never do): keep the keys drawn.
+            labels = body.get("labels") if isinstance(body.get("labels"), list) else []
+            policy["hotkeys"] = dict(zip(labels, policy["hotkeys"].values(), strict=False))
         if isinstance(body, dict) and isinstance(body.get("annotations"), list) and task:
             # Labels name the trained task's labels (the schema's example does): send them there.
             params["task_id"] = self.tasks[0]
