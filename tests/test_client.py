@@ -32,6 +32,25 @@ def test_every_endpoint(
         assert ll.import_folders(str(image_root))["images"] == len(digit_files)
         added = ll.import_folder(tid, str(image_root))
         assert added["created"] == len(digit_files)
+        # Reservations, progress, the item list, archiving, annotator tokens.
+        held = ll.next_items(tid, limit=2, annotator="Ada")
+        assert held["annotator"] == "Ada" and len(held["items"]) == 2
+        assert ll.release_reservations(tid, "Ada") == {"released": 2}
+        assert ll.progress(tid)["left"] == len(digit_files)
+        listed = ll.list_items(tid, source="none", suspect=False, limit=5)
+        assert listed["total"] == len(digit_files) and len(listed["items"]) == 5
+        assert ll.update_task(tid, archived=True)["archived"] is True
+        assert ll.update_task(tid, archived=False)["archived"] is False
+        assert ll.me() == {"role": "admin", "annotator": None, "token_required": False}
+        made = ll.create_annotator_token("Ada")
+        assert [t["annotator"] for t in ll.annotator_tokens()] == ["Ada"]
+        with Client(live_url, token=made["token"]) as ada:
+            assert ada.me()["annotator"] == "Ada"
+            with pytest.raises(cl.ForbiddenError):
+                ada.delete_task(tid)
+        ll.revoke_annotator_token(made["id"])
+        assert ll.annotator_tokens()[0]["active"] is False
+
         first = ll.next_items(tid, limit=1)["items"][0]
         assert first["prediction"]["status"] == "no_model"
         assert ll.item_content(tid, first["id"]) == Path(first["data"]).read_bytes()

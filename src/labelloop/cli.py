@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from labelloop.annotators_cli import annotators_app
 from labelloop.cliutil import console, err_console, friendly, setup_logging
 from labelloop.cluster.cli import agent, cluster_app, coordinator
 from labelloop.config import Settings, load_settings
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(annotators_app, name="annotators")
 __all__ = ["app", "console", "err_console", "friendly", "setup_logging"]
 
 

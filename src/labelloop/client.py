@@ -37,6 +37,9 @@ from labelloop.errors import (
 )
 from labelloop.schemas import (
     AnnotationsSubmitted,
+    AnnotatorTokenCreated,
+    AnnotatorTokenPublic,
+    CallerPublic,
     CsvImported,
     DataPredictions,
     FolderImported,
@@ -44,6 +47,7 @@ from labelloop.schemas import (
     Health,
     ItemPublic,
     ItemsAdded,
+    ItemsPage,
     JobPublic,
     LabelStudioEvent,
     LabelStudioHealth,
@@ -53,8 +57,10 @@ from labelloop.schemas import (
     NextItems,
     PredictionPublic,
     Promoted,
+    Released,
     Suspects,
     TaskMetrics,
+    TaskProgress,
     TaskPublic,
     TrainRequested,
     UploadsAdded,
@@ -167,14 +173,22 @@ class Client:
         return result
 
     def update_task(
-        self, task_id: int, *, name: str | None = None, policy: JSON | None = None
+        self,
+        task_id: int,
+        *,
+        name: str | None = None,
+        policy: JSON | None = None,
+        archived: bool | None = None,
     ) -> Task:
-        """Rename a task or change policy fields (those given replace the current ones)."""
+        """Rename a task, change policy fields (those given replace the current ones), archive it
+        (``archived=True``: kept, no longer handed out to label) or restore it."""
         body: JSON = {}
         if name is not None:
             body["name"] = name
         if policy is not None:
             body["policy"] = policy
+        if archived is not None:
+            body["archived"] = archived
         result: Task = self._request("PATCH", f"/api/v1/tasks/{task_id}", json=body)
         return result
 
@@ -203,6 +217,28 @@ class Client:
         result: ItemPublic = self._request("GET", f"/api/v1/tasks/{task_id}/items/{item_id}")
         return result
 
+    def list_items(
+        self,
+        task_id: int,
+        *,
+        source: str | None = None,
+        label: str | None = None,
+        suspect: bool | None = None,
+        annotator: str | None = None,
+        status: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> ItemsPage:
+        """A page of the task's items, by id; filters (label ``source`` human/model/none, ``label``,
+        ``suspect``, ``annotator``, ``status``) combine."""
+        params: JSON = {"offset": offset, "limit": limit}
+        given = {"source": source, "label": label, "annotator": annotator, "status": status}
+        params.update({k: v for k, v in given.items() if v is not None})
+        if suspect is not None:
+            params["suspect"] = "true" if suspect else "false"
+        result: ItemsPage = self._request("GET", f"/api/v1/tasks/{task_id}/items", params=params)
+        return result
+
     def annotate(self, task_id: int, annotations: Sequence[JSON]) -> Submitted:
         result: Submitted = self._request(
             "POST", f"/api/v1/tasks/{task_id}/annotations", json={"annotations": list(annotations)}
@@ -222,10 +258,27 @@ class Client:
         )
         return result
 
-    def next_items(self, task_id: int, limit: int = 10) -> NextItems:
-        result: NextItems = self._request(
-            "GET", f"/api/v1/tasks/{task_id}/next", params={"limit": limit}
+    def next_items(self, task_id: int, limit: int = 10, annotator: str | None = None) -> NextItems:
+        """The items to label next; with ``annotator`` (or an annotator's token) they are reserved
+        for that person for a lease, and the ones they hold come first."""
+        params: JSON = {"limit": limit}
+        if annotator is not None:
+            params["annotator"] = annotator
+        result: NextItems = self._request("GET", f"/api/v1/tasks/{task_id}/next", params=params)
+        return result
+
+    def release_reservations(self, task_id: int, annotator: str | None = None) -> Released:
+        """Give back the items reserved for ``annotator`` (an annotator's token: its own; the
+        admin without a name: every reservation of the task)."""
+        params = {"annotator": annotator} if annotator is not None else {}
+        result: Released = self._request(
+            "DELETE", f"/api/v1/tasks/{task_id}/reservations", params=params
         )
+        return result
+
+    def progress(self, task_id: int) -> TaskProgress:
+        """Labelled, left, rate and time left, for the task and per annotator."""
+        result: TaskProgress = self._request("GET", f"/api/v1/tasks/{task_id}/progress")
         return result
 
     # -- models, jobs, metrics --------------------------------------------------------------
@@ -311,6 +364,27 @@ class Client:
     def item_content(self, task_id: int, item_id: int) -> bytes:
         """The item's image bytes (or its text, UTF-8 encoded)."""
         result: bytes = self._request("GET", f"/api/v1/tasks/{task_id}/items/{item_id}/content")
+        return result
+
+    # -- annotators -----------------------------------------------------------------------
+    def create_annotator_token(self, annotator: str) -> AnnotatorTokenCreated:
+        """A token that labels as ``annotator`` and may not delete, promote, train or import
+        (admin only; the answer is the only place the token shows)."""
+        result: AnnotatorTokenCreated = self._request(
+            "POST", "/api/v1/annotator-tokens", json={"annotator": annotator}
+        )
+        return result
+
+    def annotator_tokens(self) -> list[AnnotatorTokenPublic]:
+        result: list[AnnotatorTokenPublic] = self._request("GET", "/api/v1/annotator-tokens")
+        return result
+
+    def revoke_annotator_token(self, token_id: int) -> None:
+        self._request("DELETE", f"/api/v1/annotator-tokens/{token_id}")
+
+    def me(self) -> CallerPublic:
+        """Who this client's token says it is: the admin, or which annotator."""
+        result: CallerPublic = self._request("GET", "/api/v1/me")
         return result
 
     # -- operators ------------------------------------------------------------------------

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=32 * MiB, gt=0)
     max_items_per_request: int = Field(default=10_000, gt=0)
     model_cache_bytes: int = Field(default=512 * MiB, gt=0)
+    #: How long an item ``/next`` hands to an annotator stays theirs (no one else gets it).
+    reservation_lease_s: float = Field(default=600.0, gt=0, le=7 * 86400)
 
     api_token: SecretStr | None = None
     #: Only the agent, the coordinator and ``labelloop cluster`` need it (labelloop.cluster.security

@@ -13,7 +13,8 @@ both.
     │   ├── InvalidInput ······ 422  content not acceptable (unknown label, bad policy, bad id)
     │   ├── NotSupported ······ 422  something labelloop does not handle yet
     │   ├── PayloadTooLarge ··· 413  a body or a fetched item over the configured limit
-    │   └── Unauthorized ······ 401  no token, or the wrong one
+    │   ├── Unauthorized ······ 401  no token, or the wrong one
+    │   └── Forbidden ········· 403  an annotator's token asking for what only the admin may do
     ├── StateError                   the request is sound, but the stored state refuses it
     │   ├── NotFound ·········· 404  no such task, item, version or job
     │   ├── Conflict ·········· 409  contradicts the current state
@@ -101,6 +102,13 @@ class Unauthorized(RequestError):
     @property
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": ", ".join(f'{s} realm="labelloop"' for s in self.schemes)}
+
+
+class Forbidden(RequestError):
+    """A valid token that may not do this: an annotator's token may read and label, nothing else."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 # -- the stored state -------------------------------------------------------------------------
@@ -221,7 +229,8 @@ class UnauthorizedError(ApiError):
 
 
 class ForbiddenError(ApiError):
-    """403: e.g. a path outside the server's import roots."""
+    """403: a path outside the server's import roots, or an annotator's token asking for what
+    only the admin may do."""
 
 
 class NotFoundError(ApiError):

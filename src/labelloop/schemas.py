@@ -353,6 +353,10 @@ class TaskUpdate(RequestModel):
         default=None,
         description="policy fields to change, validated as at creation; the others stay",
     )
+    archived: bool | None = Field(
+        default=None,
+        description="true archives the task (kept, no longer handed out to label); false restores it",
+    )
 
     def policy_changes(self) -> dict[str, Any]:
         """The policy fields this request sets (those it does not mention stay as they are)."""
@@ -421,6 +425,14 @@ class AnnotationsCreate(RequestModel):
     annotations: list[AnnotationCreate] = Field(min_length=1)
 
 
+class AnnotatorTokenCreate(RequestModel):
+    """A token for one annotator: it may read and label, and labels under this name."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"annotator": "Ada"}]})
+
+    annotator: Annotated[Text, AfterValidator(_clean_name)] = Field(min_length=1, max_length=200)
+
+
 class PredictData(RequestModel):
     data: Text = Field(min_length=1, max_length=1_000_000)
 
@@ -480,6 +492,8 @@ class TaskPublic(TypedDict):
     counts: TaskCounts
     auto_label: AutoLabelState | None
     created_at: str
+    #: Archived: kept with its data, no longer handed out to label.
+    archived: bool
 
 
 class ItemAdded(TypedDict):
@@ -578,6 +592,86 @@ class NextItem(TypedDict):
 class NextItems(TypedDict):
     model_version: int | None
     items: list[NextItem]
+    #: Who the items are reserved for (null: reserved for nobody, a look at the queue).
+    annotator: str | None
+    #: Until when they are reserved (ISO 8601, UTC); asking again renews the lease.
+    reserved_until: str | None
+    #: How long a lease is (``LABELLOOP_RESERVATION_LEASE_S``).
+    lease_seconds: float
+
+
+class Released(TypedDict):
+    #: Reservations given back.
+    released: int
+
+
+class AnnotatorProgress(TypedDict):
+    #: null for labels given without a name.
+    annotator: str | None
+    #: Labels given, corrections included.
+    labels: int
+    #: Items that carry their label now.
+    items: int
+    last_label_at: str | None
+    #: Labels given within the window (``TaskProgress.window_seconds``).
+    recent_labels: int
+    #: Labels per hour over the window, from their first label in it; null before any.
+    rate_per_hour: float | None
+    #: Items reserved for them now.
+    holding: int
+    #: How often their label matches other people's on items they share (null: none shared).
+    agreement: float | None
+    shared_items: int
+
+
+class TaskProgress(TypedDict):
+    task_id: int
+    #: People each item needs (``policy.overlap``).
+    overlap: int
+    #: Items that can be labelled (unreadable ones aside).
+    items: int
+    #: Items with labels from as many people as the overlap asks (or a model label, alone).
+    done: int
+    #: Items that still need people.
+    left: int
+    #: Labels people still have to give (an item with an overlap of 3 and one label needs 2).
+    labels_needed: int
+    human_labels: int
+    model_labelled: int
+    #: Labels per hour over the window, from the first label in it; null before any.
+    rate_per_hour: float | None
+    #: ``labels_needed`` at that rate; null without a rate.
+    eta_seconds: float | None
+    window_seconds: int
+    annotators: list[AnnotatorProgress]
+
+
+class ItemSummary(TypedDict):
+    """One item of the item browser's list."""
+
+    id: int
+    external_id: str | None
+    #: The item's data (a link, or the text), shortened to 300 characters (start and end kept).
+    preview: str
+    status: Literal["pending", "ready", "failed"]
+    error: Message | None
+    labels: list[str] | None
+    label_source: Literal["human", "model"] | None
+    #: The people whose label it carries now.
+    annotators: list[str]
+    #: The model's label's version and score (when its label is the model's).
+    model_version: int | None
+    score: float | None
+    #: Flagged as a likely label error (``/suspects``).
+    suspect: bool
+
+
+class ItemsPage(TypedDict):
+    #: Items that match the filters (all pages).
+    total: int
+    offset: int
+    limit: int
+    items: list[ItemSummary]
 
 
 class ModelVersionPublic(TypedDict):
@@ -713,6 +807,29 @@ class CsvImported(TypedDict):
     existing: int
     skipped: int
     text_column: str
+
+
+class AnnotatorTokenPublic(TypedDict):
+    id: int
+    annotator: str
+    created_at: str
+    revoked_at: str | None
+    active: bool
+
+
+class AnnotatorTokenCreated(AnnotatorTokenPublic):
+    #: The token itself: shown this once, never stored (only its hash is).
+    token: str
+
+
+class CallerPublic(TypedDict):
+    """Who the request's token says the caller is."""
+
+    #: admin: the API token (or anyone, on a server without one); annotator: an annotator's token.
+    role: Literal["admin", "annotator"]
+    annotator: str | None
+    #: Whether this server asks for a token at all.
+    token_required: bool
 
 
 class Health(TypedDict):

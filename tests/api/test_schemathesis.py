@@ -56,6 +56,11 @@ DEEP = [
     "GET /api/v1/tasks/{task_id}/suspects",
     "GET /api/v1/tasks/{task_id}/export",
     "GET /api/v1/tasks/{task_id}/items/{item_id}/content",
+    "GET /api/v1/tasks/{task_id}/items",
+    "GET /api/v1/tasks/{task_id}/progress",
+    "POST /api/v1/annotator-tokens",
+    "GET /api/v1/annotator-tokens",
+    "GET /api/v1/me",
 ]
 TEXTS = ["great film", "loved it", "awful plot", "boring and slow", "superb acting", "dull"]
 

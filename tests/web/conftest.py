@@ -23,32 +23,50 @@ FLAGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
-def _page(tmp_path: Path, extra_flags: list[str]) -> Iterator[Any]:
+def _pages(tmp_path: Path, extra_flags: list[str], n: int = 1) -> Iterator[list[Any]]:
+    """``n`` pages, each in a fresh Chromium profile of its own (as on n people's computers)."""
     from playwright.sync_api import sync_playwright
 
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[*FLAGS, *extra_flags],
-            viewport={"width": 1280, "height": 900},
-        )
+        contexts = [
+            pw.chromium.launch_persistent_context(
+                str(tmp_path / ("profile" if k == 0 else f"profile-{k}")),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[*FLAGS, *extra_flags],
+                viewport={"width": 1280, "height": 900},
+                accept_downloads=True,
+            )
+            for k in range(n)
+        ]
         try:
-            pg = context.new_page()
-            pg.set_default_timeout(30_000)
-            yield pg
+            pages = [context.new_page() for context in contexts]
+            for pg in pages:
+                pg.set_default_timeout(30_000)
+            yield pages
         finally:
-            context.close()
+            for context in contexts:
+                context.close()
+
+
+def _page(tmp_path: Path, extra_flags: list[str]) -> Iterator[Any]:
+    for pages in _pages(tmp_path, extra_flags):
+        yield pages[0]
 
 
 @pytest.fixture
 def page(tmp_path: Path) -> Iterator[Any]:
     """A page in a fresh Chromium profile; Debian's browser, never a downloaded one."""
     yield from _page(tmp_path, [])
+
+
+@pytest.fixture
+def two_pages(tmp_path: Path) -> Iterator[list[Any]]:
+    """Two pages in two browser profiles: two people."""
+    yield from _pages(tmp_path, [], 2)
 
 
 @pytest.fixture

@@ -35,10 +35,11 @@ def test_dashboard_shows_versions_and_chart(
         for item_id, label in truth.items():
             by_class.setdefault(label, item_id)
         rest = [i for i in truth if i not in by_class.values()]
-        for item_id in [*by_class.values(), *rest[:12]]:
-            if ll.annotate(task_id, [{"item_id": item_id, "labels": [truth[item_id]]}])[
-                "training_triggered"
-            ]:
+        for n, item_id in enumerate([*by_class.values(), *rest[:12]]):
+            who = ("Ada", "Grace")[n % 2]
+            if ll.annotate(
+                task_id, [{"item_id": item_id, "labels": [truth[item_id]], "annotator": who}]
+            )["training_triggered"]:
                 ll.wait_for_training(task_id)
         versions = ll.models(task_id)
         assert len(versions) >= 2

@@ -14,9 +14,11 @@ from sqlalchemy import text
 
 from labelloop import __version__
 from labelloop.api import errors
-from labelloop.api.deps import require_backend_token, require_token
+from labelloop.api.deps import annotator_may, require_backend_token, require_token
 from labelloop.api.middleware import BodyLimit
 from labelloop.api.routes import (
+    annotators,
+    browse,
     export,
     imports,
     info,
@@ -25,6 +27,7 @@ from labelloop.api.routes import (
     labelstudio,
     models,
     predictions,
+    progress,
     tasks,
     workers,
 )
@@ -67,7 +70,8 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics, mounts=("/ui",))
     errors.install(app)
     secured = [Depends(require_token)]
-    modules = [tasks, items, labelling, predictions, models, export, imports, info]
+    modules = [tasks, items, browse, labelling, predictions, progress, models, export, imports]
+    modules += [info, annotators]
     if rt.has_jobs and rt.jobs.name == "celery":
         modules.append(workers)  # only a server in cluster mode has cluster workers
     for module in modules:
@@ -79,6 +83,7 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
     )
     app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
     install_docs(app)
+    errors.document_forbidden(app, API_PREFIX, annotator_may)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -9,6 +9,7 @@ character ever reaches a client. After an unexpected error (500) the answer says
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pydantic
@@ -28,7 +29,8 @@ log = logging.getLogger("labelloop.api")
 MEANING = {
     400: "The body cannot be read (not UTF-8 text, or a broken multipart form).",
     401: "No API token, or the wrong one (`WWW-Authenticate` names the scheme).",
-    403: "A data link the server may not read (outside the import roots, a non-public address).",
+    403: "A data link the server may not read (outside the import roots, a non-public address), "
+    "or an annotator's token asking for what only the admin token may do.",
     404: "No such task, item or model version.",
     405: "The path exists but not with this method (`Allow` lists the methods it has).",
     409: "The request contradicts the current state (no model yet, a version not ready).",
@@ -43,6 +45,36 @@ MEANING = {
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI ``responses`` entry for these error statuses, with the real body."""
     return {s: {"model": ErrorPublic, "description": MEANING[s]} for s in sorted(set(statuses))}
+
+
+def document_forbidden(app: FastAPI, prefix: str, allowed: Callable[[str, str], bool]) -> None:
+    """Document the 403 an annotator's token gets on every operation under ``prefix`` that
+    ``allowed(method, path)`` refuses it (the rule itself is :func:`labelloop.api.deps.annotator_may`)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        for path, operations in schema.get("paths", {}).items():
+            if not path.startswith(prefix):
+                continue
+            for method, op in operations.items():
+                if not allowed(method.upper(), path):
+                    op["responses"].setdefault(
+                        "403",
+                        {
+                            "description": MEANING[403],
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/ErrorPublic"}
+                                }
+                            },
+                        },
+                    )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def error_answer(

@@ -65,6 +65,9 @@ class Policy(BaseModel):
     #: Fixes the task's random choices (the order before the first model, the audits), so a
     #: simulation can be repeated exactly; by default every task draws its own.
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    #: How many different people label each item (agreement between annotators needs 2 or
+    #: more): ``/next`` hands an item out until that many people labelled it.
+    overlap: int = Field(default=1, ge=1, le=20)
     #: The labelling page's keys, label -> one character (by default the label itself when every
     #: label is one character, else positions 1-9, 0).
     hotkeys: dict[str, str] = Field(default_factory=dict)

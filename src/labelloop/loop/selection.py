@@ -190,6 +190,11 @@ class Query:
 
     items: list[int]
     audits: list[int] = field(default_factory=list)
+    #: The rest of the ranking, best first: what takes the place of a picked item that another
+    #: annotator reserved in the meantime.
+    rest: list[int] = field(default_factory=list)
+    #: Whether those replacements are audits too (before the first model every item is one).
+    rest_are_audits: bool = False
 
 
 class QueryStrategy(ABC):
@@ -210,8 +215,9 @@ class QueryStrategy(ABC):
         """Every uncovered item, best first; the first ``limit`` make a good batch."""
 
     def query(self, pool: Pool, limit: int) -> Query:
-        """Up to ``limit`` items to hand out."""
-        return Query(self.rank(pool, limit)[:limit])
+        """Up to ``limit`` items to hand out (and the rest of the ranking)."""
+        ranked = self.rank(pool, limit)
+        return Query(ranked[:limit], rest=ranked[limit:])
 
 
 class RandomSampling(QueryStrategy):
@@ -313,12 +319,13 @@ class AuditMixing(Wrapper):
     def query(self, pool: Pool, limit: int) -> Query:
         if not pool.served:
             first = list(pool.uncovered[:limit])
-            return Query(first, first)
+            return Query(first, first, rest=list(pool.uncovered[limit:]), rest_are_audits=True)
         if pool.certified and len(pool.uncovered) <= self.policy.tail:
             return self.inner.query(pool, limit)
         chosen: list[int] = []
         audits: list[int] = []
-        draw, unsure = iter(pool.open), iter(self.inner.rank(pool, limit))
+        ranked = self.inner.rank(pool, limit)
+        draw, unsure = iter(pool.open), iter(ranked)
         for k in range(min(limit, len(pool.open))):
             audit_turn = audit_turn_at(pool.human_labels + k, self.policy.audit_share)
             pick = _next_unchosen(draw if audit_turn else unsure, chosen)
@@ -330,7 +337,8 @@ class AuditMixing(Wrapper):
             chosen.append(pick)
             if audit_turn:
                 audits.append(pick)
-        return Query(chosen, audits)
+        taken = set(chosen)
+        return Query(chosen, audits, rest=[i for i in ranked if i not in taken])
 
 
 def audit_turn_at(position: int, share: float) -> bool:

@@ -14,6 +14,7 @@ from labelloop.loop.scheduling import lock_task, request_training
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.schemas import AnnotationCreate
+from labelloop.service import reservations
 from labelloop.service.common import enqueue, get_task_row
 from labelloop.store.models import Annotation, Item, Job, ModelVersion, Prediction
 
@@ -78,8 +79,16 @@ def _shown(rt: Runtime, spec: TaskSpec, wanted: dict[int, int]) -> dict[int, lis
     return out
 
 
-def submit(rt: Runtime, task_id: int, annotations: list[AnnotationIn]) -> dict[str, Any]:
-    """Append annotations (all or none) and let the policy decide whether to train."""
+def submit(
+    rt: Runtime, task_id: int, annotations: list[AnnotationIn], annotator: str | None = None
+) -> dict[str, Any]:
+    """Append annotations (all or none) and let the policy decide whether to train.
+
+    ``annotator`` (the name an annotator's token carries) replaces whatever the annotations say.
+    Labelling an item releases the labeller's reservation of it.
+    """
+    if annotator is not None:
+        annotations = [a.model_copy(update={"annotator": annotator}) for a in annotations]
     if not annotations:
         raise InvalidInput("no annotations")
     if len(annotations) > rt.settings.max_items_per_request:
@@ -148,6 +157,11 @@ def submit(rt: Runtime, task_id: int, annotations: list[AnnotationIn]) -> dict[s
             rows.append(row)
         s.add_all(rows)
         s.flush()
+        labelled: dict[str, list[int]] = defaultdict(list)
+        for r in rows:
+            if r.annotator is not None:
+                labelled[r.annotator].append(r.item_id)
+        reservations.release(s, task_id, labelled)
         job = request_training(s, task)
         if job is not None:
             jobs.append(job)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 
-from labelloop.errors import InvalidInput, NotFound
+from labelloop.errors import Conflict, InvalidInput, NotFound
 from labelloop.loop.features import ItemRef, featurize
-from labelloop.loop.labels import current_labels
+from labelloop.loop.labels import current_labels, label_revision
 from labelloop.loop.prediction import store_predictions
-from labelloop.loop.selection import Pool, similarity_vectors, strategy_for
+from labelloop.loop.scheduling import lock_task
+from labelloop.loop.selection import Pool, Query, similarity_vectors, strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
+from labelloop.service import reservations
 from labelloop.service.common import get_task_row, task_spec
-from labelloop.store.models import Item, ModelVersion, Prediction
+from labelloop.store.models import Item, ModelVersion, Prediction, utcnow
 from labelloop.store.upsert import record_audit_picks
 
 NO_MODEL = "no_model"
@@ -131,25 +134,40 @@ def _stable_order(salt: str, item_id: int) -> str:
     return hashlib.sha256(f"{salt}:{item_id}".encode()).hexdigest()
 
 
-def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
+def next_items(
+    rt: Runtime, task_id: int, limit: int, annotator: str | None = None
+) -> dict[str, Any]:
     """Items to label next, most useful first, each with its pre-label.
 
     The task's query strategy (:func:`labelloop.loop.selection.strategy_for`) chooses among the
     items no person or model has labelled (audits: among every item without a human label), from
-    the priorities stored at the last promotion; picked audits are recorded.
+    the priorities stored at the last promotion; picked audits are recorded. Items other
+    annotators hold are left out. With ``annotator``, what is handed out is reserved for them for
+    a lease, and the items they hold already come first (:mod:`labelloop.service.reservations`);
+    with an overlap above 1, items that some but too few people labelled come next.
     """
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit must be between 1 and 1000")
+    now = utcnow()
     with rt.session() as s:
-        spec = TaskSpec.of(get_task_row(s, task_id))
-        human = current_labels(s, task_id, source="human")
+        task = get_task_row(s, task_id)
+        if task.archived_at is not None:
+            raise Conflict(f"task {task_id} is archived: restore it to label its items")
+        spec = TaskSpec.of(task)
+        revision = label_revision(s, task_id)
+        holdings = reservations.Holdings(
+            spec.policy.overlap,
+            annotator,
+            reservations.labellers(s, task_id),
+            reservations.held(s, task_id, now),
+        )
         model = current_labels(s, task_id, source="model")
         rows = s.execute(
             select(Item.id, Item.external_id, Item.data, Item.content_hash).where(
                 Item.task_id == task_id, Item.status != "failed"
             )
         ).all()
-        open_items = {r.id: r for r in rows if r.id not in human}
+        readable = {r.id: r for r in rows}
         priority: dict[int, float] = {}
         if spec.served_version is not None:
             priority = {
@@ -161,30 +179,55 @@ def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
                 ).all()
             }
         certified = spec.served_version is not None and _threshold(s, spec) is not None
-    lottery = sorted(open_items, key=lambda i: _stable_order(spec.salt, i))
-    pool = Pool(
-        open=lottery,
-        uncovered=[i for i in lottery if i not in model],
-        priority=priority,
-        human_labels=len(human),
-        served=spec.served_version is not None,
-        certified=certified,
-        vectors=lambda ids: _vectors(rt, spec, [open_items[i] for i in ids]),
-    )
-    picked = strategy_for(spec.policy).query(pool, limit)
-    if picked.audits:
-        with rt.session() as s:
-            record_audit_picks(s, task_id, picked.audits)
-    chosen = picked.items
+    lottery = sorted(readable, key=lambda i: _stable_order(spec.salt, i))
+    mine = [i for i in holdings.mine() if i in readable]
+    started = [i for i in holdings.started(lottery) if i not in mine]
+    ahead = [*mine, *started]
+    taken = set(ahead)
+    open_items = [
+        i for i in lottery if i not in holdings.people and i not in taken and holdings.free(i)
+    ]
+    picked = Query([])
+    need = limit - len(ahead)
+    if need > 0:
+        pool = Pool(
+            open=open_items,
+            uncovered=[i for i in open_items if i not in model],
+            priority=priority,
+            human_labels=len(holdings.people),
+            served=spec.served_version is not None,
+            certified=certified,
+            vectors=lambda ids: _vectors(rt, spec, [readable[i] for i in ids]),
+        )
+        picked = strategy_for(spec.policy).query(pool, need)
+    audits = set(picked.audits) | (set(picked.rest) if picked.rest_are_audits else set())
+    candidates = [*ahead, *picked.items, *picked.rest]
+    reserved_until = None
+    with rt.session() as s:
+        if annotator is None:
+            chosen = candidates[:limit]
+        else:
+            lease = timedelta(seconds=rt.settings.reservation_lease_s)
+            reserved_until = now + lease
+            if lock_task(s, task_id) is None:
+                raise NotFound(f"no task {task_id}")
+            chosen = reservations.claim(
+                s, task_id, holdings, revision, candidates, limit, now, reserved_until
+            )
+        record_audit_picks(s, task_id, [i for i in chosen if i in audits])
+        blind = reservations.audits_among(s, chosen)
     preds = current_predictions(rt, spec, chosen) if spec.served_version is not None else {}
     return {
         "model_version": spec.served_version,
+        "annotator": annotator,
+        "reserved_until": None if reserved_until is None else reserved_until.isoformat(),
+        "lease_seconds": rt.settings.reservation_lease_s,
         "items": [
             {
                 "id": i,
-                "external_id": open_items[i].external_id,
-                "data": open_items[i].data,
-                "audit": i in picked.audits,
+                "external_id": readable[i].external_id,
+                "data": readable[i].data,
+                "audit": i in blind,
                 "prediction": preds.get(i, no_model(i)),
             }
             for i in chosen

@@ -21,7 +21,7 @@ from labelloop.loop.scheduling import active_training, lock_task
 from labelloop.runtime import Runtime
 from labelloop.schemas import AutoLabelState, TaskCreate, TaskPublic, TaskUpdate
 from labelloop.service.common import get_task_row
-from labelloop.store.models import Item, ModelVersion, Task
+from labelloop.store.models import Item, ModelVersion, Task, utcnow
 
 __all__ = [
     "TaskCreate",
@@ -87,6 +87,7 @@ def summary(rt: Runtime, task: Task) -> TaskPublic:
         },
         "auto_label": _auto_label_state(s, task) if task.policy.get("auto_label") else None,
         "created_at": task.created_at.isoformat(),
+        "archived": task.archived_at is not None,
     }
 
 
@@ -163,6 +164,8 @@ def update_task(rt: Runtime, task_id: int, change: TaskUpdate) -> TaskPublic:
             ).model_dump(mode="json")
         if change.name is not None:
             task.name = change.name
+        if change.archived is not None and change.archived != (task.archived_at is not None):
+            task.archived_at = utcnow() if change.archived else None
         s.flush()
         return summary(rt, task)
 

@@ -84,6 +84,8 @@ class Task(Base):
     # Random per-task salt: stable hashes (held-out split, tie breaks) differ between tasks.
     salt: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Set when the task is archived: kept with its data, but no longer handed out to label.
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Item(Base):
@@ -240,3 +242,35 @@ class LabelStudioAnnotation(Base):
     )
     annotation_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+
+
+class Reservation(Base):
+    """An item ``/next`` handed to an annotator: nobody else gets it until the lease ends or they
+    label it (with an overlap of k, at most k people hold or labelled it)."""
+
+    __tablename__ = "reservations"
+    __table_args__ = (
+        UniqueConstraint("item_id", "annotator", name="uq_reservations_item_annotator"),
+        Index("ix_reservations_task_expires", "task_id", "expires_at"),
+    )
+
+    #: Also the order the annotator was given their items in.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    annotator: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AnnotatorToken(Base):
+    """A token that names its annotator: it may read and label, nothing else. Only its SHA-256 is
+    kept (the token is shown once, when it is created)."""
+
+    __tablename__ = "annotator_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    annotator: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from labelloop.store.models import AuditPick, Prediction
+from labelloop.store.models import AuditPick, Prediction, Reservation
 
 UPDATED = ("task_id", "version", "labels", "scores", "score", "uncertainty", "created_at")
 
@@ -27,6 +27,25 @@ def record_audit_picks(session: Session, task_id: int, item_ids: Sequence[int]) 
             index_elements=[AuditPick.item_id]
         )
         session.execute(stmt, [{"item_id": i, "task_id": task_id} for i in item_ids])
+
+
+def reserve(
+    session: Session, task_id: int, annotator: str, item_ids: Sequence[int], expires_at: Any
+) -> None:
+    """Hold items for an annotator until ``expires_at`` (an item they hold already is renewed)."""
+    if item_ids:
+        stmt = _insert(session, Reservation)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Reservation.item_id, Reservation.annotator],
+            set_={"expires_at": stmt.excluded.expires_at},
+        )
+        session.execute(
+            stmt,
+            [
+                {"task_id": task_id, "item_id": i, "annotator": annotator, "expires_at": expires_at}
+                for i in item_ids
+            ],
+        )
 
 
 def upsert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:

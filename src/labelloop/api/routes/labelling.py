@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from labelloop.api.deps import RuntimeDep, TaskId
+from labelloop.api.deps import CallerDep, RuntimeDep, TaskId
 from labelloop.api.errors import responses
 from labelloop.schemas import AnnotationsCreate, AnnotationsSubmitted
 from labelloop.service import labelling
@@ -20,6 +20,9 @@ router = APIRouter(tags=["annotations"])
     response_model=AnnotationsSubmitted,
     responses=responses(400, 401, 404, 413, 422, 503),
 )
-def submit(task_id: TaskId, body: AnnotationsCreate, rt: RuntimeDep) -> dict[str, Any]:
-    """Append labels (all or none). Each records the pre-label shown, so edit rates are measured."""
-    return labelling.submit(rt, task_id, body.annotations)
+def submit(
+    task_id: TaskId, body: AnnotationsCreate, rt: RuntimeDep, caller: CallerDep
+) -> dict[str, Any]:
+    """Append labels (all or none). Each records the pre-label shown, so edit rates are measured.
+    With an annotator's token, the labels are that annotator's whatever ``annotator`` says."""
+    return labelling.submit(rt, task_id, body.annotations, caller.annotator)

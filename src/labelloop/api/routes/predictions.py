@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from labelloop.api.deps import ItemIdQuery, RuntimeDep, TaskId
+from labelloop.api.deps import CallerDep, ItemIdQuery, RuntimeDep, TaskId
 from labelloop.api.errors import responses
-from labelloop.schemas import DataPredictions, NextItems, PredictionPublic, PredictRequest
+from labelloop.schemas import DataPredictions, NextItems, PredictionPublic, PredictRequest, Text
 from labelloop.service import predictions
 
 router = APIRouter(tags=["predictions"])
@@ -37,10 +37,23 @@ def predict(task_id: TaskId, body: PredictRequest, rt: RuntimeDep) -> dict[str, 
 @router.get(
     "/tasks/{task_id}/next",
     response_model=NextItems,
-    responses=responses(401, 404, 422, 503, 504),
+    responses=responses(401, 404, 409, 422, 503, 504),
 )
 def next_items(
-    task_id: TaskId, rt: RuntimeDep, limit: Annotated[int, Query(ge=1, le=1000)] = 10
+    task_id: TaskId,
+    rt: RuntimeDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+    annotator: Annotated[
+        Text | None,
+        Query(
+            max_length=200,
+            description="who labels them: the items are reserved for this name for a lease, "
+            "and the ones it holds come first (an annotator's token names its own)",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    """Unlabelled items in the order that helps the model most, with their pre-labels."""
-    return predictions.next_items(rt, task_id, limit)
+    """Unlabelled items in the order that helps the model most, with their pre-labels; items
+    reserved for other annotators are left out."""
+    who = caller.annotator or (annotator.strip() if annotator else None) or None
+    return predictions.next_items(rt, task_id, limit, who)

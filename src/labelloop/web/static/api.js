@@ -4,6 +4,17 @@
 
 const TOKEN_KEY = "labelloop.token";
 
+// A link may carry a token (`?token=…`, e.g. an annotator's, handed out by the admin): it is kept
+// in this browser and taken out of the address bar at once, so it is not bookmarked or shared.
+(function takeTokenFromLink() {
+  const url = new URL(location.href);
+  const token = url.searchParams.get("token");
+  if (token === null) return;
+  if (token.trim()) localStorage.setItem(TOKEN_KEY, token.trim());
+  url.searchParams.delete("token");
+  history.replaceState(null, "", url.pathname + url.search + url.hash);
+})();
+
 class ApiError extends Error {
   constructor(status, code, detail) {
     super(detail || code || `HTTP ${status}`);
@@ -52,8 +63,31 @@ async function request(method, path, body, isForm) {
 const api = {
   get: (path) => request("GET", path),
   post: (path, body) => request("POST", path, body),
+  patch: (path, body) => request("PATCH", path, body),
   form: (path, formData) => request("POST", path, formData, true),
   del: (path) => request("DELETE", path),
+  // Who this browser's token says it is ({role: admin|annotator, annotator}); asked once.
+  me() {
+    if (!api._me) api._me = request("GET", "/api/v1/me").catch((err) => { api._me = null; throw err; });
+    return api._me;
+  },
+  // A file from the API saved by the browser (a plain link could not send the token).
+  async download(path, filename) {
+    const url = await api.blobUrl(path);
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = filename;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  },
+  // Sent even while the page closes (giving back reserved items).
+  farewell(method, path) {
+    try {
+      fetch(path, { method, headers: authHeaders(), keepalive: true }).catch(() => null);
+    } catch (_) { /* the page is going away */ }
+  },
   // An endpoint that a server may not have (another component adds it): null when it is absent.
   async optional(path) {
     try {
@@ -108,6 +142,14 @@ function ago(iso) {
   if (s < 3600) return `${Math.round(s / 60)} min ago`;
   if (s < 86400) return `${Math.round(s / 3600)} h ago`;
   return `${Math.round(s / 86400)} d ago`;
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 172800) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${(seconds / 86400).toFixed(1)} d`;
 }
 
 function versionName(v) {

@@ -3,7 +3,8 @@
 "use strict";
 
 const REFRESH_MS = 2500;
-const state = { tasks: [], selected: null, folder: null, busy: false, info: null };
+const state = { tasks: [], selected: null, folder: null, busy: false, info: null, me: null, showUnreadable: false };
+const isAdmin = () => !state.me || state.me.role === "admin";
 
 function toast(message) {
   const el = document.getElementById("toast");
@@ -28,22 +29,32 @@ function countsBar(c) {
       <div class="failed" style="width:${w(c.failed)}"></div></div>`;
 }
 
+function taskRow(t) {
+  return `
+    <li data-id="${t.id}" data-testid="task-${t.id}" class="${t.id === state.selected ? "active" : ""}">
+      <div class="name">${esc(t.name)}</div>
+      <div class="meta">${esc(t.category)} · ${esc(t.extra)} · ${t.counts.items} items</div>
+      ${countsBar(t.counts)}
+      <div class="meta">${t.served_version === null ? '<span class="chip">no model yet</span>' : `<span class="chip model">model-time${t.served_version}</span>`}
+        ${t.training ? '<span class="chip warn">training</span>' : ""}${t.archived ? '<span class="chip">archived</span>' : ""}</div>
+    </li>`;
+}
+
 function renderTasks() {
   const ul = document.getElementById("tasks");
   if (!state.tasks.length) {
     ul.innerHTML = `<li class="muted">No task yet.</li>`;
     return;
   }
-  ul.innerHTML = state.tasks.map((t) => `
-    <li data-id="${t.id}" data-testid="task-${t.id}" class="${t.id === state.selected ? "active" : ""}">
-      <div class="name">${esc(t.name)}</div>
-      <div class="meta">${esc(t.category)} · ${esc(t.extra)} · ${t.counts.items} items</div>
-      ${countsBar(t.counts)}
-      <div class="meta">${t.served_version === null ? '<span class="chip">no model yet</span>' : `<span class="chip model">model-time${t.served_version}</span>`}
-        ${t.training ? '<span class="chip warn">training</span>' : ""}</div>
-    </li>`).join("");
+  const active = state.tasks.filter((t) => !t.archived);
+  const archived = state.tasks.filter((t) => t.archived);
+  const open = document.getElementById("archived-tasks");
+  const wasOpen = open ? open.open : archived.some((t) => t.id === state.selected);
+  ul.innerHTML = active.map(taskRow).join("") + (archived.length
+    ? `<li class="archived-group"><details id="archived-tasks" data-testid="archived-tasks"${wasOpen ? " open" : ""}><summary>Archived (${archived.length})</summary>
+        <ul class="tasks">${archived.map(taskRow).join("")}</ul></details></li>` : "");
   for (const li of ul.querySelectorAll("li[data-id]")) {
-    li.onclick = () => { location.hash = `task=${li.dataset.id}`; };
+    li.onclick = (ev) => { ev.stopPropagation(); location.hash = `task=${li.dataset.id}`; };
   }
 }
 
@@ -55,6 +66,7 @@ function versionsTable(task, versions) {
     const m = v.metrics || {};
     const action = v.serving ? '<span class="chip good">serving</span>'
       : v.status !== "ready" ? `<span class="chip">${esc(v.status)}</span>`
+      : !isAdmin() ? ""
       : `<button class="small" data-promote="${v.version}" data-testid="promote-${v.version}">${v.version < (task.served_version ?? -1) ? "Roll back to" : "Promote"}</button>`;
     return `<tr class="${v.serving ? "serving" : ""}" data-testid="version-${v.version}">
       <td>model-time${v.version}</td><td class="num">${v.n_labels}</td>
@@ -106,7 +118,7 @@ function suspectsBlock(result, task) {
     ? '<p class="muted">Flags need a model: they come from the out-of-sample scores of a trained version.</p>'
     : `<p class="muted">model-time${esc(data.version)} checked ${esc(data.checked ?? "?")} human labels and flags ${esc(data.flagged ?? list.length)}.</p>`;
   const text = task.category.startsWith("text");
-  const rows = list.slice(0, 20).map((s) => `<tr><td>#${esc(s.item_id)}</td>
+  const rows = list.slice(0, 20).map((s) => `<tr><td><a href="items.html?task=${task.id}&item=${esc(s.item_id)}" data-testid="suspect-link-${esc(s.item_id)}" title="open it in the item browser, to see or correct its label">#${esc(s.item_id)}</a></td>
       ${text ? `<td class="muted">${esc(String(s.data || "").slice(0, 80))}</td>` : ""}
       <td>${esc([].concat(s.given ?? []).join(", "))}</td><td><b>${esc([].concat(s.suggested ?? []).join(", "))}</b></td>
       <td class="num">${typeof s.score === "number" ? s.score.toFixed(2) : ""}</td>
@@ -114,9 +126,40 @@ function suspectsBlock(result, task) {
   const flags = list.length
     ? `<table data-testid="suspects"><thead><tr><th>item</th>${text ? "<th>text</th>" : ""}<th>given</th><th>suggested</th><th class="num">score</th><th>annotators</th></tr></thead><tbody>${rows}</tbody></table>`
     : '<p class="muted" data-testid="suspects-none">No suspicious label right now.</p>';
-  const who = Array.isArray(data.annotators) && data.annotators.length
-    ? `<h3>Annotator agreement</h3>${table(data.annotators)}` : "";
-  return head + flags + who;
+  return head + flags + (list.length ? `<p class="muted"><a href="items.html?task=${task.id}&suspect=true">All flagged items in the item browser →</a></p>` : "");
+}
+
+function progressBlock(p) {
+  if (!p) return '<p class="na">Progress is not available on this server.</p>';
+  const overlap = p.overlap > 1 ? ` · each item by ${p.overlap} people` : "";
+  const rows = p.annotators.map((a) => `<tr data-testid="annotator-${esc(a.annotator ?? "")}">
+      <td>${a.annotator === null ? '<span class="muted">(no name)</span>' : esc(a.annotator)}</td>
+      <td class="num">${a.labels}</td><td class="num">${a.items}</td>
+      <td class="num">${a.rate_per_hour === null ? "–" : Math.round(a.rate_per_hour)}</td>
+      <td class="num">${a.holding || ""}</td>
+      <td class="num" data-testid="agreement">${a.agreement === null ? '<span class="muted">–</span>' : `${pct(a.agreement, 0)} <span class="muted">(${a.shared_items})</span>`}</td>
+      <td class="muted">${esc(ago(a.last_label_at))}</td></tr>`).join("");
+  const people = p.annotators.length
+    ? `<table data-testid="annotators"><thead><tr><th>annotator</th><th class="num">labels</th><th class="num">items</th>
+        <th class="num">per hour</th><th class="num">holding</th><th class="num" title="how often their label matches other people's on items they share (items shared)">agreement</th><th>last label</th></tr></thead><tbody>${rows}</tbody></table>`
+    : '<p class="muted">Nobody has labelled yet.</p>';
+  return `<div data-testid="progress">
+      <span class="stat"><b data-testid="progress-done">${p.done}</b>done of ${p.items}${overlap}</span>
+      <span class="stat"><b data-testid="progress-left">${p.left}</b>items left (${p.labels_needed} labels)</span>
+      <span class="stat"><b>${p.rate_per_hour === null ? "–" : Math.round(p.rate_per_hour)}</b>labels per hour (last hour)</span>
+      <span class="stat"><b data-testid="progress-eta">${p.left === 0 ? "done" : duration(p.eta_seconds)}</b>time left at that rate</span>
+    </div>${people}`;
+}
+
+function unreadableBlock(task, failed) {
+  if (!state.showUnreadable || !task.counts.failed) return "";
+  const rows = (failed ? failed.items : []).map((it) => {
+    const name = it.preview.split(/[\/]/).pop() || it.preview;
+    return `<tr><td>#${it.id}</td><td title="${esc(it.preview)}"><b>${esc(name)}</b><div class="muted small">${esc(it.preview)}</div></td><td class="error">${esc(it.error || "")}</td></tr>`;
+  }).join("");
+  const more = failed && failed.total > failed.items.length ? `<p class="muted">${failed.total - failed.items.length} more in the <a href="items.html?task=${task.id}&status=failed">item browser</a>.</p>` : "";
+  return `<div class="card" data-testid="unreadable-list"><h2>Unreadable items (${task.counts.failed})</h2>
+    <table><thead><tr><th>item</th><th>file</th><th>why</th></tr></thead><tbody>${rows}</tbody></table>${more}</div>`;
 }
 
 function importBlock(task) {
@@ -131,13 +174,14 @@ async function renderDetail() {
   const el = document.getElementById("detail");
   const id = state.selected;
   if (id === null) return;
-  let task, versions, metrics, jobs, suspects;
+  let task, versions, metrics, jobs, suspects, progress, failed;
   try {
-    [task, versions, metrics, jobs, suspects] = await Promise.all([
+    [task, versions, metrics, jobs, suspects, progress] = await Promise.all([
       api.get(`/api/v1/tasks/${id}`), api.get(`/api/v1/tasks/${id}/models`),
       api.get(`/api/v1/tasks/${id}/metrics`), api.get(`/api/v1/tasks/${id}/jobs?limit=20`),
-      api.optional(`/api/v1/tasks/${id}/suspects`),
+      api.optional(`/api/v1/tasks/${id}/suspects`), api.optional(`/api/v1/tasks/${id}/progress`),
     ]);
+    if (state.showUnreadable && task.counts.failed) failed = await api.get(`/api/v1/tasks/${id}/items?status=failed&limit=20`);
   } catch (err) {
     el.innerHTML = `<div class="card error">${esc(err.message)}</div>`;
     return;
@@ -155,9 +199,20 @@ async function renderDetail() {
         <div class="row">
           ${task.served_version === null ? '<span class="chip">no model yet</span>' : `<span class="chip model" data-testid="serving">serving model-time${task.served_version}</span>`}
           ${task.training ? '<span class="chip warn">training…</span>' : ""}
-          <button id="train">Train now</button>
-          <a class="button primary" href="label.html?task=${task.id}" data-testid="label-link">Label →</a>
+          ${task.archived ? '<span class="chip" data-testid="archived">archived</span>' : ""}
+          ${isAdmin() ? '<button id="train">Train now</button>' : ""}
+          <a class="button" href="items.html?task=${task.id}" data-testid="browse-link">Browse items</a>
+          ${task.archived ? "" : `<a class="button primary" href="label.html?task=${task.id}" data-testid="label-link">Label →</a>`}
         </div>
+      </div>
+      <div class="row actions">
+        <span class="muted">Export (label, its source, model version and score per item):</span>
+        <button class="small" data-export="jsonl" data-testid="export-jsonl">JSON lines</button>
+        <button class="small" data-export="csv" data-testid="export-csv">CSV</button>
+        <span class="spacer"></span>
+        ${isAdmin() ? `<button class="small" id="archive" data-testid="archive">${task.archived ? "Restore" : "Archive"}</button>
+          <button class="small danger" id="delete" data-testid="delete">Delete…</button>`
+          : `<span class="chip" data-testid="annotator-role">annotator ${esc(state.me.annotator)}: labelling only</span>`}
       </div>
       <div style="margin-top: 12px">
         <span class="stat"><b data-testid="count-human">${c.human_labelled}</b>labelled by people</span>
@@ -168,9 +223,12 @@ async function renderDetail() {
       </div>
       ${countsBar(c)}
       <div class="legend-row"><span><i style="background: var(--accent)"></i>people</span><span><i style="background: var(--model)"></i>model</span>
-        <span><i style="background: #fbbf24"></i>being read</span><span><i style="background: var(--bad)"></i>unreadable (${c.failed})</span><span><i style="background: #e5e7eb"></i>unlabelled</span></div>
-      <h3>Add items</h3>${importBlock(task)}
+        <span><i style="background: #fbbf24"></i>being read</span><span><i style="background: var(--bad)"></i>${c.failed
+          ? `<a href="#" id="show-unreadable" data-testid="show-unreadable" title="which files, and why">unreadable (${c.failed})</a>` : "unreadable (0)"}</span><span><i style="background: #e5e7eb"></i>unlabelled</span></div>
+      ${isAdmin() ? `<h3>Add items</h3>${importBlock(task)}` : ""}
     </div>
+    ${unreadableBlock(task, failed)}
+    <div class="card"><h2>Progress</h2>${progressBlock(progress.available ? progress.data : null)}</div>
     <div class="card"><h2>Learning curves</h2>${charts(task, metrics)}</div>
     <div class="card"><h2>Model versions</h2>${versionsTable(task, versions)}</div>
     <div class="card"><h2>Suspicious labels</h2>${suspectsBlock(suspects, task)}</div>
@@ -184,11 +242,61 @@ async function renderDetail() {
       refresh();
     };
   }
-  document.getElementById("train").onclick = async () => {
+  const q = (x) => document.getElementById(x);
+  if (q("train")) q("train").onclick = async () => {
     try { await api.post(`/api/v1/tasks/${id}/train`); toast("training queued"); } catch (err) { toast(err.message); }
     refresh();
   };
-  wireImports(task);
+  for (const b of el.querySelectorAll("[data-export]")) {
+    b.onclick = async () => {
+      const fmt = b.dataset.export;
+      try {
+        await api.download(`/api/v1/tasks/${id}/export?format=${fmt}`, `${task.name.replace(/[^\w.-]+/g, "_") || `task-${id}`}.${fmt}`);
+      } catch (err) { toast(`export failed: ${err.message}`); }
+    };
+  }
+  if (q("show-unreadable")) q("show-unreadable").onclick = (ev) => {
+    ev.preventDefault();
+    state.showUnreadable = !state.showUnreadable;
+    refresh();
+  };
+  if (q("archive")) q("archive").onclick = async () => {
+    try {
+      const t = await api.patch(`/api/v1/tasks/${id}`, { archived: !task.archived });
+      toast(t.archived ? `"${t.name}" is archived: kept, no longer handed out to label` : `"${t.name}" is restored`);
+    } catch (err) { toast(err.message); }
+    refresh();
+  };
+  if (q("delete")) q("delete").onclick = () => askDelete(task);
+  if (isAdmin()) wireImports(task);
+}
+
+// Deleting takes the task's name typed again: it removes its items, labels and models for good.
+function askDelete(task) {
+  const dialog = document.getElementById("delete-dialog");
+  const input = document.getElementById("delete-name");
+  const go = document.getElementById("delete-confirm");
+  document.getElementById("delete-what").textContent = task.name;
+  document.getElementById("delete-error").textContent = "";
+  input.value = "";
+  go.disabled = true;
+  input.oninput = () => { go.disabled = input.value !== task.name; };
+  go.onclick = async (ev) => {
+    ev.preventDefault();
+    go.disabled = true;
+    try {
+      await api.del(`/api/v1/tasks/${task.id}`);
+      dialog.close();
+      toast(`"${task.name}" is deleted`);
+      location.hash = "";
+    } catch (err) {
+      document.getElementById("delete-error").textContent = err.message;
+      go.disabled = false;
+    }
+    refresh();
+  };
+  dialog.showModal();
+  input.focus();
 }
 
 function wireImports(task) {
@@ -303,12 +411,22 @@ async function renderServer() {
 
 async function refresh() {
   try {
+    if (!state.me) {
+      state.me = await api.me();
+      document.getElementById("new-task").hidden = !isAdmin();
+      if (!isAdmin()) document.getElementById("who").textContent = `annotator ${state.me.annotator}`;
+    }
     state.tasks = await api.get("/api/v1/tasks");
   } catch (err) {
     document.getElementById("tasks").innerHTML = `<li class="error">${esc(err.message)}</li>`;
   }
   state.selected = selectedFromHash();
-  if (state.selected === null && state.tasks.length) state.selected = state.tasks[state.tasks.length - 1].id;
+  if (state.selected !== null && !state.tasks.some((t) => t.id === state.selected)) state.selected = null;
+  const active = state.tasks.filter((t) => !t.archived);
+  if (state.selected === null && active.length) state.selected = active[active.length - 1].id;
+  if (state.selected === null) {
+    document.getElementById("detail").innerHTML = document.getElementById("welcome").innerHTML;
+  }
   renderTasks();
   await Promise.all([renderDetail(), renderServer(), renderCluster()]);
 }

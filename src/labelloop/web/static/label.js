@@ -16,12 +16,15 @@ const QUICK_MIN = 0.9;
 // A new version is announced when its held-out accuracy moved this much since the last notice.
 const NOTICE_DELTA = 0.02;
 const HISTORY_SHOWN = 12;
+// Items asked for at a time: the page's queue and the one on screen fit in one answer, so that
+// asking again renews every one this page holds.
+const BATCH = 16;
 
 const S = {
   task: null, keys: null, queue: [], current: null, history: [], pos: null,
   onScreen: null, selected: new Set(), rejecting: false,
   sent: new Set(), served: undefined, announced: null, loading: null, chain: Promise.resolve(),
-  images: new Map(), quick: false, guest: "",
+  images: new Map(), quick: false, guest: "", me: null, holder: null, lease: null, archived: false,
 };
 const multi = () => S.task && S.task.extra === "multi-label";
 const $ = (id) => document.getElementById(id);
@@ -41,10 +44,27 @@ function sameLabels(a, b) {
 // --- who labels --------------------------------------------------------------------------------
 
 function annotator() {
+  if (S.me && S.me.role === "annotator") return S.me.annotator; // the token names its annotator
   return $("annotator").value.trim() || S.guest;
 }
 
-function setupAnnotator() {
+// Items /next handed to one name are reserved for it: when the name changes, they are given back
+// (and asked for again under the new name); when the page closes, too.
+function releaseHeld(name) {
+  if (!name) return;
+  api.farewell("DELETE", `/api/v1/tasks/${taskId}/reservations?annotator=${encodeURIComponent(name)}`);
+}
+
+function nameChanged() {
+  const now = annotator();
+  if (S.holder === null || S.holder === now) return;
+  releaseHeld(S.holder);
+  S.holder = now;
+  S.queue = [];
+  refill();
+}
+
+async function setupAnnotator() {
   let guest = localStorage.getItem(GUEST_KEY);
   if (!guest) {
     guest = `guest-${Math.random().toString(16).slice(2, 6)}`;
@@ -62,6 +82,19 @@ function setupAnnotator() {
     input.classList.toggle("unnamed", !input.value.trim());
   };
   input.onkeydown = (ev) => { if (ev.key === "Enter" || ev.key === "Escape") input.blur(); };
+  input.onchange = nameChanged;
+  try {
+    S.me = await api.me();
+  } catch (_) {
+    S.me = null; // the banner asks for a token
+  }
+  if (S.me && S.me.role === "annotator") {
+    input.value = S.me.annotator;
+    input.readOnly = true;
+    input.classList.remove("unnamed");
+    input.title = "Your token names you: labels are recorded under this name";
+    input.dataset.token = "annotator";
+  }
 }
 
 // --- keys --------------------------------------------------------------------------------------
@@ -287,7 +320,15 @@ async function renderDone() {
   const c = S.task.counts;
   const unsaved = S.history.filter((e) => e.status === "failed").length;
   const parts = [];
-  if (c.unlabelled === 0 && c.model_labelled === 0) {
+  const overlap = (S.task.policy && S.task.policy.overlap) || 1;
+  const progress = overlap > 1 ? await api.get(`/api/v1/tasks/${taskId}/progress`).catch(() => null) : null;
+  if (S.archived) {
+    stage.querySelector("h2").textContent = "This task is archived.";
+    parts.push("Its items are no longer handed out; the admin can restore it on the dashboard.");
+  } else if (progress && progress.left > 0) {
+    stage.querySelector("h2").textContent = "Nothing for you right now.";
+    parts.push(`Each item is labelled by ${overlap} people: ${progress.left} item(s) still need labels from others (you labelled them, or others hold them). This page checks for more every few seconds.`);
+  } else if (c.unlabelled === 0 && c.model_labelled === 0) {
     parts.push("Every item of this task has a label from a person.");
   } else if (c.unlabelled === 0) {
     parts.push(`Every item has a label: ${c.human_labelled} from people, ${c.model_labelled} from the model.`);
@@ -308,7 +349,12 @@ async function refill() {
   if (S.loading) return S.loading;
   S.loading = (async () => {
     try {
-      const next = await api.get(`/api/v1/tasks/${taskId}/next?limit=12&annotator=${encodeURIComponent(annotator())}`);
+      // The items this name holds come back first (their lease renewed), then new ones.
+      const name = annotator();
+      const next = await api.get(`/api/v1/tasks/${taskId}/next?limit=${BATCH}&annotator=${encodeURIComponent(name)}`);
+      S.holder = name;
+      S.lease = next.lease_seconds;
+      S.archived = false;
       const have = new Set([...S.queue.map((i) => i.id), S.current && S.current.id]);
       for (const it of next.items) {
         it.servedWhenFetched = next.model_version;
@@ -318,7 +364,8 @@ async function refill() {
       if (S.served !== undefined && next.model_version !== S.served) pollTask();
       if (!isText()) S.queue.slice(0, 4).forEach(imageUrl);
     } catch (err) {
-      toast(err.message);
+      if (err.status === 409 && /archived/.test(err.message)) S.archived = true;
+      else toast(err.message);
     } finally {
       S.loading = null;
     }
@@ -541,7 +588,7 @@ async function pollTask() {
 }
 
 async function start() {
-  setupAnnotator();
+  await setupAnnotator();
   if (!taskId) {
     $("stage").innerHTML = '<p>No task chosen. <a href="index.html">Pick one on the dashboard.</a></p>';
     return;
@@ -569,6 +616,12 @@ async function start() {
   await refill();
   await advance();
   setInterval(pollTask, 2000);
+  // Asking again renews the lease of every item this page holds (a third of a lease at a time).
+  const renew = () => {
+    setTimeout(() => { if (!S.loading) refill(); renew(); }, Math.min(120, Math.max(5, (S.lease || 600) / 3)) * 1000);
+  };
+  renew();
+  window.addEventListener("pagehide", () => releaseHeld(S.holder));
   // At the end of the queue, ask again now and then: new items, labels that did not arrive.
   setInterval(() => { if (!S.current && !S.loading) refill().then(() => { if (!S.current && S.queue.length) advance(); }); }, 4000);
 }

@@ -1,0 +1,23 @@
+"""The migrations build exactly the tables the models describe, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from labelloop.store.db import make_engine, migrate
+from labelloop.store.models import Base
+
+
+def test_migrated_schema_matches_the_models(tmp_path: Path, database_url: str | None) -> None:
+    url = database_url or f"sqlite:///{tmp_path / 'store.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
