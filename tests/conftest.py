@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -20,6 +21,11 @@ from labelloop.jobs.local import LocalJobs
 from labelloop.runtime import Runtime
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+# Image tasks in the general tests choose among pixel learners only, so that they never push
+# hundreds of digits through EfficientNet; tests/learners and tests/loop/test_photos.py turn the
+# backbone on where they test it.
+os.environ.setdefault("LABELLOOP_IMAGE_BACKBONE", "none")
 
 
 def _pg_admin_connect():  # type: ignore[no-untyped-def]

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=32 * MiB, gt=0)
     max_items_per_request: int = Field(default=10_000, gt=0)
     model_cache_bytes: int = Field(default=512 * MiB, gt=0)
+    #: The image backbone of photo learners: "efficientnet-lite0" (in the default install),
+    #: "none", or a JSON object naming a TorchScript/ONNX file (labelloop.learners.backbones).
+    image_backbone: str = "efficientnet-lite0"
+    #: Threads PyTorch uses per process for embeddings and fine-tuning (unset: PyTorch's default).
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
 
     api_token: SecretStr | None = None
     cluster_token: SecretStr = SecretStr(DEFAULT_CLUSTER_TOKEN)

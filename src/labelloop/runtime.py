@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from labelloop.config import Settings
 from labelloop.datastore import TaskFolder
+from labelloop.learners import backbones
 from labelloop.store.db import make_engine, make_sessionmaker, migrate, translate_db_errors
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ def worker_identity() -> str:
 class Runtime:
     def __init__(self, settings: Settings, *, migrate_schema: bool = False) -> None:
         self.settings = settings
+        backbones.configure(settings)  # which image backbone this process's tasks use
         self.data_dir = settings.resolved_data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if migrate_schema:
