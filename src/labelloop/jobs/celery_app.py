@@ -32,6 +32,7 @@ from kombu.entity import Exchange, Queue
 
 from labelloop.config import Settings
 from labelloop.errors import ConfigError, InvalidInput, LabelloopError, Unavailable
+from labelloop.learners import backbones
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import WORKER_NAME_ENV, Runtime
 
@@ -441,6 +442,7 @@ def run_worker(
 
     def warm(**_: Any) -> None:
         state.runtime()
+        backbones.preload()  # the image backbone, once per process, outside any time limit
         import sklearn.svm  # noqa: F401  (the first job should not pay for imports)
 
         import labelloop.loop.executor  # noqa: F401

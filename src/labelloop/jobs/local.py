@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from labelloop.config import Settings
 from labelloop.jobs.base import JobBackend
+from labelloop.learners import backbones
 from labelloop.loop import prediction
 from labelloop.loop.prediction import DataPrediction, ItemPredictions
 from labelloop.loop.spec import TaskSpec
@@ -46,6 +47,7 @@ def _init_worker(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s",
     )
     _WORKER_RT = Runtime(settings)
+    backbones.preload()  # the image backbone, once per process, before any job's clock starts
     import sklearn.neighbors
     import sklearn.svm  # noqa: F401
 
@@ -104,6 +106,7 @@ class LocalJobs(JobBackend):
         )
 
     def start(self) -> None:
+        backbones.preload()  # predictions run in this (the API) process
         self._pool = self._new_pool()
         # Start and warm every worker now, not on the first label: the first model would wait.
         warm = [self._pool.submit(_noop) for _ in range(self.workers)]

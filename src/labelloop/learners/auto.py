@@ -51,7 +51,7 @@ class AutoImage(Learner):
         candidates: list[str] | None = None,
         backbone: BackboneParam = None,
         finetune_min_labels: int = 200,
-        finetune_budget_s: float = 300.0,
+        finetune_budget_s: float = 60.0,
         cv_folds: int = 5,
     ) -> None:
         super().__init__(labels, multi_label)

@@ -327,7 +327,13 @@ class Backbone:
         with self._lock:
             if self._session is not None:
                 name = self._session.get_inputs()[0].name
-                y = np.asarray(self._session.run(None, {name: x})[0])
+                try:
+                    y = np.asarray(self._session.run(None, {name: x})[0])
+                except Exception as exc:  # onnxruntime's errors are not typed
+                    raise InvalidInput(
+                        f"the ONNX backbone {self.spec.path} failed on a batch of "
+                        f"{tuple(x.shape)}: {str(exc).splitlines()[0]}"
+                    ) from None
             else:
                 y = self._torch_forward(x)
         if y.ndim == 4:

@@ -287,13 +287,13 @@ class FineTune(Learner):
         *,
         backbone: BackboneParam = None,
         train_blocks: int = 2,
-        epochs: int = 12,
+        epochs: int = 8,
         batch_size: int = 32,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
-        patience: int = 3,
+        patience: int = 2,
         val_fraction: float = 0.1,
-        budget_s: float = 300.0,
+        budget_s: float = 60.0,
         seed: int = 0,
     ) -> None:
         super().__init__(labels, multi_label)
@@ -325,6 +325,11 @@ class FineTune(Learner):
     def set_snapshot_dir(self, folder: Path | None) -> None:
         """Where each epoch's checkpoint goes (not a parameter: a training job's own folder)."""
         self._snapshot_dir = folder
+
+    def clone(self) -> Self:
+        twin = super().clone()
+        twin._snapshot_dir = getattr(self, "_snapshot_dir", None)
+        return twin
 
     def _shape(self, maps: np.ndarray) -> tuple[int, int, int]:
         spec = self.featurizers()[0]

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from labelloop.errors import InvalidInput
 from labelloop.learners import backbones
-from labelloop.learners.auto import AutoImage
+from labelloop.learners.auto import CANDIDATES, AutoImage
 from labelloop.learners.base import Learner
 from labelloop.learners.embedding import EmbeddingLogReg, EmbeddingSpread
 from labelloop.learners.finetune import FineTune
@@ -85,8 +85,12 @@ def check_params(
         spec = backbones.parse(out["backbone"])
         if spec is not None:
             backbones.resolve(spec)  # the file must exist and be readable now
-    if cls is AutoImage and out.get("candidates"):
-        AutoImage(["a", "b"], candidates=out["candidates"]).candidate_learners(0)
+    unknown = [n for n in out.get("candidates") or [] if n not in CANDIDATES]
+    if cls is AutoImage and unknown:
+        raise InvalidInput(
+            f"unknown candidate learner(s) {', '.join(unknown)}; "
+            f"choose among {', '.join(CANDIDATES)}"
+        )
     return out
 
 

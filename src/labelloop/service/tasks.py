@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
 from labelloop.errors import InvalidInput
-from labelloop.learners.registry import CATEGORIES, EXTRAS, learner_class
+from labelloop.learners.registry import CATEGORIES, EXTRAS, check_params
 from labelloop.loop.cache import FEATURES
 from labelloop.loop.labels import current_labels
 from labelloop.loop.policy import Policy
@@ -107,7 +107,8 @@ def _auto_label_state(s: Session, task: Task) -> dict[str, Any]:
 
 
 def create_task(rt: Runtime, spec: TaskCreate) -> dict[str, Any]:
-    learner_class(spec.category, spec.extra, spec.policy.learner)  # refuses unknown combinations
+    # Refuses unknown combinations, and learner parameters of unknown names or wrong types.
+    check_params(spec.category, spec.extra, spec.policy.learner, spec.policy.learner_params)
     if spec.extra == "multi-class" and len(spec.labels) < 2:
         raise InvalidInput("a multi-class task needs at least two labels")
     with rt.session() as s:
