@@ -147,9 +147,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             fz.transform(raws)
             runs.append(len(raws) / (time.perf_counter() - t))
         out[f"cpu_{threads}_threads_images_per_s"] = round(statistics.median(runs), 2)
-    out["gpu"] = (
-        "not run: no GPU available" if not torch.cuda.is_available() else "see cuda figure"
-    )
+    out["gpu"] = "not run: no GPU available" if not torch.cuda.is_available() else "see cuda figure"
     return out
 
 
