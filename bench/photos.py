@@ -75,7 +75,7 @@ def stream(args: argparse.Namespace) -> dict[str, Any]:
         data_dir = work / "data"
         print(f"{ds.name}: {len(ds.data)} items, {len(ds.labels)} classes", Counter(ds.truth))
         results: dict[str, Any] = {}
-        feature_dirs: list[Path] = []
+        feature_dirs: list[Path] = [args.features_from] if args.features_from else []
         with (
             running_server(
                 data_dir, free_port(), ["--import-root", str(root)], log=work / "server.log"
@@ -211,6 +211,12 @@ def main() -> None:
         "--learners",
         nargs="+",
         default=["auto", "pool-svm", "embedding-logreg", "embedding-spread"],
+    )
+    s.add_argument(
+        "--features-from",
+        type=Path,
+        default=None,
+        help="a Preprocess/features folder of an earlier run to start every task's cache from",
     )
     t = sub.add_parser("throughput")
     t.add_argument("folder", type=Path)
