@@ -37,6 +37,12 @@ def build_tiny(folder: Path) -> tuple[Path, Path]:
     return ts, onnx_path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> None:
+    """The test machine is shared: one PyTorch thread is several times faster than two waiting."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return build_tiny(tmp_path_factory.mktemp("backbone"))

@@ -4,7 +4,7 @@ self, scores have the task's shape, and fit -> predict -> save -> load -> predic
 output.
 
 Backbone learners run on a tiny TorchScript backbone the tests build themselves (and fine-tuning on
-EfficientNet-Lite0 at 64x64 pixels for two epochs), so the suite stays fast.
+EfficientNet-Lite0 at 32x32 pixels for two epochs), so the suite stays fast.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def small_params(cls: type[Learner], tiny: dict[str, object]) -> dict[str, objec
     if "backbone" in names:
         params["backbone"] = tiny
     if cls.name == "finetune":
-        params.update(backbone={"input_size": 64}, epochs=2, batch_size=8)
+        params.update(backbone={"input_size": 32}, epochs=2, batch_size=8)
     return params
 
 

@@ -2,7 +2,7 @@
 choice of learner by cross-validation, and fine-tuning that resumes from its epoch checkpoints.
 
 Every backbone here is a tiny network the tests build themselves, except where EfficientNet-Lite0
-itself is the point (fine-tuning, at 64x64 pixels and a handful of images)."""
+itself is the point (fine-tuning, at 32x32 pixels and a handful of images)."""
 
 from __future__ import annotations
 
@@ -368,7 +368,7 @@ def test_fine_tuning_resumes_from_its_epoch_checkpoint(
 ) -> None:
     raws, labels = colour_squares(16)
     names = ["green", "red"]
-    params: dict[str, Any] = {"backbone": {"input_size": 64}, "epochs": 3, "batch_size": 8}
+    params: dict[str, Any] = {"backbone": {"input_size": 32}, "epochs": 3, "batch_size": 8}
     params["patience"] = 10
     learner = FineTune(names, **params)
     X = featurize(learner, raws)

@@ -163,6 +163,15 @@ def configure(settings: Settings) -> None:
         _DEFAULT, _THREADS = spec, settings.torch_threads
 
 
+def apply_threads() -> None:
+    """PyTorch's threads per process from ``LABELLOOP_TORCH_THREADS`` (unset: PyTorch's default)."""
+    if _THREADS:
+        import torch
+
+        if torch.get_num_threads() != _THREADS:
+            torch.set_num_threads(_THREADS)
+
+
 def default_spec() -> BackboneSpec | None:
     """The server's backbone (None: photo learners are not offered)."""
     return _DEFAULT
@@ -254,8 +263,7 @@ class Backbone:
     def _load_torch(self) -> None:
         import torch
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        apply_threads()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         weights = (self.spec.kind, self.spec.sha256)
         shared = _MODULES.get(weights)

@@ -140,6 +140,7 @@ class Trainer:
     def __init__(self, learner: FineTune, maps: np.ndarray, y: np.ndarray, shape: tuple[int, ...]):
         import torch
 
+        backbones.apply_threads()
         self.learner, self.shape = learner, shape
         self.maps, self.y = maps, y
         self.generator = torch.Generator().manual_seed(int(learner.seed))
