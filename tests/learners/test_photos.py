@@ -335,6 +335,34 @@ def test_colour_photos_choose_the_backbone_and_grey_layouts_choose_pixels(
     assert choice.candidates["pool-svm"]["cv_accuracy"] == best == 1.0
 
 
+class CostlyLogReg(EmbeddingLogReg):
+    """The linear head, declared costly: scored on one fold like fine-tuning."""
+
+    name = "costly-logreg"
+    holdout_only = True
+
+
+def test_a_costly_candidate_is_scored_on_one_fold_and_fully_only_when_it_wins(
+    tiny_backbone_params: dict[str, object],
+) -> None:
+    names = ["green", "red"]
+    for raws, labels, wins in ((*colour_squares(40), True), (*halves(40), False)):
+        X = featurize(EmbeddingLogReg(names, backbone=tiny_backbone_params), raws)
+        X.views.update(featurize(PoolSVM(names), raws).views)
+        Y = indicator([[x] for x in labels], sorted(set(labels)))
+        costly = CostlyLogReg(sorted(set(labels)), backbone=tiny_backbone_params)
+        choice = choose([PoolSVM(sorted(set(labels))), costly], X, Y, X, k=4, seed=0)
+        ev = choice.candidates["costly-logreg"]
+        assert "pool-svm" in ev["against"]
+        if wins:  # colours: the head beats grey pixels on the first fold, then is scored fully
+            assert choice.learner is costly and ev["evaluation"] == "k-fold"
+            assert ev["scored_on"] == 40 and ev["first_fold_accuracy"] > ev["against"]["pool-svm"]
+            assert np.all(choice.oos.sum(axis=1) > 0)  # out-of-sample scores for every label
+        else:  # a grey layout: pixels are perfect, the costly one is fitted once only
+            assert choice.learner.name == "pool-svm" and ev["evaluation"] == "one fold"
+            assert ev["scored_on"] == 10
+
+
 def test_without_a_backbone_image_tasks_choose_among_pixel_learners(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

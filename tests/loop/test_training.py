@@ -175,3 +175,70 @@ def test_a_photo_task_records_the_chosen_learner_and_its_frozen_features(
         assert [r["labels"] for r in rows] == [[labels[24 + i]] for i in range(6)]
     finally:
         rt.close()
+
+
+def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it_loses(
+    settings: Settings, image_root: Path
+) -> None:
+    from tests.learners.test_photos import colour_squares
+
+    torch_threads = settings.model_copy(
+        update={"image_backbone": '{"input_size": 32}', "torch_threads": 1}
+    )
+    rt = Runtime(torch_threads, migrate_schema=True)
+    try:
+        raws, labels = colour_squares(40)
+        for i, raw in enumerate(raws):
+            (image_root / f"sq-{i}.png").write_bytes(raw)
+        policy = {
+            "min_labels": 30,
+            "cv_folds": 3,
+            "learner_params": {"candidates": ["pool-svm", "finetune"], "finetune_min_labels": 30},
+        }
+        t = int(
+            create_task(
+                rt,
+                TaskCreate(
+                    name="colours",
+                    category="image-classification",
+                    labels=["red", "green"],
+                    policy=policy,
+                ),
+            )["id"]  # type: ignore[arg-type]
+        )
+        added = add_items(
+            rt,
+            t,
+            [ItemIn(data=str(image_root / f"sq-{i}.png"), external_id=str(i)) for i in range(40)],
+        )
+        submit(
+            rt,
+            t,
+            [
+                AnnotationIn(external_id=it["external_id"], labels=[labels[int(it["external_id"])]])
+                for it in added["items"][:30]
+            ],
+        )
+        execute(rt, train_job(rt, t))
+        with rt.session() as s:
+            mv = s.query(ModelVersion).filter(ModelVersion.task_id == t).one()
+            evidence = mv.metrics["learner_choice"]["candidates"]
+            served = s.get(Task, t).served_version  # type: ignore[union-attr]
+        assert set(evidence) == {"pool-svm", "finetune"}
+        assert evidence["pool-svm"]["evaluation"] == "k-fold"
+        assert "pool-svm" in evidence["finetune"]["against"]
+        maps = rt.folder(t).preprocess / "features"
+        n_maps = len(list(maps.glob("maps-*/*/*.npy")))
+        # On 1x1 maps of 32-pixel squares fine-tuning loses to pixels on the first fold, so it
+        # was fitted once, and only the labelled items went through the backbone for it.
+        assert mv.learner == "pool-svm"
+        assert evidence["finetune"]["evaluation"] == "one fold"
+        assert evidence["finetune"]["scored_on"] == 10
+        assert n_maps == 30
+        assert served == mv.version
+        with rt.session() as s:
+            spec = TaskSpec.of(s.get(Task, t))  # type: ignore[arg-type]
+        rest = [it["id"] for it in added["items"][30:]]
+        assert len(predict_stored(rt, spec, mv.version, rest).rows) == 10
+    finally:
+        rt.close()

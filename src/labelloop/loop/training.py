@@ -246,13 +246,15 @@ def _candidates(learner: Learner, n_labels: int) -> list[Learner]:
 
 
 def _prepare(rt: Runtime, claim: Claim, candidates: list[Learner]) -> Prepared | None:
-    """Featurize the pool for every candidate (cached); None if the labels cannot train a model."""
+    """Featurize the pool for every candidate (cached); None if the labels cannot train a model.
+
+    A costly candidate (fine-tuning) is featurized for the labelled items only: choosing needs no
+    more, and the pool's features are computed only if it wins (:func:`_pool_for`).
+    """
     spec = claim.spec
-    featurizers: dict[str, Featurizer] = {}
-    for cand in candidates:
-        for fz in cand.featurizers():
-            featurizers.setdefault(fz.version, fz)
-    batch = featurize(rt, spec.id, spec.category, list(featurizers.values()), claim.items)
+    costly = [c for c in candidates if getattr(c, "holdout_only", False)]
+    cheap = [c for c in candidates if c not in costly] or costly
+    batch = featurize(rt, spec.id, spec.category, _featurizers(cheap), claim.items)
     _record_items(rt, batch.hashes, batch.failed)
     ok_ids = [claim.items[i].id for i in batch.ok]
     labelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id in claim.labels]
@@ -260,7 +262,40 @@ def _prepare(rt: Runtime, claim: Claim, candidates: list[Learner]) -> Prepared |
     Y = indicator([claim.labels[i] for i in labelled_ids], spec.labels)
     if len(labelled_ids) < 2 or (not spec.multi_label and len(np.unique(Y.argmax(1))) < 2):
         return None
-    return Prepared(ok_ids, labelled_ids, batch.features.take(labelled_pos), Y, batch.features)
+    X = batch.features.take(labelled_pos)
+    refs = {it.id: it for it in claim.items}
+    for cand in costly:
+        if cand in cheap:
+            continue
+        extra = featurize(rt, spec.id, spec.category, cand, [refs[i] for i in labelled_ids])
+        if len(extra.ok) == len(labelled_ids):
+            X.views.update(extra.features.views)
+        else:  # it cannot read every labelled item: it is no candidate this time
+            candidates.remove(cand)
+    return Prepared(ok_ids, labelled_ids, X, Y, batch.features)
+
+
+def _featurizers(learners: list[Learner]) -> list[Featurizer]:
+    out: dict[str, Featurizer] = {}
+    for learner in learners:
+        for fz in learner.featurizers():
+            out.setdefault(fz.version, fz)
+    return list(out.values())
+
+
+def _pool_for(rt: Runtime, claim: Claim, prepared: Prepared, model: Learner) -> Features:
+    """The pool's features for the chosen model: already there, or computed now (fine-tuning won)."""
+    views = model.views()
+    if all(v in prepared.pool.views for v in views):
+        return prepared.pool.only(views)
+    refs = {it.id: it for it in claim.items}
+    batch = featurize(
+        rt, claim.spec.id, claim.spec.category, model, [refs[i] for i in prepared.ok_ids]
+    )
+    if len(batch.ok) != len(prepared.ok_ids):
+        raise LabelloopError("the chosen learner cannot read every item of the pool")
+    prepared.pool.views.update(batch.features.views)
+    return prepared.pool.only(views)
 
 
 def _fit(
@@ -289,7 +324,12 @@ def _fit(
     phases("cross_validate")
     chosen = choice.learner
     views = chosen.views()
-    model = chosen.fit(X.only(views), Y, pool=pool.only(views), init=_warm_start(rt, spec, chosen))
+    model = chosen.fit(
+        X.only(views),
+        Y,
+        pool=_pool_for(rt, claim, prepared, chosen),
+        init=_warm_start(rt, spec, chosen),
+    )
     phases("fit")
     with folder.writing_checkpoint(checkpoint) as tmp:
         model.save(tmp / "model")
@@ -325,7 +365,7 @@ def _evaluate(
     phases("compare")
     model = fitted.model
     unlabelled_pos = [p for p, item_id in enumerate(prepared.ok_ids) if item_id not in claim.labels]
-    pool = prepared.pool.only(model.views())
+    pool = _pool_for(rt, claim, prepared, model)
     pool_scores = model.predict_proba(pool.take(unlabelled_pos)) if unlabelled_pos else None
     weights = _selection_weights(spec, _similarity_view(prepared.pool, model), prepared.ok_ids)
     phases("predict_pool")
