@@ -177,7 +177,7 @@ def serving(args: argparse.Namespace) -> dict[str, Any]:
                 ],
             )
             client.wait_for_training(tid)
-            learner = client.models(tid)[0]["learner"]
+            learner = client.models(tid)[-1]["learner"]
             photos = ds.data[args.labels :]
             for d in photos[:5]:  # warm-up
                 client.predict(tid, [d])
