@@ -240,5 +240,32 @@ def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it
             spec = TaskSpec.of(s.get(Task, t))  # type: ignore[arg-type]
         rest = [it["id"] for it in added["items"][30:]]
         assert len(predict_stored(rt, spec, mv.version, rest).rows) == 10
+        assert mv.metrics["costly_evaluated_at"] == 30
+
+        # Ten more labels: fine-tuning competes again only once the labels have doubled.
+        submit(
+            rt,
+            t,
+            [
+                AnnotationIn(
+                    external_id=it["external_id"],
+                    labels=[labels[int(it["external_id"])]],
+                    shown_none=True,
+                )
+                for it in added["items"][30:]
+            ],
+        )
+        with rt.session() as s:
+            job = (
+                s.query(Job)
+                .filter(Job.task_id == t, Job.kind == "train", Job.state == "queued")
+                .one()
+            )
+        execute(rt, job.id)
+        with rt.session() as s:
+            second = s.query(ModelVersion).filter(ModelVersion.task_id == t).all()[-1]
+            assert second.version == 1
+            assert set(second.metrics["learner_choice"]["candidates"]) == {"pool-svm"}
+            assert second.metrics["costly_evaluated_at"] == 30
     finally:
         rt.close()

@@ -225,24 +225,71 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     """The steps of a run: prepare, fit (or resume), evaluate, write the version, finish."""
     phases = Phases()
     learner = claim.spec.new_learner()
-    candidates = _candidates(learner, len(claim.labels))
+    previous = _previous_choice(rt, claim)
+    candidates = _candidates(learner, len(claim.labels), previous)
     prepared = _prepare(rt, claim, candidates)
     phases("featurize")
     if prepared is None:
         return _fail(rt, job_id, "fewer than two usable labelled items of different classes")
     fitted = _fit(rt, job_id, claim, candidates, prepared, phases)
     result = _evaluate(rt, claim, prepared, fitted, phases)
+    result.metrics["costly_evaluated_at"] = _costly_evaluated_at(candidates, prepared, previous)
     _write_version(rt, claim, prepared, fitted, result, phases)
     follow = _finish(rt, job_id, claim, result)
     _remove_checkpoints(rt, claim.spec.id, job_id)
     return follow
 
 
-def _candidates(learner: Learner, n_labels: int) -> list[Learner]:
-    """The learners this run chooses among: ``auto`` lists them, any other learner is alone."""
-    if isinstance(learner, AutoImage):
-        return learner.candidate_learners(n_labels)
-    return [learner]
+@dataclass(frozen=True)
+class PreviousChoice:
+    """What the task's newest version says about the choice of learner."""
+
+    learner: str | None = None
+    #: Labels at the last training that evaluated a costly candidate (fine-tuning).
+    costly_evaluated_at: int | None = None
+
+
+def _previous_choice(rt: Runtime, claim: Claim) -> PreviousChoice:
+    with rt.session() as s:
+        row = s.execute(
+            select(ModelVersion.learner, ModelVersion.metrics)
+            .where(ModelVersion.task_id == claim.spec.id, ModelVersion.status == "ready")
+            .order_by(ModelVersion.version.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        return PreviousChoice()
+    at = (row.metrics or {}).get("costly_evaluated_at")
+    return PreviousChoice(row.learner, None if at is None else int(at))
+
+
+def _candidates(learner: Learner, n_labels: int, previous: PreviousChoice) -> list[Learner]:
+    """The learners this run chooses among: ``auto`` lists them, any other learner is alone.
+
+    A costly candidate (fine-tuning) competes when it serves now, or when the labels have doubled
+    since it last competed: a handful of evaluations over a task's life instead of one per
+    training.
+    """
+    if not isinstance(learner, AutoImage):
+        return [learner]
+    out = learner.candidate_learners(n_labels)
+    at = previous.costly_evaluated_at
+    return [
+        c
+        for c in out
+        if not getattr(c, "holdout_only", False)
+        or at is None
+        or c.name == previous.learner
+        or n_labels >= 2 * at
+    ]
+
+
+def _costly_evaluated_at(
+    candidates: list[Learner], prepared: Prepared, previous: PreviousChoice
+) -> int | None:
+    if any(getattr(c, "holdout_only", False) for c in candidates):
+        return len(prepared.labelled_ids)
+    return previous.costly_evaluated_at
 
 
 def _prepare(rt: Runtime, claim: Claim, candidates: list[Learner]) -> Prepared | None:
