@@ -24,6 +24,8 @@ RUNS = [
     "bench.active auto trec6 --seeds 0 --target 0.95 --out bench/results/auto_trec6.json",
     "bench.queue_predict --rounds 5",
     "bench.cluster_bootstrap --rounds 3",
+    # docs/RELIABILITY.md, "Faults and load"
+    "bench.load --minutes 10 --out bench/results/load.json",
 ]
 
 

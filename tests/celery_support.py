@@ -4,20 +4,27 @@ each in its own session so that ``kill -9`` takes a whole worker (main process a
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from labelloop.client import Client, ClientError
 from labelloop.demo import free_port
+from tests.support import pg_database, terminate, wait_until
+
+__all__ = ["HOST", "Cluster", "RabbitNode", "pg_database", "terminate", "vhost", "wait_for"]
+
+#: :func:`tests.support.wait_until` (the one polling helper) as the cluster tests call it: their
+#: conditions ask servers, so they poll less often.
+wait_for = functools.partial(wait_until, poll=0.1)
 
 HOST = socket.gethostname()
 
@@ -36,46 +43,6 @@ def vhost(prefix: str) -> Iterator[str]:
         yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
     finally:
         rabbitmqctl("delete_vhost", name)
-
-
-@contextmanager
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards."""
-    from tests.conftest import _pg_admin_connect
-
-    name = f"labelloop_test_{uuid.uuid4().hex[:12]}"
-    with _pg_admin_connect() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with _pg_admin_connect() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(poll)
-
-
-def terminate(proc: subprocess.Popen[bytes], grace_s: float = 30) -> None:
-    """SIGTERM a process started in its own session, then SIGKILL what is left of its group
-    (pool processes too, whatever happened to the main one)."""
-    if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
 
 
 class Cluster:
@@ -117,7 +84,7 @@ class Cluster:
         self.url = f"http://127.0.0.1:{port}"
         self.api = self._spawn("api", ["serve", "--port", str(port), "--jobs", "celery"])
         client = Client(self.url, timeout=60)
-        wait_for(lambda: self._up(client), 120, "the API did not start")
+        wait_until(lambda: self._up(client), 120, "the API did not start")
         return client
 
     def _up(self, client: Client) -> bool:
@@ -152,7 +119,7 @@ class Cluster:
                     raise AssertionError(f"worker {n} exited: {self.log_tail(n)}")
             return nodes <= set(self.live_workers(client))
 
-        wait_for(ready, timeout, f"workers {sorted(nodes)} did not come up", poll=0.5)
+        wait_until(ready, timeout, f"workers {sorted(nodes)} did not come up", poll=0.5)
 
     def kill9(self, name: str) -> None:
         """``kill -9`` a whole worker: its main process and its pool processes."""
@@ -256,7 +223,9 @@ class RabbitNode:
             timeout=60,
         )
         # `await_startup` waits for the node's boot; it needs the node's VM to be up first.
-        wait_for(lambda: self.ctl("await_startup", timeout=120).returncode == 0, 120, self.node, 1)
+        wait_until(
+            lambda: self.ctl("await_startup", timeout=120).returncode == 0, 120, self.node, 1
+        )
 
     def stop(self) -> None:
         self.ctl("stop")

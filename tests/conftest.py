@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +17,19 @@ from labelloop.config import Settings
 from labelloop.demo import free_port
 from labelloop.jobs.local import LocalJobs
 from labelloop.runtime import Runtime
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from tests.support import pg_database, wait_until
 
 # Image tasks in the general tests choose among pixel learners only, so that they never push
-# hundreds of digits through EfficientNet; tests/learners and tests/loop/test_photos.py turn the
+# hundreds of digits through EfficientNet; tests/learners and tests/loop/test_training.py turn the
 # backbone on where they test it.
 os.environ.setdefault("LABELLOOP_IMAGE_BACKBONE", "none")
-
-
-def _pg_admin_connect():  # type: ignore[no-untyped-def]
-    import psycopg
-
-    return psycopg.connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True
-    )
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
-    name = f"labelloop_test_{uuid.uuid4().hex[:12]}"
-    with _pg_admin_connect() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with _pg_admin_connect() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -109,14 +92,6 @@ def digit_files(image_root: Path, digits: tuple[np.ndarray, np.ndarray]) -> list
     return [(str(p), label) for p, label in write_digits(image_root, limit=300)]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, poll: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(poll)
-
-
 @pytest.fixture
 def live_url(rt: Runtime) -> Iterator[str]:
     """The whole app served by uvicorn in a thread (jobs on threads), as ``labelloop serve`` does."""
@@ -127,11 +102,13 @@ def live_url(rt: Runtime) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
+
+    def started() -> bool:
+        if not thread.is_alive():
+            raise RuntimeError("the test server exited while starting")
+        return server.started
+
+    wait_until(started, 30, "the test server to start")
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=20)

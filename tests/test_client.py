@@ -24,6 +24,9 @@ def test_every_endpoint(
         tid = task["id"]
         assert task["served_version"] is None and task["counts"]["items"] == 0
         assert [t["id"] for t in ll.list_tasks()] == [tid]
+        patched = ll.update_task(tid, name="digits!", policy={"growth": 0.2})
+        assert patched["name"] == "digits!" and patched["policy"]["growth"] == 0.2
+        assert patched["policy"]["min_labels"] == 10 and patched["auto_label"] is None
 
         assert ll.import_folders()["roots"] == [str(image_root.resolve())]
         assert ll.import_folders(str(image_root))["images"] == len(digit_files)
@@ -75,7 +78,7 @@ def test_every_endpoint(
         assert {"labelloop_http_requests", "labelloop_jobs", "labelloop_edit_rate"} <= metrics
 
         assert ll.labelstudio_health()["status"] == "UP"
-        with pytest.raises(cl.InvalidRequest):
+        with pytest.raises(cl.InvalidRequestError):
             ll.labelstudio_setup({"project": "3.1", "schema": "<View/>"})
 
         ll.delete_task(up["id"])
@@ -86,11 +89,11 @@ def test_every_endpoint(
 
 def test_errors_are_typed(live_url: str, tmp_path: Path) -> None:
     with Client(live_url) as ll:
-        with pytest.raises(cl.InvalidRequest) as bad:
+        with pytest.raises(cl.InvalidRequestError) as bad:
             ll.create_task("x", "image-classification", ["only-one"])
         assert bad.value.status == 422 and "two labels" in bad.value.detail
         task = ll.create_task("x", "image-classification", ["a", "b"])
-        with pytest.raises(cl.Forbidden):
+        with pytest.raises(cl.ForbiddenError):
             ll.import_folder(task["id"], str(tmp_path))
         with pytest.raises(cl.NotFoundError):
             ll.get_item(task["id"], 12345)
@@ -103,3 +106,20 @@ def test_errors_are_typed(live_url: str, tmp_path: Path) -> None:
         pytest.raises(cl.ConnectionFailed),
     ):
         gone.health()
+
+
+def test_readme_example_runs(
+    live_url: str, digit_files: list[tuple[str, str]], image_root: Path
+) -> None:
+    """The README's client example, as written, against a live server."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("### From Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    code = block.replace("http://127.0.0.1:8000", live_url).replace(
+        "/path/to/images", str(image_root)
+    )
+    assert code != block
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    with Client(live_url) as ll:
+        (task,) = ll.list_tasks()
+        assert task["name"] == "cats-vs-dogs" and task["counts"]["human_labelled"] == 1

@@ -53,3 +53,36 @@ def test_feature_cache_round_trip(tmp_path: Path) -> None:
     folder.store_feature("v1", "ab" * 32, vec)
     np.testing.assert_array_equal(folder.load_feature("v1", "ab" * 32), vec)
     assert folder.load_feature("v2", "ab" * 32) is None  # keyed by featurizer version too
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../task-4/Uploads/" + "a" * 64 + ".png",
+        "/etc/passwd",
+        "a" * 64 + ".svg",
+        "a" * 64 + ".html",
+        "A" * 64 + ".png",
+        "a" * 63 + ".png",
+        "a" * 64 + ".png/..",
+        "a" * 64 + ".png\x00",
+        "",
+    ],
+)
+def test_upload_references_name_files_of_the_task_only(tmp_path: Path, bad: str) -> None:
+    from labelloop.errors import InvalidInput
+
+    folder = TaskFolder(tmp_path, 3)
+    good = "a" * 64 + ".png"
+    assert folder.upload_path(good) == tmp_path.resolve() / "task-3" / "Uploads" / good
+    with pytest.raises(InvalidInput):
+        folder.upload_path(bad)
+
+
+def test_an_upload_link_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = TaskFolder(tmp_path, 3)
+    folder.uploads.mkdir(parents=True)
+    name = "c" * 64 + ".png"
+    (folder.uploads / name).symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(ForbiddenPath):
+        folder.upload_path(name)

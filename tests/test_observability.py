@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 
 def scrape(c: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -102,3 +102,41 @@ def test_metrics_follow_the_loop(
     assert m[("labelloop_jobs", (("kind", "train"), ("state", "done")))] == done_train
     assert m[("labelloop_items", (("status", "ready"), ("task", t)))] == 60
     assert ("labelloop_backend_queue_depth", (("backend", "local"),)) in m
+
+
+def test_requests_are_counted_under_the_route_that_matched(app_client: TestClient) -> None:
+    c = app_client
+    task_id = c.post(
+        "/api/v1/tasks",
+        json={"name": "t", "category": "text-classification", "labels": ["a", "b"]},
+    ).json()["id"]
+    items = c.post(f"/api/v1/tasks/{task_id}/items", json={"items": [{"data": "x"}]}).json()
+    item_id = items["items"][0]["id"]
+    assert task_id == item_id  # the same value in both places: it used to name both {item_id}
+    assert c.get(f"/api/v1/tasks/{task_id}/items/{item_id}").status_code == 200
+    assert c.get("/docs").status_code == 200
+    assert c.get("/docs-assets/swagger-ui.css").status_code == 200
+    assert c.get("/ui/label.html").status_code == 200
+    m = scrape(c)
+    routes = {
+        dict(labels)["route"] for name, labels in m if name == "labelloop_http_requests_total"
+    }
+    assert "/api/v1/tasks/{task_id}/items/{item_id}" in routes
+    assert {"/docs", "/docs-assets", "/ui"} <= routes
+    assert not any("{item_id}/items" in r for r in routes)
+
+
+def test_route_templates_put_the_prefix_in_front() -> None:
+    from labelloop.observability import route_template
+
+    both = {"task_id": "3", "item_id": "3"}
+    assert (
+        route_template("/api/v1/tasks/3/items/3", "/tasks/{task_id}/items/{item_id}", both)
+        == "/api/v1/tasks/{task_id}/items/{item_id}"
+    )
+    assert route_template("/health", "/health", {}) == "/health"
+    assert route_template("/", "/", {}) == "/"
+    assert (
+        route_template("/orgs/7/tasks/3", "/tasks/{task_id}", {"org": "7", "task_id": "3"})
+        == "/orgs/{org}/tasks/{task_id}"
+    )

@@ -1,9 +1,12 @@
 """A typed Python client for the labelloop HTTP API.
 
-Every method maps to one endpoint and returns its JSON answer (typed as the ``TypedDict`` below
-where the shape is fixed). An error answer raises a subclass of :class:`ApiError` chosen by the
-HTTP status (:class:`NotFoundError`, :class:`InvalidRequest`, :class:`ConflictError`, ...), with
-the server's code and message; a server that cannot be reached raises :class:`ConnectionFailed`.
+Every method maps to one endpoint and returns its JSON answer as a plain dict, typed by the
+server's own answer shapes (the typed dicts of :mod:`labelloop.schemas`, which the server
+declares as each route's ``response_model``). An error answer raises a subclass of
+:class:`ApiError` chosen by the HTTP status (:class:`NotFoundError`, :class:`InvalidRequestError`,
+:class:`ConflictError`, ...) with the server's code and message; a server that cannot be reached
+raises :class:`ConnectionFailed`. The exceptions live in :mod:`labelloop.errors` (their tree is
+drawn there) and are importable from here.
 
     with Client("http://127.0.0.1:8000") as ll:
         task = ll.create_task("digits", "image-classification", labels=[str(d) for d in range(10)])
@@ -15,149 +18,78 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import httpx
 
+from labelloop.errors import (
+    ApiError,
+    ClientError,
+    ConflictError,
+    ConnectionFailed,
+    ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServerError,
+    UnauthorizedError,
+    api_error,
+)
+from labelloop.schemas import (
+    AnnotationsSubmitted,
+    CsvImported,
+    DataPredictions,
+    FolderImported,
+    FolderListing,
+    Health,
+    ItemPublic,
+    ItemsAdded,
+    JobPublic,
+    LabelStudioEvent,
+    LabelStudioHealth,
+    LabelStudioPredictions,
+    LabelStudioSetup,
+    ModelVersionPublic,
+    NextItems,
+    PredictionPublic,
+    Promoted,
+    Suspects,
+    TaskMetrics,
+    TaskPublic,
+    TrainRequested,
+    UploadsAdded,
+    WorkersStatus,
+)
+
+__all__ = [
+    "AddedItems",
+    "ApiError",
+    "Client",
+    "ClientError",
+    "ConflictError",
+    "ConnectionFailed",
+    "ForbiddenError",
+    "InvalidRequestError",
+    "ModelVersionInfo",
+    "NextItems",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "Prediction",
+    "ServerError",
+    "Submitted",
+    "Task",
+    "UnauthorizedError",
+    "api_error",
+]
+
 JSON = dict[str, Any]
 
-
-class TaskCounts(TypedDict):
-    items: int
-    ready: int
-    pending: int
-    failed: int
-    human_labelled: int
-    model_labelled: int
-    unlabelled: int
-
-
-class Task(TypedDict):
-    id: int
-    name: str
-    category: str
-    extra: str
-    labels: list[str]
-    policy: JSON
-    served_version: int | None
-    training: bool
-    counts: TaskCounts
-    created_at: str
-
-
-class Prediction(TypedDict, total=False):
-    item_id: int | None
-    status: str  # ok | no_model | failed
-    model_version: int | None
-    labels: list[str] | None
-    score: float | None
-    scores: dict[str, float] | None
-    error: str
-
-
-class NextItem(TypedDict):
-    id: int
-    external_id: str | None
-    data: str
-    prediction: Prediction
-
-
-class NextItems(TypedDict):
-    model_version: int | None
-    items: list[NextItem]
-
-
-class AddedItems(TypedDict):
-    created: int
-    existing: int
-    items: list[JSON]
-
-
-class Submitted(TypedDict):
-    annotations: list[JSON]
-    revision: int
-    training_triggered: bool
-    training_job: int | None
-    training_pending: bool
-
-
-class ModelVersionInfo(TypedDict):
-    version: int
-    status: str
-    serving: bool
-    promoted: bool
-    learner: str
-    label_revision: int
-    n_labels: int
-    metrics: JSON
-    train_seconds: float | None
-    live_accuracy: float | None
-    live_n: int
-    created_at: str
-    promoted_at: str | None
-
-
-class ClientError(Exception):
-    """Base class of the client's errors."""
-
-
-class ConnectionFailed(ClientError):
-    """The server could not be reached (or did not answer in time)."""
-
-
-class ApiError(ClientError):
-    """The server answered with an error status; subclasses name the common ones."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"HTTP {status} {code}: {detail}")
-        self.status = status
-        self.code = code
-        self.detail = detail
-
-
-class InvalidRequest(ApiError):
-    """400/422: the request's content is not acceptable (the detail says why)."""
-
-
-class Unauthorized(ApiError):
-    """401: no API token, or the wrong one."""
-
-
-class Forbidden(ApiError):
-    """403: e.g. a path outside the server's import roots."""
-
-
-class NotFoundError(ApiError):
-    """404: no such task, item or version; or an endpoint this server does not have."""
-
-
-class ConflictError(ApiError):
-    """409: the request contradicts the current state (e.g. no model yet)."""
-
-
-class PayloadTooLarge(ApiError):
-    """413: the body (or a fetched item) is over the server's limit."""
-
-
-class ServerError(ApiError):
-    """5xx: the server failed, or a dependency (database, workers) is unavailable."""
-
-
-_BY_STATUS: dict[int, type[ApiError]] = {
-    400: InvalidRequest,
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFoundError,
-    409: ConflictError,
-    413: PayloadTooLarge,
-    422: InvalidRequest,
-}
-
-
-def api_error(status: int, code: str, detail: str) -> ApiError:
-    """The exception class that fits an error answer."""
-    cls = _BY_STATUS.get(status, ServerError if status >= 500 else ApiError)
-    return cls(status, code, detail)
+# The answers' shapes are the server's own (labelloop.schemas); the short names are the client's.
+Task = TaskPublic
+Prediction = PredictionPublic
+AddedItems = ItemsAdded
+Submitted = AnnotationsSubmitted
+ModelVersionInfo = ModelVersionPublic
 
 
 class Client:
@@ -196,11 +128,11 @@ class Client:
         return resp.json()
 
     # -- health -----------------------------------------------------------------------------
-    def health(self) -> JSON:
-        result: JSON = self._request("GET", "/health")
+    def health(self) -> Health:
+        result: Health = self._request("GET", "/health")
         return result
 
-    def wait_until_up(self, timeout: float = 30.0) -> JSON:
+    def wait_until_up(self, timeout: float = 30.0) -> Health:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -219,6 +151,7 @@ class Client:
         extra: str = "multi-class",
         policy: JSON | None = None,
     ) -> Task:
+        """A new task (``policy``: the fields of :class:`labelloop.loop.policy.Policy` to set)."""
         body: JSON = {"name": name, "category": category, "extra": extra, "labels": list(labels)}
         if policy is not None:
             body["policy"] = policy
@@ -231,6 +164,18 @@ class Client:
 
     def get_task(self, task_id: int) -> Task:
         result: Task = self._request("GET", f"/api/v1/tasks/{task_id}")
+        return result
+
+    def update_task(
+        self, task_id: int, *, name: str | None = None, policy: JSON | None = None
+    ) -> Task:
+        """Rename a task or change policy fields (those given replace the current ones)."""
+        body: JSON = {}
+        if name is not None:
+            body["name"] = name
+        if policy is not None:
+            body["policy"] = policy
+        result: Task = self._request("PATCH", f"/api/v1/tasks/{task_id}", json=body)
         return result
 
     def delete_task(self, task_id: int) -> None:
@@ -254,8 +199,8 @@ class Client:
         )
         return result
 
-    def get_item(self, task_id: int, item_id: int) -> JSON:
-        result: JSON = self._request("GET", f"/api/v1/tasks/{task_id}/items/{item_id}")
+    def get_item(self, task_id: int, item_id: int) -> ItemPublic:
+        result: ItemPublic = self._request("GET", f"/api/v1/tasks/{task_id}/items/{item_id}")
         return result
 
     def annotate(self, task_id: int, annotations: Sequence[JSON]) -> Submitted:
@@ -271,8 +216,8 @@ class Client:
         )
         return result
 
-    def predict(self, task_id: int, data: Sequence[str]) -> JSON:
-        result: JSON = self._request(
+    def predict(self, task_id: int, data: Sequence[str]) -> DataPredictions:
+        result: DataPredictions = self._request(
             "POST", f"/api/v1/tasks/{task_id}/predict", json={"items": [{"data": d} for d in data]}
         )
         return result
@@ -288,41 +233,43 @@ class Client:
         result: list[ModelVersionInfo] = self._request("GET", f"/api/v1/tasks/{task_id}/models")
         return result
 
-    def promote(self, task_id: int, version: int) -> JSON:
-        result: JSON = self._request("POST", f"/api/v1/tasks/{task_id}/models/{version}/promote")
+    def promote(self, task_id: int, version: int) -> Promoted:
+        result: Promoted = self._request(
+            "POST", f"/api/v1/tasks/{task_id}/models/{version}/promote"
+        )
         return result
 
-    def train(self, task_id: int) -> JSON:
-        result: JSON = self._request("POST", f"/api/v1/tasks/{task_id}/train")
+    def train(self, task_id: int) -> TrainRequested:
+        result: TrainRequested = self._request("POST", f"/api/v1/tasks/{task_id}/train")
         return result
 
-    def jobs(self, task_id: int, limit: int = 50) -> list[JSON]:
-        result: list[JSON] = self._request(
+    def jobs(self, task_id: int, limit: int = 50) -> list[JobPublic]:
+        result: list[JobPublic] = self._request(
             "GET", f"/api/v1/tasks/{task_id}/jobs", params={"limit": limit}
         )
         return result
 
-    def metrics(self, task_id: int) -> JSON:
-        result: JSON = self._request("GET", f"/api/v1/tasks/{task_id}/metrics")
+    def metrics(self, task_id: int) -> TaskMetrics:
+        result: TaskMetrics = self._request("GET", f"/api/v1/tasks/{task_id}/metrics")
         return result
 
-    def suspects(self, task_id: int, limit: int = 100) -> JSON:
+    def suspects(self, task_id: int, limit: int = 100) -> Suspects:
         """Human labels the model confidently disagrees with, and annotator agreement."""
-        result: JSON = self._request(
+        result: Suspects = self._request(
             "GET", f"/api/v1/tasks/{task_id}/suspects", params={"limit": limit}
         )
         return result
 
     # -- getting data in, content out -----------------------------------------------------
-    def import_folders(self, path: str | None = None) -> JSON:
+    def import_folders(self, path: str | None = None) -> FolderListing:
         """The server's import roots, or one folder below them with its sub-folders and images."""
         params = {"path": path} if path is not None else {}
-        result: JSON = self._request("GET", "/api/v1/import/folders", params=params)
+        result: FolderListing = self._request("GET", "/api/v1/import/folders", params=params)
         return result
 
-    def import_folder(self, task_id: int, path: str, recursive: bool = False) -> JSON:
+    def import_folder(self, task_id: int, path: str, recursive: bool = False) -> FolderImported:
         """Add every image of a folder on the server (below an import root) as items."""
-        result: JSON = self._request(
+        result: FolderImported = self._request(
             "POST",
             f"/api/v1/tasks/{task_id}/import/folder",
             json={"path": path, "recursive": recursive},
@@ -335,12 +282,12 @@ class Client:
         csv: bytes | str | Path,
         text_column: str | None = None,
         id_column: str | None = None,
-    ) -> JSON:
+    ) -> CsvImported:
         """Add the rows of a CSV (bytes, text, or a file path) as text items."""
         raw = csv.read_bytes() if isinstance(csv, Path) else csv
         raw = raw.encode("utf-8") if isinstance(raw, str) else raw
         form = {k: v for k, v in (("text_column", text_column), ("id_column", id_column)) if v}
-        result: JSON = self._request(
+        result: CsvImported = self._request(
             "POST",
             f"/api/v1/tasks/{task_id}/import/csv",
             files={"file": ("texts.csv", raw, "text/csv")},
@@ -348,13 +295,17 @@ class Client:
         )
         return result
 
-    def upload_images(self, task_id: int, files: Sequence[Path | tuple[str, bytes]]) -> JSON:
+    def upload_images(
+        self, task_id: int, files: Sequence[Path | tuple[str, bytes]]
+    ) -> UploadsAdded:
         """Upload image files (paths, or (name, bytes) pairs); the server keeps and adds them."""
         parts = []
         for f in files:
             name, raw = (f.name, f.read_bytes()) if isinstance(f, Path) else f
             parts.append(("files", (name, raw, "application/octet-stream")))
-        result: JSON = self._request("POST", f"/api/v1/tasks/{task_id}/uploads", files=parts)
+        result: UploadsAdded = self._request(
+            "POST", f"/api/v1/tasks/{task_id}/uploads", files=parts
+        )
         return result
 
     def item_content(self, task_id: int, item_id: int) -> bytes:
@@ -368,28 +319,29 @@ class Client:
         raw: bytes = self._request("GET", "/metrics")
         return raw.decode("utf-8")
 
-    def cluster_workers(self) -> Any:
+    def cluster_workers(self) -> WorkersStatus:
         """Live workers of a cluster (``NotFoundError`` on a server without a cluster)."""
-        return self._request("GET", "/api/v1/cluster/workers")
+        result: WorkersStatus = self._request("GET", "/api/v1/cluster/workers")
+        return result
 
     # -- Label Studio ML backend ----------------------------------------------------------
-    def labelstudio_health(self) -> JSON:
-        result: JSON = self._request("GET", "/labelstudio/health")
+    def labelstudio_health(self) -> LabelStudioHealth:
+        result: LabelStudioHealth = self._request("GET", "/labelstudio/health")
         return result
 
-    def labelstudio_setup(self, body: JSON) -> JSON:
+    def labelstudio_setup(self, body: JSON) -> LabelStudioSetup:
         """What Label Studio sends to connect a project (``project``, ``schema``, ...)."""
-        result: JSON = self._request("POST", "/labelstudio/setup", json=body)
+        result: LabelStudioSetup = self._request("POST", "/labelstudio/setup", json=body)
         return result
 
-    def labelstudio_predict(self, body: JSON) -> JSON:
+    def labelstudio_predict(self, body: JSON) -> LabelStudioPredictions:
         """Label Studio's predict call: ``tasks``, ``project``, ``label_config``."""
-        result: JSON = self._request("POST", "/labelstudio/predict", json=body)
+        result: LabelStudioPredictions = self._request("POST", "/labelstudio/predict", json=body)
         return result
 
-    def labelstudio_webhook(self, body: JSON) -> JSON:
+    def labelstudio_webhook(self, body: JSON) -> LabelStudioEvent:
         """A Label Studio event (``action``, ``annotation``, ``task``, ``project``)."""
-        result: JSON = self._request("POST", "/labelstudio/webhook", json=body)
+        result: LabelStudioEvent = self._request("POST", "/labelstudio/webhook", json=body)
         return result
 
     def export(self, task_id: int, fmt: str = "jsonl") -> Iterator[str]:

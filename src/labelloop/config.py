@@ -18,6 +18,8 @@ from labelloop.errors import ConfigError
 DEFAULT_CLUSTER_TOKEN = "dev-cluster-token"  # noqa: S105 - refused outside development
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 MiB = 1024 * 1024
+#: Shortest API token accepted: an empty or short one would let anyone in (or guess it).
+MIN_API_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -33,6 +35,8 @@ class Settings(BaseSettings):
     jobs: Literal["local", "celery"] = "local"
     local_workers: int = Field(default=2, ge=1, le=64)
     broker_url: str = DEFAULT_BROKER_URL
+    #: CA file an ``amqps://`` broker's certificate chain is verified by; None: the system's CAs.
+    broker_ca: Path | None = None
     result_backend: str = "rpc://"
     predict_timeout_s: float = Field(default=10.0, gt=0)
     #: Cluster mode: a predict request of at least twice this many items is split into chunks
@@ -48,6 +52,9 @@ class Settings(BaseSettings):
     #: Deliveries of one message before the broker dead-letters it (a poison job cannot loop).
     broker_delivery_limit: int = Field(default=5, ge=1, le=100)
 
+    #: Hosts (names) and networks (``10.0.0.0/8``, ``127.0.0.1``) that http(s) links may reach
+    #: although they are loopback, private, link-local or otherwise not public; comma-separated.
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     fetch_max_bytes: int = Field(default=20 * MiB, gt=0)
     fetch_timeout_s: float = Field(default=10.0, gt=0)
     max_request_bytes: int = Field(default=32 * MiB, gt=0)
@@ -60,7 +67,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1, le=256)
 
     api_token: SecretStr | None = None
-    cluster_token: SecretStr = SecretStr(DEFAULT_CLUSTER_TOKEN)
+    #: Only the agent, the coordinator and ``labelloop cluster`` need it (labelloop.cluster.security
+    #: reads it, or LABELLOOP_CLUSTER_TOKEN_FILE); workers and services run without it.
+    cluster_token: SecretStr | None = None
     labelstudio_url: str | None = None
     labelstudio_token: SecretStr | None = None
 
@@ -74,10 +83,38 @@ class Settings(BaseSettings):
             return [Path(part) for part in value.split(":") if part]
         return value
 
+    @field_validator("api_token")
+    @classmethod
+    def _token_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        """Unset means "no token"; set means a real secret, never an empty or short one."""
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if not value.strip():
+            raise ValueError(
+                "LABELLOOP_API_TOKEN is set but empty; unset it to run without a token, "
+                f"or give a secret of at least {MIN_API_TOKEN_CHARS} characters"
+            )
+        if len(value) < MIN_API_TOKEN_CHARS or value != value.strip():
+            raise ValueError(
+                f"LABELLOOP_API_TOKEN must be at least {MIN_API_TOKEN_CHARS} characters "
+                "without surrounding spaces (e.g. the output of `openssl rand -hex 16`)"
+            )
+        return token
+
+    @field_validator("fetch_allow_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        """``LABELLOOP_FETCH_ALLOW_HOSTS`` is comma-separated."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         if self.environment != "development":
-            if self.cluster_token.get_secret_value() == DEFAULT_CLUSTER_TOKEN:
+            token = self.cluster_token
+            if token is not None and token.get_secret_value() == DEFAULT_CLUSTER_TOKEN:
                 raise ValueError(
                     "LABELLOOP_CLUSTER_TOKEN is the development default; set a secret of your own"
                 )
@@ -100,9 +137,9 @@ class Settings(BaseSettings):
 
     @cached_property
     def allowed_roots(self) -> tuple[Path, ...]:
-        """Folders below which local paths may be read: the data root and the import roots."""
-        roots = [self.resolved_data_dir, *(p.expanduser().resolve() for p in self.import_roots)]
-        return tuple(dict.fromkeys(roots))
+        """Folders below which local paths may be read: the import roots only (never the data
+        root, which holds the store, the Label Studio tokens and every task's uploads)."""
+        return tuple(dict.fromkeys(p.expanduser().resolve() for p in self.import_roots))
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -113,7 +150,8 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         reasons = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+            + err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {reasons}") from None

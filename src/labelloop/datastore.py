@@ -6,6 +6,7 @@
     <root>/task-<id>/Preprocess/raw/            downloaded bytes, by content hash
     <root>/task-<id>/Preprocess/features/<featurizer version>/   features, by content hash
     <root>/task-<id>/Snapshot/                  training checkpoints (warm starts, resumption)
+    <root>/task-<id>/Uploads/<sha256>.<ext>     uploaded images, named by items as ``upload:<name>``
 
 A version folder is built in a temporary sibling and renamed into place, so a reader sees a whole
 model or none. No path is ever built from user input without passing :func:`confine`.
@@ -14,6 +15,7 @@ model or none. No path is ever built from user input without passing :func:`conf
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -23,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from labelloop.errors import ForbiddenPath, InvalidInput
+
+#: The name of an uploaded file: its content hash and the suffix of its image format.
+UPLOAD_NAME = re.compile(r"[0-9a-f]{64}\.(?:png|jpg|gif|bmp|webp|tif)")
 
 
 def confine(base: Path, *parts: str) -> Path:
@@ -115,6 +120,16 @@ class TaskFolder:
     @property
     def snapshot(self) -> Path:
         return self.path / "Snapshot"
+
+    @property
+    def uploads(self) -> Path:
+        return self.path / "Uploads"
+
+    def upload_path(self, name: str) -> Path:
+        """The file of an upload reference (``upload:<name>``), only ever in this task's folder."""
+        if not UPLOAD_NAME.fullmatch(name):
+            raise InvalidInput(f"not an upload reference: {name!r}")
+        return confine(self.uploads, name)
 
     def create(self) -> None:
         for folder in (self.inference, self.preprocess, self.snapshot):

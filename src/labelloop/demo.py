@@ -25,7 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from labelloop.client import Client
-from labelloop.simulation import Step, run_stream
+from labelloop.schemas import TaskMetrics
+from labelloop.simulation import Step, StreamResult, run_stream
 
 
 def write_digits(folder: Path, limit: int | None = None) -> list[tuple[Path, str]]:
@@ -57,6 +58,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Server:
     url: str
     pid: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def wait(self) -> None:
+        """Until the server stops (or Ctrl-C)."""
+        if self.process is not None:
+            self.process.wait()
 
 
 @contextmanager
@@ -94,7 +101,7 @@ def running_server(
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
-        yield Server(url, proc.pid)
+        yield Server(url, proc.pid, proc)
     finally:
         proc.terminate()
         try:
@@ -105,55 +112,107 @@ def running_server(
             out.close()  # type: ignore[union-attr]
 
 
-def run_demo(data_dir: Path, limit: int | None, seed: int, console: Console) -> dict[str, object]:
+def run_demo(
+    data_dir: Path,
+    limit: int | None,
+    seed: int,
+    console: Console,
+    keep_serving: bool = False,
+) -> dict[str, object]:
     if data_dir.exists():
         shutil.rmtree(data_dir)
     images = write_digits(data_dir / "digits", limit)
     port = free_port()
     console.print(f"[bold]labelloop demo[/]: {len(images)} digit images, data in {data_dir}")
     with (
-        running_server(data_dir, port, log=data_dir / "server.log") as server,
+        # The images lie beside labelloop's data folder, below an import root: links never
+        # reach into the data folder itself.
+        running_server(
+            data_dir / "store",
+            port,
+            ["--import-root", str(data_dir / "digits")],
+            log=data_dir / "server.log",
+        ) as server,
         Client(server.url) as client,
     ):
         url = server.url
-        console.print(f"server at {url} (API docs at {url}/docs)")
         task = client.create_task(
             "digits demo", "image-classification", labels=[str(d) for d in range(10)]
+        )
+        console.print(
+            f"server at {url}: watch it on the dashboard, {url}/ui/#task={task['id']} "
+            f"(API docs at {url}/docs)",
+            soft_wrap=True,
         )
         added = client.add_items(
             task["id"], [{"data": str(p), "external_id": p.stem} for p, _ in images]
         )
         truth = {p.stem: label for p, label in images}
-        order = [(it["id"], [truth[it["external_id"]]]) for it in added["items"]]
+        order = [(it["id"], [truth[str(it["external_id"])]]) for it in added["items"]]
         random.Random(seed).shuffle(order)
-
-        progress = Progress(
-            TextColumn("[bold]labelling"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        edits = 0
-        with progress:
-            bar = progress.add_task("labelling", total=len(order), status="no model yet")
-
-            def on_step(step: Step) -> None:
-                nonlocal edits
-                edits += step.edited
-                status = (
-                    "no model yet"
-                    if step.served_version is None
-                    else f"model-time{step.served_version}  held-out acc "
-                    f"{(step.heldout_accuracy or 0):.3f}"
-                )
-                progress.update(bar, advance=1, status=f"{status}  edit rate {edits / step.n:.3f}")
-
-            result = run_stream(client, task["id"], order, on_step)
+        result = _label_with_progress(client, task["id"], order, console)
         metrics = client.metrics(task["id"])
+        console.print(_summary_table(result, metrics))
+        if keep_serving:
+            console.print(
+                f"The server keeps running at {url}/ui/#task={task['id']} (Ctrl-C stops it).",
+                soft_wrap=True,
+            )
+            try:
+                server.wait()
+            except KeyboardInterrupt:
+                console.print("stopping the server")
+    return result.summary()
 
-    summary = result.summary()
+
+def _status(step: Step, edits: int) -> str:
+    model = (
+        "no model yet"
+        if step.served_version is None
+        else f"model-time{step.served_version}  held-out acc {(step.heldout_accuracy or 0):.3f}"
+    )
+    return f"{model}  edit rate {edits / step.n:.3f}"
+
+
+def _label_with_progress(
+    client: Client, task_id: int, order: list[tuple[int, list[str]]], console: Console
+) -> StreamResult:
+    """The simulated annotator, with a live bar on a terminal and plain lines elsewhere (a log,
+    a pipe, CI): one every tenth of the way and one whenever a new version serves."""
+    edits = 0
+    if not console.is_terminal:
+        every = max(1, len(order) // 10)
+        served: list[int | None] = [None]
+
+        def on_line(step: Step) -> None:
+            nonlocal edits
+            edits += step.edited
+            if step.n % every == 0 or step.n == len(order) or step.served_version != served[0]:
+                console.print(f"labelled {step.n}/{len(order)}  {_status(step, edits)}")
+                served[0] = step.served_version
+
+        return run_stream(client, task_id, order, on_line)
+
+    progress = Progress(
+        TextColumn("[bold]labelling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    with progress:
+        bar = progress.add_task("labelling", total=len(order), status="no model yet")
+
+        def on_step(step: Step) -> None:
+            nonlocal edits
+            edits += step.edited
+            progress.update(bar, advance=1, status=_status(step, edits))
+
+        return run_stream(client, task_id, order, on_step)
+
+
+def _summary_table(result: StreamResult, metrics: TaskMetrics) -> Table:
     table = Table(title="labelloop demo: digits, random order, true-label annotator")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -173,5 +232,4 @@ def run_demo(data_dir: Path, limit: int | None, seed: int, console: Console) -> 
     if last and last[0]["heldout_accuracy"] is not None:
         table.add_row("held-out accuracy of the served model", f"{last[0]['heldout_accuracy']:.2%}")
     table.add_row("wall time", f"{result.wall_seconds:.1f} s")
-    console.print(table)
-    return summary
+    return table

@@ -2,7 +2,9 @@
 and an item's content back out, so that a browser can show it.
 
 Folders are only ever read below the import roots the operator configured (``--import-root``);
-uploads are written into the task's own folder, which is below the data root.
+uploads are written into the task's own folder, which is below the data root, and items name them
+by reference (``upload:<sha256>.<ext>``), never by a path. Content goes back out only as what the
+task's kind can show: an image of a known format with its own type, or text.
 """
 
 from __future__ import annotations
@@ -14,17 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
 from labelloop.config import Settings
 from labelloop.datastore import write_bytes_atomic
-from labelloop.errors import ForbiddenPath, InvalidInput, NotFound
-from labelloop.fetch import read_link
+from labelloop.errors import FetchError, ForbiddenPath, InvalidInput, NotFound
+from labelloop.fetch import UPLOAD_PREFIX, identify_image, local_allowed, read_link
 from labelloop.loop.features import is_text
 from labelloop.runtime import Runtime
 from labelloop.service.common import get_task_row
-from labelloop.service.items import ItemIn, add_items
+from labelloop.service.items import MAX_DATA_CHARS, ItemIn, add_items
 from labelloop.store.models import Item
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -32,6 +33,13 @@ MAX_LISTED = 500
 BATCH = 1000
 TEXT_COLUMNS = ("text", "content", "sentence", "body", "review")
 ID_COLUMNS = ("id", "external_id", "key")
+#: The longest text a CSV field may hold: as long as an item's data may be.
+MAX_TEXT = MAX_DATA_CHARS
+UPLOAD_SUFFIXES = {"JPEG": ".jpg", "TIFF": ".tif"}
+
+# The csv module refuses fields over 131,072 characters by default (a process-wide setting); a
+# text item may be longer, so the limit is raised to what an item holds, and no further.
+csv.field_size_limit(max(csv.field_size_limit(), MAX_TEXT))
 
 
 def _roots(settings: Settings) -> list[Path]:
@@ -39,11 +47,16 @@ def _roots(settings: Settings) -> list[Path]:
 
 
 def _below_root(settings: Settings, path: str) -> Path:
-    target = Path(path).expanduser()
-    if not target.is_absolute():
-        raise InvalidInput(f"give an absolute path: {path!r}")
-    resolved = target.resolve()
-    if not any(resolved.is_relative_to(root) for root in _roots(settings)):
+    if any(ord(c) < 32 for c in path):
+        raise InvalidInput("a path cannot contain control characters (NUL, newline, …)")
+    try:
+        target = Path(path).expanduser()
+        if not target.is_absolute():
+            raise InvalidInput(f"give an absolute path: {path!r}")
+        resolved = target.resolve()
+    except (OSError, RuntimeError, ValueError):
+        raise InvalidInput(f"not a usable path: {path!r}") from None
+    if not local_allowed(resolved, settings):
         raise ForbiddenPath(
             f"{path!r} is outside the import roots; the operator can allow its folder with "
             "--import-root or LABELLOOP_IMPORT_ROOTS"
@@ -53,9 +66,17 @@ def _below_root(settings: Settings, path: str) -> Path:
     return resolved
 
 
-def _images_in(folder: Path, recursive: bool) -> list[Path]:
+def _images_in(settings: Settings, folder: Path, recursive: bool) -> list[Path]:
+    """Image files of a folder that links may name (a link out of the import roots, or into the
+    data folder, is left out)."""
     pattern = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p
+        for p in pattern
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and local_allowed(p.resolve(), settings)
+    )
 
 
 def list_folders(settings: Settings, path: str | None = None) -> dict[str, Any]:
@@ -67,7 +88,7 @@ def list_folders(settings: Settings, path: str | None = None) -> dict[str, Any]:
             "parent": None,
             "roots": [str(r) for r in roots],
             "folders": [
-                {"name": str(r), "path": str(r), "images": len(_images_in(r, False))}
+                {"name": str(r), "path": str(r), "images": len(_images_in(settings, r, False))}
                 for r in roots
                 if r.is_dir()
             ],
@@ -75,15 +96,19 @@ def list_folders(settings: Settings, path: str | None = None) -> dict[str, Any]:
             "sample": [],
         }
     folder = _below_root(settings, path)
-    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    images = _images_in(folder, False)
+    subs = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and local_allowed(p.resolve(), settings)
+    )
+    images = _images_in(settings, folder, False)
     parent = folder.parent
     return {
         "path": str(folder),
         "parent": str(parent) if any(parent.is_relative_to(r) for r in roots) else None,
         "roots": [str(r) for r in roots],
         "folders": [
-            {"name": p.name, "path": str(p), "images": len(_images_in(p, False))}
+            {"name": p.name, "path": str(p), "images": len(_images_in(settings, p, False))}
             for p in subs[:MAX_LISTED]
         ],
         "images": len(images),
@@ -119,7 +144,7 @@ def import_folder(rt: Runtime, task_id: int, path: str, recursive: bool = False)
     """Every image of a folder below an import root becomes an item (again: nothing added twice)."""
     _require(rt, task_id, text=False)
     folder = _below_root(rt.settings, path)
-    images = _images_in(folder, recursive)
+    images = _images_in(rt.settings, folder, recursive)
     if not images:
         raise InvalidInput(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path!r}")
     specs = [ItemIn(data=str(p), external_id=_external_id("file:", str(p))) for p in images]
@@ -133,29 +158,31 @@ class Upload:
 
 
 def save_uploads(rt: Runtime, task_id: int, files: list[Upload]) -> dict[str, Any]:
-    """Uploaded images are kept in the task's folder under their content hash, then added."""
+    """Uploaded images are kept in the task's folder under their content hash, then added as
+    ``upload:<name>`` items. Files that are not images labelloop reads (or that declare too many
+    pixels) are refused by name; if none is left, nothing is stored."""
     _require(rt, task_id, text=False)
     if not files:
         raise InvalidInput("no files uploaded")
-    folder = rt.folder(task_id).path / "Uploads"
+    folder = rt.folder(task_id)
     specs: list[ItemIn] = []
     refused: list[str] = []
+    reasons: list[str] = []
     for f in files:
         try:
-            with Image.open(io.BytesIO(f.raw)) as img:
-                fmt = (img.format or "").lower()
-                img.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            fmt = identify_image(f.raw, verify=True).format
+        except FetchError as exc:
             refused.append(f.filename)
+            reasons.append(f"{f.filename}: {exc.message}")
             continue
         digest = hashlib.sha256(f.raw).hexdigest()
-        suffix = {"jpeg": ".jpg", "tiff": ".tif"}.get(fmt, f".{fmt}" if fmt else ".img")
-        path = folder / f"{digest}{suffix}"
+        name = f"{digest}{UPLOAD_SUFFIXES.get(fmt, '.' + fmt.lower())}"
+        path = folder.upload_path(name)
         if not path.exists():
             write_bytes_atomic(path, f.raw)
-        specs.append(ItemIn(data=str(path), external_id=f"upload:{digest}"))
+        specs.append(ItemIn(data=f"{UPLOAD_PREFIX}{name}", external_id=f"upload:{digest}"))
     if not specs:
-        raise InvalidInput(f"none of the uploaded files is an image: {', '.join(refused)}")
+        raise InvalidInput(f"none of the uploaded files is an image: {'; '.join(reasons)}")
     unique = list({s.external_id: s for s in specs}.values())
     return {**_add_in_batches(rt, task_id, unique), "refused": refused}
 
@@ -164,7 +191,8 @@ def _pick(header: list[str], wanted: str | None, known: tuple[str, ...], what: s
     lowered = [h.strip().lower() for h in header]
     if wanted is not None:
         if wanted.strip().lower() not in lowered:
-            raise InvalidInput(f"the CSV has no column {wanted!r}; its columns are {header}")
+            columns = ", ".join(repr(h) for h in header)
+            raise InvalidInput(f"the CSV has no column {wanted!r}; its columns are {columns}")
         return lowered.index(wanted.strip().lower())
     for name in known:
         if name in lowered:
@@ -186,7 +214,19 @@ def import_csv(
         decoded = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInput("the CSV is not UTF-8 text") from None
-    rows = list(csv.reader(io.StringIO(decoded)))
+    if "\x00" in decoded:
+        line = decoded.count("\n", 0, decoded.index("\x00")) + 1
+        raise InvalidInput(f"the CSV holds a NUL character (line {line}); texts cannot hold one")
+    reader = csv.reader(io.StringIO(decoded))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        why = (
+            f"a field is longer than {MAX_TEXT:,} characters (the most a text item holds)"
+            if "field limit" in str(exc)
+            else "it is not well-formed CSV"
+        )
+        raise InvalidInput(f"the CSV cannot be read at line {reader.line_num}: {why}") from None
     if len(rows) < 2:
         raise InvalidInput("the CSV needs a header row and at least one row of text")
     header, body = rows[0], rows[1:]
@@ -215,8 +255,9 @@ def import_csv(
 
 
 def item_content(rt: Runtime, task_id: int, item_id: int) -> tuple[bytes, str]:
-    """The bytes behind an item and a safe media type: an image type PIL recognises, plain text
-    for text items, else ``application/octet-stream`` (never HTML or SVG)."""
+    """The bytes behind an item and their media type: for an image task, an image of a format
+    labelloop reads, with that format's type (anything else is refused: never a file of another
+    kind, never HTML or SVG); for a text task, the text as ``text/plain``."""
     with rt.session() as s:
         category = get_task_row(s, task_id).category
         item = s.scalar(select(Item).where(Item.id == item_id, Item.task_id == task_id))
@@ -225,12 +266,5 @@ def item_content(rt: Runtime, task_id: int, item_id: int) -> tuple[bytes, str]:
         data = item.data
     if is_text(category):
         return data.encode("utf-8"), "text/plain; charset=utf-8"
-    raw = read_link(data, rt.settings).raw
-    try:
-        with Image.open(io.BytesIO(raw)) as img:
-            mime = Image.MIME.get(img.format or "")
-    except (UnidentifiedImageError, OSError):
-        mime = None
-    if mime is None or not mime.startswith("image/") or "svg" in mime:
-        mime = "application/octet-stream"
-    return raw, mime
+    content = read_link(data, rt.settings, rt.folder(task_id))
+    return content.raw, content.media_type or identify_image(content.raw).mime

@@ -8,8 +8,11 @@ process (API, local worker, Celery worker on another machine) did the work.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,7 +24,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from labelloop.runtime import Runtime
 from labelloop.store.models import Annotation, Item, Job, ModelVersion, Task
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "quiet_libraries"]
+
+#: Set before any worker starts (spawned workers inherit them), and before the libraries that read
+#: them are imported: model loading (sentence embeddings) draws no progress bars into the log.
+QUIET_ENVIRONMENT = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",
+}
+
+
+def quiet_libraries(level: str) -> None:
+    """Keep the server's log to what it does: no schema-migration chatter at INFO (Alembic's
+    plugins and "Context impl SQLiteImpl."), no progress bars of libraries loading models."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    if logging.getLevelName(level.upper()) != logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -166,6 +187,24 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def route_template(path: str, route: str, params: dict[str, Any]) -> str:
+    """The whole template of a request's route: the matched route's path (relative to the router
+    it was included with) after the prefix the request's path has in front of it.
+
+    A prefix segment that holds a path parameter's value is named like the parameter.
+    """
+    if ":path}" in route:  # a parameter spanning segments: the route's own path is bounded
+        return route
+    actual = path.rstrip("/").split("/")
+    own = route.rstrip("/").split("/")
+    if len(own) > len(actual):
+        return route
+    names = {str(v): k for k, v in params.items() if f"{{{k}" not in route}
+    prefix = [f"{{{names[p]}}}" if p in names else p for p in actual[: len(actual) - len(own) + 1]]
+    full = "/".join(prefix + own[1:]) or "/"
+    return full + "/" if route.endswith("/") and not full.endswith("/") else full
+
+
 class RequestMetrics:
     """ASGI middleware: counts each request and its latency under its route template, not its path."""
 
@@ -174,21 +213,26 @@ class RequestMetrics:
         self.metrics = metrics
         self.mounts = mounts
 
-    def template(self, scope: Scope) -> str:
-        """``/api/v1/tasks/{task_id}`` for ``/api/v1/tasks/7``: path parameters put back.
+    def template(self, scope: Scope, root_path: str = "") -> str:
+        """``/api/v1/tasks/{task_id}/items/{item_id}`` for ``/api/v1/tasks/3/items/3``.
 
-        Unmatched paths share one label, so that scanners cannot grow the series without bound;
-        a mounted app (the static UI) is counted under its mount point.
+        The label comes from the route that matched (the router records it in the scope), not
+        from the values in the path, so two parameters with the same value cannot be mistaken
+        for each other. Unmatched paths share one label, so that scanners cannot grow the series
+        without bound; a mounted app (the static UI, the docs' assets) is counted under its mount
+        point (a mount extends the scope's ``root_path``).
         """
         path = str(scope.get("path", ""))
         for mount in self.mounts:
             if path == mount or path.startswith(mount + "/"):
                 return mount
-        if "endpoint" not in scope:
-            return "unmatched"
-        params = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
-        parts = [f"{{{params[p]}}}" if p in params else p for p in path.split("/")]
-        return "/".join(parts)
+        route = getattr(scope.get("route"), "path", None)
+        if isinstance(route, str) and route:
+            return route_template(path, route, scope.get("path_params") or {})
+        mounted = str(scope.get("root_path", ""))
+        if mounted.startswith(root_path) and len(mounted) > len(root_path):
+            return mounted[len(root_path) :]
+        return "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -203,10 +247,11 @@ class RequestMetrics:
                 status = int(message["status"])
             await send(message)
 
+        root_path = str(scope.get("root_path", ""))
         try:
             await self.app(scope, receive, sending)
         finally:
-            template = self.template(scope)
+            template = self.template(scope, root_path)
             method = str(scope.get("method", "GET"))
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labelloop.client import Client
+from labelloop.client import Client, ForbiddenError, InvalidRequestError, NotFoundError
 from labelloop.errors import InvalidInput
 from labelloop.simulation import Annotator, Step, plot_curve, run_active, run_stream
 
+#: How long the server may take to read (fetch, decode, featurize) the items before a replay.
+READ_TIMEOUT_S = 600
+ADD_BATCH = 5000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -29,6 +34,10 @@ class LabelledSet:
     labels: list[str]
     data: list[str]
     truth: list[str]
+
+    def size(self, limit: int | None = None) -> int:
+        """How many items a replay with ``limit`` uses."""
+        return len(self.data) if limit is None else min(limit, len(self.data))
 
 
 def image_folder(folder: Path) -> LabelledSet:
@@ -120,10 +129,25 @@ def simulate(
         task = client.create_task(
             f"simulate {ds.name} ({mode}, seed {seed})", ds.category, ds.labels, policy=policy
         )
-        added = client.add_items(
-            task["id"], [{"data": ds.data[i], "external_id": str(i)} for i in order]
-        )
-        truth = {it["id"]: [ds.truth[int(it["external_id"])]] for it in added["items"]}
+        specs = [{"data": ds.data[i], "external_id": str(i)} for i in order]
+        try:
+            # One item first: a server that cannot read the files says so before the rest go in.
+            added = client.add_items(task["id"], specs[:1])
+            require_readable(client, task["id"], url, ds, [it["id"] for it in added["items"]])
+            for start in range(1, len(specs), ADD_BATCH):
+                rest = client.add_items(task["id"], specs[start : start + ADD_BATCH])
+                added["items"] += rest["items"]
+                require_readable(client, task["id"], url, ds, [it["id"] for it in rest["items"]])
+        except InvalidInput:
+            client.delete_task(task["id"])
+            raise
+        except (ForbiddenError, NotFoundError, InvalidRequestError) as exc:  # the links are refused
+            client.delete_task(task["id"])
+            raise InvalidInput(
+                f"the server at {url} refused the items ({exc.detail}); nothing was replayed "
+                f"and the task is deleted{_link_hint(ds)}"
+            ) from None
+        truth = {it["id"]: [ds.truth[int(str(it["external_id"]))]] for it in added["items"]}
         noise = Annotator(ds.labels, flip_rate, seed) if flip_rate else None
         report: dict[str, Any] = {
             "dataset": ds.name,
@@ -162,4 +186,47 @@ def simulate(
     return report
 
 
-__all__ = ["LabelledSet", "Step", "load", "simulate"]
+def require_readable(
+    client: Client, task_id: int, url: str, ds: LabelledSet, item_ids: list[int]
+) -> None:
+    """Wait until the server has read every item; any it could not read stops the replay.
+
+    An item the server cannot read can never be labelled right, so a replay with some would
+    report an accuracy that says nothing about the model (300 unreadable digits: "accuracy 0.017").
+    """
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    while True:
+        counts = client.get_task(task_id)["counts"]
+        if not counts["pending"]:
+            break
+        if time.monotonic() > deadline:
+            raise InvalidInput(
+                f"the server at {url} has not read {counts['pending']} items "
+                f"after {READ_TIMEOUT_S} s"
+            )
+        time.sleep(0.1)
+    if not counts["failed"]:
+        return
+    example = ""
+    for item_id in item_ids:
+        item = client.get_item(task_id, item_id)
+        if item["status"] == "failed":
+            example = f" (for one, {item['data']}: {item['error']})"
+            break
+    raise InvalidInput(
+        f"the server at {url} could not read {counts['failed']} of the {counts['items']} "
+        "item(s) it was given"
+        f"{example}; nothing was replayed and the task is deleted{_link_hint(ds)}"
+    )
+
+
+def _link_hint(ds: LabelledSet) -> str:
+    if not ds.category.startswith("image"):
+        return ""
+    return (
+        ". Items link to files by path: run the server on this machine with an import root over "
+        f"their folder (labelloop serve --import-root {os.path.commonpath(ds.data)})"
+    )
+
+
+__all__ = ["LabelledSet", "Step", "load", "require_readable", "simulate"]

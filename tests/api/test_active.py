@@ -7,7 +7,7 @@ import random
 
 from fastapi.testclient import TestClient
 
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 LABELS = [str(d) for d in range(10)]
 
@@ -171,7 +171,7 @@ def test_suspects_find_planted_errors(
 def test_audits_are_random_picks_recorded_as_evidence(
     app_client: TestClient, digit_files: list[tuple[str, str]]
 ) -> None:
-    from labelloop.service.predictions import _audit_turn
+    from labelloop.loop.selection import audit_turn_at as _audit_turn
 
     assert [_audit_turn(k, 2 / 3) for k in range(6)] == [False, True, True, False, True, True]
     assert not any(_audit_turn(k, 0.0) for k in range(10))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from fastapi.testclient import TestClient
 
+from labelloop import client, errors
 from labelloop.config import Settings
 from labelloop.jobs.local import LocalJobs
 from labelloop.runtime import Runtime
@@ -28,7 +32,7 @@ def assert_error(r, status: int, fragment: str) -> None:  # type: ignore[no-unty
     assert "Traceback" not in r.text
 
 
-def test_bad_input(app_client: TestClient) -> None:
+def test_bad_input(app_client: TestClient, image_root: Path) -> None:
     c = app_client
     assert_error(c.get("/api/v1/tasks/999"), 404, "no task 999")
     assert_error(
@@ -79,9 +83,14 @@ def test_bad_input(app_client: TestClient) -> None:
     )
 
     t = make(c)
-    items = c.post(f"/api/v1/tasks/{t}/items", json={"items": [{"data": "/nowhere/a.png"}]}).json()[
-        "items"
-    ]
+    # A link outside the import roots is refused when the item is created: nothing is stored.
+    assert_error(
+        c.post(f"/api/v1/tasks/{t}/items", json={"items": [{"data": "/nowhere/a.png"}]}),
+        403,
+        "outside the import roots",
+    )
+    missing = str(image_root / "missing.png")
+    items = c.post(f"/api/v1/tasks/{t}/items", json={"items": [{"data": missing}]}).json()["items"]
     assert_error(
         c.post(
             f"/api/v1/tasks/{t}/annotations",
@@ -146,7 +155,7 @@ def test_bad_input(app_client: TestClient) -> None:
         if wait["status"] != "pending":
             break
         wait = c.get(f"/api/v1/tasks/{t}/items/{items[0]['id']}").json()
-    assert wait["status"] == "failed" and "outside the import roots" in wait["error"]
+    assert wait["status"] == "failed" and "no such file" in wait["error"]
 
 
 def test_oversized_payload(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -170,3 +179,58 @@ def test_oversized_payload(tmp_path) -> None:  # type: ignore[no-untyped-def]
         )
         assert_error(r, 413, "over 2000 bytes")
     rt.close()
+
+
+def _subclasses(base: type) -> set[type]:
+    found = set()
+    for sub in base.__subclasses__():
+        found |= {sub, *_subclasses(sub)}
+    return found
+
+
+def test_client_and_server_exceptions_do_not_share_names() -> None:
+    """Both once had ``Unauthorized`` and ``PayloadTooLarge``: one import could not hold both."""
+    server = {cls.__name__ for cls in _subclasses(errors.LabelloopError)}
+    in_client = {
+        name
+        for name, obj in vars(client).items()
+        if isinstance(obj, type) and issubclass(obj, Exception)
+    }
+    assert in_client and server
+    assert not server & in_client, server & in_client
+    assert issubclass(client.NotFoundError, errors.ClientError)
+
+
+def test_the_drawn_tree_is_the_tree() -> None:
+    """Every exception class is drawn in errors.py's docstring under its parent, with its status."""
+    doc = errors.__doc__ or ""
+    drawn: dict[str, tuple[int, str | None]] = {}
+    parents: list[tuple[int, str]] = []
+    for line in doc.splitlines():
+        m = re.match(r"^(\s*)(?:[│ ]*[├└]── )?(\w+)\b[ ·]*(\d{3})?", line)
+        if not m or not line.strip() or not m.group(2)[0].isupper():
+            continue
+        depth = len(line) - len(line.lstrip(" │├└─"))
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        name = m.group(2)
+        if hasattr(errors, name):
+            drawn[name] = (depth, parents[-1][1] if parents else None)
+            parents.append((depth, name))
+            status = m.group(3)
+            cls = getattr(errors, name)
+            if status and issubclass(cls, errors.LabelloopError):
+                assert cls.status_code == int(status), name
+            elif status:  # the client's class for that status
+                assert type(errors.api_error(int(status), "code", "detail")) is cls, name
+    classes = {
+        name: obj
+        for name, obj in vars(errors).items()
+        if isinstance(obj, type)
+        and issubclass(obj, Exception)
+        and obj.__module__ == errors.__name__
+    }
+    assert set(drawn) == set(classes), set(classes) ^ set(drawn)
+    for name, (_, parent) in drawn.items():
+        base = classes[name].__bases__[0]
+        assert (base.__name__ if base is not Exception else None) == parent, (name, parent)

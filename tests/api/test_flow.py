@@ -7,7 +7,7 @@ import json
 
 from fastapi.testclient import TestClient
 
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 LABELS = [str(d) for d in range(10)]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from labelloop.runtime import Runtime
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 
 def test_two_tasks_on_the_same_links(

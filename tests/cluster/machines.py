@@ -11,17 +11,22 @@ the ``epmd`` daemons that were not running before.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import uuid
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+import uvicorn
+from fastapi import FastAPI
 
 from labelloop.cluster.client import AgentClient, CoordinatorClient
 from labelloop.cluster.protocol import Registration
@@ -29,6 +34,7 @@ from labelloop.cluster.rabbit import RabbitNode, epmd_pids
 from labelloop.demo import free_port
 from labelloop.errors import LabelloopError
 from tests.celery_support import terminate, wait_for
+from tests.support import wait_until
 
 HOSTS_PREAMBLE = "127.0.0.1\tlocalhost\n# a line of the operator's own, left alone\n"
 
@@ -55,6 +61,7 @@ class Machine:
     node: RabbitNode
     api_port: int
     proc: subprocess.Popen[bytes]
+    env: dict[str, str]
 
     @property
     def hosts_file(self) -> Path:
@@ -82,9 +89,24 @@ class Machines:
         self.coordinator_url = ""
         self._epmd_before = epmd_pids()
         self._descendants: set[int] = set()
+        #: The broker user's password, made here (the cluster master's agent creates the user).
+        self.broker_password = secrets.token_hex(16)
+        # Production, as docs/DEPLOY.md runs it: real secrets, the broker's own user.
         self.base_env = {
             k: v for k, v in os.environ.items() if not k.startswith(("LABELLOOP_", "RABBITMQ_"))
-        } | {"LABELLOOP_CLUSTER_TOKEN": token, "LABELLOOP_LOG_LEVEL": "INFO"}
+        } | {
+            "LABELLOOP_ENVIRONMENT": "production",
+            "LABELLOOP_CLUSTER_TOKEN": token,
+            "LABELLOOP_LOG_LEVEL": "INFO",
+        }
+        self.agent_env = {
+            "LABELLOOP_AGENT_BROKER_USER": "labelloop",
+            "LABELLOOP_AGENT_BROKER_PASSWORD": self.broker_password,
+        }
+
+    def broker_url(self, amqp_port: int) -> str:
+        """The URL workers use to reach a node (the user the agents created)."""
+        return f"amqp://labelloop:{self.broker_password}@127.0.0.1:{amqp_port}//"
 
     # -- processes ------------------------------------------------------------------------------
     def _spawn(self, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -126,7 +148,7 @@ class Machines:
                     f"coordinator exited: {self.tail(self.root / 'coordinator.log')}"
                 )
             try:
-                client.health()
+                client.live()
                 return True
             except LabelloopError:
                 return False
@@ -146,25 +168,40 @@ class Machines:
             name=name, amqp_port=amqp, dist_port=dist, home=home, base=home / "rabbitmq"
         )
         api_port = free_port(ip)
-        env = self.base_env | {
-            "LABELLOOP_AGENT_REGISTRY": self.coordinator_url,
-            "LABELLOOP_AGENT_ADVERTISE_IP": ip,
-            "LABELLOOP_AGENT_HOSTNAME": f"machine-{ip.rsplit('.', 1)[1]}",
-            "LABELLOOP_AGENT_RABBIT_NODE": name,
-            "LABELLOOP_AGENT_AMQP_PORT": str(amqp),
-            "LABELLOOP_AGENT_DIST_PORT": str(dist),
-            "LABELLOOP_AGENT_RABBIT_HOME": str(home),
-            "LABELLOOP_AGENT_HOSTS_FILE": str(root / "hosts"),
-            "LABELLOOP_AGENT_DATA_DIR": str(root / "data"),
-            "LABELLOOP_AGENT_LOG_DIR": str(root / "logs"),
-            "LABELLOOP_AGENT_API_PORT": str(api_port),
-            "LABELLOOP_AGENT_WORKER_CONCURRENCY": str(self.concurrency),
-            "LABELLOOP_AGENT_ICMP": "auto",
-        }
+        env = (
+            self.base_env
+            | self.agent_env
+            | {
+                "LABELLOOP_AGENT_REGISTRY": self.coordinator_url,
+                "LABELLOOP_AGENT_ADVERTISE_IP": ip,
+                "LABELLOOP_AGENT_HOSTNAME": f"machine-{ip.rsplit('.', 1)[1]}",
+                "LABELLOOP_AGENT_RABBIT_NODE": name,
+                "LABELLOOP_AGENT_AMQP_PORT": str(amqp),
+                "LABELLOOP_AGENT_DIST_PORT": str(dist),
+                "LABELLOOP_AGENT_RABBIT_HOME": str(home),
+                "LABELLOOP_AGENT_HOSTS_FILE": str(root / "hosts"),
+                "LABELLOOP_AGENT_DATA_DIR": str(root / "data"),
+                "LABELLOOP_AGENT_LOG_DIR": str(root / "logs"),
+                "LABELLOOP_AGENT_API_PORT": str(api_port),
+                "LABELLOOP_AGENT_WORKER_CONCURRENCY": str(self.concurrency),
+                "LABELLOOP_AGENT_ICMP": "auto",
+            }
+        )
         proc = self._spawn(["agent"], env, root / "agent.log")
-        machine = Machine(ip, root, node, api_port, proc)
+        machine = Machine(ip, root, node, api_port, proc, env)
         self.machines[ip] = machine
         return machine
+
+    def stop_agent(self, ip: str) -> None:
+        """Stop a machine's agent cleanly (SIGTERM, as systemd stops it)."""
+        self._remember_descendants()
+        terminate(self.machines[ip].proc)
+
+    def restart_agent(self, ip: str) -> Machine:
+        """Start a stopped agent again with the same settings (systemd after a reboot)."""
+        m = self.machines[ip]
+        m.proc = self._spawn(["agent"], m.env, m.agent_log)
+        return m
 
     def wait_registered(
         self, client: CoordinatorClient, ips: list[str], timeout: float = 180
@@ -203,7 +240,9 @@ class Machines:
         with CoordinatorClient(self.coordinator_url, self.token) as c:
             return c.machines()
 
-    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """``labelloop cluster ...`` against the coordinator, as an operator runs it."""
         return subprocess.run(
             [
@@ -215,7 +254,7 @@ class Machines:
                 "--coordinator",
                 self.coordinator_url,
             ],
-            env=self.base_env | {"COLUMNS": "200"},
+            env=self.base_env | {"COLUMNS": "200"} | (env or {}),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -280,3 +319,43 @@ def wait_serving(answers: dict[str, dict[str, Any]], timeout: float = 300) -> No
         return workers <= seen
 
     wait_for(ready, timeout, f"services {services} and workers {sorted(workers)}", poll=0.5)
+
+
+@contextmanager
+def serve_app(app: FastAPI, host: str, config: uvicorn.Config | None = None) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on ``host`` (with ``config``, e.g. TLS, if given);
+    yields its base URL."""
+    if config is None:
+        config = uvicorn.Config(app, host=host, port=free_port(host), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), 20, f"fake server on {host}")
+    assert thread.is_alive(), f"fake server on {host} exited while starting"
+    scheme = "https" if config.ssl_certfile else "http"
+    try:
+        yield f"{scheme}://{host}:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def make_certs(folder: Path) -> dict[str, Path]:
+    """A CA and a certificate for 127.0.0.1-3 signed by it, made with the openssl CLI."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "node.key", "-out", "node.csr")  # fmt: skip
+    (folder / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3,DNS:localhost\n"
+    )
+    ssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "node.pem")  # fmt: skip
+    for name in ("ca.key", "node.key"):
+        (folder / name).chmod(0o600)
+    return {"ca": folder / "ca.pem", "cert": folder / "node.pem", "key": folder / "node.key"}

@@ -8,10 +8,10 @@ the answer's shape, that nothing is duplicated, and that the cookie is in no log
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from labelloop.cluster.protocol import (
 from labelloop.cluster.rabbit import RabbitNode, epmd_pids
 from labelloop.demo import free_port
 from labelloop.errors import Unauthorized
+from tests import support
 from tests.cluster.machines import port_pair
 
 TOKEN = "test-cluster-token-1234"
@@ -123,15 +124,7 @@ def test_wire_reveals_the_cookie_only_there() -> None:
 
 
 def wait_until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    support.wait_until(cond, timeout, what, poll=0.5, ignore=(httpx.HTTPError, OSError))
 
 
 @pytest.mark.cluster
@@ -142,9 +135,14 @@ def test_initial_on_one_machine(tmp_path: Path) -> None:
     home, logs, hosts = tmp_path / "rabbit-home", tmp_path / "logs", tmp_path / "hosts"
     hosts.write_text("127.0.0.1\tlocalhost\n")
     agent_log = tmp_path / "agent.log"
+    broker_password = secrets.token_hex(16)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP_")},
+        # production, as the guide runs it: real secrets, the broker's own user
+        "LABELLOOP_ENVIRONMENT": "production",
         "LABELLOOP_CLUSTER_TOKEN": TOKEN,
+        "LABELLOOP_AGENT_BROKER_USER": "labelloop",
+        "LABELLOOP_AGENT_BROKER_PASSWORD": broker_password,
         "LABELLOOP_LOG_LEVEL": "DEBUG",  # the most the agent ever logs
         "LABELLOOP_AGENT_STOP_RABBIT_ON_EXIT": "true",
         "LABELLOOP_AGENT_WORKER_CONCURRENCY": "1",
@@ -213,9 +211,18 @@ def test_initial_on_one_machine(tmp_path: Path) -> None:
         assert all(w.restarts == 0 for w in second.workers)
         assert hosts.read_text() == hosts_after_first
 
+        # production children: up, never restarted (they got the secrets they need, no more)
+        third = status()
+        assert all(w.alive and w.restarts == 0 and w.last_exit_code is None for w in third.workers)
+        assert third.rabbit_running and third.cluster_node == node_name and not third.stopped
+        for w in third.workers:
+            assert "development default" not in Path(w.log_file).read_text()
+
         stopped = httpx.post(f"{base}/stop", headers=bearer(TOKEN), timeout=120).json()
-        assert stopped["rabbit_stopped"] is True
+        assert stopped["rabbit_stopped"] is True and stopped["hosts_block_removed"] is True
         assert sorted(stopped["stopped"]) == sorted(pids)
+        assert hosts.read_text() == "127.0.0.1\tlocalhost\n"  # the host as it was found
+        assert status().stopped
         for pid in pids.values():
             assert pid is not None
             wait_until(lambda p=pid: not _alive(p), 20, f"process {pid} to end")
@@ -235,7 +242,8 @@ def test_initial_on_one_machine(tmp_path: Path) -> None:
     log_files = [agent_log, *logs.rglob("*.log"), *(home / "rabbitmq").rglob("*.log")]
     assert len(log_files) >= 3
     for path in log_files:
-        assert cookie not in path.read_text(errors="replace"), path
+        text = path.read_text(errors="replace")
+        assert cookie not in text and broker_password not in text, path
 
 
 def _alive(pid: int) -> bool:
@@ -277,6 +285,27 @@ def test_start_sh_needs_token_and_registry_and_runs_the_agent() -> None:
     assert TOKEN not in ok.stdout + ok.stderr
 
 
+def test_start_sh_finds_labelloop_in_the_checkout(tmp_path: Path) -> None:
+    """Without LABELLOOP_BIN and with no `labelloop` on PATH, start.sh runs the one `make
+    install` puts in the checkout's .venv; with none there, it says how to install it."""
+    checkout = tmp_path / "checkout"
+    (checkout / "deploy").mkdir(parents=True)
+    script = checkout / "deploy" / "start.sh"
+    script.write_bytes((Path(__file__).resolve().parents[2] / "deploy" / "start.sh").read_bytes())
+    script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP_")}
+    env |= {"PATH": "/usr/bin:/bin", "LABELLOOP_CLUSTER_TOKEN_FILE": str(tmp_path / "token"),
+            "LABELLOOP_AGENT_REGISTRY": "http://127.0.0.1:1"}  # fmt: skip
+    missing = subprocess.run([str(script), "--help"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "make install" in missing.stderr
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    (checkout / ".venv" / "bin" / "labelloop").symlink_to(Path(sys.executable).parent / "labelloop")
+    ok = subprocess.run(
+        [str(script), "--help"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ok.returncode == 0 and "--registry" in ok.stdout, ok.stderr
+
+
 # -- unit: initial's decisions, with a fake node and a fake supervisor -------------------------
 
 
@@ -291,7 +320,9 @@ class FakeNode(RabbitNode):
     def running_nodes(self) -> list[str]:
         return [self.name]
 
-    def join(self, master: str, cookie: str, timeout_s: float = 90.0) -> bool:
+    def join(
+        self, master: str, cookie: str, timeout_s: float = 90.0, *, allow_reset: bool = False
+    ) -> bool:
         self.joined.append((master, cookie))
         return True
 
@@ -423,3 +454,118 @@ def test_inference_service_processes_follow_good_inference_machines(
     service = sup.specs["service"]
     assert service.argv[-2:] == ("--processes", "3")
     assert service.argv[service.argv.index("--host") :][:2] == ("--host", "10.0.0.20")
+
+
+def test_agent_metrics_show_its_processes(rpc: tuple[TestClient, Agent], tmp_path: Path) -> None:
+    from labelloop.cluster.supervisor import ProcessSpec
+
+    client, agent = rpc
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    agent.supervisor.ensure(
+        ProcessSpec.make("w1", "inference", sleeper, dict(os.environ), tmp_path / "w1.log")
+    )
+    text = client.get("/metrics").text  # no token: Prometheus scrapes it
+    assert 'labelloop_agent_child_up{child="w1",role="inference"} 1.0' in text
+    assert 'labelloop_agent_child_restarts_total{child="w1",role="inference"} 0.0' in text
+    assert "labelloop_agent_child_uptime_seconds" in text
+
+
+def test_a_failed_join_is_retried_then_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join that fails for a moment is tried again; one that keeps failing fails initial, and
+    the status says so (a machine is good only when its node is a member and initial ran)."""
+    from labelloop.cluster import agent as agent_mod
+    from labelloop.cluster.health import machine_state
+    from labelloop.cluster.probe import ProbeResult
+    from labelloop.errors import Unavailable
+
+    monkeypatch.setattr(agent_mod, "JOIN_RETRY_S", 0.0)
+    agent, _, node = fake_agent(tmp_path, "10.0.0.21", 7000)
+    failures = ["cannot_start_mnesia", "eaddrinuse"]
+
+    def flaky_join(master: str, cookie: str, timeout_s: float = 90.0, **_: Any) -> bool:
+        if failures:
+            raise Unavailable(f"rabbitmqctl reset on {node.name} failed: {failures.pop(0)}")
+        node.joined.append((master, cookie))
+        return True
+
+    node.join = flaky_join  # type: ignore[method-assign]
+    machines = [
+        MachineInfo(
+            hostname=f"h{i}", ip=f"10.0.0.{i}", port=7000, erlang_hash="", type="inference",
+            rabbit_node=f"rabbit@h{i}", amqp_port=5672, dist_port=25672,
+        )
+        for i in (20, 21)
+    ]  # fmt: skip
+    monkeypatch.setattr(
+        agent_mod, "probe_machines", lambda ms, **_: ProbeResult(list(ms), [], "tcp")
+    )
+    req = InitialRequest(
+        machines_info=machines, task_category="c", task_datastore_path=str(tmp_path / "ds"),
+        erlang_cookie=SecretStr("C"),
+    )  # fmt: skip
+    agent.initial(req)  # two failures, then the third try joins
+    assert node.joined == [("rabbit@h20", "C")] and agent.initial_error is None
+
+    failures.extend(["cannot_start_mnesia"] * 3)
+    node.running_nodes = lambda: [node.name]  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match="cannot_start_mnesia"):
+        agent.initial(req)
+    status = agent.status()
+    assert status.initial_error is not None and "cannot_start_mnesia" in status.initial_error
+    state, problems = machine_state("inference", status, "rabbit@h20")
+    assert state == "failing"
+    assert problems[0].startswith("initial failed") and "not a running member" in problems[1]
+
+
+def test_a_late_machine_with_the_smallest_address_joins_the_running_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Elected inference master by address, but the cluster already runs on another node: it
+    joins that node (the coordinator names it) instead of staying a cluster of its own."""
+    from labelloop.cluster import agent as agent_mod
+    from labelloop.cluster.probe import ProbeResult
+
+    agent, _, node = fake_agent(tmp_path, "10.0.0.5", 7000)
+    machines = [
+        MachineInfo(
+            hostname=f"h{i}", ip=f"10.0.0.{i}", port=7000, erlang_hash="", type="inference",
+            rabbit_node=node.name if i == 5 else f"rabbit@h{i}", amqp_port=5672, dist_port=25672,
+        )
+        for i in (5, 20)
+    ]  # fmt: skip
+    monkeypatch.setattr(
+        agent_mod, "probe_machines", lambda ms, **_: ProbeResult(list(ms), [], "tcp")
+    )
+    req = InitialRequest(
+        machines_info=machines, task_category="c", task_datastore_path=str(tmp_path / "ds"),
+        erlang_cookie=SecretStr("C"), cluster_node="rabbit@h20",
+    )  # fmt: skip
+    answer = agent.initial(req)
+    assert answer.master_inference == "10.0.0.5"  # the seed's rule, unchanged
+    assert node.joined == [("rabbit@h20", "C")]  # but its node joined the running cluster
+    assert agent.status().cluster_node == "rabbit@h20"
+
+
+def test_the_broker_user_is_made_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labelloop.cluster import agent as agent_mod
+    from labelloop.cluster.probe import ProbeResult
+
+    agent, _, node = fake_agent(tmp_path, "10.0.0.20", 7000)
+    agent.settings = agent.settings.model_copy(
+        update={"broker_user": "labelloop", "broker_password": SecretStr("pw")}
+    )
+    made: list[tuple[str, str]] = []
+    node.ensure_user = lambda user, password: made.append((user, password))  # type: ignore[method-assign]
+    me = MachineInfo(
+        hostname="h", ip="10.0.0.20", port=7000, erlang_hash="", type="inference",
+        rabbit_node=node.name, amqp_port=5999, dist_port=25999,
+    )  # fmt: skip
+    monkeypatch.setattr(
+        agent_mod, "probe_machines", lambda ms, **_: ProbeResult(list(ms), [], "tcp")
+    )
+    req = InitialRequest(machines_info=[me], task_category="c", task_datastore_path=str(tmp_path))
+    agent.initial(req)
+    agent.initial(req.model_copy(update={"refresh": True}))
+    assert made == [("labelloop", "pw")]  # the master's node, once

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import stat
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Header, HTTPException
 from pydantic import SecretStr
 from typer.testing import CliRunner
@@ -38,34 +36,18 @@ from labelloop.cluster.protocol import (
     AgentStatus,
     InitialAnswer,
     InitialRequest,
+    RabbitStatus,
     Registration,
+    WorkerStatus,
     cookie_hash,
 )
 from labelloop.demo import free_port
 from labelloop.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
+from tests.cluster.machines import serve_app
 
 TOKEN = "test-cluster-token-0123456789"
 COOKIE = "SECRETCOOKIEABCDEFGH"
 TASK = {"task_category": "image-classification", "task_datastore_path": "/data/task-1"}
-
-
-@contextmanager
-def serve_app(app: FastAPI, host: str) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on ``host``; yields its base URL."""
-    port = free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"fake server on {host} did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 class FakeAgent:
@@ -80,6 +62,10 @@ class FakeAgent:
         self.answer: InitialAnswer | None = None
         self.registration: Registration | None = None
         self.service: str | None = None  # the role service's URL to answer with, if any
+        self.workers: list[WorkerStatus] = []  # the supervised processes its status shows
+        self.is_stopped = False
+        self.left = 0
+        self.forgotten: list[str] = []
         self.app = FastAPI()
 
         def auth(authorization: str | None) -> None:
@@ -134,13 +120,41 @@ class FakeAgent:
                 masters={"train": a.master_train, "inference": a.master_inference} if a else {},
                 rabbit_cluster=a.rabbit_cluster if a else [],
                 service=a.rpc if a else None,
+                workers=self.workers,
+                stopped=self.is_stopped,
             ).model_dump(mode="json")
 
         @self.app.post("/rpc/stop")
         def stop(authorization: str | None = Header(None)) -> dict[str, Any]:
             auth(authorization)
             self.stopped += 1
+            self.is_stopped = True
             return {"stopped": True}
+
+        @self.app.post("/rpc/leave")
+        def leave(authorization: str | None = Header(None)) -> dict[str, Any]:
+            auth(authorization)
+            self.left += 1
+            return {"stopped": ["w"], "left_rabbit_cluster": True, "hosts_block_removed": True}
+
+        @self.app.post("/rpc/forget")
+        def forget(body: dict[str, Any], authorization: str | None = Header(None)) -> Any:
+            auth(authorization)
+            self.forgotten.append(body["node"])
+            return {"node": body["node"], "forgotten": True}
+
+        @self.app.post("/rpc/rabbit")
+        def rabbit(authorization: str | None = Header(None)) -> Any:
+            auth(authorization)
+            a = self.answer
+            return RabbitStatus(
+                node=f"n-{self.ip}@localhost",
+                running_nodes=a.rabbit_cluster if a else [],
+                disk_nodes=a.rabbit_cluster if a else [],
+                queues=[{"name": "train", "type": "quorum", "messages": 0, "consumers": 1,
+                         "members": a.rabbit_cluster if a else [],
+                         "online": a.rabbit_cluster if a else [], "leader": "x"}],
+            ).model_dump(mode="json")  # fmt: skip
 
     def reg(self, url: str) -> Registration:
         port = int(url.rsplit(":", 1)[1])
@@ -217,8 +231,11 @@ def test_calls_without_the_token_are_refused(
         with CoordinatorClient(served, token) as c, pytest.raises(Unauthorized):
             c.status()
     assert coord.machines() == []
+    # Monitoring needs no token: before any init the verdict is "down" (503).
+    health = httpx.get(f"{served}/health", timeout=30)
+    assert health.status_code == 503 and health.json()["status"] == "down"
     with CoordinatorClient(served, TOKEN) as c:
-        assert c.health()["status"] == "ok"
+        assert c.live()["ok"] is True
         c.register(reg)
         assert [m["ip"] for m in c.machines()] == ["127.0.0.9"]
 
@@ -363,7 +380,13 @@ def test_join_initialises_only_the_late_machine(
         "127.0.0.11": "inference",
     }
     assert sent["erlang_cookie"] == "COOKIE1270010"  # the running cluster's cookie
-    assert all(len(f.requests) == 1 for f in agents.values())  # the others were left alone
+    assert sent["refresh"] is False
+    # The others were not initialised again: each got one refresh, which lists the new machine.
+    for f in agents.values():
+        assert len(f.requests) == 2 and f.requests[1]["refresh"] is True
+        assert "127.0.0.11" in {m["ip"] for m in f.requests[1]["machines_info"]}
+        assert f.answer is not None and "127.0.0.11" in {m.ip for m in f.answer.good_machines_info}
+    assert set(result["answers"]) == {"127.0.0.9", "127.0.0.10", "127.0.0.11"}
     assert result["master_inference"] == "127.0.0.10"
     assert late.answer is not None and late.answer.erlang_hash == cookie_hash("COOKIE1270010")
     status = coord.status()
@@ -447,7 +470,7 @@ def test_cli_init_status_and_join(
     assert result["master_inference"] == "127.0.0.10" and set(result["errors"]) == {"127.0.0.12"}
 
     got = runner.invoke(cli_app, ["cluster", "status"])
-    assert got.exit_code == 0, got.output
+    assert got.exit_code == 3, got.output  # degraded: .12 has a role and does not answer
     assert "inference master" in got.output and "bad" in got.output
     assert "n-127.0.0.10@localhost" in got.output
 
@@ -462,3 +485,210 @@ def test_cli_init_status_and_join(
     monkeypatch.setenv("LABELLOOP_CLUSTER_TOKEN", "wrong-token-here")
     got = runner.invoke(cli_app, ["cluster", "status"])
     assert got.exit_code == 2 and "token was refused" in got.output
+
+
+# -- truthful status ---------------------------------------------------------------------------
+
+
+def crash_looping(name: str = "inference-127-0-0-11@h") -> WorkerStatus:
+    return WorkerStatus(
+        name=name, role="inference", pid=None, alive=False, restarts=4, state="crash-looping",
+        recent_restarts=4, last_exit_code=2, log_file="/var/log/x.log",
+        log_tail=["error: LABELLOOP_BROKER_URL uses RabbitMQ's default guest account"],
+    )  # fmt: skip
+
+
+def running(name: str) -> WorkerStatus:
+    return WorkerStatus(name=name, role="inference", pid=1, alive=True, restarts=0, uptime_s=99.0)
+
+
+def test_status_verdicts_and_exit_codes(
+    served: str, coord: Coordinator, agents: dict[str, FakeAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """healthy (0) -> degraded (3) when a machine's child crash-loops -> down (4) when a role has
+    no good machine, and after ``cluster down``; the CLI's exit code and ``GET /health`` agree."""
+    register_all(coord, agents)
+    coord.HEALTH_TTL_S = 0.0  # type: ignore[misc]
+    monkeypatch.setenv("LABELLOOP_CLUSTER_TOKEN", TOKEN)
+    monkeypatch.setenv("LABELLOOP_COORDINATOR_URL", served)
+    runner = CliRunner()
+
+    def check(verdict: str, code: int, http: int) -> dict[str, Any]:
+        got = runner.invoke(cli_app, ["cluster", "status", "--json"])
+        assert got.exit_code == code, got.output
+        status: dict[str, Any] = json.loads(got.output)
+        assert status["health"] == verdict and status["exit_code"] == code
+        resp = httpx.get(f"{served}/health", timeout=30)  # no token: for monitoring
+        assert resp.status_code == http and resp.json()["status"] == verdict
+        return status
+
+    assert "not initialised" in check("down", 4, 503)["reason"]
+    coord.init(InitRequest(train=1, inference=2, **TASK))
+    for f in agents.values():
+        f.workers = [running(f"w-{f.ip}")]
+    check("healthy", 0, 200)
+
+    agents["127.0.0.11"].workers = [crash_looping()]
+    status = check("degraded", 3, 200)
+    row = {r["ip"]: r for r in status["machines"]}["127.0.0.11"]
+    assert row["state"] == "failing"
+    assert any("crash-looping" in p and "exit code 2" in p for p in row["problems"])
+    table = runner.invoke(cli_app, ["cluster", "status"])
+    assert table.exit_code == 3
+    assert "default guest account" in table.output and "/var/log/x.log" in table.output
+
+    agents["127.0.0.9"].workers = [crash_looping("train-x@h")]  # the only train machine
+    assert "no train machine is good" in check("down", 4, 503)["reason"]
+
+    agents["127.0.0.9"].workers = agents["127.0.0.11"].workers = []
+    check("healthy", 0, 200)
+    assert runner.invoke(cli_app, ["cluster", "down"]).exit_code == 0
+    status = check("down", 4, 503)
+    assert status["reason"].startswith("stopped")
+    assert {r["state"] for r in status["machines"]} == {"down"}
+
+
+def test_a_machine_whose_node_is_not_a_member_is_not_good(
+    coord: Coordinator, agents: dict[str, FakeAgent]
+) -> None:
+    register_all(coord, agents)
+    coord.init(InitRequest(train=1, inference=2, **TASK))
+    fake = agents["127.0.0.11"]
+    assert fake.answer is not None
+    fake.answer = fake.answer.model_copy(update={"rabbit_cluster": ["n-127.0.0.11@localhost"]})
+    row = {r["ip"]: r for r in coord.status()["machines"]}["127.0.0.11"]
+    assert row["state"] == "failing"
+    assert "not a running member of n-127.0.0.10@localhost's cluster" in row["problems"][0]
+    assert coord.status()["health"] == "degraded"
+
+
+def test_status_never_shows_the_database_password(
+    served: str, tmp_path: Path, coord: Coordinator, agents: dict[str, FakeAgent],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    register_all(coord, agents)
+    url = "postgresql+psycopg://labelloop:s3cret-pw@db.internal:5432/labelloop"
+    secret_file = tmp_path / "db-url"
+    secret_file.write_text(url + "\n")
+    monkeypatch.setenv("LABELLOOP_CLUSTER_TOKEN", TOKEN)
+    monkeypatch.setenv("LABELLOOP_COORDINATOR_URL", served)
+    runner = CliRunner()
+    args = ["cluster", "init", "--train", "1", "--inference", "2", "--task-category", "c",
+            "--task-datastore-path", "/d", "--database-url-file", str(secret_file), "--json"]  # fmt: skip
+    secret_file.chmod(0o644)
+    refused = runner.invoke(cli_app, args)
+    assert refused.exit_code == 2 and "chmod 600" in refused.output
+    secret_file.chmod(0o600)
+    got = runner.invoke(cli_app, args)
+    assert got.exit_code == 0, got.output
+    assert "s3cret-pw" not in got.output
+    assert agents["127.0.0.9"].requests[-1]["database_url"] == url  # the agents get it
+    status = runner.invoke(cli_app, ["cluster", "status", "--json"])
+    assert "s3cret-pw" not in status.output
+    shown = json.loads(status.output)["task"]["database_url"]
+    assert shown == "postgresql+psycopg://labelloop:***@db.internal:5432/labelloop"
+    state = tmp_path / "coord" / STATE_FILE
+    assert "s3cret-pw" in state.read_text() and stat.S_IMODE(state.stat().st_mode) == 0o600
+
+
+def test_init_stops_waiting_for_a_crash_looping_child_and_shows_its_log(
+    served: str, coord: Coordinator, agents: dict[str, FakeAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register_all(coord, agents)
+    agents["127.0.0.11"].workers = [crash_looping()]
+    agents["127.0.0.10"].workers = [running("inference-127-0-0-10@h")]
+    coord.settle_timeout_s = 600.0  # it must not wait that long
+    monkeypatch.setenv("LABELLOOP_CLUSTER_TOKEN", TOKEN)
+    monkeypatch.setenv("LABELLOOP_COORDINATOR_URL", served)
+    started = time.monotonic()
+    got = CliRunner().invoke(
+        cli_app,
+        ["cluster", "init", "--train", "1", "--inference", "2", "--task-category", "c",
+         "--task-datastore-path", "/d"],
+    )  # fmt: skip
+    assert time.monotonic() - started < 120
+    assert got.exit_code == 1, got.output
+    assert "127.0.0.11: inference-127-0-0-11@h (inference) is crash-looping" in got.output
+    assert "default guest account" in got.output and "/var/log/x.log" in got.output
+    result = coord.init(InitRequest(train=1, inference=2, **TASK))
+    assert list(result["failing"]) == ["127.0.0.11"]
+    assert result["failing"]["127.0.0.11"][0]["last_exit_code"] == 2
+
+
+def test_metrics_count_restarts(
+    served: str, coord: Coordinator, agents: dict[str, FakeAgent]
+) -> None:
+    register_all(coord, agents)
+    coord.init(InitRequest(train=1, inference=2, **TASK))
+    agents["127.0.0.11"].workers = [crash_looping()]
+    text = httpx.get(f"{served}/metrics", timeout=30).text
+    assert "labelloop_cluster_health 1.0" in text  # degraded
+    assert 'labelloop_cluster_machines{state="failing"} 1.0' in text
+    assert (
+        'labelloop_cluster_child_restarts_total{child="inference-127-0-0-11@h",'
+        'machine="127.0.0.11",role="inference"} 4.0'
+    ) in text
+
+
+def test_leave_removes_a_machine_and_refreshes_the_others(
+    coord: Coordinator, agents: dict[str, FakeAgent]
+) -> None:
+    gone = dead("127.0.0.12")
+    register_all(coord, agents, gone)
+    coord.init(InitRequest(train=1, inference=3, **TASK))
+    out = coord.leave("127.0.0.11")
+    assert agents["127.0.0.11"].left == 1 and out["agent"]["left_rabbit_cluster"] is True
+    assert "127.0.0.11" not in {m.ip for m in coord.machines()}
+    for ip in ("127.0.0.9", "127.0.0.10"):
+        last = agents[ip].requests[-1]
+        assert last["refresh"] is True
+        assert {m["ip"] for m in last["machines_info"]} == {"127.0.0.9", "127.0.0.10", "127.0.0.12"}
+    # a machine that is gone: the first remaining machine that answers forgets its node
+    out = coord.leave("127.0.0.12")
+    assert "error" in out["agent"] and out["forgotten_by"] == "127.0.0.9"
+    assert agents["127.0.0.9"].forgotten == ["n-127.0.0.12@localhost"]
+    with pytest.raises(NotFound):
+        coord.leave("127.0.0.12")
+
+
+def test_rabbit_status_and_init_refresh_through_the_cli(
+    served: str, coord: Coordinator, agents: dict[str, FakeAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register_all(coord, agents)
+    monkeypatch.setenv("LABELLOOP_CLUSTER_TOKEN", TOKEN)
+    monkeypatch.setenv("LABELLOOP_COORDINATOR_URL", served)
+    monkeypatch.setattr(cli.console, "width", 240)
+    runner = CliRunner()
+    refused = runner.invoke(cli_app, ["cluster", "init", "--refresh"])
+    assert refused.exit_code == 2 and "nothing to refresh" in refused.output
+    coord.init(InitRequest(train=1, inference=2, **TASK))
+    got = runner.invoke(cli_app, ["cluster", "rabbit-status"])
+    assert got.exit_code == 0, got.output
+    assert "asked n-127.0.0.10@localhost (on 127.0.0.10)" in got.output  # the cluster master
+    assert "3/3 online" in got.output
+    got = runner.invoke(cli_app, ["cluster", "init", "--refresh", "--json"])
+    assert got.exit_code == 0, got.output
+    assert all(f.requests[-1]["refresh"] is True for f in agents.values())
+    assert all(f.requests[-1]["task_datastore_path"] == "/data/task-1" for f in agents.values())
+
+
+def test_a_member_that_registers_again_is_initialised_again(
+    coord: Coordinator, agents: dict[str, FakeAgent]
+) -> None:
+    """An agent that restarted (a reboot, systemd) registers again: the coordinator runs its
+    initial at once and refreshes the others, with no operator; not after `cluster down`."""
+    register_all(coord, agents)
+    coord.init(InitRequest(train=1, inference=2, **TASK))
+    fake = agents["127.0.0.11"]
+    assert fake.registration is not None
+    coord.register(fake.registration)
+    rejoin = coord.rejoins["127.0.0.11"]
+    rejoin.join(timeout=60)
+    assert not rejoin.is_alive()
+    assert len(fake.requests) == 2  # initial on the machine that came back
+    assert fake.requests[1]["refresh"] is False and fake.requests[1]["erlang_cookie"]
+    others = [agents["127.0.0.9"], agents["127.0.0.10"]]
+    assert all(len(f.requests) == 2 and f.requests[1]["refresh"] is True for f in others)
+    coord.down()
+    coord.register(fake.registration)
+    assert coord.rejoins["127.0.0.11"] is rejoin  # none started: the cluster is down

@@ -3,7 +3,13 @@
 registered machine at 127.0.0.6 that does not answer, one coordinator, a shared data folder and a
 PostgreSQL database of the test's own; later a fifth agent (127.0.0.7) registers and joins.
 
-The tests run in order on one cluster (each builds on the state the previous one left).
+Everything runs in production mode, as docs/DEPLOY.md says: real secrets made here, the broker's
+own user, the database URL from the environment (never on a command line).
+
+The tests run in order on one cluster (each builds on the state the previous one left): the
+status is degraded (3) while the dead machine has a role, healthy (0) once it left, degraded when
+a non-master node is lost, healthy again after ``cluster init --refresh``, and down (4) after
+``cluster down``, which also leaves every hosts file as it was found.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from labelloop.cluster.hosts import BEGIN, END
 from labelloop.cluster.rabbit import COOKIE_NAME
 from labelloop.demo import write_digits
 from tests.celery_support import pg_database, wait_for
-from tests.cluster.machines import Machines, wait_serving
+from tests.cluster.machines import HOSTS_PREAMBLE, Machines, wait_serving
 
 pytestmark = [pytest.mark.cluster, pytest.mark.postgres, pytest.mark.timeout(1500)]
 
@@ -53,6 +59,7 @@ class Scenario:
     init_args: list[str]
     init: dict[str, Any]
     links: list[tuple[str, str]]
+    secret_env: dict[str, str]
     state: dict[str, Any] = field(default_factory=dict)
 
     def service(self, ip: str) -> str:
@@ -60,8 +67,8 @@ class Scenario:
         return url
 
 
-def init_cli(m: Machines, args: list[str]) -> dict[str, Any]:
-    done = m.cli("init", *args, "--json")
+def init_cli(m: Machines, args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    done = m.cli("init", *args, "--json", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -71,9 +78,12 @@ def init_cli(m: Machines, args: list[str]) -> dict[str, Any]:
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     root = tmp_path_factory.mktemp("five")
     datastore = root / "shared" / "task-digits"
-    links = [(str(p), y) for p, y in write_digits(datastore / "images", limit=120)]
+    # Items link to images below an import root, never into the datastore (labelloop's own).
+    images = root / "shared" / "images"
+    links = [(str(p), y) for p, y in write_digits(images, limit=120)]
     with pg_database() as db:
         m = Machines(root, TOKEN)
+        m.base_env["LABELLOOP_IMPORT_ROOTS"] = str(images)  # agents pass it to their processes
         try:
             coordinator = m.start_coordinator()
             for ip in LIVE:
@@ -85,11 +95,11 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
                 "--task-category", "image-classification",
                 "--task-extra-info", "multi-class",
                 "--task-datastore-path", str(datastore),
-                "--database-url", db,
             ]  # fmt: skip
-            result = init_cli(m, args)
+            env = {"LABELLOOP_DATABASE_URL": db}  # holds a password: from the environment
+            result = init_cli(m, args, env)
             wait_serving(result["answers"])
-            yield Scenario(m, coordinator, datastore, args, result, links)
+            yield Scenario(m, coordinator, datastore, args, result, links, env)
         finally:
             m.cleanup()
 
@@ -122,6 +132,7 @@ def test_initial_answers(scenario: Scenario) -> None:
             assert answer["rpc"].startswith(f"http://{ip}:")
         assert cookie not in json.dumps(answer)
     assert result["consistent"] is True
+    assert result["failing"] == {}  # every child of every machine up (production mode)
     workers = {ip: sorted(a["workers"]) for ip, a in result["answers"].items()}
     assert [w.split("-")[0] for w in workers[TRAIN]] == ["data", "train"]
     assert all([w.split("-")[0] for w in workers[ip]] == ["inference"] for ip in INFERENCE)
@@ -192,7 +203,7 @@ def test_second_initial_changes_nothing(scenario: Scenario) -> None:
 
     before = processes()
     assert all(pid for ws in before.values() for _, pid, _ in ws)
-    again = init_cli(m, scenario.init_args)
+    again = init_cli(m, scenario.init_args, scenario.secret_env)
     assert {ip: m.machines[ip].hosts_file.read_bytes() for ip in LIVE} == hosts
     assert processes() == before  # the same processes: none started twice, none restarted
     for ip in LIVE:
@@ -217,7 +228,7 @@ def test_calls_without_the_token_are_refused(scenario: Scenario) -> None:
         assert resp.status_code == 401
     assert httpx.get(f"{base}/health", timeout=30).status_code == 200
     done = m.cli("status", "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # degraded: the dead machine has a role
     m.base_env["LABELLOOP_CLUSTER_TOKEN"] = "wrong-token"
     try:
         refused = m.cli("status")
@@ -226,24 +237,59 @@ def test_calls_without_the_token_are_refused(scenario: Scenario) -> None:
     assert refused.returncode == 2 and "refused" in refused.stderr
 
 
+def status_of(m: Machines, code: int) -> dict[str, Any]:
+    """``cluster status --json``, which must exit with ``code``."""
+    done = m.cli("status", "--json")
+    assert done.returncode == code, done.stdout + done.stderr
+    status: dict[str, Any] = json.loads(done.stdout)
+    return status
+
+
 def test_status_shows_roles_masters_workers_and_the_bad_machine(scenario: Scenario) -> None:
-    done = scenario.machines.cli("status", "--json")
-    assert done.returncode == 0, done.stderr
-    status = json.loads(done.stdout)
+    status = status_of(scenario.machines, 3)
+    assert status["health"] == "degraded"
     rows = {r["ip"]: r for r in status["machines"]}
     assert {ip: r["state"] for ip, r in rows.items()} == {
         **dict.fromkeys(LIVE, "good"),
         DEAD: "bad",
     }
+    assert all(rows[ip]["problems"] == [] for ip in LIVE)
     assert status["master_train"] == TRAIN and status["master_inference"] == INFERENCE[0]
     nodes = sorted(scenario.machines.machines[ip].node.name for ip in LIVE)
     assert status["rabbit_cluster"] == nodes
     for ip in LIVE:
         assert rows[ip]["workers"] and all(w["alive"] for w in rows[ip]["workers"])
     table = scenario.machines.cli("status")
-    assert table.returncode == 0
-    for word in ("train master", "inference master", "bad", *nodes[:1]):
+    assert table.returncode == 3
+    for word in ("train master", "inference master", "bad", *nodes[:1], "degraded"):
         assert word in table.stdout
+
+
+def test_the_dead_machine_leaves_and_the_cluster_is_healthy(scenario: Scenario) -> None:
+    m = scenario.machines
+    done = m.cli("leave", "--ip", DEAD, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    left = json.loads(done.stdout)
+    assert "error" in left["agent"]  # it does not answer: the others forget it
+    assert set(left["refresh"]["answers"]) == set(LIVE)
+    status = status_of(m, 0)
+    assert status["health"] == "healthy" and DEAD not in {r["ip"] for r in status["machines"]}
+    for ip in LIVE:
+        with m.agent(ip) as agent:
+            assert DEAD not in agent.status().bad  # every view was refreshed
+    health = httpx.get(f"{m.coordinator_url}/health", timeout=60)
+    assert health.status_code == 200 and health.json()["status"] == "healthy"
+    rabbit = m.cli("rabbit-status", "--json")
+    assert rabbit.returncode == 0, rabbit.stdout + rabbit.stderr
+    got = json.loads(rabbit.stdout)
+    assert got["running_nodes"] == sorted(m.machines[ip].node.name for ip in LIVE)
+    assert got["missing_nodes"] == [] and got["partitions"] == {}
+    queues = {q["name"]: q for q in got["queues"]}
+    assert queues["inference"]["type"] == "quorum" and queues["inference"]["consumers"] >= 3
+    workers = m.cli("workers", "--json")
+    assert workers.returncode == 0, workers.stdout + workers.stderr
+    names = {w["name"] for w in json.loads(workers.stdout)["workers"]}
+    assert names == {w for a in scenario.init["answers"].values() for w in a["workers"]}
 
 
 def test_losing_a_non_master_node_keeps_predictions_served(scenario: Scenario) -> None:
@@ -263,6 +309,18 @@ def test_losing_a_non_master_node_keeps_predictions_served(scenario: Scenario) -
             for _ in range(5):
                 got = api.predict(task_id, [p for p, _ in scenario.links[:8]])
                 assert all(p["status"] == "ok" for p in got["predictions"]), (ip, got)
+    # the status tells: that machine is not good (its node is away), the cluster is degraded
+    status = status_of(m, 3)
+    row = {r["ip"]: r for r in status["machines"]}[INFERENCE[2]]
+    assert row["state"] == "failing" and "does not answer" in row["problems"][0]
+    # the recovery for a non-master: `cluster init --refresh` (its agent starts its node again,
+    # which finds its cluster; its workers reconnect)
+    done = m.cli("init", "--refresh", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["answers"][INFERENCE[2]]["rabbit_cluster"] == sorted(
+        m.machines[ip].node.name for ip in LIVE
+    )
+    wait_for(lambda: m.cli("status").returncode == 0, 180, "the cluster healthy again", poll=2)
 
 
 def test_a_late_machine_joins_and_serves(scenario: Scenario) -> None:
@@ -276,7 +334,12 @@ def test_a_late_machine_joins_and_serves(scenario: Scenario) -> None:
     answer = result["answers"][LATE]
     assert answer["master_inference"] == INFERENCE[0] and answer["master_train"] == TRAIN
     assert answer["erlang_hash"] == scenario.init["erlang_hash"]
-    assert LATE in ips(answer["good_machines_info"]) and ips(answer["bad_machines_info"]) == [DEAD]
+    assert LATE in ips(answer["good_machines_info"]) and ips(answer["bad_machines_info"]) == []
+    # every machine answered the join (a refresh): each one's view and hosts block has LATE
+    assert set(result["answers"]) == {*LIVE, LATE}
+    for ip in LIVE:
+        assert ips(result["answers"][ip]["good_machines_info"]) == sorted([*LIVE, LATE])
+        assert LATE in [line.split()[0] for line in hosts_block(m.machines[ip].hosts_file)]
     late_node = m.machines[LATE].node.name
     wait_for(
         lambda: late_node in m.machines[INFERENCE[0]].node.running_nodes(),
@@ -295,8 +358,21 @@ def test_a_late_machine_joins_and_serves(scenario: Scenario) -> None:
             "the late machine's worker to answer",
         )
     assert live["queues"] == ["inference"]
-    status = json.loads(m.cli("status", "--json").stdout)
+    status = status_of(m, 0)
     assert {r["ip"]: r["state"] for r in status["machines"]}[LATE] == "good"
+    assert all(sorted(r["good"]) == sorted([*LIVE, LATE]) for r in status["machines"])
+
+
+def test_a_restarted_agent_comes_back_by_itself(scenario: Scenario) -> None:
+    """An agent that stops cleanly removes its hosts block; started again (systemd, a reboot),
+    it registers and the coordinator runs initial on it at once: no operator command."""
+    m = scenario.machines
+    ip = INFERENCE[1]
+    m.stop_agent(ip)
+    assert m.machines[ip].hosts_file.read_text() == HOSTS_PREAMBLE
+    m.restart_agent(ip)
+    wait_for(lambda: m.cli("status").returncode == 0, 300, "the machine back by itself", poll=2)
+    assert LATE in [line.split()[0] for line in hosts_block(m.machines[ip].hosts_file)]
 
 
 def test_the_cookie_is_in_no_log(scenario: Scenario) -> None:
@@ -305,6 +381,7 @@ def test_the_cookie_is_in_no_log(scenario: Scenario) -> None:
         ""
     }
     assert cookies
+    cookies.add(m.broker_password)  # nor the broker's password
     checked = 0
     for path in m.root.rglob("*"):
         if not path.is_file() or path.name == COOKIE_NAME or "mnesia" in path.parts:
@@ -315,3 +392,18 @@ def test_the_cookie_is_in_no_log(scenario: Scenario) -> None:
         checked += 1
     logs = [p for p in m.root.rglob("*.log") if p.stat().st_size > 0]
     assert checked > 10 and len(logs) >= 10  # agents', workers', services', RabbitMQ's logs
+
+
+def test_down_is_visible_and_leaves_the_hosts_as_found(scenario: Scenario) -> None:
+    m = scenario.machines
+    done = m.cli("down")
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = status_of(m, 4)
+    assert status["health"] == "down" and status["reason"].startswith("stopped")
+    assert {r["state"] for r in status["machines"]} == {"down"}
+    assert all(r["workers"] == [] for r in status["machines"])
+    for ip in [*LIVE, LATE]:
+        assert m.machines[ip].hosts_file.read_text() == HOSTS_PREAMBLE, ip
+        assert m.machines[ip].proc.poll() is None  # the agents still answer
+    health = httpx.get(f"{m.coordinator_url}/health", timeout=60)
+    assert health.status_code == 503 and health.json()["status"] == "down"

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.cluster.hosts import BEGIN, END, read_block, write_hosts
+from labelloop.cluster.hosts import (
+    BEGIN,
+    END,
+    aliases,
+    read_block,
+    remove_block,
+    write_hosts,
+)
 
 ORIGINAL = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n# a comment\n10.1.1.1 db\n"
 
@@ -86,3 +93,27 @@ def test_bind_mounted_file_is_rewritten_in_place(
     assert read_block(hosts) == [("10.0.0.2", "m2")]
     assert hosts.read_text().startswith(ORIGINAL)
     assert [p.name for p in tmp_path.iterdir()] == ["hosts"]
+
+
+def test_removing_the_block_leaves_the_file_as_found(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text(ORIGINAL)
+    hosts.chmod(0o640)
+    assert not remove_block(hosts)  # no block: untouched
+    write_hosts(hosts, [("10.0.0.2", "m2")])
+    assert remove_block(hosts)
+    assert hosts.read_text() == ORIGINAL and (hosts.stat().st_mode & 0o777) == 0o640
+    assert not remove_block(hosts) and not remove_block(tmp_path / "missing")
+
+
+def test_node_names_resolve_through_aliases(tmp_path: Path) -> None:
+    """``labelloop@m1`` must resolve on every machine: the short name and the node's host part
+    are aliases of the machine's line (never a loopback name or an address)."""
+    assert aliases("m1.example.com", "m1") == ("m1",)
+    assert aliases("m1.example.com", "rabbit-m1") == ("m1", "rabbit-m1")
+    assert aliases("machine-2", "localhost") == () and aliases("m3", "10.0.0.3") == ()
+    hosts = tmp_path / "hosts"
+    hosts.write_text(ORIGINAL)
+    write_hosts(hosts, [("10.0.0.2", "m2.example.com", *aliases("m2.example.com", "m2"))])
+    assert hosts.read_text().endswith(f"{BEGIN}\n10.0.0.2\tm2.example.com m2\n{END}\n")
+    assert read_block(hosts) == [("10.0.0.2", "m2.example.com")]

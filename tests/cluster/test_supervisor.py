@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from labelloop.cluster.supervisor import ProcessSpec, Supervisor, backoff
+from labelloop.cluster.supervisor import START_MARK, ProcessSpec, Supervisor, backoff
+from tests.support import wait_until
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -26,15 +27,6 @@ def alive(pid: int) -> bool:
         return False
     # a zombie is dead too
     return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
-
-
-def wait_for(cond: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(cond) and cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_backoff_doubles_up_to_thirty_seconds() -> None:
@@ -76,7 +68,7 @@ def test_a_dead_process_is_restarted_with_backoff(tmp_path: Path) -> None:
         assert first is not None
         os.kill(first, 9)
         killed_at = time.monotonic()
-        assert wait_for(lambda: sup.pid("w1") not in (None, first), timeout=5)
+        wait_until(lambda: sup.pid("w1") not in (None, first), timeout=5)
         assert time.monotonic() - killed_at >= 0.9  # the first back-off is 1 s
         [status] = sup.status()
         assert status.restarts == 1 and status.alive
@@ -94,8 +86,13 @@ def test_crashing_process_backs_off_exponentially(tmp_path: Path) -> None:
     try:
         sup.ensure(spec(tmp_path, "crasher", crash))
         log = tmp_path / "crasher.log"
-        assert wait_for(lambda: log.exists() and len(log.read_text().split()) >= 3, timeout=10)
-        starts = [float(x) for x in log.read_text().split()]
+
+        def printed() -> list[str]:  # the process's own lines, not the supervisor's start marks
+            text = log.read_text() if log.exists() else ""
+            return [x for x in text.splitlines() if not x.startswith(START_MARK)]
+
+        wait_until(lambda: len(printed()) >= 3, timeout=10)
+        starts = [float(x) for x in printed()]
         gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert gaps[0] >= 0.9 and gaps[1] >= 1.9  # 1 s, then 2 s
     finally:
@@ -112,10 +109,43 @@ def test_stop_all_ends_children_too(tmp_path: Path) -> None:
     ]  # fmt: skip
     sup = Supervisor(poll_s=0.05)
     sup.ensure(spec(tmp_path, "parent", parent))
-    assert wait_for(lambda: child_pid_file.exists() and child_pid_file.read_text() != "")
+    wait_until(lambda: child_pid_file.exists() and child_pid_file.read_text() != "")
     child = int(child_pid_file.read_text())
     parent_pid = sup.pid("parent")
     sup.stop_all()
     assert parent_pid is not None and not alive(parent_pid)
-    assert wait_for(lambda: not alive(child), timeout=5)
+    wait_until(lambda: not alive(child), timeout=5)
     assert sup.status() == []
+
+
+def test_status_tells_a_crash_loop_with_its_log(tmp_path: Path) -> None:
+    sup = Supervisor(poll_s=0.05, scrub=lambda line: line.replace("hunter2", "***"))
+    crash = [sys.executable, "-c", "import sys; print('boom: bad setting hunter2'); sys.exit(3)"]
+    try:
+        sup.ensure(spec(tmp_path, "crasher", crash))
+        wait_until(lambda: sup.status()[0].state == "crash-looping", timeout=15)
+        [status] = sup.status()
+        assert not status.alive and status.last_exit_code == 3
+        assert status.recent_restarts >= 2 and status.log_file == str(tmp_path / "crasher.log")
+        assert status.log_tail == ["boom: bad setting ***"]  # the latest run only, scrubbed
+    finally:
+        sup.stop_all()
+
+
+def test_a_killed_process_shows_its_exit_then_runs_again(tmp_path: Path) -> None:
+    sup = Supervisor(poll_s=0.05)
+    try:
+        sup.ensure(spec(tmp_path))
+        [status] = sup.status()
+        assert status.state == "running" and status.uptime_s is not None
+        assert status.last_exit_code is None and status.log_tail == []
+        first = sup.pid("w1")
+        assert first is not None
+        os.kill(first, 9)
+        wait_until(lambda: sup.status()[0].state == "restarting", timeout=5)
+        assert not sup.status()[0].alive and sup.status()[0].pid is None
+        wait_until(lambda: sup.status()[0].state == "running", timeout=5)
+        [status] = sup.status()
+        assert status.alive and status.last_exit_code == -9 and status.recent_restarts == 1
+    finally:
+        sup.stop_all()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from labelloop.client import ApiError, ClientError
-from tests.celery_support import HOST, Cluster, RabbitNode, pg_database, wait_for
+from tests.celery_support import HOST, Cluster, RabbitNode, pg_database
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
 
@@ -46,14 +47,14 @@ def _outage(c: Cluster, node: RabbitNode, digit_files: list[tuple[str, str]]) ->
     )
     t = task["id"]
     items = [it["id"] for it in client.add_items(t, [{"data": p} for p, _ in links])["items"]]
-    wait_for(lambda: client.get_task(t)["counts"]["pending"] == 0, 120, "featurize jobs")
+    wait_until(lambda: client.get_task(t)["counts"]["pending"] == 0, 120, "featurize jobs")
     client.annotate(t, [{"item_id": i, "labels": [links[n][1]]} for n, i in enumerate(items[:20])])
     client.wait_for_training(t, timeout=300)
     assert client.get_task(t)["served_version"] == 0
     assert client.predict(t, [links[-1][0]])["model_version"] == 0
 
     node.stop()
-    wait_for(lambda: not node.accepting(), 60, "the broker to stop")
+    wait_until(lambda: not node.accepting(), 60, "the broker to stop")
 
     # While it is away: predictions fail at once with a clear 503, labels are still taken, and
     # the training job they trigger waits in the store.
@@ -75,7 +76,7 @@ def _outage(c: Cluster, node: RabbitNode, digit_files: list[tuple[str, str]]) ->
     node.start()
 
     # Nothing restarted: the API publishes the waiting job, the workers reconnect and run it.
-    task_after = wait_for(
+    task_after = wait_until(
         lambda: (lambda x: x if not x["training"] and x["served_version"] == 1 else None)(
             client.get_task(t)
         ),
@@ -93,7 +94,7 @@ def _outage(c: Cluster, node: RabbitNode, digit_files: list[tuple[str, str]]) ->
         except ClientError:
             return False
 
-    wait_for(predicts, 60, "predictions through the queue again", poll=0.5)
+    wait_until(predicts, 60, "predictions through the queue again", poll=0.5)
     # Every request after the first good one goes through.
     for p, _ in links[60:80]:
         assert client.predict(t, [p])["model_version"] == 1

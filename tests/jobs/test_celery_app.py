@@ -13,13 +13,14 @@ from labelloop.errors import InvalidInput
 from labelloop.jobs.celery_app import (
     JOB_TASKS,
     ROLE_DEFAULTS,
-    WorkerState,
+    dead_letter_queue,
     make_app,
-    register_tasks,
-    run_worker,
     soft_limit,
 )
 from labelloop.jobs.celery_backend import CeleryJobs
+from labelloop.jobs.celery_worker import WorkerState, register_tasks, run_worker
+from labelloop.runtime import Runtime
+from tests.jobs.faults import check_failed, crashing_task, job_row, unreadable_job
 
 
 def test_roles_and_their_defaults() -> None:
@@ -67,3 +68,29 @@ def test_a_forked_worker_process_builds_its_own_runtime(tmp_path: Path, pg_url: 
     # The parent's pooled connection was left alone by the child and still works.
     with parent.engine.connect() as conn:
         assert conn.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_a_job_that_raises_on_a_celery_worker_ends_failed(
+    settings: Settings, digit_files: list[tuple[str, str]]
+) -> None:
+    """What a worker process runs for a message (the registered task, without the broker)."""
+    rt = Runtime(settings, migrate_schema=True)
+    crash, item_id = crashing_task(rt, digit_files[0][0])
+    unreadable = unreadable_job(rt, job_row(rt, crash).task_id)
+    app = make_app(settings)
+    state = WorkerState(settings, app)
+    register_tasks(app, state)
+    for job_id in (crash, unreadable):
+        assert app.tasks[JOB_TASKS["data"]].run(job_id) == []  # recorded, not raised
+    check_failed(rt, crash, item_id, unreadable)
+    # A redelivered message finds the job over: nothing runs again.
+    assert app.tasks[JOB_TASKS["data"]].run(crash) == []
+    assert job_row(rt, crash).attempts == 1
+    state.runtime().close()
+    rt.close()
+
+
+def test_the_dead_letter_queue_is_a_quorum_queue() -> None:
+    dead = dead_letter_queue(Settings())
+    assert dead.durable and dead.queue_arguments == {"x-queue-type": "quorum"}
+    assert dead_letter_queue(Settings(broker_queue_type="classic")).queue_arguments == {}

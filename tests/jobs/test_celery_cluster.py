@@ -12,13 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
 from labelloop.client import ApiError, Client, ClientError
+from labelloop.config import Settings
 from labelloop.demo import write_digits
-from labelloop.store.models import Annotation, Job, ModelVersion, Task
-from tests.celery_support import HOST, Cluster, pg_database, vhost, wait_for
+from labelloop.jobs.celery_backend import CeleryJobs
+from labelloop.runtime import Runtime
+from labelloop.store.models import Annotation, Item, Job, ModelVersion, Task
+from tests.celery_support import HOST, Cluster, pg_database, vhost
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 
@@ -68,7 +72,7 @@ def new_task(client: Client, links: list[tuple[str, str]], **policy: Any) -> tup
     """A digits task over ``links``, its items featurized by the data worker."""
     task = client.create_task("digits", "image-classification", DIGITS, policy=policy or None)
     items = client.add_items(task["id"], [{"data": p} for p, _ in links])["items"]
-    wait_for(lambda: client.get_task(task["id"])["counts"]["pending"] == 0, 180, "featurize jobs")
+    wait_until(lambda: client.get_task(task["id"])["counts"]["pending"] == 0, 180, "featurize jobs")
     return task["id"], [it["id"] for it in items]
 
 
@@ -101,7 +105,49 @@ def test_workers_are_listed_with_roles_and_queues(cluster: tuple[Cluster, Client
         got = {q: queues[q]["consumers"] for q in expected}
         return got if got == expected else None
 
-    wait_for(consumers, 30, f"consumers {expected} on the queues", poll=0.5)
+    wait_until(consumers, 30, f"consumers {expected} on the queues", poll=0.5)
+
+
+def test_a_job_that_raises_ends_failed_on_the_workers(
+    cluster: tuple[Cluster, Client], images: tuple[Path, list[tuple[str, str]]], db: Session
+) -> None:
+    c, client = cluster
+    task_id = client.create_task("crash", "image-classification", DIGITS)["id"]
+    # A learner that cannot be built (what an unchecked parameter did), an item and its featurize
+    # job: the job raises on the data worker after claiming the item.
+    db.execute(
+        update(Task)
+        .where(Task.id == task_id)
+        .values(policy={"learner_params": {"image_size": "not a number"}})
+    )
+    item = Item(task_id=task_id, data=images[1][0][0])
+    db.add(item)
+    db.flush()
+    job = Job(
+        task_id=task_id, kind="featurize", key=f"crash:{item.id}", payload={"item_ids": [item.id]}
+    )
+    db.add(job)
+    db.commit()
+    rt = Runtime(
+        Settings(
+            broker_url=c.env["LABELLOOP_BROKER_URL"],
+            database_url=c.env["LABELLOOP_DATABASE_URL"],
+            data_dir=Path(c.env["LABELLOOP_DATA_DIR"]),
+            jobs="celery",
+        )
+    )
+    backend = CeleryJobs(rt)
+    try:
+        backend.enqueue([job.id])
+    finally:
+        backend.stop()
+        rt.close()
+    wait_until(lambda: job_state(db, job.id) in ("done", "failed"), 120, "the job to end")
+    db.refresh(job)
+    db.refresh(item)
+    assert job.state == "failed" and job.error and "featurize job crashed" in job.error
+    assert job.worker == f"data-1@{HOST}" and job.started_at is not None and job.attempts == 1
+    assert item.status == "failed" and item.error and "featurizing failed" in item.error
 
 
 def test_whole_loop_on_workers(
@@ -116,7 +162,11 @@ def test_whole_loop_on_workers(
     # The featurize jobs ran on the data worker (the API runs no jobs in this mode).
     jobs = client.jobs(task_id, limit=200)
     assert jobs and all(j["kind"] == "featurize" and j["state"] == "done" for j in jobs)
-    wait_for(
+    assert all(j["worker"] == f"data-1@{HOST}" for j in jobs)  # each job says who ran it
+    assert all(j["started_at"] and j["started_at"] <= j["finished_at"] for j in jobs)
+    db.rollback()
+    assert None not in db.scalars(select(Job.started_at).where(Job.task_id == task_id)).all()
+    wait_until(
         lambda: c.live_workers(client)[f"data-1@{HOST}"]["processed"] >= len(jobs),
         30,
         "the data worker to report its jobs",
@@ -134,7 +184,7 @@ def test_whole_loop_on_workers(
             while not stop.is_set():
                 served = cl.get_task(task_id)["served_version"]
                 if served is None:
-                    time.sleep(0.05)
+                    stop.wait(0.05)  # pacing, not synchronisation
                     continue
                 try:
                     got = cl.predict(task_id, [links[-1][0]])
@@ -142,7 +192,7 @@ def test_whole_loop_on_workers(
                     errors.append(str(exc))
                     continue
                 seen.append((served, got["model_version"]))
-                time.sleep(0.02)
+                stop.wait(0.02)
 
     watcher = threading.Thread(target=stream, daemon=True)
     watcher.start()
@@ -200,7 +250,7 @@ def test_whole_loop_on_workers(
     # A rollback re-predicts the pool with the version it serves, as batched jobs on the
     # inference queue.
     client.promote(task_id, 0)
-    wait_for(
+    wait_until(
         lambda: (
             all(
                 j["state"] == "done"
@@ -232,7 +282,7 @@ def test_two_tasks_train_at_once_on_different_workers(
     b_task = client.create_task("parity", "image-classification", ["even", "odd"], policy=policy)
     b = b_task["id"]
     items_b = [it["id"] for it in client.add_items(b, [{"data": p} for p, _ in links])["items"]]
-    wait_for(lambda: client.get_task(b)["counts"]["pending"] == 0, 180, "featurize jobs")
+    wait_until(lambda: client.get_task(b)["counts"]["pending"] == 0, 180, "featurize jobs")
 
     def parity(y: str) -> str:
         return "even" if int(y) % 2 == 0 else "odd"
@@ -251,7 +301,7 @@ def test_two_tasks_train_at_once_on_different_workers(
         }
         return where if len(where) == 2 else None
 
-    where = wait_for(both_running, 120, "two training jobs running at once", poll=0.2)
+    where = wait_until(both_running, 120, "two training jobs running at once", poll=0.2)
     assert set(where.values()) == {f"train-1@{HOST}", f"train-2@{HOST}"}
     for t in (a, b):
         client.wait_for_training(t, timeout=300)
@@ -316,11 +366,17 @@ def test_kill_9_of_an_inference_worker_under_a_stream_of_predictions(
     threads = [threading.Thread(target=stream, args=(k * 7,), daemon=True) for k in range(3)]
     for t in threads:
         t.start()
-    time.sleep(3)
+    # The stream runs through both workers before one of them dies...
+    wait_until(lambda: len(results) > 10, 120, "predictions before the kill")
     before = len(results)
     killed_at.append(time.monotonic())
     c.kill9("inference-1")
-    time.sleep(6)
+
+    # ...and goes on through the other one: more than ten answers sent a second after the kill.
+    def after_kill() -> bool:
+        return len([r for r in list(results) if r[0] > killed_at[0] + 1.0]) > 10
+
+    wait_until(after_kill, 120, "predictions after the kill")
     stop.set()
     for t in threads:
         t.join(timeout=60)
@@ -371,7 +427,7 @@ def test_kill_9_of_a_train_worker_in_the_middle_of_training(
         job = db.get(Job, job_id, populate_existing=True)
         return job.worker if job is not None and job.state == "running" else None
 
-    first = wait_for(claimed_by, 120, "the training job claimed by a train worker", poll=0.05)
+    first = wait_until(claimed_by, 120, "the training job claimed by a train worker", poll=0.05)
     assert first in {f"train-1@{HOST}", f"train-2@{HOST}"}
     victim = first.split("@")[0]
     survivor = "train-2" if victim == "train-1" else "train-1"
@@ -385,7 +441,7 @@ def test_kill_9_of_a_train_worker_in_the_middle_of_training(
         with Client(c.url, timeout=60) as cl:
             for i in posted:
                 cl.annotate(task_id, [{"item_id": i, "labels": [truth[i]]}])
-                time.sleep(0.05)
+                stop.wait(0.05)  # pacing: labels keep arriving over the rerun
 
     def predict() -> None:
         with Client(c.url, timeout=60) as cl:
@@ -396,7 +452,7 @@ def test_kill_9_of_a_train_worker_in_the_middle_of_training(
                 except ClientError as exc:
                     answers.append((None, str(exc)))
 
-    time.sleep(1.0)  # into the cross-validation, well before the end of the job
+    # Claimed means running: the job dies in its middle (it checkpoints only after fitting).
     c.kill9(victim)
     threads = [threading.Thread(target=f, daemon=True) for f in (annotate, predict)]
     for t in threads:
@@ -409,7 +465,7 @@ def test_kill_9_of_a_train_worker_in_the_middle_of_training(
         job = db.get(Job, job_id, populate_existing=True)
         return job.worker if job is not None and job.attempts >= 2 else None
 
-    rerun = wait_for(rerun_by, 120, "the training job redelivered", poll=0.2)
+    rerun = wait_until(rerun_by, 120, "the training job redelivered", poll=0.2)
     assert rerun == f"{survivor}@{HOST}"
     threads[0].join(timeout=120)
     client.wait_for_training(task_id, timeout=600)

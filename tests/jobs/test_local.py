@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -13,7 +14,9 @@ from labelloop.config import Settings
 from labelloop.jobs.local import LocalJobs
 from labelloop.runtime import Runtime
 from labelloop.store.models import Job
-from tests.conftest import wait_until
+from tests.support import wait_until
+
+HOST = socket.gethostname()
 
 
 def test_training_runs_in_worker_processes(
@@ -44,6 +47,12 @@ def test_training_runs_in_worker_processes(
         with rt.session() as s:
             workers = {j.worker for j in s.query(Job).filter(Job.kind == "train")}
         assert workers and None not in workers
+        # Every job, featurizing included, says which process ran it and when it started.
+        jobs = c.get(f"/api/v1/tasks/{t}/jobs", params={"limit": 200}).json()
+        assert {j["kind"] for j in jobs} == {"featurize", "train"}
+        for j in jobs:
+            assert j["state"] == "done" and j["worker"] and j["worker"] != f"{HOST}:{os.getpid()}"
+            assert j["started_at"] and j["started_at"] <= j["finished_at"]
         # The jobs ran in other processes than this one (the API's).
         pids = backend.worker_pids()
         assert pids and os.getpid() not in pids

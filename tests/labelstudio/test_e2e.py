@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 
 from labelloop.client import Client
 from labelloop.demo import free_port
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 pytestmark = pytest.mark.labelstudio
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,20 +82,15 @@ def label_studio(tmp_path: Path) -> Iterator[tuple[str, str]]:
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 300
-        while True:
+
+        def up() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"Label Studio exited: {(tmp_path / 'label-studio.log').read_text()[-2000:]}"
                 )
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("Label Studio did not start in 300 s")
-            time.sleep(1)
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+
+        wait_until(up, 300, "Label Studio to start", poll=1, ignore=(httpx.HTTPError,))
         yield url, token
     finally:
         proc.terminate()

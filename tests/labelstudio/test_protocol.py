@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from labelloop.runtime import Runtime
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 TOKEN = "ls-secret-token-0123456789"
 CONFIG = """<View>
@@ -336,3 +336,34 @@ def test_basic_auth_with_the_api_token(rt: Runtime) -> None:
             == 200
         )
         assert c.get("/metrics").status_code == 401
+
+
+def test_the_token_goes_to_media_paths_only(
+    app_client: TestClient,
+    fake_ls: tuple[FakeLabelStudio, list[dict[str, Any]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Label Studio task whose data names Label Studio's API (or another local address) is not
+    taken: no item, an empty result, and no request (with or without the token) leaves labelloop
+    for it. Media paths are fetched with the token as before."""
+    c = app_client
+    server, tasks = fake_ls
+    setup(c, server.url)
+    hostile = [
+        {**tasks[0], "id": 900, "data": {"image": f"{server.url}/api/current-user/token"}},
+        {**tasks[1], "id": 901, "data": {"image": "/data/upload/%2e%2e/%2e%2e/api/projects"}},
+        {**tasks[2], "id": 902, "data": {"image": "http://127.0.0.2:9/x.png"}},
+    ]
+    r = c.post("/labelstudio/predict", json=predict_body([*hostile, tasks[3]]))
+    assert r.status_code == 200 and r.json()["results"] == [[], [], [], []]
+    task_id = c.get("/api/v1/tasks").json()[0]["id"]
+    items = [
+        json.loads(line) for line in c.get(f"/api/v1/tasks/{task_id}/export").text.splitlines()
+    ]
+    assert [i["external_id"] for i in items] == [f"ls:{tasks[3]['id']}"]
+    wait_until(lambda: c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["ready"] == 1)
+    assert server.auth_seen == [f"Token {TOKEN}"]  # the one media fetch
+    assert "is not taken" in caplog.text and TOKEN not in caplog.text
+    # An annotation of a task that was not taken is ignored, not a failure.
+    event = annotation_event("ANNOTATION_CREATED", 77, hostile[0], "1")
+    assert c.post("/labelstudio/webhook", json=event).json()["status"] == "ignored"

@@ -73,3 +73,15 @@ def test_cache_is_bounded_and_keyed_by_task() -> None:
     assert cache.get(1, 0, lambda: (c, 10)) is c
     cache.drop_task(2)
     assert cache.keys() == [(1, 0)]
+
+
+def test_the_cache_keeps_two_versions_per_task() -> None:
+    cache = ModelCache(max_bytes=10**9)
+    models = {(t, v): Slow(["a", "b"], answer=0) for t in (1, 2) for v in range(5)}
+    for v in range(5):
+        for t in (1, 2):
+            assert cache.get(t, v, lambda t=t, v=v: (models[t, v], 1)) is models[t, v]
+    assert sorted(cache.keys()) == [(1, 3), (1, 4), (2, 3), (2, 4)]
+    cache.get(1, 3, lambda: (models[1, 3], 1))  # used again: the newest one goes first
+    cache.get(1, 0, lambda: (models[1, 0], 1))  # a rollback
+    assert sorted(cache.keys()) == [(1, 0), (1, 3), (2, 3), (2, 4)]

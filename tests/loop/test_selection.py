@@ -1,11 +1,30 @@
-"""What /next ranks by: diversity within a batch and density-weighted uncertainty."""
+"""What /next ranks by: the query strategies, diversity within a batch, density weights."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
 from labelloop.learners.base import Features
-from labelloop.loop.selection import graph_degrees, pick_diverse, similarity_vectors
+from labelloop.learners.image import PoolGraph
+from labelloop.loop.policy import AutoLabelPolicy, Policy
+from labelloop.loop.selection import (
+    AuditMixing,
+    DensityWeighted,
+    DiverseBatch,
+    Pool,
+    RandomSampling,
+    UncertaintySampling,
+    entropy,
+    graph_degrees,
+    knn_graph,
+    least_confidence,
+    margin,
+    pick_diverse,
+    similarity_vectors,
+    strategy_for,
+)
 
 
 def test_near_copies_are_pushed_back() -> None:
@@ -33,3 +52,106 @@ def test_hubs_have_higher_degree_than_outliers() -> None:
     assert degrees[-1] == 5  # nobody lists the outlier among its neighbours
     assert degrees[:-1].max() > 5
     assert graph_degrees(Features({"text": ["a", "b", "c", "d"]})) is None
+
+
+# -- query strategies ------------------------------------------------------------------------------
+
+SCORES = np.array([[0.9, 0.1], [0.55, 0.45], [0.5, 0.5]])
+
+
+def test_uncertainty_measures_are_pure_functions_of_the_scores() -> None:
+    assert np.allclose(margin(SCORES), [0.2, 0.9, 1.0])
+    assert np.allclose(least_confidence(SCORES), [0.1, 0.45, 0.5])
+    assert np.argmax(entropy(SCORES)) == 2 and np.argmin(entropy(SCORES)) == 0
+    three = np.array([[0.6, 0.3, 0.1], [0.4, 0.4, 0.2]])
+    assert np.allclose(margin(three), [0.7, 1.0])
+    # Multi-label: each label's own margin from 0.5, averaged.
+    assert np.allclose(
+        UncertaintySampling().priority(np.array([[1.0, 0.5], [0.0, 1.0]]), multi_label=True),
+        [0.5, 0.0],
+    )
+
+
+def pool(**kw: object) -> Pool:
+    defaults: dict[str, object] = {"open": [5, 4, 3, 2, 1], "uncovered": [5, 4, 3, 2, 1]}
+    return Pool(**(defaults | kw))  # type: ignore[arg-type]
+
+
+def test_uncertainty_sampling_ranks_the_unsure_first_and_the_unscored_before_them() -> None:
+    s = UncertaintySampling("margin")
+    assert s.query(pool(), 2).items == [5, 4]  # no model yet: the random order
+    ranked = pool(served=True, priority={5: 0.1, 4: 0.9, 3: 0.5, 2: 0.9})
+    assert s.query(ranked, 5).items == [1, 4, 2, 3, 5]  # 1 has no score yet; ties keep the order
+    assert s.query(ranked, 5).audits == []
+    assert RandomSampling().query(ranked, 3).items == [5, 4, 3]
+
+
+def test_density_weighting_multiplies_the_inner_priority_by_the_weight() -> None:
+    s = DensityWeighted(UncertaintySampling("least-confidence"))
+    got = s.priority(SCORES, False, np.array([1.0, 0.5, 0.0]))
+    assert np.allclose(got, [0.1, 0.225, 0.0])
+    assert np.allclose(s.priority(SCORES, False), least_confidence(SCORES))
+    rng = np.random.default_rng(1)
+    features = Features({"pixels": np.vstack([rng.normal(0, 0.1, (40, 2)), [[10.0, 10.0]]])})
+    weights = s.pool_weights(features, list(range(100, 141)))
+    assert max(weights.values()) == 1.0 and weights[140] == min(weights.values())
+    assert s.pool_weights(Features({"text": ["a", "b", "c", "d"]}), [1, 2, 3, 4]) == {}
+
+
+def test_a_diverse_batch_pushes_near_copies_back() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random(16)
+    rows = {1: base, 2: base + 1e-4, 3: rng.random(16), 4: rng.random(16), 5: base + 2e-4}
+    unreadable: set[int] = set()
+    asked: list[list[int]] = []
+
+    def vectors(ids: list[int]) -> tuple[list[int], np.ndarray, list[int]]:
+        asked.append(ids)
+        readable = [i for i in ids if i not in unreadable]
+        feats = Features({"pixels": np.vstack([rows[i] for i in readable])})
+        return readable, similarity_vectors(feats), [i for i in ids if i in unreadable]
+
+    ranked = pool(open=[1, 2, 5, 3, 4], uncovered=[1, 2, 5, 3, 4], vectors=vectors)
+    s = DiverseBatch(RandomSampling())
+    assert s.query(ranked, 2).items == [1, 3]
+    assert s.rank(ranked, 3) == [1, 3, 4, 2, 5]  # nothing is lost: the copies follow
+    assert s.query(ranked, 1).items == [1] and len(asked) == 2  # one item: nothing to compare
+    # Items that cannot be read come after the readable ones, copies included.
+    unreadable.update({3, 4})
+    assert s.query(ranked, 4).items == [1, 2, 5, 3]
+
+
+def test_audit_mixing_spreads_random_audits_over_the_batches() -> None:
+    policy = AutoLabelPolicy(audit_share=0.5, tail=2)
+    s = AuditMixing(UncertaintySampling(), policy)
+    before = s.query(pool(), 3)
+    assert before.items == before.audits == [5, 4, 3]  # before a model, all of them
+    # 5 is model-labelled (not uncovered) but still drawn as an audit.
+    scored = pool(served=True, uncovered=[4, 3, 2, 1], priority={4: 0.1, 3: 0.2, 2: 0.3, 1: 0.4})
+    got = s.query(scored, 4)
+    assert got.items == [1, 5, 2, 4] and got.audits == [5, 4]  # every second label an audit
+    assert s.query(scored, 4) == got  # stable
+    shifted = s.query(replace(scored, human_labels=1), 4)
+    assert shifted.items == [5, 1, 4, 2] and shifted.audits == [5, 4]  # turns follow the labels
+    tail = replace(scored, certified=True, uncovered=[2, 1])
+    assert s.query(tail, 4).items == [1, 2] and s.query(tail, 4).audits == []
+
+
+def test_the_policy_composes_the_strategy() -> None:
+    s = strategy_for(Policy())
+    assert isinstance(s, DiverseBatch) and isinstance(s.inner, DensityWeighted)
+    assert isinstance(s.inner.inner, UncertaintySampling) and s.inner.inner.measure == "margin"
+    s = strategy_for(Policy(selection="entropy", auto_label={"target_accuracy": 0.9}))
+    assert isinstance(s, AuditMixing) and isinstance(s.inner, DiverseBatch)
+    assert isinstance(s.inner.inner, UncertaintySampling)  # no density with auto-labelling
+    s = strategy_for(Policy(selection="random", density_weighting=True))
+    assert isinstance(s, DiverseBatch) and isinstance(s.inner, RandomSampling)
+
+
+def test_the_image_learner_spreads_labels_over_the_same_graph() -> None:
+    rng = np.random.default_rng(2)
+    nodes = rng.random((30, 4)).astype(np.float32)
+    graph = PoolGraph(nodes, 5)
+    assert (graph.S != 0).nnz == knn_graph(nodes, 5).nnz
+    assert np.array_equal((graph.S != 0).toarray(), knn_graph(nodes, 5).toarray() > 0)
+    assert knn_graph(nodes, 5) is knn_graph(nodes, 5)  # built once per pool

@@ -23,9 +23,7 @@ FLAGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
-@pytest.fixture
-def page(tmp_path: Path) -> Iterator[Any]:
-    """A page in a fresh Chromium profile; Debian's browser, never a downloaded one."""
+def _page(tmp_path: Path, extra_flags: list[str]) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     if shutil.which(CHROMIUM) is None:
@@ -36,7 +34,7 @@ def page(tmp_path: Path) -> Iterator[Any]:
             str(tmp_path / "profile"),
             executable_path=CHROMIUM,
             headless=True,
-            args=FLAGS,
+            args=[*FLAGS, *extra_flags],
             viewport={"width": 1280, "height": 900},
         )
         try:
@@ -45,3 +43,31 @@ def page(tmp_path: Path) -> Iterator[Any]:
             yield pg
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[Any]:
+    """A page in a fresh Chromium profile; Debian's browser, never a downloaded one."""
+    yield from _page(tmp_path, [])
+
+
+@pytest.fixture
+def offline_page(tmp_path: Path) -> Iterator[Any]:
+    """A page whose browser resolves no host name but the loopback: as on a server offline."""
+    yield from _page(tmp_path, ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
+
+
+def on_screen(page: Any) -> int:
+    """The id of the item whose content the labelling page shows (it takes choices for that one)."""
+    page.wait_for_selector("[data-testid=stage][data-item]")
+    return int(page.get_attribute("[data-testid=stage]", "data-item"))
+
+
+def wait_for_next(page: Any, item: int) -> int:
+    """Wait until another item than ``item`` is on screen; returns its id."""
+    page.wait_for_function(
+        "(item) => { const d = document.querySelector('[data-testid=stage]').dataset.item;"
+        " return d !== undefined && d !== String(item); }",
+        arg=item,
+    )
+    return on_screen(page)

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ("dashboard", "label-no-model", "label-prelabel", "new-task")
+SHOTS = ("dashboard", "label-no-model", "label-prelabel", "label-back", "new-task")
 
 
 def main(width: int = 900) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from labelloop.client import Client
-from tests.conftest import wait_until
-from tests.web.conftest import ARTIFACTS
+from tests.support import wait_until
+from tests.web.conftest import ARTIFACTS, on_screen, wait_for_next
 
 pytestmark = pytest.mark.browser
 LABELS = [str(d) for d in range(10)]
@@ -83,18 +83,15 @@ def test_labelling_by_keyboard_until_the_model_takes_over(
     page.screenshot(path=str(ARTIFACTS / "label-no-model.png"), full_page=True)
 
     def current() -> int:
-        return int(page.get_attribute("[data-testid=stage]", "data-item"))
+        return on_screen(page)
 
-    # Label by number keys (label "d" is key d+1, "9" is key 0) until the first model serves.
+    # Label by keys until the first model serves: labels that are digits are picked by their name.
     labelled = 0
     while "model-time" not in (page.text_content("[data-testid=serving]") or ""):
         assert labelled < 60, "no model served after 60 labels"
         item = current()
-        digit = int(truth[item])
-        page.keyboard.press(str((digit + 1) % 10))
-        page.wait_for_function(
-            f"document.querySelector('[data-testid=stage]').dataset.item !== '{item}'"
-        )
+        page.keyboard.press(truth[item])
+        wait_for_next(page, item)
         labelled += 1
         if labelled >= 10:
             page.wait_for_timeout(300)  # a person takes a moment per item; training runs meanwhile
@@ -107,6 +104,17 @@ def test_labelling_by_keyboard_until_the_model_takes_over(
         page.wait_for_selector("[data-testid=suggestion]")
         suggestion = page.text_content("[data-testid=suggestion]") or ""
         assert re.search(r"model-time\d+ suggests .+ \(score \d+%\)", suggestion)
+        # One truth: the suggestion's version is the one the chip names, or the page says that
+        # the chip's version serves from the next item on.
+        page.wait_for_function(
+            """() => {
+              const v = (sel) => ((document.querySelector(sel) || {}).textContent || "")
+                .match(/model-time(\\d+)/);
+              const chip = v("[data-testid=serving]"), shown = v("[data-testid=suggestion]");
+              const note = v("[data-testid=version-note]");
+              return chip && shown && (chip[1] === shown[1] || (note && note[1] === chip[1]));
+            }"""
+        )
         highlighted = page.locator(".choice.suggested")
         assert highlighted.count() == 1
         assert re.search(r"\d+%", highlighted.text_content() or "")
@@ -114,9 +122,7 @@ def test_labelling_by_keyboard_until_the_model_takes_over(
             page.screenshot(path=str(ARTIFACTS / "label-prelabel.png"), full_page=True)
         item = current()
         page.keyboard.press("Enter")
-        page.wait_for_function(
-            f"document.querySelector('[data-testid=stage]').dataset.item !== '{item}'"
-        )
+        wait_for_next(page, item)
         confirmed.append(item)
 
     with Client(live_url) as ll:
@@ -165,3 +171,19 @@ def test_a_newcomer_creates_tasks_from_a_folder_and_from_a_csv(
     with Client(live_url) as ll:
         reviews = next(t for t in ll.list_tasks() if t["name"] == "reviews")
         wait_until(lambda: ll.get_task(reviews["id"])["counts"]["human_labelled"] == 1)
+
+
+def test_a_single_server_is_asked_its_mode_once_not_polled_for_a_cluster(
+    live_url: str, page: Any
+) -> None:
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url.removeprefix(live_url)))
+    page.goto(f"{live_url}/ui/")
+    page.wait_for_selector("[data-testid=single-server]")
+    page.wait_for_selector("[data-testid=workers-na]")
+    page.wait_for_selector("[data-testid=machines-na]")
+    # Three refreshes later: still one question, and no request for a cluster endpoint.
+    for _ in range(3):
+        page.wait_for_event("request", lambda r: r.url.endswith("/health"))
+    assert asked.count("/api/v1/info") == 1
+    assert not [u for u in asked if "/cluster/" in u]

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
 
 from labelloop import __version__
 from labelloop.api import errors
@@ -18,6 +19,7 @@ from labelloop.api.middleware import BodyLimit
 from labelloop.api.routes import (
     export,
     imports,
+    info,
     items,
     labelling,
     labelstudio,
@@ -28,6 +30,9 @@ from labelloop.api.routes import (
 )
 from labelloop.observability import CONTENT_TYPE_LATEST, Metrics, RequestMetrics
 from labelloop.runtime import Runtime
+from labelloop.schemas import Health
+from labelloop.store.db import translate_db_errors
+from labelloop.web.docs import install_docs
 
 API_PREFIX = "/api/v1"
 LABELSTUDIO_PREFIX = "/labelstudio"
@@ -52,6 +57,8 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
         version=__version__,
         description="Model-assisted labelling that gets better while people label.",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_docs, below
+        redoc_url=None,
     )
     app.state.rt = rt
     metrics = Metrics(rt)
@@ -60,7 +67,7 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics, mounts=("/ui",))
     errors.install(app)
     secured = [Depends(require_token)]
-    modules = [tasks, items, labelling, predictions, models, export, imports]
+    modules = [tasks, items, labelling, predictions, models, export, imports, info]
     if rt.has_jobs and rt.jobs.name == "celery":
         modules.append(workers)  # only a server in cluster mode has cluster workers
     for module in modules:
@@ -71,26 +78,36 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
         dependencies=[Depends(require_backend_token)],
     )
     app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
+    install_docs(app)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         """The dashboard is the front page."""
         return RedirectResponse("/ui/")
 
-    @app.get("/metrics", tags=["health"], dependencies=secured)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=secured,
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus' text exposition format.",
+                "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            },
+            **errors.responses(401),
+        },
+    )
     def prometheus() -> Response:
         """Prometheus metrics: requests, latencies, jobs, queue depth, training, edit rates."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/health", tags=["health"])
-    def health() -> dict[str, Any]:
-        from sqlalchemy import text
-
-        from labelloop.store.db import translate_db_errors
-
+    @app.get("/health", tags=["health"], response_model=Health, responses=errors.responses(503))
+    def health() -> Health:
+        """The store answers; the job backend's status."""
         with translate_db_errors(), rt.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        jobs = rt.jobs.status() if rt.has_jobs else {"backend": None}
+        jobs: dict[str, Any] = rt.jobs.status() if rt.has_jobs else {"backend": None}
         return {"status": "ok", "version": __version__, "jobs": jobs}
 
     return app

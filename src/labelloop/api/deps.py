@@ -1,15 +1,21 @@
-"""Request dependencies: the runtime, and the API token when one is configured."""
+"""Request dependencies: the runtime, the API token when one is configured, and path parameters.
+
+A route takes ``rt: RuntimeDep`` and ids typed ``TaskId`` / ``ItemId`` / ``VersionNo``: an id the
+store cannot hold is answered 422 before any query runs.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hmac
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Path, Query, Request
 
 from labelloop.errors import Unauthorized
 from labelloop.runtime import Runtime
+from labelloop.schemas import MAX_ID
 
 
 def runtime(request: Request) -> Runtime:
@@ -17,16 +23,27 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
+#: The runtime the app serves (settings, store, jobs): every route's first dependency.
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
+
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="the task's id")]
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="the item's id")]
+VersionNo = Annotated[int, Path(ge=0, le=MAX_ID, description="the model version (0 is the first)")]
+ItemIdQuery = Annotated[int, Query(ge=1, le=MAX_ID, description="the item's id")]
+
+
+def _token_matches(given: str, rt: Runtime) -> bool:
+    token = rt.settings.api_token
+    assert token is not None
+    return hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+
+
 def require_token(request: Request) -> None:
     rt: Runtime = request.app.state.rt
-    token = rt.settings.api_token
-    if token is None:
+    if rt.settings.api_token is None:
         return
-    given = request.headers.get("authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() not in ("bearer", "token") or not hmac.compare_digest(
-        value.encode(), token.get_secret_value().encode()
-    ):
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() not in ("bearer", "token") or not _token_matches(value, rt):
         raise Unauthorized("missing or wrong API token")
 
 
@@ -36,8 +53,7 @@ def require_backend_token(request: Request) -> None:
     Label Studio can only send basic auth to an ML backend, so that is how it presents the token.
     """
     rt: Runtime = request.app.state.rt
-    token = rt.settings.api_token
-    if token is None:
+    if rt.settings.api_token is None:
         return
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "basic":
@@ -45,7 +61,8 @@ def require_backend_token(request: Request) -> None:
             _, _, password = base64.b64decode(value, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             password = ""
-        if hmac.compare_digest(password.encode(), token.get_secret_value().encode()):
+        if _token_matches(password, rt):
             return
-        raise Unauthorized("missing or wrong API token")
-    require_token(request)
+    elif scheme.lower() in ("bearer", "token") and _token_matches(value, rt):
+        return
+    raise Unauthorized("missing or wrong API token", schemes=("Basic", "Bearer"))

@@ -13,7 +13,6 @@ The agent runs privileged actions, so every RPC call but ``health`` needs the cl
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import os
@@ -22,80 +21,218 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
-from fastapi import Depends, FastAPI, Request
-from pydantic import Field, SecretStr
+from fastapi import Depends, FastAPI, Request, Response
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from labelloop.api import errors as api_errors
+from labelloop.cluster.client import AgentClient
 from labelloop.cluster.election import masters
-from labelloop.cluster.hosts import write_hosts
+from labelloop.cluster.hosts import aliases, remove_block, write_hosts
 from labelloop.cluster.probe import probe_machines
 from labelloop.cluster.protocol import (
+    NODE_NAME_PATTERN,
     RPC_PREFIX,
     AgentStatus,
     InitialAnswer,
     InitialRequest,
     MachineInfo,
+    RabbitStatus,
     Registration,
     Role,
     bearer,
     cookie_hash,
 )
-from labelloop.cluster.rabbit import DEFAULT_BIN, RabbitNode
+from labelloop.cluster.rabbit import DEFAULT_BIN, RabbitNode, port_open
+from labelloop.cluster.security import (
+    check_token,
+    client_tls,
+    read_secret_file,
+    secrets_of_url,
+    server_tls,
+)
 from labelloop.cluster.supervisor import ProcessSpec, Supervisor
-from labelloop.errors import ConfigError, InvalidInput, Unauthorized, Unavailable
+from labelloop.errors import ConfigError, InvalidInput, LabelloopError, Unavailable
 
 log = logging.getLogger(__name__)
 
 #: Celery queues a machine of each role consumes (a train machine also runs a data worker).
 WORKER_ROLES: dict[str, tuple[str, ...]] = {"train": ("data", "train"), "inference": ("inference",)}
 SERVICE_NAME = "service"
+#: Seconds before the second try of a join (then twice that, ...).
+JOIN_RETRY_S = 2.0
+
+
+class ForgetRequest(BaseModel):
+    """``POST /rpc/forget``: a node gone for good, to remove from this node's cluster."""
+
+    node: str = Field(pattern=NODE_NAME_PATTERN)
 
 
 class AgentSettings(BaseSettings):
-    """Everything machine-specific about an agent (``LABELLOOP_AGENT_*``), so that several agents
-    can run on one host in tests. The cluster token is ``LABELLOOP_CLUSTER_TOKEN``."""
+    """Everything machine-specific about an agent. Each field is a ``labelloop agent`` option
+    (``--rabbit-node`` for ``rabbit_node``) and a ``LABELLOOP_AGENT_*`` variable; several agents
+    can run on one host (the tests do). The cluster token is ``LABELLOOP_CLUSTER_TOKEN``."""
 
     model_config = SettingsConfigDict(env_prefix="LABELLOOP_AGENT_", extra="ignore")
 
-    registry: str | None = Field(default=None, description="The coordinator's URL.")
-    advertise_ip: str | None = Field(default=None, description="Default: the IP towards registry.")
+    registry: str | None = Field(
+        default=None, description="The coordinator's URL (http:// or https://)."
+    )
+    advertise_ip: str | None = Field(
+        default=None, description="This machine's IP for the others; default: the IP towards "
+        "the coordinator."
+    )  # fmt: skip
     port: int = Field(default=0, ge=0, le=65535, description="RPC port; 0 picks a free one.")
-    hostname: str | None = None
-    rabbit_node: str | None = Field(default=None, description="Default rabbit@<short hostname>.")
-    amqp_port: int = 5672
-    dist_port: int | None = Field(default=None, description="Default: AMQP port + 20000.")
+    hostname: str | None = Field(
+        default=None, description="The name other machines' hosts files give this IP; default: "
+        "this machine's hostname."
+    )  # fmt: skip
+    rabbit_node: str | None = Field(
+        default=None, description="The local RabbitMQ node; default labelloop@<short hostname>."
+    )
+    amqp_port: int = Field(default=5672, ge=1, le=65535, description="The node's AMQP port.")
+    dist_port: int | None = Field(
+        default=None, ge=1, le=65535, description="The node's Erlang distribution port; default: "
+        "AMQP port + 20000."
+    )  # fmt: skip
     rabbit_home: Path | None = Field(
         default=None,
-        description="The node's HOME (its .erlang.cookie); its data and logs go below it too. "
-        "Default: /var/lib/rabbitmq with the installation's own folders.",
+        description="The node's HOME (its .erlang.cookie), with its data, logs and rabbitmq.conf "
+        "below it in rabbitmq/; default: DATA_DIR/rabbit.",
     )
-    rabbit_bin: Path = DEFAULT_BIN
+    rabbit_bin: Path = Field(default=DEFAULT_BIN, description="Folder of the RabbitMQ scripts.")
+    rabbit_conf: Path | None = Field(
+        default=None,
+        description="A file of rabbitmq.conf lines added to the file the agent writes for a node "
+        "it starts (memory, disk, partition handling: docs/DEPLOY.md).",
+    )
     start_rabbit: bool = Field(default=True, description="Start the node if it is not running.")
-    stop_rabbit_on_exit: bool = False
-    hosts_file: Path = Path("/etc/hosts")
-    data_dir: Path = Path("labelloop-agent")
-    log_dir: Path | None = Field(default=None, description="Worker logs; default data_dir/logs.")
-    api_port: int = Field(default=8000, description="Port of the role service (seed step vi).")
-    broker_user: str = "guest"
-    broker_password: SecretStr = SecretStr("guest")
-    worker_concurrency: int | None = Field(default=None, ge=1)
-    probe_timeout_s: float = Field(default=1.0, gt=0)
-    icmp: Literal["auto", "on", "off"] = "auto"
+    adopt_node: bool = Field(
+        default=False,
+        description="Allow joining a running node the agent did not start (e.g. the machine's "
+        "own rabbit@host) to the cluster: joining RESETS it (users, vhosts, queues are lost).",
+    )
+    stop_rabbit_on_exit: bool = Field(
+        default=False, description="Stop the node when the agent stops (only a node it started)."
+    )
+    hosts_file: Path = Field(
+        default=Path("/etc/hosts"), description="Hosts file with the managed block."
+    )
+    data_dir: Path = Field(default=Path("labelloop-agent"), description="The agent's own folder.")
+    log_dir: Path | None = Field(
+        default=None, description="Where worker and service logs go; default: DATA_DIR/logs."
+    )
+    api_port: int = Field(
+        default=8000, ge=1, le=65535, description="Port of the role service (seed step vi)."
+    )
+    broker_user: str = Field(
+        default="guest", description="The RabbitMQ user of workers and services (not guest in "
+        "production: the cluster master's agent creates it)."
+    )  # fmt: skip
+    broker_password: SecretStr = Field(
+        default=SecretStr("guest"),
+        description="Its password (LABELLOOP_AGENT_BROKER_PASSWORD, or --broker-password-file).",
+    )
+    broker_password_file: Path | None = Field(
+        default=None, description="A file (mode 600) holding the broker password."
+    )
+    broker_tls: bool = Field(
+        default=False,
+        description="amqps://: a node the agent starts listens with TLS (--tls-cert, --tls-key) "
+        "and workers verify it against --tls-ca.",
+    )
+    worker_concurrency: int | None = Field(
+        default=None, ge=1, description="Pool processes per Celery worker (default: the worker's)."
+    )
+    probe_timeout_s: float = Field(default=1.0, gt=0, description="Reachability probe time-out.")
+    icmp: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Ping as well as the TCP probe: auto, on or off."
+    )
+    join_attempts: int = Field(
+        default=3, ge=1, le=20, description="Tries of the RabbitMQ join before initial fails."
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="Certificate (PEM) of the agent's RPC (HTTPS), and of a node "
+        "it starts with --broker-tls."
+    )  # fmt: skip
+    tls_key: Path | None = Field(default=None, description="Its private key (PEM).")
+    tls_ca: Path | None = Field(
+        default=None, description="CA file to verify the coordinator, other agents and the "
+        "broker by (default: the system's CAs)."
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _tls_pieces(self) -> AgentSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.broker_tls and (self.tls_cert is None or self.tls_ca is None):
+            raise ValueError("broker_tls needs tls_cert, tls_key and tls_ca")
+        return self
 
     @property
     def node_name(self) -> str:
-        return self.rabbit_node or f"rabbit@{socket.gethostname().split('.')[0]}"
+        return self.rabbit_node or f"labelloop@{socket.gethostname().split('.')[0]}"
 
     @property
     def logs(self) -> Path:
         return self.log_dir or self.data_dir / "logs"
+
+    @property
+    def rabbit_folder(self) -> Path:
+        return self.rabbit_home or self.data_dir / "rabbit"
+
+    def broker_secret(self) -> str:
+        """The broker password, from its file if one is named."""
+        if self.broker_password_file is not None:
+            return read_secret_file(self.broker_password_file, "the broker password")
+        return self.broker_password.get_secret_value()
+
+    def check_production(self) -> None:
+        """What production needs beyond development (children would refuse it later)."""
+        if self.broker_user == "guest":
+            raise ConfigError(
+                "LABELLOOP_AGENT_BROKER_USER is RabbitMQ's guest account, which works over "
+                "loopback only; set a user of your own (and its password) on every machine"
+            )
+        if self.broker_secret() == "guest":
+            raise ConfigError("set the broker password (LABELLOOP_AGENT_BROKER_PASSWORD)")
+
+    def rabbitmq_conf(self) -> str:
+        """The rabbitmq.conf of a node the agent starts: TLS listener, log rotation, extras."""
+        lines = [
+            "# written by labelloop agent; add settings with --rabbit-conf",
+            "log.file.rotation.size = 10485760",
+            "log.file.rotation.count = 5",
+        ]
+        if self.broker_tls:
+            assert self.tls_cert and self.tls_key and self.tls_ca
+            lines += [
+                "listeners.tcp = none",
+                f"listeners.ssl.default = {self.amqp_port}",
+                f"ssl_options.cacertfile = {self.tls_ca.resolve()}",
+                f"ssl_options.certfile = {self.tls_cert.resolve()}",
+                f"ssl_options.keyfile = {self.tls_key.resolve()}",
+                "ssl_options.verify = verify_none",
+                "ssl_options.fail_if_no_peer_cert = false",
+            ]
+        if self.rabbit_conf is not None:
+            try:
+                lines += ["", f"# from {self.rabbit_conf}", self.rabbit_conf.read_text().strip()]
+            except OSError as exc:
+                raise ConfigError(f"cannot read {self.rabbit_conf}: {exc.strerror}") from None
+        return "\n".join(lines) + "\n"
 
 
 def local_ip(towards: str | None) -> str:
@@ -119,38 +256,41 @@ def machine_id(ip: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "-", ip).strip("-")
 
 
-def check_token(expected: SecretStr, header: str | None) -> None:
-    """Refuse a call without ``Authorization: Bearer <cluster token>`` (constant-time compare)."""
-    scheme, _, given = (header or "").partition(" ")
-    ok = hmac.compare_digest(given.strip().encode(), expected.get_secret_value().encode())
-    if scheme.lower() != "bearer" or not ok:
-        raise Unauthorized("this call needs the cluster token")
-
-
 class Agent:
     """The agent's state and the seed's ``init`` and ``initial``; :meth:`app` is its RPC."""
 
-    def __init__(self, settings: AgentSettings, token: SecretStr) -> None:
+    def __init__(
+        self, settings: AgentSettings, token: SecretStr, environment: str = "development"
+    ) -> None:
         self.settings = settings
         self.token = token
-        home = settings.rabbit_home
+        self.environment = environment
+        home = settings.rabbit_folder
         self.node = RabbitNode(
             name=settings.node_name,
             amqp_port=settings.amqp_port,
             dist_port=settings.dist_port or settings.amqp_port + 20000,
-            home=home or Path("/var/lib/rabbitmq"),
-            base=home / "rabbitmq" if home is not None else None,
+            home=home,
+            base=home / "rabbitmq",
             bin_dir=settings.rabbit_bin,
+            marker=settings.data_dir / "rabbit-node-started",
+            config=settings.rabbitmq_conf(),
         )
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(scrub=self.scrub)
         self.machine: Registration | None = None
         self.role: Role | None = None
         self.good: list[MachineInfo] = []
         self.bad: list[MachineInfo] = []
         self.master_train = ""
         self.master_inference = ""
+        self.cluster_node: str | None = None
         self.service: str | None = None
+        self.service_processes = 0
         self.probe_method = ""
+        self.stopped = True  # nothing runs until the first initial
+        self.initial_error: str | None = None
+        self._database_url: str | None = None
+        self._user_ready: tuple[str, str, str] | None = None
         self._lock = threading.Lock()
 
     # -- init (seed step 1) ------------------------------------------------------------------
@@ -160,10 +300,7 @@ class Agent:
         s = self.settings
         ip = s.advertise_ip or local_ip(s.registry)
         port = sock.getsockname()[1] if sock is not None else s.port
-        if s.start_rabbit:
-            self.node.start()
-        elif not self.node.is_running():
-            raise Unavailable(f"RabbitMQ node {self.node.name} is not running")
+        self._ensure_node()
         self.machine = Registration(
             hostname=s.hostname or socket.gethostname(),
             ip=ip,
@@ -172,8 +309,19 @@ class Agent:
             rabbit_node=self.node.name,
             amqp_port=self.node.amqp_port,
             dist_port=self.node.dist_port,
+            scheme="https" if s.tls_cert is not None else "http",
         )
         return self.machine
+
+    def _ensure_node(self) -> None:
+        """The local node running: found, or started when the settings allow."""
+        if self.settings.start_rabbit and not self.settings.adopt_node:
+            self.node.start()
+        elif not self.node.is_running():
+            raise Unavailable(
+                f"RabbitMQ node {self.node.name} is not running (the agent starts only a node of "
+                "its own: without --adopt-node and with --start-rabbit)"
+            )
 
     def info(self) -> Registration:
         """This machine as registered, with the cookie's current hash (it changes on joining)."""
@@ -187,9 +335,12 @@ class Agent:
             return
         url = self.settings.registry.rstrip("/") + "/register"
         body = self.info().model_dump(mode="json")
+        verify = client_tls(self.settings.tls_ca)
         for attempt in range(attempts):
             try:
-                resp = httpx.post(url, json=body, headers=bearer(self._secret()), timeout=10)
+                resp = httpx.post(
+                    url, json=body, headers=bearer(self._secret()), timeout=10, verify=verify
+                )
                 if resp.status_code < 300:
                     log.info("registered with %s", self.settings.registry)
                     return
@@ -206,62 +357,129 @@ class Agent:
     def _secret(self) -> str:
         return self.token.get_secret_value()
 
+    def scrub(self, text: str) -> str:
+        """``text`` without this agent's secrets (log lines a status shows)."""
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return text
+
+    def _secrets(self) -> Iterable[str]:
+        password = self.settings.broker_secret()
+        if password and password != "guest":  # noqa: S105 - RabbitMQ's public default
+            yield password
+        yield from secrets_of_url(self._database_url)
+        yield self._secret()
+
     # -- initial (seed step 2.1) -------------------------------------------------------------
 
     def initial(self, req: InitialRequest) -> InitialAnswer:
-        """The seed's ``initial``, steps i to vi; safe to call again (nothing is duplicated)."""
+        """The seed's ``initial``, steps i to vi; safe to call again (nothing is duplicated).
+
+        A failure is remembered (the status shows it, the machine is not good) until an
+        ``initial`` succeeds.
+        """
         with self._lock:
-            me = self._find_me(req.machines_info)
-            if me.type is None:
-                raise InvalidInput(f"machines_info gives {me.ip} no type (train or inference)")
-            # i) who is reachable; the good machines go into the hosts file
-            icmp = {"auto": None, "on": True, "off": False}[self.settings.icmp]
-            probe = probe_machines(
-                req.machines_info, timeout_s=self.settings.probe_timeout_s, use_icmp=icmp
-            )
-            good, bad = probe.good, probe.bad
-            if not any(self._is_me(m) for m in good):  # we are answering: we are up
-                good, bad = [*good, me], [m for m in bad if not self._is_me(m)]
-            write_hosts(self.settings.hosts_file, [(m.ip, m.hostname) for m in good])
-            # ii) masters: smallest address of each role among the good machines
-            m_train, m_inf = masters(good)
-            # iii) every good machine's node joins the inference master's cluster
-            cluster_master = m_inf or m_train
-            if cluster_master is not None and not self._is_me(cluster_master):
-                cookie = self._cluster_cookie(req, cluster_master)
-                self.node.join(cluster_master.rabbit_node, cookie)
-            elif self.settings.broker_user != "guest":
-                self.node.ensure_user(
-                    self.settings.broker_user, self.settings.broker_password.get_secret_value()
+            try:
+                answer = self._initial(req)
+            except LabelloopError as exc:
+                self.initial_error = exc.message
+                raise
+            self.initial_error = None
+            self.stopped = False
+            return answer
+
+    def _initial(self, req: InitialRequest) -> InitialAnswer:
+        me = self._find_me(req.machines_info)
+        if me.type is None:
+            raise InvalidInput(f"machines_info gives {me.ip} no type (train or inference)")
+        self._database_url = req.database_url
+        # i) who is reachable; the good machines go into the hosts file
+        icmp = {"auto": None, "on": True, "off": False}[self.settings.icmp]
+        probe = probe_machines(
+            req.machines_info, timeout_s=self.settings.probe_timeout_s, use_icmp=icmp
+        )
+        good, bad = probe.good, probe.bad
+        if not any(self._is_me(m) for m in good):  # we are answering: we are up
+            good, bad = [*good, me], [m for m in bad if not self._is_me(m)]
+        write_hosts(
+            self.settings.hosts_file,
+            [(m.ip, m.hostname, *aliases(m.hostname, m.rabbit_node.split("@")[1])) for m in good],
+        )
+        # ii) masters: smallest address of each role among the good machines
+        m_train, m_inf = masters(good)
+        # iii) every good machine's node joins the inference master's cluster
+        cluster_master = m_inf or m_train
+        if not port_open(self.node.amqp_port):  # stopped by `cluster down`, say
+            self._ensure_node()
+        target = cluster_master.rabbit_node if cluster_master is not None else None
+        if cluster_master is not None and self._is_me(cluster_master):
+            # Elected, yet a late machine (a smaller address): the running cluster is elsewhere.
+            target = req.cluster_node if req.cluster_node != self.node.name else None
+        members = self._members()  # one rabbitmqctl call (seconds): also the answer's
+        if target is not None and target != self.node.name:
+            assert cluster_master is not None
+            if target not in members:
+                self._join(req, target, cluster_master)
+                members = self._members()
+        elif self.settings.broker_user != "guest":
+            self._ensure_user()
+        self.cluster_node = target or self.node.name
+        # iv) the role's Celery workers, supervised
+        env = self._child_env(req, [m for m in (m_inf, m_train) if m is not None])
+        Path(req.task_datastore_path).mkdir(parents=True, exist_ok=True)
+        workers = self._ensure_workers(me, env)
+        # vi) the role's service
+        n_inference = sum(1 for m in good if m.type == "inference")
+        processes = 0
+        if me.type == "inference":
+            processes = max(1, n_inference)
+            if req.refresh and self.service_processes:  # a refresh does not restart it
+                processes = self.service_processes
+        elif m_train is not None and self._is_me(m_train):
+            processes = 1
+        service = self._ensure_service(me, env, processes, req.api_port)
+        self.role, self.good, self.bad = me.type, good, bad
+        self.master_train = m_train.ip if m_train else ""
+        self.master_inference = m_inf.ip if m_inf else ""
+        self.service, self.probe_method = service, probe.method
+        # v) the answer
+        return InitialAnswer(
+            rpc=service or "",
+            bad_machines_info=bad,
+            good_machines_info=good,
+            master_train=self.master_train,
+            master_inference=self.master_inference,
+            erlang_hash=self.node.cookie_hash(),
+            workers=workers,
+            rabbit_cluster=members,
+            probe=probe.method,
+        )
+
+    def _join(self, req: InitialRequest, target: str, master: MachineInfo) -> None:
+        """Step iii, retried: a join can fail for a moment (the master's node busy, a port not
+        free yet); a refusal (a node that is not ours) is not retried."""
+        cookie = self._cluster_cookie(req, master)
+        attempts = self.settings.join_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                self.node.join(target, cookie, allow_reset=self.settings.adopt_node)
+                return
+            except Unavailable as exc:
+                if attempt == attempts:
+                    raise
+                log.warning(
+                    "joining %s failed (try %d of %d): %s", target, attempt, attempts, exc.message
                 )
-            # iv) the role's Celery workers, supervised
-            env = self._child_env(req, [m for m in (m_inf, m_train) if m is not None])
-            Path(req.task_datastore_path).mkdir(parents=True, exist_ok=True)
-            workers = self._ensure_workers(me, env)
-            # vi) the role's service
-            n_inference = sum(1 for m in good if m.type == "inference")
-            processes = 0
-            if me.type == "inference":
-                processes = max(1, n_inference)
-            elif m_train is not None and self._is_me(m_train):
-                processes = 1
-            service = self._ensure_service(me, env, processes, req.api_port)
-            self.role, self.good, self.bad = me.type, good, bad
-            self.master_train = m_train.ip if m_train else ""
-            self.master_inference = m_inf.ip if m_inf else ""
-            self.service, self.probe_method = service, probe.method
-            # v) the answer
-            return InitialAnswer(
-                rpc=service or "",
-                bad_machines_info=bad,
-                good_machines_info=good,
-                master_train=self.master_train,
-                master_inference=self.master_inference,
-                erlang_hash=self.node.cookie_hash(),
-                workers=workers,
-                rabbit_cluster=self._members(),
-                probe=probe.method,
-            )
+                time.sleep(JOIN_RETRY_S * attempt)
+
+    def _ensure_user(self) -> None:
+        """The broker user of workers and services, on the cluster master's node (once per
+        password: each ``rabbitmqctl`` call costs seconds)."""
+        user, password = self.settings.broker_user, self.settings.broker_secret()
+        key = (self.node.name, user, cookie_hash(password))
+        if self._user_ready != key:
+            self.node.ensure_user(user, password)
+            self._user_ready = key
 
     def _is_me(self, m: MachineInfo | Registration) -> bool:
         me = self.machine
@@ -278,23 +496,22 @@ class Agent:
         """The cluster's cookie: sent with the request, else asked of the master's agent."""
         if req.erlang_cookie is not None:
             return req.erlang_cookie.get_secret_value()
-        url = f"http://{master.ip}:{master.port}{RPC_PREFIX}/cookie"
-        try:
-            resp = httpx.post(url, headers=bearer(self._secret()), timeout=10)
-            resp.raise_for_status()
-            return str(resp.json()["cookie"])
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            raise Unavailable(
-                f"could not get the cluster's cookie from {master.ip} ({type(exc).__name__})"
-            ) from None
+        with AgentClient.of(master, self.token, verify=client_tls(self.settings.tls_ca)) as a:
+            return a.cookie().get_secret_value()
 
     def _broker_url(self, host: str, port: int) -> str:
-        user = self.settings.broker_user
-        password = self.settings.broker_password.get_secret_value()
-        return f"amqp://{user}:{password}@{host}:{port}//"
+        s = self.settings
+        auth = f"{quote(s.broker_user, safe='')}:{quote(s.broker_secret(), safe='')}"
+        where = f"[{host}]" if ":" in host else host
+        scheme = "amqps" if s.broker_tls else "amqp"
+        return f"{scheme}://{auth}@{where}:{port}//"
 
     def _child_env(self, req: InitialRequest, cluster_masters: list[MachineInfo]) -> dict[str, str]:
-        """Workers' and service's environment: local node first, the masters' as failover."""
+        """Workers' and service's environment: local node first, the masters' as failover.
+
+        Exactly the secrets they need (broker and database URLs), in the agent's environment
+        (production stays production); never the cluster token, the cookie or the agent's own
+        settings."""
         urls = [self._broker_url("127.0.0.1", self.node.amqp_port)]
         for m in cluster_masters:
             if not self._is_me(m):
@@ -304,14 +521,17 @@ class Agent:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("LABELLOOP_AGENT_", "RABBITMQ_"))
-            and k not in ("LABELLOOP_CLUSTER_TOKEN",)
+            if not k.startswith(("LABELLOOP_AGENT_", "LABELLOOP_CLUSTER_", "RABBITMQ_"))
         }
         env |= {
             "LABELLOOP_BROKER_URL": ";".join(urls),
             "LABELLOOP_DATA_DIR": str(Path(req.task_datastore_path).resolve()),
             "LABELLOOP_JOBS": "celery",
+            "LABELLOOP_ENVIRONMENT": self.environment,
         }
+        if self.settings.broker_tls:
+            assert self.settings.tls_ca is not None
+            env["LABELLOOP_BROKER_CA"] = str(self.settings.tls_ca.resolve())
         if req.database_url:
             env["LABELLOOP_DATABASE_URL"] = req.database_url
         return env
@@ -336,6 +556,7 @@ class Agent:
     def _ensure_service(
         self, me: MachineInfo, env: dict[str, str], processes: int, api_port: int | None
     ) -> str | None:
+        self.service_processes = processes
         if processes < 1:
             self.supervisor.stop(SERVICE_NAME)
             return None
@@ -353,11 +574,11 @@ class Agent:
     def _members(self) -> list[str]:
         try:
             return self.node.running_nodes()
-        except Unavailable as exc:
-            log.warning("cluster status of %s: %s", self.node.name, exc.message)
+        except (Unavailable, ValueError) as exc:
+            log.warning("cluster status of %s: %s", self.node.name, exc)
             return []
 
-    # -- status, stop ------------------------------------------------------------------------
+    # -- status, rabbit, stop, leave ---------------------------------------------------------
 
     def status(self) -> AgentStatus:
         masters_: dict[str, str] = {}
@@ -365,6 +586,7 @@ class Agent:
             masters_["train"] = self.master_train
         if self.master_inference:
             masters_["inference"] = self.master_inference
+        members = self._members()
         return AgentStatus(
             machine=self.info(),
             role=self.role,
@@ -372,29 +594,97 @@ class Agent:
             bad=[m.ip for m in self.bad],
             masters=masters_,
             workers=self.supervisor.status(),
-            rabbit_cluster=self._members(),
+            rabbit_cluster=members,
+            rabbit_running=bool(members),
+            cluster_node=self.cluster_node,
             service=self.service,
+            stopped=self.stopped,
+            initial_error=self.initial_error,
+        )
+
+    def rabbit(self) -> RabbitStatus:
+        """The RabbitMQ cluster as this machine's node sees it, with its queues."""
+        raw = self.node.cluster_status()
+        try:
+            queues = self.node.queues()
+        except (Unavailable, ValueError) as exc:
+            log.warning("queues of %s: %s", self.node.name, exc)
+            queues = []
+        partitions = raw.get("partitions")
+        alarms = raw.get("alarms")
+        return RabbitStatus(
+            node=self.node.name,
+            running_nodes=sorted(str(n) for n in _as_list(raw.get("running_nodes"))),
+            disk_nodes=sorted(str(n) for n in _as_list(raw.get("disk_nodes"))),
+            partitions=partitions if isinstance(partitions, dict) else {},
+            alarms=alarms if isinstance(alarms, list) else [],
+            queues=queues,
         )
 
     def stop(self, rabbit: bool = True) -> dict[str, Any]:
-        """Stop the workers and service this agent started, and its node if it started it."""
+        """Stop the workers and service this agent started, and its node if it started it; the
+        hosts file's managed block goes too (the host is left as it was found)."""
         with self._lock:
             names = self.supervisor.names()
             self.supervisor.stop_all()
-            self.supervisor = Supervisor()
+            self.supervisor = Supervisor(scrub=self.scrub)
+            hosts = self._remove_hosts_block()
             stopped_node = False
             if rabbit and self.node.started_by_us:
                 self.node.stop()
                 stopped_node = True
-            self.service = None
-            return {"stopped": names, "rabbit_stopped": stopped_node}
+            self.service, self.service_processes, self.stopped = None, 0, True
+            return {"stopped": names, "rabbit_stopped": stopped_node, "hosts_block_removed": hosts}
+
+    def leave(self) -> dict[str, Any]:
+        """Leave the cluster for good: stop everything, the node leaves the RabbitMQ cluster
+        (reset, as a node of its own again), the hosts block goes."""
+        with self._lock:
+            names = self.supervisor.names()
+            self.supervisor.stop_all()
+            self.supervisor = Supervisor(scrub=self.scrub)
+            left = False
+            members = self._members()
+            if len(members) > 1:
+                if not (self.node.started_by_us or self.settings.adopt_node):
+                    raise ConfigError(
+                        f"node {self.node.name} was not started by labelloop: leaving would "
+                        "reset it (allow that with --adopt-node)"
+                    )
+                self.node.leave()
+                left = True
+            hosts = self._remove_hosts_block()
+            self.role, self.good, self.bad, self.cluster_node = None, [], [], None
+            self.master_train = self.master_inference = ""
+            self.service, self.service_processes, self.stopped = None, 0, True
+            return {"stopped": names, "left_rabbit_cluster": left, "hosts_block_removed": hosts}
+
+    def forget(self, node: str) -> bool:
+        """Remove a node that is gone for good from this node's cluster."""
+        with self._lock:
+            return self.node.forget(node)
+
+    def _remove_hosts_block(self) -> bool:
+        try:
+            return remove_block(self.settings.hosts_file)
+        except OSError as exc:
+            log.warning(
+                "could not remove the managed block of %s: %s", self.settings.hosts_file, exc
+            )
+            return False
+
+    def shutdown(self) -> None:
+        """A clean stop of the agent: its processes, its hosts block, its node if asked to."""
+        self.supervisor.stop_all()
+        self._remove_hosts_block()
+        if self.settings.stop_rabbit_on_exit and self.node.started_by_us:
+            self.node.stop()
 
     # -- the RPC -----------------------------------------------------------------------------
 
     def app(self, *, register: bool = True) -> FastAPI:
-        """The agent's RPC: ``/rpc/<call>``, all but ``health`` behind the cluster token."""
-        from labelloop.api import errors
-
+        """The agent's RPC: ``/rpc/<call>``, all but ``health`` and ``/metrics`` behind the
+        cluster token."""
         agent = self
 
         def authorised(request: Request) -> None:
@@ -407,17 +697,21 @@ class Agent:
             try:
                 yield
             finally:
-                agent.supervisor.stop_all()
-                if agent.settings.stop_rabbit_on_exit and agent.node.started_by_us:
-                    agent.node.stop()
+                agent.shutdown()
 
         app = FastAPI(title="labelloop agent", lifespan=lifespan, docs_url=None, redoc_url=None)
-        errors.install(app)
+        api_errors.install(app)
         secured = [Depends(authorised)]
+        registry = CollectorRegistry()
+        registry.register(ChildrenCollector(agent.supervisor_status))
 
         @app.get(f"{RPC_PREFIX}/health")
         def health() -> dict[str, Any]:
             return {"ok": True, "node": agent.node.name}
+
+        @app.get("/metrics")
+        def metrics() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
         @app.post(f"{RPC_PREFIX}/info", dependencies=secured)
         def info() -> Registration:
@@ -436,17 +730,74 @@ class Agent:
         def status() -> AgentStatus:
             return agent.status()
 
+        @app.post(f"{RPC_PREFIX}/rabbit", dependencies=secured)
+        def rabbit() -> RabbitStatus:
+            return agent.rabbit()
+
         @app.post(f"{RPC_PREFIX}/stop", dependencies=secured)
         def stop() -> dict[str, Any]:
             return agent.stop()
 
+        @app.post(f"{RPC_PREFIX}/leave", dependencies=secured)
+        def leave() -> dict[str, Any]:
+            return agent.leave()
+
+        @app.post(f"{RPC_PREFIX}/forget", dependencies=secured)
+        def forget(body: ForgetRequest) -> dict[str, Any]:
+            return {"node": body.node, "forgotten": agent.forget(body.node)}
+
         return app
+
+    def supervisor_status(self) -> list[Any]:
+        return self.supervisor.status()
 
     def _register_quietly(self) -> None:
         try:
             self.register()
         except (Unavailable, ConfigError) as exc:
             log.error("registration failed: %s", exc.message)
+
+
+def _as_list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+class ChildrenCollector(Collector):
+    """Prometheus metrics of the supervised processes, read at scrape time."""
+
+    def __init__(self, status: Any) -> None:
+        self._status = status
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["child", "role"]
+        restarts = CounterMetricFamily(
+            "labelloop_agent_child_restarts", "Restarts of a supervised process.", labels=labels
+        )
+        up = GaugeMetricFamily(
+            "labelloop_agent_child_up", "1 if the process runs and is not crash-looping.",
+            labels=labels,
+        )  # fmt: skip
+        uptime = GaugeMetricFamily(
+            "labelloop_agent_child_uptime_seconds", "Seconds since it last started (0: down).",
+            labels=labels,
+        )  # fmt: skip
+        recent = GaugeMetricFamily(
+            "labelloop_agent_child_recent_restarts", "Its exits in the last 5 minutes.",
+            labels=labels,
+        )  # fmt: skip
+        code = GaugeMetricFamily(
+            "labelloop_agent_child_last_exit_code", "Its last exit code (-N: signal N).",
+            labels=labels,
+        )  # fmt: skip
+        for w in self._status():
+            key = [w.name, w.role]
+            restarts.add_metric(key, w.restarts)
+            up.add_metric(key, 1.0 if w.alive else 0.0)
+            uptime.add_metric(key, w.uptime_s or 0.0)
+            recent.add_metric(key, w.recent_restarts)
+            if w.last_exit_code is not None:
+                code.add_metric(key, w.last_exit_code)
+        yield from (restarts, up, uptime, recent, code)
 
 
 def bind_socket(ip: str, port: int) -> socket.socket:
@@ -464,24 +815,28 @@ def bind_socket(ip: str, port: int) -> socket.socket:
     return sock
 
 
-def run_agent(settings: AgentSettings, token: SecretStr) -> None:
+def run_agent(settings: AgentSettings, token: SecretStr, environment: str = "development") -> None:
     """``labelloop agent``: init, register, serve the RPC until stopped."""
     import uvicorn
 
-    agent = Agent(settings, token)
+    if environment != "development":
+        settings.check_production()
+    tls = server_tls(settings.tls_cert, settings.tls_key)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    agent = Agent(settings, token, environment)
     ip = settings.advertise_ip or local_ip(settings.registry)
     sock = bind_socket(ip, settings.port)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     machine = agent.init(sock)
     log.info(
-        "agent %s on %s:%s, RabbitMQ node %s (AMQP %s)",
+        "agent %s on %s://%s:%s, RabbitMQ node %s (AMQP %s)",
         machine.hostname,
+        machine.scheme,
         machine.ip,
         machine.port,
         machine.rabbit_node,
         machine.amqp_port,
     )
-    config = uvicorn.Config(agent.app(), log_level="warning", access_log=False)
+    config = uvicorn.Config(agent.app(), log_level="warning", access_log=False, **tls)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])
@@ -489,4 +844,4 @@ def run_agent(settings: AgentSettings, token: SecretStr) -> None:
         sock.close()
 
 
-__all__ = ["Agent", "AgentSettings", "cookie_hash", "run_agent"]
+__all__ = ["Agent", "AgentSettings", "check_token", "cookie_hash", "run_agent"]

@@ -8,6 +8,7 @@ is too slow :class:`Timeout`), so callers decide "bad machine" in one way, and t
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, Self
 
 import httpx
@@ -20,10 +21,12 @@ from labelloop.cluster.protocol import (
     CookieAnswer,
     InitialAnswer,
     InitialRequest,
+    RabbitStatus,
     Registration,
     Role,
     bearer,
 )
+from labelloop.cluster.security import client_tls
 
 #: Error classes by the ``error`` code of an answer (labelloop's API answers ``{error, detail}``).
 _BY_CODE: dict[str, type[errors.LabelloopError]] = {
@@ -49,13 +52,21 @@ class RpcClient:
     """A JSON-over-HTTP client with the cluster token; one per remote (agent or coordinator)."""
 
     def __init__(
-        self, base_url: str, token: SecretStr | str, timeout: float = 10.0, what: str = "server"
+        self,
+        base_url: str,
+        token: SecretStr | str,
+        timeout: float = 10.0,
+        what: str = "server",
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.what = what
         secret = _token(token)
         self._http = httpx.Client(
-            base_url=self.base_url, headers=bearer(secret) if secret else {}, timeout=timeout
+            base_url=self.base_url,
+            headers=bearer(secret) if secret else {},
+            timeout=timeout,
+            verify=verify if verify is not None else client_tls(),
         )
 
     def __enter__(self) -> Self:
@@ -85,6 +96,13 @@ class RpcClient:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException:
             raise errors.Timeout(f"{where}: no answer in time") from None
+        except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise errors.Unavailable(
+                    f"{where}: its TLS certificate is not trusted (give the cluster's CA file: "
+                    "LABELLOOP_CLUSTER_CA or --tls-ca)"
+                ) from None
+            raise errors.Unavailable(f"{where}: not reachable ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise errors.Unavailable(f"{where}: not reachable ({type(exc).__name__})") from None
         if resp.status_code >= 400:
@@ -130,17 +148,27 @@ class AgentClient(RpcClient):
     INITIAL_TIMEOUT_S = 300.0
     CONNECT_TIMEOUT_S = 5.0
 
-    def __init__(self, base_url: str, token: SecretStr | str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: SecretStr | str,
+        timeout: float = 10.0,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
         url = base_url.rstrip("/")
         if not url.endswith(RPC_PREFIX):
             url += RPC_PREFIX
-        super().__init__(url, token, timeout, what="agent")
+        super().__init__(url, token, timeout, what="agent", verify=verify)
 
     @classmethod
     def of(
-        cls, machine: Registration, token: SecretStr | str, timeout: float = 10.0
+        cls,
+        machine: Registration,
+        token: SecretStr | str,
+        timeout: float = 10.0,
+        verify: ssl.SSLContext | None = None,
     ) -> AgentClient:
-        return cls(machine.rpc_url, token, timeout)
+        return cls(machine.rpc_url, token, timeout, verify)
 
     def health(self, timeout: float | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", "/health", timeout=timeout)
@@ -171,15 +199,40 @@ class AgentClient(RpcClient):
         result: dict[str, Any] = self.call("POST", "/stop", timeout=timeout) or {}
         return result
 
+    def rabbit(self, timeout: float | None = 60.0) -> RabbitStatus:
+        raw = self.call("POST", "/rabbit", timeout=timeout)
+        result: RabbitStatus = _parse(RabbitStatus, raw, self.base_url)
+        return result
+
+    def leave(self, timeout: float | None = 300.0) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/leave", timeout=timeout) or {}
+        return result
+
+    def forget(self, node: str, timeout: float | None = 120.0) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/forget", {"node": node}, timeout=timeout)
+        return result
+
 
 class CoordinatorClient(RpcClient):
     """The coordinator's HTTP API (registration, roles, ``initial`` for all, status)."""
 
-    def __init__(self, base_url: str, token: SecretStr | str, timeout: float = 30.0) -> None:
-        super().__init__(base_url, token, timeout, what="coordinator")
+    def __init__(
+        self,
+        base_url: str,
+        token: SecretStr | str,
+        timeout: float = 30.0,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(base_url, token, timeout, what="coordinator", verify=verify)
 
     def health(self) -> dict[str, Any]:
+        """The cluster's verdict (an :class:`~labelloop.errors.Unavailable` when it is down)."""
         result: dict[str, Any] = self.call("GET", "/health")
+        return result
+
+    def live(self) -> dict[str, Any]:
+        """Whether the coordinator itself answers (it asks no agent)."""
+        result: dict[str, Any] = self.call("GET", "/livez")
         return result
 
     def register(self, machine: Registration) -> dict[str, Any]:
@@ -207,4 +260,16 @@ class CoordinatorClient(RpcClient):
 
     def down(self, timeout: float = 600.0) -> dict[str, Any]:
         result: dict[str, Any] = self.call("POST", "/down", timeout=timeout)
+        return result
+
+    def leave(self, ip: str, timeout: float = 900.0) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/leave", {"ip": ip}, timeout=timeout)
+        return result
+
+    def rabbit(self, timeout: float = 300.0) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", "/rabbit", timeout=timeout)
+        return result
+
+    def workers(self, timeout: float = 120.0) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", "/workers", timeout=timeout)
         return result

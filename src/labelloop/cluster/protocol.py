@@ -9,7 +9,7 @@ authenticated calls (``InitialRequest.erlang_cookie``, the agent's ``/rpc/cookie
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
@@ -46,11 +46,15 @@ class Registration(BaseModel):
     )
     amqp_port: int
     dist_port: int
+    scheme: Literal["http", "https"] = Field(
+        default="http", description="https when the agent's RPC has a TLS certificate."
+    )
 
     @property
     def rpc_url(self) -> str:
         """Base URL of the agent's RPC."""
-        return f"http://{self.ip}:{self.port}{RPC_PREFIX}"
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{self.scheme}://{host}:{self.port}{RPC_PREFIX}"
 
 
 class MachineInfo(Registration):
@@ -77,6 +81,17 @@ class InitialRequest(BaseModel):
     database_url: str | None = None
     api_port: int | None = Field(
         default=None, description="Port of the role service started in step vi (default: agent's)."
+    )
+    cluster_node: str | None = Field(
+        default=None,
+        pattern=NODE_NAME_PATTERN,
+        description="A node of the running cluster (join, refresh): a machine elected master "
+        "that is not in the cluster yet joins it there instead of staying alone.",
+    )
+    refresh: bool = Field(
+        default=False,
+        description="A refresh after another machine joined or left: probe, hosts file, masters "
+        "and missing pieces as in any initial, but a running service keeps its process count.",
     )
 
     def wire(self) -> dict[str, object]:
@@ -111,14 +126,27 @@ class CookieAnswer(BaseModel):
     cookie: SecretStr
 
 
+ChildState = Literal["running", "restarting", "crash-looping"]
+
+
 class WorkerStatus(BaseModel):
     """One supervised process (Celery worker or role service) on an agent."""
 
     name: str
     role: str
-    pid: int | None
-    alive: bool
-    restarts: int
+    pid: int | None = Field(description="Its PID while it runs.")
+    alive: bool = Field(description="Running and not crash-looping.")
+    restarts: int = Field(description="Restarts since the agent started it.")
+    state: ChildState = "running"
+    uptime_s: float | None = Field(default=None, description="Seconds up (None: not running).")
+    recent_restarts: int = Field(default=0, description="Exits in the last 5 minutes.")
+    last_exit_code: int | None = Field(
+        default=None, description="Its last exit code (negative: killed by that signal)."
+    )
+    log_file: str = ""
+    log_tail: list[str] = Field(
+        default_factory=list, description="The last lines of its latest run, when not running."
+    )
 
 
 class AgentStatus(BaseModel):
@@ -130,5 +158,24 @@ class AgentStatus(BaseModel):
     bad: list[str] = Field(default_factory=list, description="IPs of bad machines.")
     masters: dict[str, str] = Field(default_factory=dict, description="train/inference -> IP.")
     workers: list[WorkerStatus] = Field(default_factory=list)
-    rabbit_cluster: list[str] = Field(default_factory=list)
+    rabbit_cluster: list[str] = Field(default_factory=list, description="Running nodes seen.")
+    rabbit_running: bool = Field(default=True, description="Whether the local node answers.")
+    cluster_node: str | None = Field(
+        default=None, description="The cluster master's node this machine's node belongs with."
+    )
     service: str | None = None
+    stopped: bool = Field(default=False, description="Stopped by `cluster down` (or never run).")
+    initial_error: str | None = Field(
+        default=None, description="Why the last initial failed (None: it succeeded)."
+    )
+
+
+class RabbitStatus(BaseModel):
+    """``POST /rpc/rabbit``: the RabbitMQ cluster as one of its nodes sees it."""
+
+    node: str
+    running_nodes: list[str] = Field(default_factory=list)
+    disk_nodes: list[str] = Field(default_factory=list)
+    partitions: dict[str, Any] = Field(default_factory=dict)
+    alarms: list[Any] = Field(default_factory=list)
+    queues: list[dict[str, Any]] = Field(default_factory=list)

@@ -6,6 +6,12 @@ and distribution ports, and its own HOME (which holds ``.erlang.cookie``, Erlang
 The scripts in ``/usr/lib/rabbitmq/bin`` are called directly: Debian's wrappers in ``/usr/sbin``
 switch to the ``rabbitmq`` user and reset HOME. Every command is an argument list; the cookie is
 never on a command line or in a log, and command output is scrubbed of it before it is shown.
+
+A node the agent did not start (the machine's own ``rabbit@host``, say) is the operator's: joining
+a cluster resets a node (its users, vhosts and queues are gone), so :meth:`RabbitNode.join` refuses
+to do that to such a node unless told to (``allow_reset``). Whether the agent started the node is
+kept in a marker file, so an agent that restarts still knows its own node. A cookie file that is
+rewritten keeps its owner (the ``rabbitmq`` user must still read it).
 """
 
 from __future__ import annotations
@@ -38,8 +44,22 @@ COOKIE_NAME = ".erlang.cookie"
 
 
 def write_secret(path: Path, value: str) -> None:
-    """Write ``value`` to ``path`` atomically with mode 600 (created so, never widened)."""
+    """Write ``value`` to ``path`` atomically with mode 600 (created so, never widened); a file
+    that existed keeps its owner and group."""
+    try:
+        before = path.stat()
+    except FileNotFoundError:
+        before = None
     write_bytes_atomic(path, value.encode(), mode=0o600)
+    if before is not None:
+        keep_owner(path, before.st_uid, before.st_gid)
+
+
+def keep_owner(path: Path, uid: int, gid: int) -> None:
+    """Give ``path`` back to ``uid:gid`` (only root may; anyone else wrote it as that owner)."""
+    st = path.stat()
+    if (st.st_uid, st.st_gid) != (uid, gid) and os.geteuid() == 0:
+        os.chown(path, uid, gid)
 
 
 def new_cookie() -> str:
@@ -88,6 +108,10 @@ class RabbitNode:
     #: Folder for data (mnesia), logs and pid file; None: the installation's defaults.
     base: Path | None = None
     bin_dir: Path = DEFAULT_BIN
+    #: A file that says "the agent started this node" (so it survives an agent restart).
+    marker: Path | None = None
+    #: ``rabbitmq.conf`` for a node started with its own ``base`` (None: none written).
+    config: str | None = None
     started_by_us: bool = field(default=False, init=False)
 
     # -- files -------------------------------------------------------------------------------
@@ -194,11 +218,17 @@ class RabbitNode:
     def start(self, timeout_s: float = 90.0) -> bool:
         """Find the node running, or start it; returns whether this call started it."""
         if self.is_running():
-            log.info("RabbitMQ node %s already running", self.name)
+            self.started_by_us = self.started_by_us or self._marked()
+            how = (
+                "started by labelloop earlier" if self.started_by_us else "not started by labelloop"
+            )
+            log.info("RabbitMQ node %s already running (%s)", self.name, how)
             return False
         if port_open(self.amqp_port):
             raise ConfigError(
-                f"port {self.amqp_port} is taken by something that is not node {self.name}"
+                f"port {self.amqp_port} is taken by something that is not node {self.name} (the "
+                "machine's own RabbitMQ?): give the agent's node another --amqp-port, or use that "
+                "node with --rabbit-node, --rabbit-home and --adopt-node"
             )
         self.ensure_cookie()  # our own cookie file (mode 600) before Erlang makes one
         if self.base is not None:
@@ -207,6 +237,8 @@ class RabbitNode:
             plugins = self.base / "enabled_plugins"
             if not plugins.exists():
                 plugins.write_text("[].\n")
+            if self.config is not None:
+                write_bytes_atomic(self.base / "rabbitmq.conf", self.config.encode(), mode=0o600)
         log.info("starting RabbitMQ node %s (AMQP port %s)", self.name, self.amqp_port)
         subprocess.run(
             [self._exe("rabbitmq-server"), "-detached"],
@@ -219,7 +251,15 @@ class RabbitNode:
         )
         self.wait_ready(timeout_s)
         self.started_by_us = True
+        if self.marker is not None:
+            write_bytes_atomic(self.marker, self.name.encode(), mode=0o600)
         return True
+
+    def _marked(self) -> bool:
+        try:
+            return self.marker is not None and self.marker.read_text().strip() == self.name
+        except OSError:
+            return False
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
         """Wait until the node accepts AMQP connections (the listener opens once it has booted)."""
@@ -264,6 +304,8 @@ class RabbitNode:
         while port_open(self.amqp_port) and time.monotonic() < deadline:
             time.sleep(0.2)
         self.started_by_us = False
+        if self.marker is not None:
+            self.marker.unlink(missing_ok=True)
 
     # -- cluster -----------------------------------------------------------------------------
 
@@ -277,11 +319,14 @@ class RabbitNode:
         nodes = self.cluster_status().get("running_nodes", [])
         return sorted(str(n) for n in nodes) if isinstance(nodes, list) else []
 
-    def join(self, master: str, cookie: str, timeout_s: float = 90.0) -> bool:
+    def join(
+        self, master: str, cookie: str, timeout_s: float = 90.0, *, allow_reset: bool = False
+    ) -> bool:
         """The seed's step iii: join ``master``'s cluster; returns False if already a member.
 
         With a different cookie, the node takes the cluster's cookie first (:meth:`adopt_cookie`).
-        Then ``stop_app``, ``reset``, ``join_cluster``, ``start_app``.
+        Then ``stop_app``, ``reset``, ``join_cluster``, ``start_app``. A node the agent did not
+        start is reset only with ``allow_reset`` (else :class:`ConfigError`, nothing touched).
         """
         if master == self.name:
             return False
@@ -293,6 +338,13 @@ class RabbitNode:
                     return False
             except Unavailable:
                 running = self.is_running()
+        if running and not (self.started_by_us or self._marked() or allow_reset):
+            raise ConfigError(
+                f"RabbitMQ node {self.name} was not started by labelloop, and joining {master}'s "
+                "cluster would reset it (its users, vhosts and queues would be lost). Give the "
+                "agent a node of its own (--rabbit-node, --amqp-port, --rabbit-home), or allow "
+                "the reset with --adopt-node"
+            )
         if self.read_cookie() != cookie:
             self.adopt_cookie(cookie, timeout_s, running=running)
         if not running:
@@ -359,6 +411,9 @@ class RabbitNode:
             )
             try:
                 self.ctl("eval", expr, timeout_s=60)
+                with contextlib.suppress(FileNotFoundError):
+                    before = self.cookie_file.stat()
+                    keep_owner(staged, before.st_uid, before.st_gid)
                 os.replace(staged, self.cookie_file)  # the next call (stop_app) checks it
                 log.info("node %s took the cluster's cookie", self.name)
                 return
@@ -422,3 +477,32 @@ class RabbitNode:
         if done.returncode != 0:
             raise Unavailable(f"could not set up RabbitMQ user {user!r} on {self.name}")
         self.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+
+    def leave(self, timeout_s: float = 90.0) -> None:
+        """Leave the cluster for good: ``stop_app``, ``reset``, ``start_app`` (a node of its own
+        again). The other members must then forget it (:meth:`forget`) if it was away."""
+        self.ctl("stop_app", timeout_s=timeout_s)
+        try:
+            self.ctl("reset", timeout_s=timeout_s)
+        finally:
+            self.start_app(timeout_s)
+
+    def forget(self, node: str, timeout_s: float = 90.0) -> bool:
+        """Remove ``node`` (stopped or gone) from this node's cluster; False if not a member."""
+        if not NODE_NAME.fullmatch(node):
+            raise InvalidInput(f"not a RabbitMQ node name: {node!r}")
+        status = self.cluster_status()
+        disc = status.get("disk_nodes", [])
+        if not isinstance(disc, list) or node not in disc or node == self.name:
+            return False
+        self.ctl("forget_cluster_node", node, timeout_s=timeout_s)
+        return True
+
+    def queues(self) -> list[dict[str, object]]:
+        """Every queue of ``/``: name, type, messages, consumers, and a quorum queue's members."""
+        out = self.ctl(
+            "list_queues", "name", "type", "messages", "consumers", "leader", "members", "online",
+            "--formatter", "json", timeout_s=30,
+        )  # fmt: skip
+        rows = json.loads(out[out.find("[") :] or "[]")
+        return [dict(r) for r in rows if isinstance(r, dict)]

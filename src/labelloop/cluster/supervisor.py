@@ -5,6 +5,12 @@ name and command leaves a live process alone, so a second ``initial`` never star
 process that exits is restarted after an exponential back-off (1, 2, 4, … 30 s); the back-off
 starts again from 1 s once a process has stayed up for a while. Each process runs in its own
 session (process group), so stopping it also stops its children (a prefork pool, uvicorn workers).
+
+Its status is the truth about each process, not only whether a PID exists: how long it has been
+up, how often it exited in the last minutes and with which code, and its state (``running``,
+``restarting`` while it waits for its next start, ``crash-looping`` once it exited
+:data:`CRASH_LOOP_EXITS` times within :data:`RECENT_S` and has not stayed up since); a process
+that is not running shows the last lines of its log.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from labelloop.cluster.protocol import WorkerStatus
@@ -27,6 +35,15 @@ log = logging.getLogger(__name__)
 BACKOFF_MAX_S = 30.0
 #: A process up this long is healthy again: its next failure is retried after 1 s.
 STABLE_AFTER_S = 60.0
+#: The window of "recent" exits in a status.
+RECENT_S = 300.0
+#: This many exits within :data:`RECENT_S`, and not up for :data:`STABLE_AFTER_S` since: the
+#: process is crash-looping (``cluster init`` stops waiting for it and shows its log).
+CRASH_LOOP_EXITS = 2
+#: Lines of a process's log that a status shows when it is not running.
+LOG_TAIL_LINES = 20
+#: The line the supervisor writes into a process's log before each start.
+START_MARK = "--- labelloop agent: start"
 
 
 def backoff(failures: int, maximum: float = BACKOFF_MAX_S) -> float:
@@ -59,15 +76,23 @@ class _Entry:
     restarts: int = 0
     failures: int = 0
     next_start: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: (monotonic time, exit code) of recent exits, newest last.
+    exits: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=50))
+    last_exit_code: int | None = None
 
 
 class Supervisor:
     """Keeps named processes alive; one monitor thread polls them."""
 
-    def __init__(self, poll_s: float = 0.5, max_backoff_s: float = BACKOFF_MAX_S) -> None:
+    def __init__(
+        self,
+        poll_s: float = 0.5,
+        max_backoff_s: float = BACKOFF_MAX_S,
+        scrub: Callable[[str], str] = lambda text: text,
+    ) -> None:
         self.poll_s = poll_s
         self.max_backoff_s = max_backoff_s
+        self.scrub = scrub  # applied to log lines a status shows (no secret leaves by them)
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,18 +119,44 @@ class Supervisor:
         return True
 
     def status(self) -> list[WorkerStatus]:
+        """Each process: state, uptime, restarts (all and recent), last exit code, log."""
         with self._lock:
             entries = list(self._entries.values())
-        return [
-            WorkerStatus(
-                name=e.spec.name,
-                role=e.spec.role,
-                pid=e.proc.pid if e.proc is not None else None,
-                alive=e.proc is not None and e.proc.poll() is None,
-                restarts=e.restarts,
-            )
-            for e in entries
-        ]
+        now = time.monotonic()
+        return [self._status(e, now) for e in entries]
+
+    def _status(self, e: _Entry, now: float) -> WorkerStatus:
+        proc = e.proc
+        running = proc is not None and proc.poll() is None
+        recent = sum(1 for at, _ in e.exits if now - at <= RECENT_S)
+        uptime = now - e.started_at if running else None
+        looping = recent >= CRASH_LOOP_EXITS and (uptime is None or uptime < STABLE_AFTER_S)
+        state = "crash-looping" if looping else "running" if running else "restarting"
+        return WorkerStatus(
+            name=e.spec.name,
+            role=e.spec.role,
+            pid=proc.pid if running and proc is not None else None,
+            alive=state == "running",
+            restarts=e.restarts,
+            state=state,
+            uptime_s=round(uptime, 1) if uptime is not None else None,
+            recent_restarts=recent,
+            last_exit_code=e.last_exit_code,
+            log_file=str(e.spec.log_file),
+            log_tail=[] if state == "running" else self.log_tail(e.spec.log_file),
+        )
+
+    def log_tail(self, path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+        """The last lines of the latest run in a process's log (scrubbed of secrets)."""
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return []
+        run = text.rsplit(START_MARK, 1)[-1].splitlines()[1:] if START_MARK in text else None
+        tail = (run if run is not None else text.splitlines())[-lines:]
+        return [self.scrub(line)[:400] for line in tail]
 
     def names(self) -> list[str]:
         with self._lock:
@@ -147,6 +198,9 @@ class Supervisor:
         spec = entry.spec
         spec.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(spec.log_file, "ab") as out:
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            out.write(f"{START_MARK} {spec.name} at {stamp} ---\n".encode())
+            out.flush()
             entry.proc = subprocess.Popen(
                 list(spec.argv),
                 env=dict(spec.env),
@@ -179,6 +233,8 @@ class Supervisor:
                     if now - entry.started_at >= STABLE_AFTER_S:
                         entry.failures = 0
                     entry.failures += 1
+                    entry.exits.append((now, code))
+                    entry.last_exit_code = code
                     delay = backoff(entry.failures, self.max_backoff_s)
                     log.warning(
                         "%s exited with %s; restarting in %.0f s", entry.spec.name, code, delay

@@ -4,10 +4,29 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from labelloop.loop.prediction import DataPrediction, ItemPredictions
 from labelloop.loop.spec import TaskSpec
+
+
+@dataclass
+class DataPrediction:
+    """The answer for one data link: labels with scores, or the reason it could not be read."""
+
+    labels: list[str] | None = None
+    scores: list[float] | None = None
+    score: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class ItemPredictions:
+    """Prediction rows of stored items from one version, and the items that could not be read."""
+
+    version: int
+    rows: list[dict[str, object]]
+    failed: dict[int, str]
 
 
 class JobBackend(ABC):

@@ -27,7 +27,7 @@ from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy import select
 
 from labelloop.errors import LabelloopError, Timeout, Unavailable
-from labelloop.jobs.base import JobBackend
+from labelloop.jobs.base import DataPrediction, ItemPredictions, JobBackend
 from labelloop.jobs.celery_app import (
     DEAD_QUEUE,
     JOB_TASKS,
@@ -38,7 +38,8 @@ from labelloop.jobs.celery_app import (
     declare_queues,
     make_app,
 )
-from labelloop.loop.prediction import DataPrediction, ItemPredictions
+from labelloop.jobs.state import JobState
+from labelloop.loop.executor import QUEUES
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.store.models import Job
@@ -81,7 +82,8 @@ class CeleryJobs(JobBackend):
         self.app = app if app is not None else make_app(rt.settings, worker=False)
         # A worker waits for the broker when publishing follow-ups; the API must not block.
         self.patient = patient
-        self.broker = maybe_sanitize_url(rt.settings.broker_url)
+        # Every failover URL without its password (kombu's sanitiser masks only the first).
+        self.broker = ";".join(maybe_sanitize_url(u) for u in rt.settings.broker_url.split(";"))
         self._queues: dict[str, Queue] = {q.name: q for q in self.app.conf.task_queues}
         self._unsent: dict[int, str] = {}
         self._lock = threading.Lock()
@@ -98,14 +100,14 @@ class CeleryJobs(JobBackend):
     def start(self) -> None:
         """Declare the queues, publish jobs the store holds as queued, start the re-sender."""
         try:
-            declare_queues(self.app)
+            declare_queues(self.app, self.rt.settings)
         except BROKER_ERRORS as exc:
             log.warning(
                 "the broker %s is not reachable yet (%s); will keep trying", self.broker, exc
             )
         with self.rt.session() as s:
             queued = s.execute(
-                select(Job.id, Job.kind).where(Job.state == "queued").order_by(Job.id)
+                select(Job.id, Job.kind).where(Job.state == JobState.QUEUED).order_by(Job.id)
             ).all()
         # A job published twice is harmless (jobs are idempotent); one never published is lost.
         self._send_all(
@@ -131,8 +133,6 @@ class CeleryJobs(JobBackend):
     # -- jobs -----------------------------------------------------------------------------------
     @staticmethod
     def _queue_of(kind: str) -> str:
-        from labelloop.loop.executor import QUEUES
-
         return QUEUES.get(kind, "")
 
     def enqueue(self, job_ids: Sequence[int]) -> None:

@@ -3,6 +3,10 @@
 Training is CPU-bound, so it runs in separate processes and the API keeps answering while a model
 trains. Job state lives in the store: jobs left queued or running by a stopped server are picked up
 again at the next start, and a worker process that dies has its job run again.
+
+A stop is prompt: running jobs are abandoned (their workers terminated) and run again at the next
+start, without counting as an attempt. Workers never outlive the server, and one server at a time
+uses a data folder (:mod:`labelloop.jobs.guard`).
 """
 
 from __future__ import annotations
@@ -11,36 +15,49 @@ import functools
 import itertools
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from labelloop.config import Settings
-from labelloop.jobs.base import JobBackend
+from labelloop.errors import Unavailable
+from labelloop.jobs.base import DataPrediction, ItemPredictions, JobBackend
+from labelloop.jobs.guard import ServerLock, die_with_parent, register_worker, stop_stale_workers
+from labelloop.jobs.state import ACTIVE_JOB_STATES, release
 from labelloop.learners import backbones
 from labelloop.loop import prediction
-from labelloop.loop.prediction import DataPrediction, ItemPredictions
+from labelloop.loop.executor import KINDS, execute
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
-from labelloop.store.models import ACTIVE_JOB_STATES, Job
+from labelloop.store.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
-#: Lower runs first: a model update should not wait behind a backlog of featurization.
-PRIORITY = {"train": 0, "predict": 1, "autolabel": 1, "featurize": 2}
+#: How long a job waits to run again when the store did not answer.
+RETRY_AFTER_S = 2.0
+#: How long worker processes may take to start (imports) before the server gives up.
+START_TIMEOUT_S = 120.0
+#: How long a terminated worker has to end before it is killed.
+STOP_GRACE_S = 5.0
 
 _WORKER_RT: Runtime | None = None
 
 
-def _init_worker(settings: Settings) -> None:
-    """Runs once in each worker process: its own runtime, warm imports, no Ctrl-C tracebacks."""
+def _init_worker(settings: Settings, parent_pid: int, run_dir: Path) -> None:
+    """Runs once in each worker process: tied to its server's life, its own runtime, no Ctrl-C
+    tracebacks (the server stops its workers itself)."""
     global _WORKER_RT
+    die_with_parent(parent_pid)
+    register_worker(run_dir)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -48,10 +65,6 @@ def _init_worker(settings: Settings) -> None:
     )
     _WORKER_RT = Runtime(settings)
     backbones.preload()  # the image backbone, once per process, before any job's clock starts
-    import sklearn.neighbors
-    import sklearn.svm  # noqa: F401
-
-    import labelloop.loop.executor  # noqa: F401
 
 
 _THREAD_RT = threading.local()
@@ -62,8 +75,6 @@ def _init_thread_worker(rt: Runtime) -> None:
 
 
 def _run(job_id: int) -> list[int]:
-    from labelloop.loop.executor import execute
-
     rt = getattr(_THREAD_RT, "rt", None) or _WORKER_RT
     assert rt is not None
     return execute(rt, job_id)
@@ -86,9 +97,17 @@ class LocalJobs(JobBackend):
         self._seq = itertools.count()
         self._pool: Executor | None = None
         self._thread: threading.Thread | None = None
-        self._inflight: dict[int, Future[list[int]]] = {}
+        #: Job id -> (its future, when it was handed to the pool).
+        self._inflight: dict[int, tuple[Future[list[int]], datetime]] = {}
         self._lock = threading.Lock()
         self._stopping = False
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        # The data folder is this server's from now on (refused if another server runs on it);
+        # workers a killed server left behind are stopped here.
+        self._folder = ServerLock(rt.data_dir)
+        if not threads:
+            self._folder.acquire()
 
     def _new_pool(self) -> Executor:
         if self.threads:
@@ -102,18 +121,27 @@ class LocalJobs(JobBackend):
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.rt.settings,),
+            initargs=(self.rt.settings, os.getpid(), self._folder.dir),
         )
 
     def start(self) -> None:
+        if not self.threads and not self._folder.held:
+            self._folder.acquire()
+        self._stopping = False
+        # Fresh hand-over state (a backend may be started again after a stop); what was queued is
+        # in the store and is enqueued again below.
+        self._queue = queue.PriorityQueue()
+        self._slots = threading.Semaphore(self.workers)
+        self._ready.clear()
+        self._start_error = None
         backbones.preload()  # predictions run in this (the API) process
         self._pool = self._new_pool()
-        # Start and warm every worker now, not on the first label: the first model would wait.
-        warm = [self._pool.submit(_noop) for _ in range(self.workers)]
-        for fut in warm:
-            fut.result(timeout=120)
         self._thread = threading.Thread(target=self._dispatch, name="labelloop-jobs", daemon=True)
         self._thread.start()
+        if not self._ready.wait(START_TIMEOUT_S):
+            raise RuntimeError(f"the worker processes did not start in {START_TIMEOUT_S:.0f} s")
+        if self._start_error is not None:
+            raise self._start_error
         with self.rt.session() as s:
             leftover = s.scalars(
                 select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES)).order_by(Job.id)
@@ -121,12 +149,44 @@ class LocalJobs(JobBackend):
         self.enqueue(list(leftover))
 
     def stop(self) -> None:
+        """Stop at once: abandon running jobs (they run again at the next start)."""
         self._stopping = True
         self._queue.put((-1, -1, -1))
+        with self._lock:  # before the workers end (their futures then leave the table)
+            abandoned = {j: at for j, (_, at) in self._inflight.items()}
+        pool, self._pool = self._pool, None
+        if isinstance(pool, ProcessPoolExecutor):
+            self._terminate(pool)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._thread.join(timeout=STOP_GRACE_S)
+        if abandoned and not self.threads:
+            try:
+                with self.rt.session() as s:
+                    back = release(s, abandoned)
+                if back:
+                    log.info(
+                        "stopped while running jobs %s; they run again at the next start", back
+                    )
+            except Exception:  # the store may be what failed; the jobs resume as after a crash
+                log.warning("could not put back the jobs %s", sorted(abandoned), exc_info=True)
+        if self._folder.held:
+            stop_stale_workers(self._folder.dir)  # the files of the workers just ended
+            self._folder.release()
+
+    @staticmethod
+    def _terminate(pool: ProcessPoolExecutor) -> None:
+        """End the worker processes now (SIGTERM, then SIGKILL after a grace period), so that a
+        stop never waits for a job: one that was running is run again at the next start."""
+        procs = [p for p in getattr(pool, "_processes", {}).values() if p.is_alive()]
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(STOP_GRACE_S)
+            if p.is_alive():
+                p.kill()
+                p.join(STOP_GRACE_S)
 
     def enqueue(self, job_ids: Sequence[int]) -> None:
         ids = [int(j) for j in job_ids]
@@ -136,7 +196,25 @@ class LocalJobs(JobBackend):
             kinds = dict(s.execute(select(Job.id, Job.kind).where(Job.id.in_(ids))).all())
         for job_id in ids:
             if job_id in kinds:
-                self._queue.put((PRIORITY.get(kinds[job_id], 9), next(self._seq), job_id))
+                kind = KINDS.get(kinds[job_id])
+                self._queue.put((kind.priority if kind else 9, next(self._seq), job_id))
+
+    def _warm(self) -> None:
+        """Start and warm every worker now, not on the first label (the first model would wait).
+
+        Called from the dispatcher thread, like every later submission: worker processes are
+        started by the thread that submits, and die with it (``PR_SET_PDEATHSIG``), so they are
+        all children of this long-lived thread.
+        """
+        try:
+            assert self._pool is not None
+            warm = [self._pool.submit(_noop) for _ in range(self.workers)]
+            for fut in warm:
+                fut.result(timeout=START_TIMEOUT_S)
+        except BaseException as exc:
+            self._start_error = exc
+        finally:
+            self._ready.set()
 
     def _dispatch(self) -> None:
         """Hand jobs to the pool by priority, never more than there are workers.
@@ -144,6 +222,7 @@ class LocalJobs(JobBackend):
         The pool's own queue is first-come-first-served; keeping jobs here until a worker is
         free lets a training job overtake a backlog of featurization.
         """
+        self._warm()
         while True:
             self._slots.acquire()
             _, _, job_id = self._queue.get()
@@ -151,17 +230,22 @@ class LocalJobs(JobBackend):
                 self._slots.release()
                 return
             with self._lock:
-                if job_id in self._inflight:
+                if job_id in self._inflight or self._pool is None:
                     self._slots.release()
                     continue
-                assert self._pool is not None
                 try:
                     fut = self._pool.submit(_run, job_id)
                 except (BrokenProcessPool, RuntimeError):
-                    self._pool = self._new_pool()
+                    self._replace_pool()
                     fut = self._pool.submit(_run, job_id)
-                self._inflight[job_id] = fut
+                self._inflight[job_id] = (fut, utcnow())
             fut.add_done_callback(functools.partial(self._done, job_id))
+
+    def _replace_pool(self) -> None:
+        """A new pool for a broken one (a worker died); the old one's threads and queues go."""
+        old, self._pool = self._pool, self._new_pool()
+        if old is not None:
+            old.shutdown(wait=False, cancel_futures=True)
 
     def _done(self, job_id: int, fut: Future[list[int]]) -> None:
         with self._lock:
@@ -174,11 +258,21 @@ class LocalJobs(JobBackend):
         except BrokenProcessPool:
             log.warning("a worker process died while running job %s; running it again", job_id)
             with self._lock:
-                if self._pool is not None and not self._stopping:
-                    self._pool = self._new_pool()
+                # The first of the broken pool's jobs to get here replaces it.
+                if getattr(self._pool, "_broken", False) and not self._stopping:
+                    self._replace_pool()
             self.enqueue([job_id])
+        except Unavailable as exc:
+            # Nothing could be recorded: the job stays as it is and runs again shortly.
+            log.warning(
+                "job %s: %s; running it again in %.0f s", job_id, exc.message, RETRY_AFTER_S
+            )
+            timer = threading.Timer(RETRY_AFTER_S, self.enqueue, args=([job_id],))
+            timer.daemon = True
+            timer.start()
         except Exception:
-            log.exception("job %s failed", job_id)
+            # execute() records every failure of the job itself; this is a failure to record it.
+            log.exception("job %s failed and could not be recorded", job_id)
 
     def predict_data(
         self, spec: TaskSpec, version: int, data: Sequence[str]

@@ -18,7 +18,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from labelloop import __version__
-from labelloop.errors import InvalidInput, NotFound
+from labelloop.errors import FetchError, InvalidInput, NotFound
+from labelloop.fetch import LinkChecker
 from labelloop.labelstudio import links
 from labelloop.labelstudio.config import LabelConfig, parse_label_config
 from labelloop.runtime import Runtime
@@ -155,6 +156,11 @@ def ingest(rt: Runtime, link: Link, ls_tasks: list[dict[str, Any]]) -> dict[int,
     """Store Label Studio tasks as items (idempotent); Label Studio task id -> item id."""
     specs: list[item_service.ItemIn] = []
     seen: set[int] = set()
+    checker = (
+        LinkChecker(rt.settings, rt.folder(link.task_id))
+        if link.config.object_type == "Image"
+        else None
+    )
     for t in ls_tasks:
         tid = t.get("id")
         if not isinstance(tid, int) or tid in seen:
@@ -163,6 +169,14 @@ def ingest(rt: Runtime, link: Link, ls_tasks: list[dict[str, Any]]) -> dict[int,
         if data is None:
             continue
         seen.add(tid)
+        if checker is not None:
+            try:
+                checker.check(data)
+            except FetchError as exc:
+                # One task with a link labelloop may not read must not fail the whole batch: it
+                # gets no item (so no pre-label, and its annotations are ignored), and the log says why.
+                log.warning("Label Studio task %s is not taken: %s", tid, exc.message)
+                continue
         specs.append(item_service.ItemIn(data=data, external_id=f"{EXTERNAL_PREFIX}{tid}"))
     if not specs:
         return {}

@@ -32,6 +32,7 @@ from labelloop.learners.base import (
 )
 from labelloop.learners.multilabel import BinaryRelevance
 from labelloop.learners.poolcache import cached, fingerprint_array
+from labelloop.loop.selection import knn_graph
 
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
 
@@ -79,14 +80,7 @@ class PoolGraph:
     """Symmetric, unweighted k-nearest-neighbour graph of the pool, normalised D^-1/2 W D^-1/2."""
 
     def __init__(self, nodes: np.ndarray, k: int) -> None:
-        n = len(nodes)
-        k = max(1, min(k, n - 1))
-        idx = (
-            NearestNeighbors(n_neighbors=k + 1).fit(nodes).kneighbors(nodes, return_distance=False)
-        )
-        rows = np.repeat(np.arange(n), k)
-        W = sparse.csr_matrix((np.ones(n * k), (rows, idx[:, 1:].ravel())), shape=(n, n))
-        W = W.maximum(W.T)
+        W = knn_graph(nodes, k)
         d = 1.0 / np.sqrt(np.asarray(W.sum(axis=1)).ravel())
         self.S = (sparse.diags(d) @ W @ sparse.diags(d)).tocsr()
         self.index = {row.tobytes(): i for i, row in enumerate(nodes)}

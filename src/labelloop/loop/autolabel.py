@@ -26,11 +26,14 @@ from scipy.stats import beta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from labelloop.jobs.state import claim, finish, is_finished
 from labelloop.loop.labels import current_labels, decide, labelled_at, same_labels, top_score
 from labelloop.loop.policy import AutoLabelPolicy
+from labelloop.loop.prediction import predict_stored
+from labelloop.loop.scheduling import unlabelled_item_ids
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
-from labelloop.store.models import Annotation
+from labelloop.store.models import Annotation, Job, ModelVersion, Task
 
 #: Thresholds tested, highest first.
 GRID = tuple(round(t, 3) for t in np.arange(0.995, 0.4999, -0.005))
@@ -184,23 +187,18 @@ def apply_model_labels(
 
 def run_autolabel_job(rt: Runtime, job_id: int) -> list[int]:
     """Re-derive model labels from a version promoted by hand (a rollback, say)."""
-    from sqlalchemy import select
-
-    from labelloop.loop.prediction import predict_stored
-    from labelloop.loop.scheduling import unlabelled_item_ids
-    from labelloop.store.models import Job, ModelVersion, Task, utcnow
-
     with rt.session() as s:
         job = s.get(Job, job_id)
-        if job is None or job.state in ("done", "failed"):
+        if job is None or is_finished(job):
             return []
         task = s.get(Task, job.task_id)
         version = int(job.payload["version"])
         if task is None or task.served_version != version:
             if task is not None:
-                job.state, job.finished_at, job.result = "done", utcnow(), {"skipped": "superseded"}
+                finish(job, {"skipped": "superseded"})
             return []
-        job.state, job.attempts, job.started_at = "running", job.attempts + 1, utcnow()
+        if not claim(job):
+            return []
         spec = TaskSpec.of(task)
         mv = s.scalar(
             select(ModelVersion).where(
@@ -220,6 +218,5 @@ def run_autolabel_job(rt: Runtime, job_id: int) -> list[int]:
         if task is None or job is None or task.served_version != version:
             return []
         applied = apply_model_labels(s, spec, version, ids, scores, estimate.get("threshold"))
-        job.state, job.finished_at = "done", utcnow()
-        job.result = asdict(applied)
+        finish(job, asdict(applied))
     return []

@@ -9,25 +9,37 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labelloop.learners.base import Learner
+if TYPE_CHECKING:
+    # Only a type here: the runtime (and every light process with it) imports this module, and
+    # the learners package imports scikit-learn.
+    from labelloop.learners.base import Learner
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+#: Loaded versions kept per task: the served one and the one before it (requests sent just
+#: before a promotion still ask for it). Older ones only cost memory: every promotion would
+#: otherwise leave a model behind until the byte bound is reached.
+VERSIONS_PER_TASK = 2
+
+
 class ModelCache:
-    """Least-recently-used loaded models, bounded by an estimate of their size in memory.
+    """Least-recently-used loaded models, bounded by an estimate of their size in memory and by
+    :data:`VERSIONS_PER_TASK` versions per task.
 
     A request takes a reference to the model it starts with and keeps it to the end, so a
     promotion (a new key) never changes the model under a request already in flight.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, versions_per_task: int = VERSIONS_PER_TASK) -> None:
         self.max_bytes = max_bytes
+        self.versions_per_task = versions_per_task
         self._entries: OrderedDict[tuple[int, int], tuple[Learner, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple[int, int], threading.Lock] = {}
@@ -53,6 +65,11 @@ class ModelCache:
             return learner
 
     def _evict(self) -> None:
+        per_task: dict[int, int] = {}
+        for key in list(reversed(self._entries)):  # most recently used first
+            per_task[key[0]] = per_task.get(key[0], 0) + 1
+            if per_task[key[0]] > self.versions_per_task:
+                del self._entries[key]
         total = sum(size for _, size in self._entries.values())
         while total > self.max_bytes and len(self._entries) > 1:
             _, (_, size) = self._entries.popitem(last=False)

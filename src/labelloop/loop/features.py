@@ -45,10 +45,10 @@ class FeatureBatch:
     hashes: dict[int, str] = field(default_factory=dict)
 
 
-def read_content(rt: Runtime, category: str, data: str) -> Content:
+def read_content(rt: Runtime, category: str, data: str, task_id: int) -> Content:
     if is_text(category):
         return text_content(data)
-    return read_link(data, rt.settings)
+    return read_link(data, rt.settings, rt.folder(task_id))
 
 
 def _transform(
@@ -92,7 +92,7 @@ def featurize(
             return None
         if it.id not in contents:
             try:
-                contents[it.id] = read_content(rt, category, it.data)
+                contents[it.id] = read_content(rt, category, it.data, task_id)
             except LabelloopError as exc:
                 failed[it.id] = exc.message
                 return None

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
+from labelloop.jobs.state import claim, fail, finish
 from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
-from labelloop.store.models import Item, Job, Task, utcnow
+from labelloop.store.models import Item, Job, Task
 
 
 def run_featurize_job(rt: Runtime, job_id: int) -> list[int]:
     with rt.session() as s:
         job = s.get(Job, job_id)
-        if job is None or job.state in ("done", "failed"):
+        if job is None or not claim(job):
             return []
         task = s.get(Task, job.task_id)
         if task is None:
             return []
-        job.state, job.attempts, job.started_at = "running", job.attempts + 1, utcnow()
         spec = TaskSpec.of(task)
         refs = [
             ItemRef(i.id, i.data, i.content_hash)
@@ -39,6 +39,20 @@ def run_featurize_job(rt: Runtime, job_id: int) -> list[int]:
             s.execute(update(Item), rows)
         job = s.get(Job, job_id)
         if job is not None:
-            job.state, job.finished_at = "done", utcnow()
-            job.result = {"ready": len(ok_ids), "failed": len(batch.failed)}
+            finish(job, {"ready": len(ok_ids), "failed": len(batch.failed)})
+    return []
+
+
+def fail_featurize_job(rt: Runtime, job_id: int, reason: str) -> list[int]:
+    """A featurize job that raised: it fails, and so do its items still pending (with the reason),
+    so that none waits for features that will never come."""
+    with rt.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or not fail(job, reason):
+            return []
+        s.execute(
+            update(Item)
+            .where(Item.id.in_(job.payload.get("item_ids", [])), Item.status == "pending")
+            .values(status="failed", error=f"featurizing failed: {reason}")
+        )
     return []

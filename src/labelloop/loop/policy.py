@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class AutoLabelPolicy(BaseModel):
@@ -64,7 +64,20 @@ class Policy(BaseModel):
     auto_label: AutoLabelPolicy | None = None
     #: Fixes the task's random choices (the order before the first model, the audits), so a
     #: simulation can be repeated exactly; by default every task draws its own.
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    #: The labelling page's keys, label -> one character (by default the label itself when every
+    #: label is one character, else positions 1-9, 0).
+    hotkeys: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("hotkeys")
+    @classmethod
+    def _one_key_each(cls, hotkeys: dict[str, str]) -> dict[str, str]:
+        for label, key in hotkeys.items():
+            if len(key) != 1 or key.isspace():
+                raise ValueError(f"the hotkey of {label!r} must be one character, not {key!r}")
+        if len(set(hotkeys.values())) != len(hotkeys):
+            raise ValueError("two labels share a hotkey")
+        return hotkeys
 
     def training_due(self, n_labels: int, n_classes: int, last_trained: int | None) -> bool:
         if n_labels < self.min_labels or n_classes < 2:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 
-from labelloop.errors import NoModel, NotFound
+from labelloop.errors import LabelloopError, NoModel, NotFound
 from labelloop.fetch import Content
-from labelloop.learners import Learner, learner_by_name
+from labelloop.jobs.base import DataPrediction, ItemPredictions
+from labelloop.jobs.state import claim, finish, is_finished
+from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.loop.cache import folder_bytes
-from labelloop.loop.features import ItemRef, featurize, featurize_contents
+from labelloop.loop.features import ItemRef, featurize, featurize_contents, read_content
 from labelloop.loop.labels import decide, top_score
+from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.store.models import Item, Job, Task, utcnow
@@ -27,32 +31,11 @@ def load_model(rt: Runtime, task_id: int, version: int) -> Learner:
         folder = rt.folder(task_id).version_dir(version) / "model"
         if not folder.is_dir():
             raise NotFound(f"task {task_id} has no model version {version} on disk")
-        import json
-
         meta = json.loads((folder / "learner.json").read_text())
         learner = learner_by_name(meta["learner"]).load(folder)
         return learner, max(folder_bytes(folder) * 3, 1)
 
     return rt.models.get(task_id, version, load)
-
-
-def uncertainty(scores: np.ndarray, multi_label: bool, strategy: str) -> np.ndarray:
-    """Higher means the model is less sure; the order ``/next`` uses."""
-    if len(scores) == 0:
-        return np.zeros(0)
-    if multi_label:
-        return 1.0 - np.abs(2.0 * scores - 1.0).mean(axis=1)  # type: ignore[no-any-return]
-    if strategy == "entropy":
-        p = np.clip(scores, 1e-12, 1.0)
-        return -(p * np.log(p)).sum(axis=1)  # type: ignore[no-any-return]
-    if strategy == "least-confidence":
-        return 1.0 - scores.max(axis=1)  # type: ignore[no-any-return]
-    top2 = (
-        np.sort(scores, axis=1)[:, -2:]
-        if scores.shape[1] > 1
-        else np.hstack([np.zeros((len(scores), 1)), scores])
-    )
-    return 1.0 - (top2[:, 1] - top2[:, 0])  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -85,12 +68,11 @@ def prediction_rows(
     weights: dict[int, float] | None = None,
 ) -> list[dict[str, object]]:
     """Rows of the predictions table; ``uncertainty`` is the priority ``/next`` ranks by (the
-    selection strategy's uncertainty, times the item's weight when there is one)."""
+    task's query strategy's, with the per-item weights the version was trained with)."""
     chosen = decide(scores, spec.labels, spec.multi_label)
     conf = top_score(scores, spec.multi_label)
-    unc = uncertainty(scores, spec.multi_label, spec.policy.selection)
-    if weights:
-        unc = unc * np.array([weights.get(int(i), 1.0) for i in item_ids])
+    w = np.array([weights.get(int(i), 1.0) for i in item_ids]) if weights else None
+    unc = strategy_for(spec.policy).priority(scores, spec.multi_label, w)
     now = utcnow()
     return [
         {
@@ -111,7 +93,8 @@ WEIGHTS_FILE = "weights.npz"
 
 
 def selection_weights(rt: Runtime, task_id: int, version: int) -> dict[int, float]:
-    """The per-item weights a version was trained with (``weights.npz``; none for text)."""
+    """The per-item weights a version was trained with (``weights.npz``: the query strategy's
+    :meth:`~labelloop.loop.selection.QueryStrategy.pool_weights`; none for text)."""
     path = rt.folder(task_id).version_dir(version) / WEIGHTS_FILE
     try:
         with np.load(path) as w:
@@ -131,7 +114,7 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
     """Re-predict a batch of unlabelled items with a newly promoted version (idempotent)."""
     with rt.session() as s:
         job = s.get(Job, job_id)
-        if job is None or job.state in ("done", "failed"):
+        if job is None or is_finished(job):
             return []
         task = s.get(Task, job.task_id)
         if task is None:
@@ -139,9 +122,10 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
         version = int(job.payload["version"])
         if task.served_version != version:
             # A newer promotion (or a rollback) superseded this batch; its own batches follow.
-            job.state, job.finished_at, job.result = "done", utcnow(), {"skipped": "superseded"}
+            finish(job, {"skipped": "superseded"})
             return []
-        job.state, job.attempts, job.started_at = "running", job.attempts + 1, utcnow()
+        if not claim(job):
+            return []
         spec = TaskSpec.of(task)
         refs = [
             ItemRef(i.id, i.data, i.content_hash)
@@ -157,8 +141,7 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
             return []
         if task.served_version == version:
             upsert_predictions(s, rows)
-        job.state, job.finished_at = "done", utcnow()
-        job.result = {"predicted": len(rows), "failed": len(scored.failed)}
+        finish(job, {"predicted": len(rows), "failed": len(scored.failed)})
     return []
 
 
@@ -168,44 +151,22 @@ def require_served(spec: TaskSpec) -> int:
     return spec.served_version
 
 
-@dataclass
-class DataPrediction:
-    """The answer for one data link: labels with scores, or the reason it could not be read."""
-
-    labels: list[str] | None = None
-    scores: list[float] | None = None
-    score: float | None = None
-    error: str | None = None
-
-
-@dataclass
-class ItemPredictions:
-    version: int
-    rows: list[dict[str, object]]
-    failed: dict[int, str]
-
-
 def predict_data(
     rt: Runtime, spec: TaskSpec, version: int, data: Sequence[str]
 ) -> list[DataPrediction]:
     """Scores for data links or texts; a link that fails gets its reason, the others go on."""
-    from labelloop.errors import LabelloopError
-    from labelloop.loop.features import read_content
-
     out: list[DataPrediction] = [DataPrediction() for _ in data]
     contents: list[Content] = []
     where: list[int] = []
     for i, d in enumerate(data):
         try:
-            contents.append(read_content(rt, spec.category, d))
+            contents.append(read_content(rt, spec.category, d, spec.id))
             where.append(i)
         except LabelloopError as exc:
             out[i].error = exc.message
     if not contents:
         return out
     model = load_model(rt, spec.id, version)
-    from labelloop.learners.base import Features
-
     try:
         feats = featurize_contents(model, contents)
         good = where

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from labelloop.errors import InvalidInput
 from labelloop.loop.labels import current_labels, label_revision
 from labelloop.loop.policy import Policy
-from labelloop.store.models import ACTIVE_JOB_STATES, Item, Job, Task
+from labelloop.store.models import ACTIVE_JOB_STATES, Item, Job, JobState, Task
 
 FEATURIZE_BATCH = 64
 PREDICT_BATCH = 512
@@ -82,7 +82,7 @@ def after_training(session: Session, task: Task) -> list[Job]:
         job = request_training(session, task, force=force)
     except InvalidInput:
         return []
-    return [job] if job is not None and job.state == "queued" else []
+    return [job] if job is not None and job.state == JobState.QUEUED else []
 
 
 def featurize_jobs(session: Session, task_id: int, item_ids: list[int]) -> list[Job]:

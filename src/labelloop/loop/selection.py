@@ -1,6 +1,34 @@
-"""Choosing what people label next: most uncertain first, never a batch of near-copies."""
+"""Query strategies: what people label next. One contract, composed by the task's policy.
+
+A :class:`QueryStrategy` does two things, at two moments:
+
+- when a model scores items (training, re-prediction, on demand), :meth:`~QueryStrategy.priority`
+  turns its scores into the number ``/next`` ranks by, stored with the pre-label (no scoring per
+  request); :meth:`~QueryStrategy.pool_weights` is what it needs from the whole pool at training
+  (density weights), kept with the version;
+- when ``/next`` asks, :meth:`~QueryStrategy.query` picks up to ``limit`` items of a :class:`Pool`
+  (the items nobody labelled, with their stored priorities).
+
+The strategies (after small-text's query strategies and modAL's uncertainty measures):
+
+- :class:`RandomSampling` -- a stable random order per task;
+- :class:`UncertaintySampling` -- most unsure first, by a pure measure of the scores
+  (:func:`margin`, :func:`entropy`, :func:`least_confidence`; multi-label: mean binary margin);
+- :class:`DensityWeighted` wraps one: its priority times the item's degree in the pool's k-NN graph
+  (:func:`knn_graph`, built once per pool and shared with the image learner);
+- :class:`DiverseBatch` wraps one: a batch skips near-copies of items already in it;
+- :class:`AuditMixing` wraps one: a share of every batch is random audits, the unbiased evidence
+  auto-labelling certifies its accuracy with.
+
+:func:`strategy_for` composes them from a task's :class:`~labelloop.loop.policy.Policy`.
+"""
 
 from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
@@ -9,11 +37,88 @@ from sklearn.neighbors import NearestNeighbors
 
 from labelloop.learners.base import Features
 from labelloop.learners.poolcache import cached, fingerprint_array
+from labelloop.loop.policy import AutoLabelPolicy, Policy
 
 #: Two items whose feature vectors have a cosine similarity above this are near-copies.
 NEAR_COPY = 0.97
 #: How deep into the ranking a batch may reach to stay diverse.
 DEPTH = 10
+#: Neighbours per item in the pool's graph.
+GRAPH_K = 5
+
+
+# -- how unsure a model is: pure functions of its scores, higher means less sure -------------------
+
+
+def margin(scores: np.ndarray) -> np.ndarray:
+    """One minus the gap between the two highest class scores."""
+    if scores.shape[1] < 2:
+        return 1.0 - scores[:, 0] if len(scores) else np.zeros(0)
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    return 1.0 - (top2[:, 1] - top2[:, 0])  # type: ignore[no-any-return]
+
+
+def entropy(scores: np.ndarray) -> np.ndarray:
+    p = np.clip(scores, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=1)  # type: ignore[no-any-return]
+
+
+def least_confidence(scores: np.ndarray) -> np.ndarray:
+    return 1.0 - scores.max(axis=1)  # type: ignore[no-any-return]
+
+
+def binary_margin(scores: np.ndarray) -> np.ndarray:
+    """Multi-label: how close each label's score is to 0.5, averaged over labels."""
+    return 1.0 - np.abs(2.0 * scores - 1.0).mean(axis=1)  # type: ignore[no-any-return]
+
+
+MEASURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "margin": margin,
+    "entropy": entropy,
+    "least-confidence": least_confidence,
+}
+
+
+# -- the pool's k-nearest-neighbour graph ----------------------------------------------------------
+
+
+def knn_graph(nodes: np.ndarray, k: int = GRAPH_K) -> sparse.csr_matrix:
+    """The symmetric, unweighted k-nearest-neighbour graph of the rows of ``nodes``.
+
+    Built once per pool and process (cached by the pool's fingerprint): training's density weights
+    and the image learner's label spreading read the same graph.
+    """
+    X = np.ascontiguousarray(nodes, dtype=np.float32)
+
+    def build() -> sparse.csr_matrix:
+        n = len(X)
+        kk = max(1, min(k, n - 1))
+        idx = NearestNeighbors(n_neighbors=kk + 1).fit(X).kneighbors(X, return_distance=False)
+        W = sparse.csr_matrix(
+            (np.ones(n * kk), (np.repeat(np.arange(n), kk), idx[:, 1:].ravel())), shape=(n, n)
+        )
+        return W.maximum(W.T).tocsr()
+
+    graph: sparse.csr_matrix = cached(("knn-graph", fingerprint_array(X), k), build)
+    return graph
+
+
+def graph_degrees(features: Features, k: int = GRAPH_K) -> np.ndarray | None:
+    """Each item's degree in the symmetric k-nearest-neighbour graph of the pool, or None when the
+    items have no numeric view (plain text).
+
+    Degree counts how many items an item is close to: a label on a hub spreads to many items, a
+    label on an outlier to almost none. Weighting uncertainty by it removes the cold start of
+    uncertainty sampling (measured on digits: 95% accuracy with 0.45 of the labels random order
+    needs, against 0.72 for plain margin).
+    """
+    arrays = [v for v in features.views.values() if isinstance(v, np.ndarray) and v.ndim == 2]
+    if not arrays or len(arrays[0]) < 3:
+        return None
+    return np.asarray(knn_graph(arrays[0], k).sum(axis=1)).ravel()
+
+
+# -- near-copies -----------------------------------------------------------------------------------
 
 
 def similarity_vectors(features: Features) -> np.ndarray:
@@ -54,28 +159,202 @@ def candidates_depth(limit: int, available: int) -> int:
     return min(available, max(limit, limit * DEPTH))
 
 
-def graph_degrees(features: Features, k: int = 5) -> np.ndarray | None:
-    """Each item's degree in the symmetric k-nearest-neighbour graph of the pool, or None when the
-    items have no numeric view (plain text).
+# -- the contract ----------------------------------------------------------------------------------
 
-    Degree counts how many items an item is close to: a label on a hub spreads to many items, a
-    label on an outlier to almost none. Weighting uncertainty by it removes the cold start of
-    uncertainty sampling (measured on digits: 95% accuracy with 0.45 of the labels random order
-    needs, against 0.72 for plain margin).
-    """
-    arrays = [v for v in features.views.values() if isinstance(v, np.ndarray) and v.ndim == 2]
-    if not arrays or len(arrays[0]) < 3:
-        return None
-    X = np.ascontiguousarray(arrays[0], dtype=np.float32)
+#: Items -> (the ones that could be read, their similarity vectors, the ones that could not).
+VectorsOf = Callable[[list[int]], tuple[list[int], np.ndarray, list[int]]]
 
-    def build() -> np.ndarray:
-        n = len(X)
-        kk = max(1, min(k, n - 1))
-        idx = NearestNeighbors(n_neighbors=kk + 1).fit(X).kneighbors(X, return_distance=False)
-        W = sparse.csr_matrix(
-            (np.ones(n * kk), (np.repeat(np.arange(n), kk), idx[:, 1:].ravel())), shape=(n, n)
-        )
-        return np.asarray(W.maximum(W.T).sum(axis=1)).ravel()
 
-    degrees: np.ndarray = cached(("pool-degrees", fingerprint_array(X), k), build)
-    return degrees
+@dataclass(frozen=True)
+class Pool:
+    """What ``/next`` chooses from, read from the store once per request."""
+
+    #: Items without a human label, in the task's stable random order (audits draw from these).
+    open: Sequence[int]
+    #: Open items without a model label either (what people should label), same order.
+    uncovered: Sequence[int]
+    #: The served version's stored priority per item (empty before the first model).
+    priority: Mapping[int, float] = field(default_factory=dict)
+    #: Human labels so far (spreads the audits evenly over the labels people give).
+    human_labels: int = 0
+    #: Whether a model serves, and whether its auto-labelling threshold is certified.
+    served: bool = False
+    certified: bool = False
+    #: Similarity vectors of items, for strategies that keep near-copies out of a batch.
+    vectors: VectorsOf | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    """The items to hand out, best first, and which of them are random audits."""
+
+    items: list[int]
+    audits: list[int] = field(default_factory=list)
+
+
+class QueryStrategy(ABC):
+    """Chooses what people label next (see the module docstring for the two moments)."""
+
+    def priority(
+        self, scores: np.ndarray, multi_label: bool, weights: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The number ``/next`` ranks an item by (higher first), from a model's scores."""
+        return np.zeros(len(scores))
+
+    def pool_weights(self, pool: Features, item_ids: Sequence[int]) -> dict[int, float]:
+        """Per-item weights this strategy needs from the whole pool, computed at training."""
+        return {}
+
+    @abstractmethod
+    def rank(self, pool: Pool, limit: int) -> list[int]:
+        """Every uncovered item, best first; the first ``limit`` make a good batch."""
+
+    def query(self, pool: Pool, limit: int) -> Query:
+        """Up to ``limit`` items to hand out."""
+        return Query(self.rank(pool, limit)[:limit])
+
+
+class RandomSampling(QueryStrategy):
+    """The task's stable random order (the order before any model, whatever the strategy)."""
+
+    def rank(self, pool: Pool, limit: int) -> list[int]:
+        return list(pool.uncovered)
+
+
+class UncertaintySampling(QueryStrategy):
+    """Most unsure first, by ``measure`` (margin, entropy, least-confidence)."""
+
+    def __init__(self, measure: str = "margin") -> None:
+        self.measure = measure
+        self._measure = MEASURES[measure]
+
+    def priority(
+        self, scores: np.ndarray, multi_label: bool, weights: np.ndarray | None = None
+    ) -> np.ndarray:
+        if len(scores) == 0:
+            return np.zeros(0)
+        return binary_margin(scores) if multi_label else self._measure(scores)
+
+    def rank(self, pool: Pool, limit: int) -> list[int]:
+        if not pool.priority:
+            return list(pool.uncovered)  # no model yet: random order
+        # Items with no score yet (just added) rank first: nothing is known of them. Ties keep
+        # the stable random order.
+        return sorted(pool.uncovered, key=lambda i: -pool.priority.get(i, math.inf))
+
+
+class Wrapper(QueryStrategy):
+    """A strategy that changes another one's behaviour and hands the rest through."""
+
+    def __init__(self, inner: QueryStrategy) -> None:
+        self.inner = inner
+
+    def priority(
+        self, scores: np.ndarray, multi_label: bool, weights: np.ndarray | None = None
+    ) -> np.ndarray:
+        return self.inner.priority(scores, multi_label, weights)
+
+    def pool_weights(self, pool: Features, item_ids: Sequence[int]) -> dict[int, float]:
+        return self.inner.pool_weights(pool, item_ids)
+
+    def rank(self, pool: Pool, limit: int) -> list[int]:
+        return self.inner.rank(pool, limit)
+
+
+class DensityWeighted(Wrapper):
+    """The inner priority times the item's degree in the pool's k-NN graph over the largest one,
+    so that unsure outliers do not crowd out unsure typical items."""
+
+    def priority(
+        self, scores: np.ndarray, multi_label: bool, weights: np.ndarray | None = None
+    ) -> np.ndarray:
+        base = self.inner.priority(scores, multi_label)
+        return base if weights is None else base * weights
+
+    def pool_weights(self, pool: Features, item_ids: Sequence[int]) -> dict[int, float]:
+        degrees = graph_degrees(pool)
+        if degrees is None or degrees.max() <= 0:
+            return {}
+        scaled = degrees / degrees.max()
+        return {int(i): float(w) for i, w in zip(item_ids, scaled.tolist(), strict=True)}
+
+
+class DiverseBatch(Wrapper):
+    """The inner ranking, with near-copies of an item already in the batch pushed back."""
+
+    def __init__(self, inner: QueryStrategy, near_copy: float = NEAR_COPY) -> None:
+        super().__init__(inner)
+        self.near_copy = near_copy
+
+    def rank(self, pool: Pool, limit: int) -> list[int]:
+        ranked = self.inner.rank(pool, limit)
+        if limit <= 1 or len(ranked) <= limit or pool.vectors is None:
+            return ranked
+        depth = ranked[: candidates_depth(limit, len(ranked))]
+        ok, vectors, failed = pool.vectors(depth)
+        chosen = [ok[p] for p in pick_diverse(vectors, limit, self.near_copy)]
+        # Items that could not be read keep their place at the end (their failure shows there).
+        unreadable = set(failed)
+        head = chosen + [i for i in depth if i in unreadable][: limit - len(chosen)]
+        taken = set(head)
+        return head + [i for i in ranked if i not in taken]
+
+
+class AuditMixing(Wrapper):
+    """A share of every batch drawn uniformly at random from every item without a human label
+    (model-labelled ones included): their labels are the unbiased evidence the auto-labelling
+    threshold is estimated from. Before the first model every item is an audit; once a threshold
+    is certified and only ``tail`` items are left uncovered, those are handed out directly."""
+
+    def __init__(self, inner: QueryStrategy, policy: AutoLabelPolicy) -> None:
+        super().__init__(inner)
+        self.policy = policy
+
+    def query(self, pool: Pool, limit: int) -> Query:
+        if not pool.served:
+            first = list(pool.uncovered[:limit])
+            return Query(first, first)
+        if pool.certified and len(pool.uncovered) <= self.policy.tail:
+            return self.inner.query(pool, limit)
+        chosen: list[int] = []
+        audits: list[int] = []
+        draw, unsure = iter(pool.open), iter(self.inner.rank(pool, limit))
+        for k in range(min(limit, len(pool.open))):
+            audit_turn = audit_turn_at(pool.human_labels + k, self.policy.audit_share)
+            pick = _next_unchosen(draw if audit_turn else unsure, chosen)
+            if pick is None:  # one source ran dry: take from the other
+                audit_turn = not audit_turn
+                pick = _next_unchosen(draw if audit_turn else unsure, chosen)
+            if pick is None:
+                break
+            chosen.append(pick)
+            if audit_turn:
+                audits.append(pick)
+        return Query(chosen, audits)
+
+
+def audit_turn_at(position: int, share: float) -> bool:
+    """Whether the ``position``-th human label should be an audit: spreads ``share`` evenly."""
+    return math.floor((position + 1) * share + 1e-9) > math.floor(position * share + 1e-9)
+
+
+def _next_unchosen(source: Iterator[int], chosen: list[int]) -> int | None:
+    for item_id in source:
+        if item_id not in chosen:
+            return item_id
+    return None
+
+
+def strategy_for(policy: Policy) -> QueryStrategy:
+    """The task's strategy: its measure (or random), density weighting, diverse batches, audits."""
+    base: QueryStrategy
+    if policy.selection == "random":
+        base = RandomSampling()
+    else:
+        base = UncertaintySampling(policy.selection)
+        if policy.weights_by_density:
+            base = DensityWeighted(base)
+    strategy: QueryStrategy = DiverseBatch(base)
+    if policy.auto_label is not None:
+        strategy = AuditMixing(strategy, policy.auto_label)
+    return strategy

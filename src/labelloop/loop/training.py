@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select, update
 
-from labelloop.errors import LabelloopError
+from labelloop.errors import LabelloopError, Unavailable
+from labelloop.jobs.state import claim, fail, finish, is_finished
 from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Featurizer
@@ -29,15 +30,13 @@ from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import indicator, labelled_at, top_score
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
-from labelloop.loop.selection import graph_degrees
+from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
-from labelloop.runtime import Runtime, worker_identity
+from labelloop.runtime import Runtime
 from labelloop.store.models import AuditPick, Item, Job, ModelVersion, Task, utcnow
 from labelloop.store.upsert import upsert_predictions
 
 log = logging.getLogger(__name__)
-
-MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -59,17 +58,13 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
     """Mark the job running and read what it needs; a list means "nothing to do, enqueue these"."""
     with rt.session() as s:
         job = s.get(Job, job_id)
-        if job is None or job.state in ("done", "failed"):
+        if job is None or is_finished(job):
             return []
         task = s.get(Task, job.task_id)
         if task is None:
             return []
-        if job.attempts >= MAX_ATTEMPTS:
-            job.state, job.finished_at = "failed", utcnow()
-            job.error = f"gave up after {job.attempts} attempts"
+        if not claim(job):  # out of attempts: failed with the reason
             return [j.id for j in after_training(s, task)]
-        job.state, job.attempts = "running", job.attempts + 1
-        job.started_at, job.worker = utcnow(), worker_identity()
         revision = int(job.payload["revision"])
         at = labelled_at(s, task.id, revision)
         labels = {i: ls for i, (ls, _) in at.items()}
@@ -130,9 +125,8 @@ def _fail(rt: Runtime, job_id: int, reason: str) -> list[int]:
         _remove_checkpoints(rt, job_task, job_id)
     with rt.session() as s:
         job = s.get(Job, job_id)
-        if job is None or job.state in ("done", "failed"):
+        if job is None or not fail(job, reason):
             return []
-        job.state, job.error, job.finished_at = "failed", reason, utcnow()
         mv = s.scalar(select(ModelVersion).where(ModelVersion.job_key == job.key))
         if mv is not None and mv.status == "building":
             mv.status = "failed"
@@ -159,6 +153,8 @@ def run_train_job(rt: Runtime, job_id: int) -> list[int]:
     spec = claim.spec
     try:
         return _train(rt, job_id, claim)
+    except Unavailable:
+        raise  # the store is away: the job runs again (see loop.executor), it has not failed
     except LabelloopError as exc:
         log.warning("training job %s of task %s failed: %s", job_id, spec.id, exc.message)
         return _fail(rt, job_id, exc.message)
@@ -414,7 +410,9 @@ def _evaluate(
     unlabelled_pos = [p for p, item_id in enumerate(prepared.ok_ids) if item_id not in claim.labels]
     pool = _pool_for(rt, claim, prepared, model)
     pool_scores = model.predict_proba(pool.take(unlabelled_pos)) if unlabelled_pos else None
-    weights = _selection_weights(spec, _similarity_view(prepared.pool, model), prepared.ok_ids)
+    weights = strategy_for(spec.policy).pool_weights(
+        _similarity_view(prepared.pool, model), prepared.ok_ids
+    )
     phases("predict_pool")
     metrics: dict[str, Any] = {
         "n_labels": len(labelled_ids),
@@ -491,17 +489,6 @@ def _remove_checkpoints(rt: Runtime, task_id: int, job_id: int) -> None:
     folder = rt.folder(task_id)
     for name in (f"job-{job_id}", f"job-{job_id}-epochs"):
         shutil.rmtree(folder.checkpoint_dir(name), ignore_errors=True)
-
-
-def _selection_weights(spec: TaskSpec, pool: Features, ok_ids: list[int]) -> dict[int, float]:
-    """Item -> degree in the pool's k-NN graph over the largest degree (empty: no weighting)."""
-    if not spec.policy.weights_by_density or spec.policy.selection == "random":
-        return {}
-    degrees = graph_degrees(pool)
-    if degrees is None or degrees.max() <= 0:
-        return {}
-    scaled = degrees / degrees.max()
-    return {item_id: float(w) for item_id, w in zip(ok_ids, scaled.tolist(), strict=True)}
 
 
 def _resume(checkpoint: Path, labelled_ids: list[int]) -> Fitted | None:
@@ -585,7 +572,7 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
         task = s.get(Task, spec.id)
         if job is None or task is None:
             return []
-        if job.state in ("done", "failed"):
+        if is_finished(job):
             return []  # a duplicate delivery finished first
         mv = s.scalar(select(ModelVersion).where(ModelVersion.job_key == job.key))
         assert mv is not None
@@ -641,7 +628,6 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             known = set(result.pool_ids)
             late = [i for i in unlabelled_item_ids(s, spec.id) if i not in known]
             follow += repredict_jobs(s, task, mv.version, late)
-        job.state, job.finished_at = "done", utcnow()
-        job.result = {"version": mv.version, "promoted": promoted, "reason": reason}
+        finish(job, {"version": mv.version, "promoted": promoted, "reason": reason})
         follow += after_training(s, task)
         return [j.id for j in follow]

@@ -1,4 +1,9 @@
-"""The labelled data set out, streamed as JSON lines or CSV."""
+"""The labelled data set out, streamed as JSON lines or CSV.
+
+CSV cells are opened by spreadsheets, which run a cell that starts with ``=``, ``+``, ``-`` or
+``@`` (or a tab or carriage return before one) as a formula: such a text cell is written with a
+leading ``'`` so that it shows as text. JSON lines carry every value unchanged.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,18 @@ from labelloop.store.models import Annotation, Item
 
 PAGE = 1000
 FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text, never runs as a formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_LEADS):
+        return "'" + value
+    return value
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, object]:
+    return {k: _cell(v) for k, v in {**row, "labels": "|".join(row["labels"] or [])}.items()}
 
 
 def _current(rt: Runtime, task_id: int, item_ids: list[int]) -> dict[int, Annotation]:
@@ -104,9 +121,9 @@ def export(rt: Runtime, task_id: int, fmt: str) -> Iterator[str]:
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         for row in [first] if first is not None else []:
-            writer.writerow({**row, "labels": "|".join(row["labels"] or [])})
+            writer.writerow(_csv_row(row))
         for row in rows:
-            writer.writerow({**row, "labels": "|".join(row["labels"] or [])})
+            writer.writerow(_csv_row(row))
             if buf.tell() > 64_000:
                 yield buf.getvalue()
                 buf.seek(0)

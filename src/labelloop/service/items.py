@@ -4,26 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from labelloop.errors import InvalidInput, NotFound
-from labelloop.fetch import text_content
+from labelloop.errors import FetchError, InvalidInput, NotFound
+from labelloop.fetch import LinkChecker, text_content
 from labelloop.loop.features import is_text
 from labelloop.loop.scheduling import featurize_jobs
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
+from labelloop.schemas import MAX_ITEM_DATA_CHARS, ItemCreate
 from labelloop.service.common import enqueue, get_task_row
 from labelloop.store.models import Annotation, Item, Job, Prediction
 
+#: One item to add; the shape (and its checks) is :class:`labelloop.schemas.ItemCreate`.
+ItemIn = ItemCreate
+#: The most characters an item's data holds (a link, or a whole text).
+MAX_DATA_CHARS = MAX_ITEM_DATA_CHARS
 
-class ItemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(
-        min_length=1, max_length=1_000_000, description="a data link or, for text tasks, the text"
-    )
-    external_id: str | None = Field(default=None, min_length=1, max_length=512)
+def check_links(rt: Runtime, task_id: int, items: list[ItemIn]) -> None:
+    """Refuse, before anything is stored, an image link that fetching would refuse (a path outside
+    the import roots, a non-public address, another task's upload); the error names the item."""
+    checker = LinkChecker(rt.settings, rt.folder(task_id))
+    for n, spec in enumerate(items):
+        try:
+            checker.check(spec.data)
+        except FetchError as exc:
+            raise type(exc)(f"items[{n}]: {exc.message}") from None
 
 
 def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
@@ -33,6 +40,10 @@ def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
     ext = [i.external_id for i in items if i.external_id is not None]
     if len(set(ext)) != len(ext):
         raise InvalidInput("external_id repeats within the request")
+    with rt.session() as s:
+        category = get_task_row(s, task_id).category
+    if not is_text(category):
+        check_links(rt, task_id, items)
     jobs: list[Job] = []
     with rt.session() as s:
         task = get_task_row(s, task_id)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from labelloop.errors import InvalidInput, LabelloopError, NotFound
@@ -13,31 +13,17 @@ from labelloop.loop.labels import same_labels
 from labelloop.loop.scheduling import lock_task, request_training
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
+from labelloop.schemas import AnnotationCreate
 from labelloop.service.common import enqueue, get_task_row
 from labelloop.store.models import Annotation, Item, Job, ModelVersion, Prediction
 
+#: One item's labels; the shape (and its checks) is :class:`labelloop.schemas.AnnotationCreate`.
+AnnotationIn = AnnotationCreate
 
-class AnnotationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-    item_id: int | None = None
-    external_id: str | None = None
-    labels: list[str] | None = Field(
-        description="the item's labels; null retracts the item's earlier label"
-    )
-    annotator: str | None = Field(default=None, max_length=200)
-    shown_version: int | None = Field(
-        default=None, description="the model version whose pre-label was shown (default: current)"
-    )
-    shown_none: bool = Field(
-        default=False, description="true when no pre-label was shown at all (labelled from scratch)"
-    )
-
-    @model_validator(mode="after")
-    def _one_reference(self) -> AnnotationIn:
-        if (self.item_id is None) == (self.external_id is None):
-            raise ValueError("give exactly one of item_id and external_id")
-        return self
+def _quoted(labels: Sequence[str]) -> str:
+    """Labels as people write them: ``"cat", "dog"`` (not a Python list)."""
+    return ", ".join(f'"{label}"' for label in labels)
 
 
 def _validate_labels(spec: TaskSpec, labels: list[str] | None, where: str) -> None:
@@ -46,7 +32,8 @@ def _validate_labels(spec: TaskSpec, labels: list[str] | None, where: str) -> No
     unknown = [label for label in labels if label not in spec.labels]
     if unknown:
         raise InvalidInput(
-            f"{where}: unknown label(s) {unknown}; the task's labels are {list(spec.labels)}"
+            f"{where}: unknown label(s) {_quoted(unknown)}; "
+            f"the task's labels are {_quoted(spec.labels)}"
         )
     if len(set(labels)) != len(labels):
         raise InvalidInput(f"{where}: a label repeats")
@@ -122,7 +109,7 @@ def submit(rt: Runtime, task_id: int, annotations: list[AnnotationIn]) -> dict[s
             assert a.external_id is not None
             if a.external_id not in by_ext:
                 raise NotFound(
-                    f"{where}: task {task_id} has no item with external_id {a.external_id!r}"
+                    f'{where}: task {task_id} has no item with external_id "{a.external_id}"'
                 )
             resolved.append(by_ext[a.external_id])
         _validate_labels(spec, a.labels, where)

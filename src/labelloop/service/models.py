@@ -141,6 +141,7 @@ def list_jobs(rt: Runtime, task_id: int, limit: int = 50) -> list[dict[str, Any]
                 "error": j.error,
                 "result": j.result,
                 "created_at": j.created_at.isoformat(),
+                "started_at": j.started_at.isoformat() if j.started_at else None,
                 "finished_at": j.finished_at.isoformat() if j.finished_at else None,
             }
             for j in jobs

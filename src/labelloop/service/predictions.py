@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -13,7 +12,7 @@ from labelloop.errors import InvalidInput, NotFound
 from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import current_labels
 from labelloop.loop.prediction import store_predictions
-from labelloop.loop.selection import candidates_depth, pick_diverse, similarity_vectors
+from labelloop.loop.selection import Pool, similarity_vectors, strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.service.common import get_task_row, task_spec
@@ -135,13 +134,9 @@ def _stable_order(salt: str, item_id: int) -> str:
 def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
     """Items to label next, most useful first, each with its pre-label.
 
-    Before the first model: random order (stable per task). After it: the most uncertain items no
-    person or model has labelled, by the task's selection strategy (scores stored at the last
-    promotion), with near-copies of an item already in the batch pushed back. With
-    auto-labelling on, a share of the items are random *audits* (drawn from every item without a
-    human label, model-labelled ones included): their labels are the unbiased evidence the
-    auto-labelling threshold is estimated from. Once a threshold is certified and only a short
-    tail of uncovered items is left, the tail is handed out directly.
+    The task's query strategy (:func:`labelloop.loop.selection.strategy_for`) chooses among the
+    items no person or model has labelled (audits: among every item without a human label), from
+    the priorities stored at the last promotion; picked audits are recorded.
     """
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit must be between 1 and 1000")
@@ -155,10 +150,9 @@ def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
             )
         ).all()
         open_items = {r.id: r for r in rows if r.id not in human}
-        uncovered = [i for i in open_items if i not in model]
-        uncertainty: dict[int, float] = {}
-        if spec.served_version is not None and spec.policy.selection != "random":
-            uncertainty = {
+        priority: dict[int, float] = {}
+        if spec.served_version is not None:
+            priority = {
                 item_id: u
                 for item_id, u in s.execute(
                     select(Prediction.item_id, Prediction.uncertainty).where(
@@ -167,42 +161,21 @@ def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
                 ).all()
             }
         certified = spec.served_version is not None and _threshold(s, spec) is not None
-    auto = spec.policy.auto_label
     lottery = sorted(open_items, key=lambda i: _stable_order(spec.salt, i))
-    if uncertainty:
-        # Items with no current score yet (just added) rank first: nothing is known of them.
-        ranked = sorted(
-            uncovered, key=lambda i: (-uncertainty.get(i, 2.0), _stable_order(spec.salt, i))
-        )
-    else:
-        ranked = [i for i in lottery if i not in model]
-    if limit > 1 and len(ranked) > limit:
-        depth = ranked[: candidates_depth(limit, len(ranked))]
-        ranked = _diverse(rt, spec, [open_items[i] for i in depth], limit) + ranked[len(depth) :]
-    audits: list[int] = []
-    if auto is None:
-        chosen = ranked[:limit]
-    elif spec.served_version is None:
-        chosen = audits = [i for i in lottery if i not in model][:limit]
-    elif certified and len(uncovered) <= auto.tail:
-        chosen = ranked[:limit]
-    else:
-        chosen = []
-        draw, unsure = iter(lottery), iter(ranked)
-        for k in range(min(limit, len(open_items))):
-            audit_turn = _audit_turn(len(human) + k, auto.audit_share)
-            pick = _next_unchosen(draw if audit_turn else unsure, chosen)
-            if pick is None:  # one source ran dry: take from the other
-                audit_turn = not audit_turn
-                pick = _next_unchosen(draw if audit_turn else unsure, chosen)
-            if pick is None:
-                break
-            chosen.append(pick)
-            if audit_turn:
-                audits.append(pick)
-    if audits:
+    pool = Pool(
+        open=lottery,
+        uncovered=[i for i in lottery if i not in model],
+        priority=priority,
+        human_labels=len(human),
+        served=spec.served_version is not None,
+        certified=certified,
+        vectors=lambda ids: _vectors(rt, spec, [open_items[i] for i in ids]),
+    )
+    picked = strategy_for(spec.policy).query(pool, limit)
+    if picked.audits:
         with rt.session() as s:
-            record_audit_picks(s, task_id, audits)
+            record_audit_picks(s, task_id, picked.audits)
+    chosen = picked.items
     preds = current_predictions(rt, spec, chosen) if spec.served_version is not None else {}
     return {
         "model_version": spec.served_version,
@@ -211,24 +184,12 @@ def next_items(rt: Runtime, task_id: int, limit: int) -> dict[str, Any]:
                 "id": i,
                 "external_id": open_items[i].external_id,
                 "data": open_items[i].data,
-                "audit": i in audits,
+                "audit": i in picked.audits,
                 "prediction": preds.get(i, no_model(i)),
             }
             for i in chosen
         ],
     }
-
-
-def _audit_turn(position: int, share: float) -> bool:
-    """Whether the ``position``-th human label should be an audit: spreads ``share`` evenly."""
-    return math.floor((position + 1) * share + 1e-9) > math.floor(position * share + 1e-9)
-
-
-def _next_unchosen(source: Iterator[int], chosen: list[int]) -> int | None:
-    for item_id in source:
-        if item_id not in chosen:
-            return item_id
-    return None
 
 
 def _threshold(session: Any, spec: TaskSpec) -> float | None:
@@ -241,13 +202,9 @@ def _threshold(session: Any, spec: TaskSpec) -> float | None:
     return None if value is None else float(value)
 
 
-def _diverse(rt: Runtime, spec: TaskSpec, ranked: list[Any], limit: int) -> list[int]:
-    """The first ``limit`` of ``ranked`` that are not near-copies of each other."""
-    learner = spec.new_learner()
-    refs = [ItemRef(r.id, r.data, r.content_hash) for r in ranked]
-    batch = featurize(rt, spec.id, spec.category, learner, refs)
-    ok = [ranked[p].id for p in batch.ok]
-    picked = pick_diverse(similarity_vectors(batch.features), limit)
-    chosen = [ok[p] for p in picked]
-    # Items that could not be featurized keep their place at the end (their failure shows there).
-    return chosen + [r.id for r in ranked if r.id in batch.failed][: limit - len(chosen)]
+def _vectors(rt: Runtime, spec: TaskSpec, rows: list[Any]) -> tuple[list[int], Any, list[int]]:
+    """Similarity vectors of items (features from the cache), for near-copy checks."""
+    refs = [ItemRef(r.id, r.data, r.content_hash) for r in rows]
+    batch = featurize(rt, spec.id, spec.category, spec.new_learner(), refs)
+    ok = [rows[p].id for p in batch.ok]
+    return ok, similarity_vectors(batch.features), list(batch.failed)

@@ -1,48 +1,55 @@
-"""Creating, reading and deleting tasks."""
+"""Creating, reading, changing and deleting tasks.
+
+The request shapes (:class:`~labelloop.schemas.TaskCreate`, :class:`~labelloop.schemas.TaskUpdate`)
+live in :mod:`labelloop.schemas`; a policy is checked here the same way whether a task is created
+or patched (:func:`checked_policy`), before anything is written.
+"""
 
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
-from labelloop.errors import InvalidInput
-from labelloop.learners.registry import CATEGORIES, EXTRAS, check_params
+from labelloop.errors import InvalidInput, NotFound
+from labelloop.learners.registry import check_params
 from labelloop.loop.cache import FEATURES
 from labelloop.loop.labels import current_labels
 from labelloop.loop.policy import Policy
-from labelloop.loop.scheduling import active_training
+from labelloop.loop.scheduling import active_training, lock_task
 from labelloop.runtime import Runtime
+from labelloop.schemas import AutoLabelState, TaskCreate, TaskPublic, TaskUpdate
 from labelloop.service.common import get_task_row
 from labelloop.store.models import Item, ModelVersion, Task
 
-
-class TaskCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    category: str = Field(description=f"one of {', '.join(CATEGORIES)}")
-    extra: str = Field(default="multi-class", description=f"one of {', '.join(EXTRAS)}")
-    labels: list[str] = Field(min_length=1, max_length=10_000)
-    policy: Policy = Field(default_factory=Policy)
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_unique(cls, labels: list[str]) -> list[str]:
-        cleaned = [label.strip() for label in labels]
-        if any(not label for label in cleaned):
-            raise ValueError("labels must be non-empty strings")
-        if any(len(label) > 200 for label in cleaned):
-            raise ValueError("a label is longer than 200 characters")
-        if len(set(cleaned)) != len(cleaned):
-            raise ValueError("labels must be unique")
-        return cleaned
+__all__ = [
+    "TaskCreate",
+    "TaskUpdate",
+    "checked_policy",
+    "create_task",
+    "delete_task",
+    "get_task",
+    "list_tasks",
+    "summary",
+    "update_task",
+]
 
 
-def summary(rt: Runtime, task: Task) -> dict[str, Any]:
+def checked_policy(category: str, extra: str, labels: list[str], policy: Policy) -> Policy:
+    """``policy`` if a task of this category, extra and labels can run it; else
+    :class:`InvalidInput`."""
+    # Refuses unknown combinations, and learner parameters of unknown names or wrong types.
+    check_params(category, extra, policy.learner, policy.learner_params)
+    unknown = [label for label in policy.hotkeys if label not in labels]
+    if unknown:
+        raise InvalidInput(
+            "policy.hotkeys names labels the task does not have: " + ", ".join(unknown)
+        )
+    return policy
+
+
+def summary(rt: Runtime, task: Task) -> TaskPublic:
     """A task with its counts, served version and whether a training job is queued or running."""
     s = object_session(task)
     assert s is not None
@@ -84,7 +91,7 @@ def summary(rt: Runtime, task: Task) -> dict[str, Any]:
     }
 
 
-def _auto_label_state(s: Session, task: Task) -> dict[str, Any]:
+def _auto_label_state(s: Session, task: Task) -> AutoLabelState:
     """The served version's auto-labelling threshold and what it claims for model labels."""
     if task.served_version is None:
         return {"threshold": None, "reason": "no model yet"}
@@ -106,9 +113,8 @@ def _auto_label_state(s: Session, task: Task) -> dict[str, Any]:
     }
 
 
-def create_task(rt: Runtime, spec: TaskCreate) -> dict[str, Any]:
-    # Refuses unknown combinations, and learner parameters of unknown names or wrong types.
-    check_params(spec.category, spec.extra, spec.policy.learner, spec.policy.learner_params)
+def create_task(rt: Runtime, spec: TaskCreate) -> TaskPublic:
+    checked_policy(spec.category, spec.extra, spec.labels, spec.policy)
     if spec.extra == "multi-class" and len(spec.labels) < 2:
         raise InvalidInput("a multi-class task needs at least two labels")
     with rt.session() as s:
@@ -126,14 +132,40 @@ def create_task(rt: Runtime, spec: TaskCreate) -> dict[str, Any]:
         return summary(rt, task)
 
 
-def list_tasks(rt: Runtime) -> list[dict[str, Any]]:
+def list_tasks(rt: Runtime) -> list[TaskPublic]:
     with rt.session() as s:
         return [summary(rt, t) for t in s.scalars(select(Task).order_by(Task.id))]
 
 
-def get_task(rt: Runtime, task_id: int) -> dict[str, Any]:
+def get_task(rt: Runtime, task_id: int) -> TaskPublic:
     with rt.session() as s:
         return summary(rt, get_task_row(s, task_id))
+
+
+def update_task(rt: Runtime, task_id: int, change: TaskUpdate) -> TaskPublic:
+    """Rename a task or change policy fields; the policy is checked as at creation.
+
+    A changed policy takes effect from the next decision that reads it (the next label, training,
+    promotion or ``/next``). The seed is fixed at creation: the task's random choices were drawn
+    from it.
+    """
+    changes = change.policy_changes()
+    with rt.session() as s:
+        task = lock_task(s, task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}")
+        if changes:
+            current = Policy.model_validate(task.policy)
+            if "seed" in changes and changes["seed"] != current.seed:
+                raise InvalidInput("policy.seed is fixed when the task is created")
+            merged = Policy.model_validate({**current.model_dump(mode="json"), **changes})
+            task.policy = checked_policy(
+                task.category, task.extra, list(task.labels), merged
+            ).model_dump(mode="json")
+        if change.name is not None:
+            task.name = change.name
+        s.flush()
+        return summary(rt, task)
 
 
 def delete_task(rt: Runtime, task_id: int) -> None:

@@ -70,6 +70,7 @@ def translate_db_errors() -> Iterator[None]:
 
 def migrate(url: str) -> None:
     """Bring the schema to the newest revision (idempotent)."""
+    # Alembic only where a process migrates (serve, workers, `db upgrade`), not in every import.
     from alembic import command
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext

@@ -8,6 +8,7 @@ model was trained on can always be reconstructed. Everything is keyed by task.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -34,7 +35,25 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-ACTIVE_JOB_STATES = ("queued", "running")
+
+class JobState(StrEnum):
+    """Where a job is in its life (``queued → running → done | failed``; a job whose worker died
+    goes back from ``running`` to run again). The stored values are these strings; the transitions
+    are the helpers of :mod:`labelloop.jobs.state`."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+#: States of a job that is not over: resumed at start, at most one such training job per task.
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+#: States of a job that is over: nothing runs it again.
+FINISHED_JOB_STATES = (JobState.DONE, JobState.FAILED)
+_ACTIVE_TRAIN = text(
+    f"kind = 'train' AND state IN ({', '.join(repr(s.value) for s in ACTIVE_JOB_STATES)})"
+)
 
 
 def utcnow() -> datetime:
@@ -157,17 +176,17 @@ class Job(Base):
             "uq_jobs_one_active_train",
             "task_id",
             unique=True,
-            sqlite_where=text("kind = 'train' AND state IN ('queued', 'running')"),
-            postgresql_where=text("kind = 'train' AND state IN ('queued', 'running')"),
+            sqlite_where=_ACTIVE_TRAIN,
+            postgresql_where=_ACTIVE_TRAIN,
         ),
         Index("ix_jobs_state", "state"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # train|featurize|predict
+    kind: Mapped[str] = mapped_column(String(16))  # train|featurize|predict|autolabel
     key: Mapped[str] = mapped_column(String(200), unique=True)
-    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|done|failed
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -1,21 +1,36 @@
+"""A task's labelled data set, streamed."""
+
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from labelloop.api.deps import runtime
-from labelloop.runtime import Runtime
+from labelloop.api.deps import RuntimeDep, TaskId
+from labelloop.api.errors import responses
 from labelloop.service import export
 
 router = APIRouter(tags=["export"])
-Rt = Annotated[Runtime, Depends(runtime)]
+
+#: Not JSON: a line per item (JSON Lines) or a CSV table.
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Every item, one per line.",
+        "content": {media: {"schema": {"type": "string"}} for media in export.FORMATS.values()},
+    }
+}
 
 
-@router.get("/tasks/{task_id}/export")
+@router.get(
+    "/tasks/{task_id}/export",
+    response_class=StreamingResponse,
+    responses={**STREAMED, **responses(401, 404, 422, 503)},
+)
 def export_task(
-    task_id: int, rt: Rt, format: Annotated[str, Query()] = "jsonl"
+    task_id: TaskId,
+    rt: RuntimeDep,
+    format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
 ) -> StreamingResponse:
     """Every item with its current label and where it came from, streamed."""
     lines = export.export(rt, task_id, format)

@@ -4,57 +4,97 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from labelloop import imports
-from labelloop.api.deps import runtime
-from labelloop.runtime import Runtime
+from labelloop.api.deps import ItemId, RuntimeDep, TaskId
+from labelloop.api.errors import responses
+from labelloop.fetch import IMAGE_FORMATS
+from labelloop.schemas import (
+    CsvImported,
+    FolderImport,
+    FolderImported,
+    FolderListing,
+    Text,
+    UploadsAdded,
+)
 
 router = APIRouter(tags=["import"])
-Rt = Annotated[Runtime, Depends(runtime)]
+
+#: Not JSON: the item's bytes under their own media type.
+CONTENT: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The item's image, with its type; for a text task, its text.",
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in [*sorted(set(IMAGE_FORMATS.values())), "text/plain"]
+        },
+    }
+}
 
 
-class FolderIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field(min_length=1, max_length=4096)
-    recursive: bool = False
-
-
-@router.get("/import/folders")
-def folders(rt: Rt, path: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+@router.get(
+    "/import/folders", response_model=FolderListing, responses=responses(401, 403, 404, 422)
+)
+def folders(
+    rt: RuntimeDep,
+    path: Annotated[
+        Text | None, Query(max_length=4096, description="a folder on the server")
+    ] = None,
+) -> dict[str, Any]:
     """The import roots, or one folder below them: its sub-folders and how many images it holds."""
     return imports.list_folders(rt.settings, path)
 
 
-@router.post("/tasks/{task_id}/import/folder", status_code=201)
-def import_folder(task_id: int, body: FolderIn, rt: Rt) -> dict[str, Any]:
+@router.post(
+    "/tasks/{task_id}/import/folder",
+    status_code=201,
+    response_model=FolderImported,
+    responses=responses(400, 401, 403, 404, 413, 422, 503),
+)
+def import_folder(task_id: TaskId, body: FolderImport, rt: RuntimeDep) -> dict[str, Any]:
     """Every image of a server folder (below an import root) becomes an item."""
     return imports.import_folder(rt, task_id, body.path, body.recursive)
 
 
-@router.post("/tasks/{task_id}/import/csv", status_code=201)
+@router.post(
+    "/tasks/{task_id}/import/csv",
+    status_code=201,
+    response_model=CsvImported,
+    responses=responses(400, 401, 404, 413, 422, 503),
+)
 def import_csv(
-    task_id: int,
-    rt: Rt,
+    task_id: TaskId,
+    rt: RuntimeDep,
     file: Annotated[UploadFile, File()],
-    text_column: Annotated[str | None, Form()] = None,
-    id_column: Annotated[str | None, Form()] = None,
+    text_column: Annotated[Text | None, Form(max_length=200)] = None,
+    id_column: Annotated[Text | None, Form(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Each row of an uploaded CSV becomes a text item."""
     raw = file.file.read()
     return imports.import_csv(rt, task_id, raw, text_column, id_column)
 
 
-@router.post("/tasks/{task_id}/uploads", status_code=201)
-def upload(task_id: int, rt: Rt, files: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
+@router.post(
+    "/tasks/{task_id}/uploads",
+    status_code=201,
+    response_model=UploadsAdded,
+    responses=responses(400, 401, 404, 413, 422, 503),
+)
+def upload(
+    task_id: TaskId, rt: RuntimeDep, files: Annotated[list[UploadFile], File()]
+) -> dict[str, Any]:
     """Uploaded images are stored in the task's folder and added as items."""
     got = [imports.Upload(f.filename or "upload", f.file.read()) for f in files]
     return imports.save_uploads(rt, task_id, got)
 
 
-@router.get("/tasks/{task_id}/items/{item_id}/content")
-def content(task_id: int, item_id: int, rt: Rt) -> Response:
+@router.get(
+    "/tasks/{task_id}/items/{item_id}/content",
+    response_class=Response,
+    responses={**CONTENT, **responses(401, 403, 404, 413, 422, 503)},
+)
+def content(task_id: TaskId, item_id: ItemId, rt: RuntimeDep) -> Response:
     """The item's image (or text), for the labelling page."""
     raw, media_type = imports.item_content(rt, task_id, item_id)
     return Response(

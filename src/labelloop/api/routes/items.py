@@ -1,30 +1,35 @@
+"""Items: added in bulk, read back one at a time."""
+
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter
 
-from labelloop.api.deps import runtime
-from labelloop.runtime import Runtime
+from labelloop.api.deps import ItemId, RuntimeDep, TaskId
+from labelloop.api.errors import responses
+from labelloop.schemas import ItemPublic, ItemsAdded, ItemsCreate
 from labelloop.service import items
 
 router = APIRouter(tags=["items"])
-Rt = Annotated[Runtime, Depends(runtime)]
 
 
-class ItemsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[items.ItemIn]
-
-
-@router.post("/tasks/{task_id}/items", status_code=201)
-def add_items(task_id: int, body: ItemsIn, rt: Rt) -> dict[str, Any]:
+@router.post(
+    "/tasks/{task_id}/items",
+    status_code=201,
+    response_model=ItemsAdded,
+    responses=responses(400, 401, 403, 404, 413, 422, 503),
+)
+def add_items(task_id: TaskId, body: ItemsCreate, rt: RuntimeDep) -> dict[str, Any]:
     """Add items in bulk; an item whose ``external_id`` is already stored is not added twice."""
     return items.add_items(rt, task_id, body.items)
 
 
-@router.get("/tasks/{task_id}/items/{item_id}")
-def get_item(task_id: int, item_id: int, rt: Rt) -> dict[str, Any]:
+@router.get(
+    "/tasks/{task_id}/items/{item_id}",
+    response_model=ItemPublic,
+    responses=responses(401, 404, 422, 503),
+)
+def get_item(task_id: TaskId, item_id: ItemId, rt: RuntimeDep) -> dict[str, Any]:
     """Status, label history and current pre-label of one item."""
     return items.get_item(rt, task_id, item_id)

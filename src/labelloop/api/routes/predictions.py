@@ -1,43 +1,46 @@
+"""Pre-labels: of a stored item, of data not stored, and of the next items to label."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Query
 
-from labelloop.api.deps import runtime
-from labelloop.runtime import Runtime
+from labelloop.api.deps import ItemIdQuery, RuntimeDep, TaskId
+from labelloop.api.errors import responses
+from labelloop.schemas import DataPredictions, NextItems, PredictionPublic, PredictRequest
 from labelloop.service import predictions
 
 router = APIRouter(tags=["predictions"])
-Rt = Annotated[Runtime, Depends(runtime)]
 
 
-class DataIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    data: str = Field(min_length=1, max_length=1_000_000)
-
-
-class PredictIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[DataIn] = Field(min_length=1)
-
-
-@router.get("/tasks/{task_id}/predictions")
-def get_prediction(task_id: int, item_id: Annotated[int, Query()], rt: Rt) -> dict[str, Any]:
+@router.get(
+    "/tasks/{task_id}/predictions",
+    response_model=PredictionPublic,
+    responses=responses(401, 404, 422, 503, 504),
+)
+def get_prediction(task_id: TaskId, item_id: ItemIdQuery, rt: RuntimeDep) -> dict[str, Any]:
     """The current pre-label of a stored item; ``status: no_model`` before the first version."""
     return predictions.get_prediction(rt, task_id, item_id)
 
 
-@router.post("/tasks/{task_id}/predict")
-def predict(task_id: int, body: PredictIn, rt: Rt) -> dict[str, Any]:
+@router.post(
+    "/tasks/{task_id}/predict",
+    response_model=DataPredictions,
+    responses=responses(400, 401, 404, 413, 422, 503, 504),
+)
+def predict(task_id: TaskId, body: PredictRequest, rt: RuntimeDep) -> dict[str, Any]:
     """Pre-labels for data links (or texts) that are not stored as items."""
     return predictions.predict(rt, task_id, [i.data for i in body.items])
 
 
-@router.get("/tasks/{task_id}/next")
+@router.get(
+    "/tasks/{task_id}/next",
+    response_model=NextItems,
+    responses=responses(401, 404, 422, 503, 504),
+)
 def next_items(
-    task_id: int, rt: Rt, limit: Annotated[int, Query(ge=1, le=1000)] = 10
+    task_id: TaskId, rt: RuntimeDep, limit: Annotated[int, Query(ge=1, le=1000)] = 10
 ) -> dict[str, Any]:
     """Unlabelled items in the order that helps the model most, with their pre-labels."""
     return predictions.next_items(rt, task_id, limit)

@@ -1,35 +1,55 @@
+"""Tasks: create, list, read, change the name or policy, delete."""
+
 from __future__ import annotations
 
-from typing import Annotated, Any
+from fastapi import APIRouter, Response
 
-from fastapi import APIRouter, Depends, Response
-
-from labelloop.api.deps import runtime
-from labelloop.runtime import Runtime
+from labelloop.api.deps import RuntimeDep, TaskId
+from labelloop.api.errors import responses
+from labelloop.schemas import TaskCreate, TaskPublic, TaskUpdate
 from labelloop.service import tasks
 
 router = APIRouter(tags=["tasks"])
-Rt = Annotated[Runtime, Depends(runtime)]
 
 
-@router.post("/tasks", status_code=201)
-def create_task(body: tasks.TaskCreate, rt: Rt) -> dict[str, Any]:
+@router.post(
+    "/tasks",
+    status_code=201,
+    response_model=TaskPublic,
+    responses=responses(400, 401, 413, 422, 503),
+)
+def create_task(body: TaskCreate, rt: RuntimeDep) -> TaskPublic:
     """Create a task; it starts with no model."""
     return tasks.create_task(rt, body)
 
 
-@router.get("/tasks")
-def list_tasks(rt: Rt) -> list[dict[str, Any]]:
+@router.get("/tasks", response_model=list[TaskPublic], responses=responses(401, 503))
+def list_tasks(rt: RuntimeDep) -> list[TaskPublic]:
+    """Every task with its counts and served version, oldest first."""
     return tasks.list_tasks(rt)
 
 
-@router.get("/tasks/{task_id}")
-def get_task(task_id: int, rt: Rt) -> dict[str, Any]:
+@router.get("/tasks/{task_id}", response_model=TaskPublic, responses=responses(401, 404, 422, 503))
+def get_task(task_id: TaskId, rt: RuntimeDep) -> TaskPublic:
     """The task with its counts, served version, and ``training``: a job is queued or running."""
     return tasks.get_task(rt, task_id)
 
 
-@router.delete("/tasks/{task_id}", status_code=204)
-def delete_task(task_id: int, rt: Rt) -> Response:
+@router.patch(
+    "/tasks/{task_id}", response_model=TaskPublic, responses=responses(400, 401, 404, 413, 422, 503)
+)
+def update_task(task_id: TaskId, body: TaskUpdate, rt: RuntimeDep) -> TaskPublic:
+    """Rename the task or change policy fields (those given replace the current ones)."""
+    return tasks.update_task(rt, task_id, body)
+
+
+@router.delete(
+    "/tasks/{task_id}",
+    status_code=204,
+    response_class=Response,
+    responses=responses(401, 404, 422, 503),
+)
+def delete_task(task_id: TaskId, rt: RuntimeDep) -> Response:
+    """Delete the task with its items, labels, models, jobs, folder and cached features."""
     tasks.delete_task(rt, task_id)
     return Response(status_code=204)

@@ -6,18 +6,18 @@ the embedded default has no such endpoint (its local pool is described by ``/hea
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from labelloop.api.deps import runtime
-from labelloop.runtime import Runtime
+from labelloop.api.deps import RuntimeDep
+from labelloop.api.errors import responses
+from labelloop.schemas import WorkersStatus
 
 router = APIRouter(tags=["cluster"])
-Rt = Annotated[Runtime, Depends(runtime)]
 
 
-@router.get("/cluster/workers")
-def list_workers(rt: Rt) -> dict[str, Any]:
+@router.get("/cluster/workers", response_model=WorkersStatus, responses=responses(401, 503))
+def list_workers(rt: RuntimeDep) -> dict[str, Any]:
     """Live Celery workers with their roles, queues and current jobs, and the queues' depths."""
     return rt.jobs.status()

@@ -3,7 +3,7 @@
 "use strict";
 
 const REFRESH_MS = 2500;
-const state = { tasks: [], selected: null, folder: null, busy: false };
+const state = { tasks: [], selected: null, folder: null, busy: false, info: null };
 
 function toast(message) {
   const el = document.getElementById("toast");
@@ -239,25 +239,45 @@ function asRows(data, ...keys) {
   return data ? [data] : [];
 }
 
+// The server's mode is asked once (GET /info): a single server has no cluster endpoints, and is
+// not polled for them.
+async function serverInfo() {
+  if (!state.info) state.info = api.get("/api/v1/info").catch((err) => { state.info = null; throw err; });
+  return state.info;
+}
+
 async function renderCluster() {
   const el = document.getElementById("cluster");
   try {
+    const info = await serverInfo();
+    const has = info.endpoints || {};
+    if (!has.cluster_workers && !has.cluster_machines) {
+      if (el.dataset.mode !== info.mode) {
+        el.dataset.mode = info.mode;
+        el.innerHTML = `<p data-testid="single-server">A single server (${esc(info.mode)} mode): jobs run in its own worker processes (see <b>Jobs and queue</b>).</p>
+          <p class="na" data-testid="machines-na">Machines: not available (no cluster on this server).</p>
+          <p class="na" data-testid="workers-na">Workers: not available (no /cluster/workers endpoint on this server).</p>`;
+      }
+      return;
+    }
     const [machines, workers] = await Promise.all([
-      api.optional("/api/v1/cluster/machines"), api.optional("/api/v1/cluster/workers"),
+      has.cluster_machines ? api.get("/api/v1/cluster/machines") : null,
+      has.cluster_workers ? api.get("/api/v1/cluster/workers") : null,
     ]);
     const parts = [];
-    if (machines.available) {
-      const d = machines.data || {};
+    if (machines) {
+      const d = machines || {};
       const masters = ["master_train", "master_inference"].filter((k) => d[k]).map((k) => `${k}: <b>${esc(typeof d[k] === "object" ? (d[k].ip || d[k].hostname || JSON.stringify(d[k])) : d[k])}</b>`);
       parts.push(`<h3>Machines</h3>${masters.length ? `<p>${masters.join(" · ")}</p>` : ""}${table(asRows(d, "machines", "items"))}`);
     } else {
-      parts.push('<p class="na" data-testid="machines-na">Machines: not available (single machine, or no cluster endpoint on this server).</p>');
+      parts.push('<p class="na" data-testid="machines-na">Machines: not available (no /cluster/machines endpoint on this server).</p>');
     }
-    if (workers.available) {
-      parts.push(`<h3>Workers</h3>${table(asRows(workers.data, "workers", "items"))}`);
+    if (workers) {
+      parts.push(`<h3>Workers</h3>${table(asRows(workers, "workers", "items"))}`);
     } else {
       parts.push('<p class="na" data-testid="workers-na">Workers: not available (no /cluster/workers endpoint on this server).</p>');
     }
+    el.dataset.mode = info.mode;
     el.innerHTML = parts.join("");
   } catch (err) {
     el.innerHTML = `<p class="error">${esc(err.message)}</p>`;

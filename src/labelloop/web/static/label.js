@@ -1,25 +1,115 @@
-// The labelling page: the next item with the model's pre-label highlighted; number keys pick a
-// label, Enter accepts the pre-label, and the next item shows at once (labels are sent in the
-// background, in order). It works before any model exists, and says when a new version serves.
+// The labelling page: the next item with the model's pre-label (its highlight scaled with its
+// score); keys pick a label, Enter accepts the pre-label, Backspace goes back to correct one, and
+// the next item shows at once (labels are sent in the background, in order). A choice applies only
+// to the item that was on screen when it was made: the second click of a double-click, a held key
+// and any input while items switch are ignored. It works before any model exists, and names one
+// version everywhere (chip, suggestion, notice).
 "use strict";
 
-const taskId = Number(new URLSearchParams(location.search).get("task"));
+const params = new URLSearchParams(location.search);
+const taskId = Number(params.get("task"));
+const NAME_KEY = "labelloop.annotator";
+const GUEST_KEY = "labelloop.guest";
+const QUICK_KEY = "labelloop.quick";
+// Quick accept/reject is offered from this score on.
+const QUICK_MIN = 0.9;
+// A new version is announced when its held-out accuracy moved this much since the last notice.
+const NOTICE_DELTA = 0.02;
+const HISTORY_SHOWN = 12;
+
 const S = {
-  task: null, queue: [], current: null, selected: new Set(), sent: new Set(),
-  served: undefined, session: 0, accepted: 0, loading: null, chain: Promise.resolve(),
-  images: new Map(),
+  task: null, keys: null, queue: [], current: null, history: [], pos: null,
+  onScreen: null, selected: new Set(), rejecting: false,
+  sent: new Set(), served: undefined, announced: null, loading: null, chain: Promise.resolve(),
+  images: new Map(), quick: false, guest: "",
 };
 const multi = () => S.task && S.task.extra === "multi-label";
+const $ = (id) => document.getElementById(id);
 
 function toast(message) {
-  const el = document.getElementById("toast");
+  const el = $("toast");
   el.textContent = message;
   el.classList.add("show");
   clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => el.classList.remove("show"), 4000);
+  toast.timer = setTimeout(() => el.classList.remove("show"), 5000);
 }
 
-function keyOf(i) { return i < 9 ? String(i + 1) : i === 9 ? "0" : ""; }
+function sameLabels(a, b) {
+  return Array.isArray(a) && Array.isArray(b) && [...a].sort().join("\n") === [...b].sort().join("\n");
+}
+
+// --- who labels --------------------------------------------------------------------------------
+
+function annotator() {
+  return $("annotator").value.trim() || S.guest;
+}
+
+function setupAnnotator() {
+  let guest = localStorage.getItem(GUEST_KEY);
+  if (!guest) {
+    guest = `guest-${Math.random().toString(16).slice(2, 6)}`;
+    localStorage.setItem(GUEST_KEY, guest);
+  }
+  S.guest = guest;
+  const input = $("annotator");
+  const given = params.get("annotator");
+  if (given) localStorage.setItem(NAME_KEY, given.trim());
+  input.value = localStorage.getItem(NAME_KEY) || "";
+  input.placeholder = `${guest} (your name?)`;
+  input.classList.toggle("unnamed", !input.value.trim());
+  input.oninput = () => {
+    localStorage.setItem(NAME_KEY, input.value.trim());
+    input.classList.toggle("unnamed", !input.value.trim());
+  };
+  input.onkeydown = (ev) => { if (ev.key === "Enter" || ev.key === "Escape") input.blur(); };
+}
+
+// --- keys --------------------------------------------------------------------------------------
+
+// The task's own hotkeys first (policy.hotkeys: label -> key); then, when every label is one
+// character (digits, letters), the key that is the label; otherwise positions 1-9, 0.
+function buildKeys(task) {
+  const custom = (task.policy && task.policy.hotkeys) || {};
+  const byLabel = new Map();
+  const byKey = new Map();
+  const put = (label, key) => {
+    if (!key || byKey.has(key) || byLabel.has(label)) return;
+    byKey.set(key, label);
+    byLabel.set(label, key);
+  };
+  for (const label of task.labels) if (typeof custom[label] === "string") put(label, custom[label]);
+  const byName = task.labels.every((label) => [...label].length === 1);
+  task.labels.forEach((label, i) => {
+    if (byName) put(label, label);
+    else if (i < 10) put(label, i < 9 ? String(i + 1) : "0");
+  });
+  return { byLabel, byKey, byName, custom: Object.keys(custom).length > 0 };
+}
+
+function labelForKey(key) {
+  if (S.keys.byKey.has(key)) return S.keys.byKey.get(key);
+  for (const other of [key.toLowerCase(), key.toUpperCase()]) {
+    if (other !== key && S.keys.byKey.has(other)) return S.keys.byKey.get(other);
+  }
+  return undefined;
+}
+
+// --- what is on screen -------------------------------------------------------------------------
+
+function entryOnScreen() { return S.pos === null ? null : S.history[S.pos]; }
+function itemOnScreen() { const e = entryOnScreen(); return e ? e.item : S.current; }
+function isText() { return S.task.category.startsWith("text"); }
+
+function prediction(item) {
+  const p = item && item.prediction;
+  return p && p.status === "ok" ? p : null;
+}
+
+// What the page shows of the model for an item: nothing on an audit (labelled blind: its label is
+// the evidence that auto-labelling is certified on).
+function shownPrediction(item) {
+  return item && item.audit ? null : prediction(item);
+}
 
 function imageUrl(item) {
   if (!S.images.has(item.id)) {
@@ -28,17 +118,204 @@ function imageUrl(item) {
   return S.images.get(item.id);
 }
 
-function isText() { return S.task.category.startsWith("text"); }
+// Object URLs are kept for what is queued, on screen or in the visible history only.
+function pruneImages() {
+  const keep = new Set([...S.queue.map((i) => i.id), S.current && S.current.id,
+    ...S.history.slice(-HISTORY_SHOWN).map((e) => e.item.id), itemOnScreen() && itemOnScreen().id]);
+  for (const [id, url] of S.images) {
+    if (!keep.has(id)) {
+      S.images.delete(id);
+      url.then((u) => URL.revokeObjectURL(u)).catch(() => null);
+    }
+  }
+}
+
+function markShown(item) {
+  S.onScreen = item.id;
+  const stage = $("stage");
+  stage.dataset.item = item.id;
+  stage.classList.remove("flash"); void stage.offsetWidth; stage.classList.add("flash");
+}
+
+// Shows the item on screen (the next one, or one from the history). An image is fetched first
+// and everything (image, suggestion, choices) changes at once; until then the page takes no choice.
+function render() {
+  const item = itemOnScreen();
+  S.onScreen = null;
+  if (!item) { delete $("stage").dataset.item; renderDone(); return; }
+  if (isText()) { commit(item, null, null); return; }
+  imageUrl(item).then((url) => commit(item, url, null)).catch((err) => commit(item, null, err));
+}
+
+function commit(item, url, err) {
+  if (itemOnScreen() !== item) return; // the person moved on meanwhile
+  const entry = entryOnScreen();
+  const p = entry ? entry.shown : shownPrediction(item);
+  S.selected = new Set(entry ? entry.labels : (multi() && p ? p.labels : []));
+  S.rejecting = false;
+  const stage = $("stage");
+  if (isText()) {
+    stage.innerHTML = `<div class="text" data-testid="item-text"></div>`;
+    stage.firstChild.textContent = item.data;
+  } else if (err) {
+    stage.innerHTML = `<p class="error">cannot show this item: ${esc(err.message)}</p>`;
+  } else {
+    stage.innerHTML = `<img alt="item ${item.id}" data-testid="item-image">`;
+    stage.firstChild.src = url;
+  }
+  renderPrelabel(item, p, entry);
+  renderReview(entry);
+  renderChoices(item, p);
+  renderHint(p);
+  renderHistory();
+  markShown(item);
+}
+
+function sureWord(score) {
+  return score >= 0.9 ? "sure" : score >= 0.6 ? "fairly sure" : "unsure";
+}
+
+function renderPrelabel(item, p, entry) {
+  const pre = $("prelabel");
+  if (p) {
+    // An item fetched before another version started serving keeps the suggestion it came with.
+    const changed = S.served !== undefined && S.served !== null && S.served !== p.model_version
+      && item.servedWhenFetched !== S.served;
+    const later = entry ? ' <span class="muted">· shown when you labelled it</span>'
+      : changed ? ` <span class="muted" data-testid="version-note">· model-time${S.served} serves from the next item on</span>` : "";
+    pre.innerHTML = `<span data-testid="suggestion">model-time${p.model_version} suggests <b>${p.labels.map(esc).join(", ") || "no label"}</b> (score ${Math.round(100 * p.score)}%)</span> <span class="muted">· ${sureWord(p.score)}</span>${later}`;
+  } else if (entry) {
+    pre.innerHTML = '<span class="muted">No suggestion was shown when you labelled it.</span>';
+  } else if (item.audit && prediction(item)) {
+    pre.innerHTML = `<span class="muted" data-testid="audit">A check of model-time${prediction(item).model_version}: label this one without its suggestion.</span>`;
+  } else if (item.prediction && item.prediction.status === "failed") {
+    pre.innerHTML = `<span class="error">the model could not read this item: ${esc(item.prediction.error)}</span>`;
+  } else if (S.served === null || S.served === undefined) {
+    pre.innerHTML = `<span class="muted" data-testid="no-model">No model yet: label from scratch. The first model trains after ${S.task.policy.min_labels} labels.</span>`;
+  } else {
+    pre.innerHTML = `<span class="muted" data-testid="no-suggestion">No suggestion for this item yet (model-time${S.served} serves).</span>`;
+  }
+}
+
+function renderReview(entry) {
+  const el = $("review");
+  if (!entry) { el.hidden = true; el.innerHTML = ""; return; }
+  el.hidden = false;
+  const status = { sending: "sending…", saved: "saved", failed: `not saved: ${esc(entry.error || "")}` }[entry.status];
+  el.innerHTML = `<span data-testid="review-label">You labelled this item <b>${entry.labels.map(esc).join(", ") || "no label"}</b></span>
+    <span class="chip ${entry.status === "failed" ? "bad" : entry.status === "saved" ? "good" : ""}">${status}</span>
+    <span class="muted">${entry.status === "failed" ? "Press Enter to send it again, or" : "Press Enter (or →) to keep it, or"} pick another label to correct it (the correction is added; labels are never overwritten).</span>
+    <span id="server-label" data-testid="server-label"></span>`;
+  if (entry.status !== "saved") return;
+  api.get(`/api/v1/tasks/${taskId}/items/${entry.item.id}`).then((it) => {
+    if (entryOnScreen() !== entry || sameLabels(it.labels, entry.labels)) return;
+    const last = [...it.annotations].reverse().find((a) => a.source === "human");
+    $("server-label").innerHTML = `<span class="chip warn">now labelled <b>${esc((it.labels || []).join(", ") || "none")}</b>${last && last.annotator ? ` by ${esc(last.annotator)}` : ""}</span>`;
+  }).catch(() => null);
+}
+
+function quickOffer(p) {
+  return S.quick && !entryOnScreen() && !multi() && !S.rejecting && p && p.score >= QUICK_MIN;
+}
+
+function renderChoices(item, p) {
+  const el = $("choices");
+  if (quickOffer(p)) {
+    el.innerHTML = `<button class="choice accept" data-act="accept" data-testid="quick-accept"><kbd>Enter</kbd>Accept <b>${p.labels.map(esc).join(", ")}</b><span class="score">${Math.round(100 * p.score)}%</span></button>
+      <button class="choice reject" data-act="reject" data-testid="quick-reject"><kbd>Esc</kbd>Reject</button>`;
+    for (const b of el.querySelectorAll("button")) {
+      b.onclick = (ev) => { if (pointerOk(ev, item)) (b.dataset.act === "accept" ? accept : reject)(); };
+    }
+    return;
+  }
+  const scores = (p && p.scores) || {};
+  const top = new Set(Object.entries(scores).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([label]) => label));
+  const suggested = new Set(p ? p.labels : []);
+  el.innerHTML = S.task.labels.map((label) => {
+    const key = S.keys.byLabel.get(label);
+    const score = typeof scores[label] === "number" ? scores[label] : null;
+    const cls = ["choice", suggested.has(label) ? "suggested" : "", S.selected.has(label) ? "selected" : ""].join(" ");
+    // The highlight's strength follows the score: 53% must not look like 100%.
+    const style = suggested.has(label) && score !== null
+      ? ` style="border-color: rgba(124, 58, 237, ${(0.2 + 0.8 * score).toFixed(3)}); background: rgba(124, 58, 237, ${(0.16 * score).toFixed(3)})"` : "";
+    return `<button class="${cls}" data-label="${esc(label)}" data-testid="choice-${esc(label)}"${style}>${key ? `<kbd>${esc(key)}</kbd>` : ""}${esc(label)}${
+      top.has(label) && score !== null ? `<span class="score" data-testid="score-${esc(label)}">${Math.round(100 * score)}%</span>` : ""}${
+      suggested.has(label) && score !== null ? `<span class="conf" data-testid="conf" style="width: ${(100 * score).toFixed(1)}%"></span>` : ""}</button>`;
+  }).join("");
+  for (const b of el.querySelectorAll("button")) b.onclick = (ev) => { if (pointerOk(ev, item)) pick(b.dataset.label); };
+}
+
+function renderHint(p) {
+  const keys = S.keys.byName ? "Keys pick a label by its name" : "Number keys pick a label by the position shown";
+  const parts = [multi() ? `${keys} (toggle) · Enter submits the selection` : `${keys}${p ? " · Enter accepts the suggestion" : ""}`];
+  parts.push("Backspace goes back");
+  parts.push(labelForKey("s") === undefined ? "S or → skips" : "→ skips");
+  $("hint").textContent = parts.join(" · ");
+  $("go-back").disabled = S.history.length === 0 || S.pos === 0;
+}
+
+function renderHistory() {
+  const el = $("history");
+  $("n-session").textContent = S.history.length;
+  $("n-accepted").textContent = S.history.filter((e) => e.shown && sameLabels(e.shown.labels, e.labels)).length;
+  const rows = S.history.map((e, i) => ({ e, i })).slice(-HISTORY_SHOWN).reverse();
+  const status = { sending: ["", "sending…"], saved: ["good", "saved"], failed: ["bad", "not saved"] };
+  el.innerHTML = rows.map(({ e, i }) => `<li data-index="${i}" data-testid="history-${e.item.id}" class="${S.pos === i ? "active" : ""}">
+      ${isText() ? `<span class="what">${esc(String(e.item.data).slice(0, 60))}</span>` : `<img class="thumb" data-thumb="${e.item.id}" alt="">`}
+      <span class="muted">#${e.item.id}</span> → <b>${e.labels.map(esc).join(", ") || "no label"}</b>
+      <span class="chip ${status[e.status][0]}">${status[e.status][1]}</span>${e.corrections ? ' <span class="chip warn">corrected</span>' : ""}</li>`).join("");
+  for (const li of el.querySelectorAll("li")) li.onclick = () => { S.pos = Number(li.dataset.index); render(); };
+  if (!isText()) {
+    for (const img of el.querySelectorAll("img[data-thumb]")) {
+      const e = S.history.find((h) => h.item.id === Number(img.dataset.thumb));
+      if (e && S.images.has(e.item.id)) S.images.get(e.item.id).then((url) => { img.src = url; }).catch(() => null);
+    }
+  }
+}
+
+async function renderDone() {
+  const stage = $("stage");
+  stage.innerHTML = `<div data-testid="all-done"><h2>Nothing left to label.</h2><p class="muted" data-testid="done-detail">checking the task…</p></div>`;
+  $("prelabel").textContent = "";
+  $("choices").innerHTML = "";
+  $("review").hidden = true;
+  renderHint(null);
+  renderHistory();
+  await S.chain; // the labels still being sent count too
+  await pollTask();
+  if (itemOnScreen()) return;
+  const c = S.task.counts;
+  const unsaved = S.history.filter((e) => e.status === "failed").length;
+  const parts = [];
+  if (c.unlabelled === 0 && c.model_labelled === 0) {
+    parts.push("Every item of this task has a label from a person.");
+  } else if (c.unlabelled === 0) {
+    parts.push(`Every item has a label: ${c.human_labelled} from people, ${c.model_labelled} from the model.`);
+  } else {
+    stage.querySelector("h2").textContent = "Nothing to hand out right now.";
+    parts.push(`${c.unlabelled} item(s) have no label yet:`);
+    if (unsaved) parts.push(`${unsaved} of your labels were not saved (correct them below);`);
+    if (c.pending) parts.push(`${c.pending} are still being read;`);
+    parts.push("the rest are with other annotators. This page checks for more every few seconds.");
+  }
+  if (c.failed) parts.push(`${c.failed} unreadable item(s) cannot be labelled (see the dashboard).`);
+  stage.querySelector("[data-testid=done-detail]").innerHTML = `${parts.map(esc).join(" ")} <a href="index.html#task=${taskId}">Back to the dashboard</a>`;
+}
+
+// --- moving between items ----------------------------------------------------------------------
 
 async function refill() {
   if (S.loading) return S.loading;
   S.loading = (async () => {
     try {
-      const next = await api.get(`/api/v1/tasks/${taskId}/next?limit=12`);
+      const next = await api.get(`/api/v1/tasks/${taskId}/next?limit=12&annotator=${encodeURIComponent(annotator())}`);
       const have = new Set([...S.queue.map((i) => i.id), S.current && S.current.id]);
       for (const it of next.items) {
+        it.servedWhenFetched = next.model_version;
         if (!S.sent.has(it.id) && !have.has(it.id)) S.queue.push(it);
       }
+      // A newer version serves than the page knows: catch up before these items show.
+      if (S.served !== undefined && next.model_version !== S.served) pollTask();
       if (!isText()) S.queue.slice(0, 4).forEach(imageUrl);
     } catch (err) {
       toast(err.message);
@@ -49,169 +326,251 @@ async function refill() {
   return S.loading;
 }
 
-function prediction(item) {
-  const p = item && item.prediction;
-  return p && p.status === "ok" ? p : null;
-}
-
-function renderChoices() {
-  const el = document.getElementById("choices");
-  const p = prediction(S.current);
-  const suggested = new Set(p ? p.labels : []);
-  el.innerHTML = S.task.labels.map((label, i) => {
-    const score = p && p.scores ? p.scores[label] : null;
-    const cls = ["choice", suggested.has(label) ? "suggested" : "", S.selected.has(label) ? "selected" : ""].join(" ");
-    return `<button class="${cls}" data-label="${esc(label)}" data-testid="choice-${esc(label)}">
-      ${keyOf(i) ? `<kbd>${keyOf(i)}</kbd>` : ""}${esc(label)}
-      ${suggested.has(label) && score !== null && score !== undefined ? `<span class="score">${Math.round(100 * score)}%</span>` : ""}</button>`;
-  }).join("");
-  for (const b of el.querySelectorAll("button")) b.onclick = () => pick(b.dataset.label);
-}
-
-async function show() {
-  const stage = document.getElementById("stage");
-  const pre = document.getElementById("prelabel");
-  if (!S.current) {
-    stage.innerHTML = `<div data-testid="all-done"><h2>Nothing left to label.</h2><p class="muted">Every item of this task has a label from a person. <a href="index.html#task=${taskId}">Back to the dashboard</a></p></div>`;
-    pre.textContent = "";
-    document.getElementById("choices").innerHTML = "";
-    document.getElementById("hint").textContent = "";
-    return;
-  }
-  const item = S.current;
-  const p = prediction(item);
-  S.selected = new Set(multi() && p ? p.labels : []);
-  stage.dataset.item = item.id;
-  if (isText()) {
-    stage.innerHTML = `<div class="text" data-testid="item-text"></div>`;
-    stage.firstChild.textContent = item.data;
-  } else {
-    stage.innerHTML = `<img alt="item ${item.id}" data-testid="item-image">`;
-    const img = stage.firstChild;
-    imageUrl(item).then((url) => { if (S.current === item) img.src = url; })
-      .catch((err) => { if (S.current === item) stage.innerHTML = `<p class="error">cannot show this item: ${esc(err.message)}</p>`; });
-  }
-  stage.classList.remove("flash"); void stage.offsetWidth; stage.classList.add("flash");
-  if (p) {
-    pre.innerHTML = `<span data-testid="suggestion">model-time${p.model_version} suggests <b>${p.labels.map(esc).join(", ") || "no label"}</b> (score ${Math.round(100 * p.score)}%)</span>`;
-  } else if (item.prediction && item.prediction.status === "failed") {
-    pre.innerHTML = `<span class="error">the model could not read this item: ${esc(item.prediction.error)}</span>`;
-  } else {
-    pre.innerHTML = `<span class="muted" data-testid="no-model">No model yet: label from scratch. The first model trains after ${S.task.policy.min_labels} labels.</span>`;
-  }
-  renderChoices();
-  document.getElementById("hint").textContent = multi()
-    ? "Number keys (or clicks) toggle labels · Enter submits the selection · S skips"
-    : `Number keys (or clicks) pick a label and move on${p ? " · Enter accepts the suggestion" : ""} · S skips`;
-}
-
 async function advance() {
+  if (S.pos === null) S.onScreen = null; // nothing is chosen while items switch
   S.current = S.queue.shift() || null;
   if (!S.current) {
+    if (S.pos === null) { $("stage").innerHTML = '<span class="muted">loading…</span>'; delete $("stage").dataset.item; }
     await refill();
-    S.current = S.queue.shift() || null;
+    if (!S.current) S.current = S.queue.shift() || null;
   }
-  show();
+  if (S.pos === null) render();
+  pruneImages();
   if (S.queue.length < 5) refill();
 }
 
-function submit(labels) {
-  const item = S.current;
-  if (!item) return;
-  const p = prediction(item);
-  const annotation = { item_id: item.id, labels, annotator: "web" };
-  if (p) annotation.shown_version = p.model_version; else annotation.shown_none = true;
-  if (p && [...p.labels].sort().join("\n") === [...labels].sort().join("\n")) S.accepted += 1;
-  S.sent.add(item.id);
-  S.session += 1;
-  document.getElementById("n-session").textContent = S.session;
-  document.getElementById("n-accepted").textContent = S.accepted;
-  S.chain = S.chain.then(async () => {
-    try {
-      const r = await api.post(`/api/v1/tasks/${taskId}/annotations`, { annotations: [annotation] });
-      if (r.training_triggered) { document.getElementById("training").hidden = false; pollTask(); }
-    } catch (err) {
-      S.sent.delete(item.id);
-      toast(`label not saved: ${err.message}`);
-    }
-  });
+function forward() {
+  S.pos = S.pos !== null && S.pos + 1 < S.history.length ? S.pos + 1 : null;
+  render();
+}
+
+function back() {
+  if (!S.history.length) { toast("nothing labelled in this session yet"); return; }
+  if (S.pos === null) S.pos = S.history.length - 1;
+  else if (S.pos > 0) S.pos -= 1;
+  else { toast("this is the first item of this session"); return; }
+  render();
+}
+
+function skip() {
+  if (entryOnScreen()) { forward(); return; }
+  if (!S.current || S.onScreen !== S.current.id) return;
+  S.queue.push(S.current);
   advance();
 }
 
+// --- labelling ---------------------------------------------------------------------------------
+
+function send(entry, labels) {
+  const annotation = { item_id: entry.item.id, labels, annotator: annotator() };
+  if (entry.shown) annotation.shown_version = entry.shown.model_version; else annotation.shown_none = true;
+  entry.status = "sending";
+  renderHistory();
+  S.chain = S.chain.then(async () => {
+    try {
+      const r = await api.post(`/api/v1/tasks/${taskId}/annotations`, { annotations: [annotation] });
+      entry.status = "saved";
+      entry.error = null;
+      if (r.training_triggered) { $("training").hidden = false; pollTask(); }
+    } catch (err) {
+      entry.status = "failed";
+      entry.error = err.message;
+      toast(`label not saved: ${err.message}`);
+    }
+    renderHistory();
+    if (entryOnScreen() === entry) renderReview(entry);
+  });
+}
+
+function submit(item, labels) {
+  const entry = { item, labels, shown: shownPrediction(item), status: "sending", corrections: 0, error: null };
+  S.history.push(entry);
+  S.sent.add(item.id);
+  send(entry, labels);
+  advance();
+}
+
+// A new label for an item labelled earlier in this session: appended as a correction.
+function correct(entry, labels) {
+  if (!sameLabels(entry.labels, labels)) {
+    entry.labels = labels;
+    entry.corrections += 1;
+    send(entry, labels);
+    toast(`item #${entry.item.id} corrected to ${labels.join(", ") || "no label"}`);
+  } else if (entry.status === "failed") {
+    send(entry, labels);
+  }
+  forward();
+}
+
+function decide(labels) {
+  const entry = entryOnScreen();
+  if (entry) correct(entry, labels); else if (S.current) submit(S.current, labels);
+}
+
+// Input applies only to the item whose content is on screen; the second click of a double-click
+// lands on the item after the one it was meant for, and is ignored.
+function pointerOk(ev, item) {
+  return ev.detail <= 1 && Boolean(item) && S.onScreen === item.id;
+}
+
+function ready() {
+  const item = itemOnScreen();
+  return Boolean(item) && S.onScreen === item.id;
+}
+
 function pick(label) {
-  if (!S.current) return;
+  if (!ready()) return;
   if (multi()) {
     if (S.selected.has(label)) S.selected.delete(label); else S.selected.add(label);
-    renderChoices();
+    const entry = entryOnScreen();
+    renderChoices(itemOnScreen(), entry ? entry.shown : shownPrediction(itemOnScreen()));
     return;
   }
-  submit([label]);
+  decide([label]);
 }
 
 function accept() {
-  if (!S.current) return;
-  if (multi()) return submit([...S.selected]);
-  const p = prediction(S.current);
-  if (p) submit(p.labels); else toast("no suggestion yet: pick a label with its number key");
+  if (!ready()) return;
+  const entry = entryOnScreen();
+  if (multi()) { decide([...S.selected]); return; }
+  if (entry) { decide(entry.labels); return; }
+  const p = shownPrediction(S.current);
+  if (p && p.labels.length) decide(p.labels);
+  else toast(`no suggestion to accept: pick a label${S.keys.byLabel.size ? " with its key" : ""}`);
+}
+
+function reject() {
+  const item = itemOnScreen();
+  if (!ready() || !quickOffer(shownPrediction(item))) return;
+  S.rejecting = true;
+  renderChoices(item, shownPrediction(item));
 }
 
 document.addEventListener("keydown", (ev) => {
   if (ev.target && ["INPUT", "TEXTAREA", "SELECT"].includes(ev.target.tagName)) return;
-  if (ev.ctrlKey || ev.metaKey || ev.altKey || !S.task) return;
-  if (/^[0-9]$/.test(ev.key)) {
-    const i = ev.key === "0" ? 9 : Number(ev.key) - 1;
-    if (i < S.task.labels.length) { ev.preventDefault(); pick(S.task.labels[i]); }
-  } else if (ev.key === "Enter") {
-    ev.preventDefault(); accept();
-  } else if (ev.key === "s" || ev.key === "S" || ev.key === "ArrowRight") {
-    ev.preventDefault(); if (S.current) { S.queue.push(S.current); advance(); }
-  }
+  if (ev.ctrlKey || ev.metaKey || ev.altKey || !S.task || !S.keys) return;
+  const label = labelForKey(ev.key);
+  const action = label !== undefined ? "pick"
+    : { Enter: "accept", Escape: "reject", Backspace: "back", ArrowLeft: "back", ArrowRight: "skip", s: "skip", S: "skip" }[ev.key];
+  if (!action) return;
+  ev.preventDefault();
+  if (ev.repeat) return; // a held key labels one item, not the ones after it
+  if (action === "pick") pick(label);
+  else if (action === "accept") accept();
+  else if (action === "reject") reject();
+  else if (action === "back") back();
+  else skip();
 });
+
+// --- the task and its versions -----------------------------------------------------------------
+
+async function accuracyOf(version) {
+  try {
+    const versions = await api.get(`/api/v1/tasks/${taskId}/models`);
+    const v = versions.find((x) => x.version === version);
+    const acc = v && v.metrics ? v.metrics.cv_accuracy : null;
+    return typeof acc === "number" ? acc : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+function chip(version, accuracy) {
+  const el = $("serving");
+  el.textContent = version === null ? "no model yet"
+    : `model-time${version}${accuracy === null ? "" : ` · held-out ${Math.round(100 * accuracy)}%`}`;
+  el.className = version === null ? "chip" : "chip model";
+}
+
+// A change of served version is announced when it is the first model, or when held-out accuracy
+// moved by NOTICE_DELTA since the last notice (not at every retraining).
+function worthANotice(before, now, announced, accuracy) {
+  if (now === null) return false;
+  if (before === null) return true;
+  if (accuracy === null) return false;
+  return announced === null || Math.abs(accuracy - announced) >= NOTICE_DELTA;
+}
+
+async function versionChanged(before, now) {
+  const accuracy = now === null ? null : await accuracyOf(now);
+  chip(now, accuracy);
+  if (before === undefined) { S.announced = accuracy; return; } // the page just opened
+  if (worthANotice(before, now, S.announced, accuracy)) {
+    const acc = accuracy === null ? "" : S.announced === null ? ` (held-out accuracy ${Math.round(100 * accuracy)}%)`
+      : `: held-out accuracy ${Math.round(100 * S.announced)}% → ${Math.round(100 * accuracy)}%`;
+    toast(`model-time${now} now serves${acc}`);
+    S.announced = accuracy;
+  }
+  // Queued items carry the old version's pre-labels: fetch them again from the new one.
+  S.queue = [];
+  await refill();
+  const item = S.current;
+  if (item && !prediction(item) && now !== null) {
+    const fresh = await api.get(`/api/v1/tasks/${taskId}/predictions?item_id=${item.id}`).catch(() => null);
+    if (fresh && fresh.status === "ok" && S.current === item && !prediction(item)) {
+      item.prediction = fresh;
+      if (itemOnScreen() === item && !item.audit) {
+        if (multi() && !S.selected.size) S.selected = new Set(fresh.labels);
+        renderPrelabel(item, fresh, null);
+        renderChoices(item, fresh);
+        renderHint(fresh);
+        return;
+      }
+    }
+  }
+  const shown = itemOnScreen();
+  if (shown && !entryOnScreen()) renderPrelabel(shown, shownPrediction(shown), null);
+}
 
 async function pollTask() {
   try {
     const t = await api.get(`/api/v1/tasks/${taskId}`);
     S.task = t;
-    document.getElementById("n-human").textContent = t.counts.human_labelled;
-    document.getElementById("n-left").textContent = t.counts.unlabelled;
-    document.getElementById("training").hidden = !t.training;
-    const chip = document.getElementById("serving");
-    chip.textContent = versionName(t.served_version);
-    chip.className = t.served_version === null ? "chip" : "chip model";
-    if (S.served !== undefined && t.served_version !== S.served && t.served_version !== null) {
-      toast(`model-time${t.served_version} now serves: its pre-labels show from the next item on`);
-      // Queued items carry the old version's pre-labels: fetch them again from the new one.
-      S.queue = [];
-      await refill();
-      if (S.current && !prediction(S.current)) {
-        const fresh = await api.get(`/api/v1/tasks/${taskId}/predictions?item_id=${S.current.id}`).catch(() => null);
-        if (fresh && fresh.status === "ok") { S.current.prediction = fresh; show(); }
-      }
+    $("n-human").textContent = t.counts.human_labelled;
+    $("n-left").textContent = t.counts.unlabelled;
+    $("training").hidden = !t.training;
+    if (t.served_version !== S.served) {
+      const before = S.served;
+      S.served = t.served_version;
+      await versionChanged(before, t.served_version);
     }
-    S.served = t.served_version;
   } catch (err) {
     toast(err.message);
   }
 }
 
 async function start() {
+  setupAnnotator();
   if (!taskId) {
-    document.getElementById("stage").innerHTML = '<p>No task chosen. <a href="index.html">Pick one on the dashboard.</a></p>';
+    $("stage").innerHTML = '<p>No task chosen. <a href="index.html">Pick one on the dashboard.</a></p>';
     return;
   }
-  document.getElementById("back").href = `index.html#task=${taskId}`;
+  $("back").href = `index.html#task=${taskId}`;
   try {
     S.task = await api.get(`/api/v1/tasks/${taskId}`);
   } catch (err) {
-    document.getElementById("stage").innerHTML = `<p class="error">${esc(err.message)}</p>`;
+    $("stage").innerHTML = `<p class="error">${esc(err.message)}</p>`;
     return;
   }
-  document.getElementById("task-name").textContent = S.task.name;
+  S.keys = buildKeys(S.task);
+  const quick = $("quick");
+  S.quick = quick.checked = localStorage.getItem(QUICK_KEY) === "1";
+  quick.onchange = () => {
+    S.quick = quick.checked;
+    localStorage.setItem(QUICK_KEY, S.quick ? "1" : "0");
+    quick.blur(); // keys label again at once
+    if (itemOnScreen()) render();
+  };
+  $("go-back").onclick = (ev) => { ev.currentTarget.blur(); back(); };
+  $("task-name").textContent = S.task.name;
   document.title = `labelloop · ${S.task.name}`;
   await pollTask();
   await refill();
   await advance();
   setInterval(pollTask, 2000);
+  // At the end of the queue, ask again now and then: new items, labels that did not arrive.
+  setInterval(() => { if (!S.current && !S.loading) refill().then(() => { if (!S.current && S.queue.length) advance(); }); }, 4000);
 }
 
 start();

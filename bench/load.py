@@ -1,0 +1,185 @@
+"""Load: simulated annotators against a real `labelloop serve` (embedded default), for minutes.
+
+    python -m bench.load                                   # 30 annotators, 10 minutes, 6 tasks
+    python -m bench.load --annotators 30 --minutes 10 --out bench/results/load.json
+
+Each annotator loops on one task: ``GET /next`` (one item), ``GET`` the item's prediction,
+``POST`` the true label with the version it was shown. Labels keep models training and promoting
+the whole time (each task has all 1,797 digits). The result has p50/p99 latency and errors per
+route, and the resident memory of the server and of its worker processes over time: at the start,
+after the warm-up (the first fifth of the run) and at the end. docs/RELIABILITY.md quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+from labelloop.client import ApiError, Client, ClientError
+from labelloop.demo import free_port, running_server, write_digits
+
+DIGITS = [str(d) for d in range(10)]
+MIB = 1024 * 1024
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Recorder:
+    """Latencies and errors per route, shared by the annotator threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.errors: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def call(self, route: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            out = fn(*args, **kwargs)
+        except ApiError as exc:
+            with self.lock:
+                self.errors[route][str(exc.status)] += 1
+            return None
+        except ClientError as exc:
+            with self.lock:
+                self.errors[route][type(exc).__name__] += 1
+            return None
+        with self.lock:
+            self.latency[route].append(time.perf_counter() - t0)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for route in sorted(set(self.latency) | set(self.errors)):
+            values = self.latency.get(route, [])
+            out[route] = {
+                "requests": len(values) + sum(self.errors[route].values()),
+                "p50_ms": round(1000 * percentile(values, 0.5), 1) if values else None,
+                "p99_ms": round(1000 * percentile(values, 0.99), 1) if values else None,
+                "errors": dict(self.errors[route]),
+            }
+        return out
+
+
+def annotator(
+    url: str, task_id: int, truth: dict[int, str], rec: Recorder, stop: threading.Event
+) -> None:
+    with Client(url, timeout=60) as client:
+        while not stop.is_set():
+            batch = rec.call("GET /next", client.next_items, task_id, limit=1)
+            if not batch or not batch["items"]:
+                stop.wait(1.0)  # the task is fully labelled (or the call failed): ask again
+                continue
+            item = batch["items"][0]
+            shown = rec.call("GET /prediction", client.prediction, task_id, item["id"])
+            version = shown["model_version"] if shown else None
+            label = {"item_id": item["id"], "labels": [truth[item["id"]]]}
+            if version is not None:
+                label["shown_version"] = version
+            rec.call("POST /annotations", client.annotate, task_id, [label])
+
+
+def rss(pid: int) -> dict[str, float]:
+    proc = psutil.Process(pid)
+    workers = [c for c in proc.children() if "resource_tracker" not in " ".join(c.cmdline())]
+    main = proc.memory_info().rss / MIB
+    per_worker = [round(c.memory_info().rss / MIB, 1) for c in workers]
+    return {
+        "server_mib": round(main, 1),
+        "workers_mib": per_worker,
+        "total_mib": round(main + sum(per_worker), 1),
+    }
+
+
+def run(work: Path, annotators: int, minutes: float, tasks: int) -> dict[str, Any]:
+    images = write_digits(work / "digits")
+    with running_server(
+        work / "data", free_port(), ["--import-root", str(work)], log=work / "serve.log"
+    ) as server:
+        with Client(server.url, timeout=120) as client:
+            truths: list[tuple[int, dict[int, str]]] = []
+            for n in range(tasks):
+                task = client.create_task(f"digits-{n}", "image-classification", DIGITS)
+                added = client.add_items(task["id"], [{"data": str(p)} for p, _ in images])
+                truth = {it["id"]: y for it, (_, y) in zip(added["items"], images, strict=True)}
+                truths.append((task["id"], truth))
+            for task_id, _ in truths:
+                while client.get_task(task_id)["counts"]["pending"]:
+                    time.sleep(1)
+        rec = Recorder()
+        stop = threading.Event()
+        series: list[dict[str, Any]] = []
+        started = time.monotonic()
+        series.append({"t_s": 0.0, **rss(server.pid)})
+        threads = [
+            threading.Thread(
+                target=annotator,
+                args=(server.url, *truths[k % tasks], rec, stop),
+                daemon=True,
+            )
+            for k in range(annotators)
+        ]
+        for t in threads:
+            t.start()
+        end = started + 60 * minutes
+        while time.monotonic() < end:
+            time.sleep(min(10.0, max(0.0, end - time.monotonic())))
+            series.append({"t_s": round(time.monotonic() - started, 1), **rss(server.pid)})
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        with Client(server.url, timeout=120) as client:
+            per_task = [client.get_task(t) for t, _ in truths]
+            versions = sum(len(client.models(t)) for t, _ in truths)
+    warm = min(series, key=lambda s: abs(s["t_s"] - 60 * minutes / 5))
+    last = series[-1]
+    return {
+        "annotators": annotators,
+        "minutes": minutes,
+        "tasks": tasks,
+        "items_per_task": len(images),
+        "routes": rec.summary(),
+        "labels_given": sum(t["counts"]["human_labelled"] for t in per_task),
+        "model_versions_trained": versions,
+        "rss_start": series[0],
+        "rss_after_warmup": warm,
+        "rss_end": last,
+        "growth_after_warmup": {
+            "server": round(last["server_mib"] / warm["server_mib"] - 1, 3),
+            "total": round(last["total_mib"] / warm["total_mib"] - 1, 3),
+        },
+        "worker_rss_median_end_mib": statistics.median(last["workers_mib"] or [0.0]),
+        "rss_series": series,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--annotators", type=int, default=30)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--tasks", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="labelloop-load-") as tmp:
+        result = run(Path(tmp), args.annotators, args.minutes, args.tasks)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
