@@ -147,6 +147,16 @@ def featurize(
                     failed[it.id] = exc.message
         per_view[fz.view] = (fz.cacheable, values)
 
+    return _assemble(items, per_view, failed, learned)
+
+
+def _assemble(
+    items: Sequence[ItemRef],
+    per_view: dict[str, tuple[bool, dict[int, object]]],
+    failed: dict[int, str],
+    learned: dict[int, str],
+) -> FeatureBatch:
+    """One row per item that every featurizer could read, in the order of ``items``."""
     ok = [i for i, it in enumerate(items) if it.id not in failed]
     views: dict[str, View] = {}
     for view, (is_array, values) in per_view.items():
