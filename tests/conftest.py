@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,11 @@ from labelloop.demo import free_port
 from labelloop.jobs.local import LocalJobs
 from labelloop.runtime import Runtime
 from tests.support import pg_database, wait_until
+
+# Image tasks in the general tests choose among pixel learners only, so that they never push
+# hundreds of digits through EfficientNet; tests/learners and tests/loop/test_training.py turn the
+# backbone on where they test it.
+os.environ.setdefault("LABELLOOP_IMAGE_BACKBONE", "none")
 
 
 @pytest.fixture

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     model_cache_bytes: int = Field(default=512 * MiB, gt=0)
     #: How long an item ``/next`` hands to an annotator stays theirs (no one else gets it).
     reservation_lease_s: float = Field(default=600.0, gt=0, le=7 * 86400)
+    #: The image backbone of photo learners: "efficientnet-lite0" (in the default install),
+    #: "none", or a JSON object naming a TorchScript/ONNX file (labelloop.learners.backbones).
+    image_backbone: str = "efficientnet-lite0"
+    #: Threads PyTorch uses per process for embeddings and fine-tuning (unset: PyTorch's default).
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
 
     api_token: SecretStr | None = None
     #: Only the agent, the coordinator and ``labelloop cluster`` need it (labelloop.cluster.security

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from labelloop.config import Settings
 from labelloop.datastore import TaskFolder
+from labelloop.learners import backbones
 from labelloop.loop.cache import ModelCache
 from labelloop.store.db import make_engine, make_sessionmaker, migrate, translate_db_errors
 
@@ -70,6 +71,7 @@ class Runtime:
     def __init__(self, settings: Settings, *, migrate_schema: bool = False) -> None:
         keep_memory_flat()  # every process builds a runtime before it starts working
         self.settings = settings
+        backbones.configure(settings)  # which image backbone this process's tasks use
         self.data_dir = settings.resolved_data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if migrate_schema:

@@ -272,7 +272,12 @@ def test_two_tasks_train_at_once_on_different_workers(
     c, client = cluster
     links = images[1][:400]
     # Slow enough (20 folds, many spreading iterations) for the two jobs to overlap.
-    policy = {"min_labels": 100, "cv_folds": 20, "learner_params": {"iterations": 2500}}
+    policy = {
+        "min_labels": 100,
+        "cv_folds": 20,
+        "learner": "pool-svm",
+        "learner_params": {"iterations": 2500},
+    }
     a, items_a = new_task(client, links, **policy)
     b_task = client.create_task("parity", "image-classification", ["even", "odd"], policy=policy)
     b = b_task["id"]
@@ -400,7 +405,12 @@ def test_kill_9_of_a_train_worker_in_the_middle_of_training(
     c, client = cluster
     links = images[1][:600]
     # Slow training (20 folds, many spreading iterations) so that the kill lands in the middle.
-    policy = {"min_labels": 150, "cv_folds": 20, "learner_params": {"iterations": 4000}}
+    policy = {
+        "min_labels": 150,
+        "cv_folds": 20,
+        "learner": "pool-svm",
+        "learner_params": {"iterations": 4000},
+    }
     task_id, item_ids = new_task(client, links, **policy)
     truth = {i: links[n][1] for n, i in enumerate(item_ids)}
     label(client, task_id, [(i, truth[i]) for i in item_ids[:150]])

@@ -1,6 +1,11 @@
 """One conformance test that every registered learner passes, for every category and extra it serves:
-the constructor only stores parameters, fit returns self, scores have the task's shape, and
-fit -> predict -> save -> load -> predict gives identical output."""
+the constructor only stores parameters (explicit keywords, read back by get_params), fit returns
+self, scores have the task's shape, and fit -> predict -> save -> load -> predict gives identical
+output.
+
+Backbone learners run on a tiny TorchScript backbone the tests build themselves (and fine-tuning on
+EfficientNet-Lite0 at 32x32 pixels for two epochs), so the suite stays fast.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from labelloop.errors import InvalidInput
 from labelloop.learners import REGISTRY, Features, Learner
 from labelloop.loop.labels import indicator
 
@@ -55,6 +61,17 @@ def labels_as_sets(labels: list[str]) -> list[list[str]]:
     return [[label] for label in labels]
 
 
+def small_params(cls: type[Learner], tiny: dict[str, object]) -> dict[str, object]:
+    """Parameters that keep each learner's test small (a tiny backbone, two epochs)."""
+    names = cls.param_names()
+    params: dict[str, object] = {}
+    if "backbone" in names:
+        params["backbone"] = tiny
+    if cls.name == "finetune":
+        params.update(backbone={"input_size": 32}, epochs=2, batch_size=8)
+    return params
+
+
 def featurize(learner: Learner, raws: list[bytes]) -> Features:
     return Features({f.view: f.transform(raws) for f in learner.featurizers()})
 
@@ -66,6 +83,7 @@ def test_learner_conformance(
     cls: type[Learner],
     tmp_path: Path,
     digits: tuple[np.ndarray, np.ndarray],
+    tiny_backbone_params: dict[str, object],
 ) -> None:
     raws, label_sets = raw_items(category, digits)
     names = [*sorted({label for ls in label_sets for label in ls}), "never-seen"]
@@ -76,12 +94,20 @@ def test_learner_conformance(
         ]
     multi = extra == "multi-label"
 
-    # The constructor stores parameters and nothing else.
-    learner = cls(names, multi_label=multi, alpha_param_for_test=1)
-    assert learner.params == {"alpha_param_for_test": 1}
+    # The constructor stores parameters and nothing else; get_params reads them back.
+    params = small_params(cls, tiny_backbone_params)
+    learner = cls(names, multi_label=multi, **params)
+    assert {k: v for k, v in learner.get_params().items() if k in params} == params
+    assert set(learner.get_params()) == set(cls.param_names())
     assert not [a for a in vars(learner) if a.endswith("_")]
     assert "fit" not in inspect.getsource(cls.__init__) if "__init__" in vars(cls) else True
-    learner = cls(names, multi_label=multi)
+    with pytest.raises(TypeError):
+        cls(names, multi_label=multi, alpha_param_for_test=1)  # type: ignore[call-arg]
+    with pytest.raises(InvalidInput, match="alpha_param_for_test"):
+        learner.set_params(alpha_param_for_test=1)
+    twin = learner.clone()
+    assert twin.get_params() == learner.get_params() and twin is not learner
+    learner = cls(names, multi_label=multi, **params)
 
     X = featurize(learner, raws)
     Y = indicator(label_sets, names)
@@ -102,6 +128,10 @@ def test_learner_conformance(
     learner.save(tmp_path / "model")
     loaded = cls.load(tmp_path / "model")
     np.testing.assert_array_equal(loaded.predict_proba(X.take(np.flatnonzero(test))), scores)
+    assert loaded.get_params() == learner.get_params()
+    assert [f.describe() for f in loaded.featurizers()] == [
+        f.describe() for f in learner.featurizers()
+    ]
 
     # Refitting a clone on the same data gives the same model (training is deterministic).
     again = learner.clone().fit(X.take(np.flatnonzero(train)), Y[train], pool=X)

@@ -13,12 +13,13 @@ from labelloop.loop.cache import ModelCache
 class Slow(Learner):
     name = "slow-test"
 
-    def __init__(self, labels, multi_label=False, **params):  # type: ignore[no-untyped-def]
-        super().__init__(labels, multi_label, **params)
+    def __init__(self, labels, multi_label=False, *, answer: int = 0):  # type: ignore[no-untyped-def]
+        super().__init__(labels, multi_label)
+        self.answer = answer
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def featurizers(self):  # type: ignore[no-untyped-def]
+    def make_featurizers(self):  # type: ignore[no-untyped-def]
         return []
 
     def fit(self, X, Y, pool=None, init=None):  # type: ignore[no-untyped-def]
@@ -28,7 +29,7 @@ class Slow(Learner):
         self.entered.set()
         self.release.wait(10)
         out = np.zeros((1, len(self.labels)))
-        out[0, int(self.params["answer"])] = 1.0
+        out[0, int(self.answer)] = 1.0
         return out
 
     def _state(self):  # type: ignore[no-untyped-def]

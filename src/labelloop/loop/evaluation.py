@@ -5,7 +5,8 @@ predicted by a model that did not see it. It is compared with the served model o
 arrived after the served model was trained (which the served model never saw either): the same
 items, both answers out of sample, a paired test. So no labels are withheld from training, and the
 promoted model is fitted on all of them. Out-of-sample scores are kept with the version: they feed
-auto-labelling thresholds and label-error flags too.
+auto-labelling thresholds and label-error flags too. Cross-validation itself, and the choice of a
+task's learner by it, live in :mod:`labelloop.learners.choice`.
 """
 
 from __future__ import annotations
@@ -14,55 +15,19 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import f1_score
-from sklearn.model_selection import KFold, StratifiedKFold
 
-from labelloop.learners.base import Features, Learner
+from labelloop.learners.choice import Scores, correct, folds, out_of_sample, score
 
-
-def folds(
-    Y: np.ndarray, k: int, seed: int, multi_label: bool
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    n = len(Y)
-    k = max(2, min(k, n))
-    if not multi_label:
-        y = Y.argmax(axis=1)
-        counts = np.bincount(y)
-        if counts[counts > 0].min() >= k:
-            return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(n), y))
-    return list(KFold(k, shuffle=True, random_state=seed).split(np.zeros(n)))
-
-
-def out_of_sample(
-    learner: Learner, X: Features, Y: np.ndarray, pool: Features | None, k: int, seed: int
-) -> np.ndarray:
-    """Scores for every labelled item from a model trained without it (k-fold)."""
-    proba = np.zeros(Y.shape, dtype=np.float64)
-    for train, test in folds(Y, k, seed, learner.multi_label):
-        model = learner.clone().fit(X.take(train), Y[train], pool=pool)
-        proba[test] = model.predict_proba(X.take(test))
-    return proba
-
-
-@dataclass(frozen=True)
-class Scores:
-    accuracy: float
-    macro_f1: float
-    n: int
-
-
-def score(proba: np.ndarray, Y: np.ndarray, multi_label: bool) -> Scores:
-    if len(Y) == 0:
-        return Scores(0.0, 0.0, 0)
-    if multi_label:
-        pred = (proba >= 0.5).astype(int)
-        acc = float((pred == Y).all(axis=1).mean())
-        f1 = float(f1_score(Y, pred, average="macro", zero_division=0))
-    else:
-        y, p = Y.argmax(axis=1), proba.argmax(axis=1)
-        acc = float((y == p).mean())
-        f1 = float(f1_score(y, p, average="macro", labels=np.unique(y), zero_division=0))
-    return Scores(acc, f1, len(Y))
+__all__ = [
+    "Decision",
+    "Scores",
+    "correct",
+    "folds",
+    "out_of_sample",
+    "score",
+    "should_promote",
+    "wilson_lower",
+]
 
 
 def wilson_lower(successes: float, n: int, confidence: float = 0.95) -> float:
@@ -77,13 +42,6 @@ def wilson_lower(successes: float, n: int, confidence: float = 0.95) -> float:
     centre = p + z * z / (2 * n)
     margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return max(0.0, (centre - margin) / denom)
-
-
-def correct(proba: np.ndarray, Y: np.ndarray, multi_label: bool) -> np.ndarray:
-    """Per item: did the proposed label set equal the true one."""
-    if multi_label:
-        return ((proba >= 0.5).astype(int) == Y).all(axis=1)  # type: ignore[no-any-return]
-    return proba.argmax(axis=1) == Y.argmax(axis=1)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

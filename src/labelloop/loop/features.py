@@ -72,9 +72,15 @@ def _transform(
 
 
 def featurize(
-    rt: Runtime, task_id: int, category: str, learner: Learner, items: Sequence[ItemRef]
+    rt: Runtime,
+    task_id: int,
+    category: str,
+    learner: Learner | Sequence[Featurizer],
+    items: Sequence[ItemRef],
 ) -> FeatureBatch:
-    """Features of ``items`` for ``learner``; items that fail are reported, the others go on."""
+    """Features of ``items`` for a learner (exactly the featurizers it is frozen with) or for a
+    list of featurizers; items that fail are reported, the others go on."""
+    featurizers = learner.featurizers() if isinstance(learner, Learner) else list(learner)
     folder = rt.folder(task_id)
     contents: dict[int, Content] = {}
     hashes: dict[int, str] = {it.id: it.content_hash for it in items if it.content_hash}
@@ -96,7 +102,7 @@ def featurize(
         return contents[it.id]
 
     per_view: dict[str, tuple[bool, dict[int, object]]] = {}
-    for fz in learner.featurizers():
+    for fz in featurizers:
         values: dict[int, object] = {}
         if fz.cacheable:
             table = FEATURES.table(task_id, fz.version)
@@ -141,6 +147,16 @@ def featurize(
                     failed[it.id] = exc.message
         per_view[fz.view] = (fz.cacheable, values)
 
+    return _assemble(items, per_view, failed, learned)
+
+
+def _assemble(
+    items: Sequence[ItemRef],
+    per_view: dict[str, tuple[bool, dict[int, object]]],
+    failed: dict[int, str],
+    learned: dict[int, str],
+) -> FeatureBatch:
+    """One row per item that every featurizer could read, in the order of ``items``."""
     ok = [i for i, it in enumerate(items) if it.id not in failed]
     views: dict[str, View] = {}
     for view, (is_array, values) in per_view.items():
@@ -153,7 +169,8 @@ def featurize(
 
 
 def featurize_contents(learner: Learner, contents: Sequence[Content]) -> Features:
-    """Features of contents that are not stored items (the predict path); no caching."""
+    """Features of contents that are not stored items (the predict path); no caching. A served
+    model reads exactly the featurizers recorded with it."""
     views: dict[str, View] = {}
     for fz in learner.featurizers():
         views[fz.view] = fz.transform([c.raw for c in contents])

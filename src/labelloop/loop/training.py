@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,10 @@ from sqlalchemy import func, select, update
 from labelloop.errors import LabelloopError, Unavailable
 from labelloop.jobs.state import claim, fail, finish, is_finished
 from labelloop.learners import Features, Learner, learner_by_name
+from labelloop.learners.auto import AutoImage
+from labelloop.learners.base import Featurizer
+from labelloop.learners.choice import choose
+from labelloop.learners.finetune import FineTune
 from labelloop.loop import autolabel, evaluation
 from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import indicator, labelled_at, top_score
@@ -118,7 +122,7 @@ def _fail(rt: Runtime, job_id: int, reason: str) -> list[int]:
     with rt.session() as s:
         job_task = s.scalar(select(Job.task_id).where(Job.id == job_id))
     if job_task is not None:
-        shutil.rmtree(rt.folder(job_task).checkpoint_dir(f"job-{job_id}"), ignore_errors=True)
+        _remove_checkpoints(rt, job_task, job_id)
     with rt.session() as s:
         job = s.get(Job, job_id)
         if job is None or not fail(job, reason):
@@ -159,49 +163,234 @@ def run_train_job(rt: Runtime, job_id: int) -> list[int]:
         return _fail(rt, job_id, f"training crashed: {type(exc).__name__}: {exc}")
 
 
-def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
-    spec = claim.spec
-    started = time.perf_counter()
-    phases: dict[str, float] = {}
-    mark = started
+class Phases:
+    """Seconds spent in each step of a run, for the version's metrics."""
 
-    def phase(name: str) -> None:
-        nonlocal mark
+    def __init__(self) -> None:
+        self.started = self.mark = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
         now = time.perf_counter()
-        phases[name] = round(now - mark, 4)
-        mark = now
+        self.seconds[name] = round(now - self.mark, 4)
+        self.mark = now
 
-    learner = spec.new_learner()
-    batch = featurize(rt, spec.id, spec.category, learner, claim.items)
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@dataclass
+class Prepared:
+    """The job's data: features of the pool, and the labelled part of it."""
+
+    ok_ids: list[int]
+    labelled_ids: list[int]
+    X: Features
+    Y: np.ndarray
+    pool: Features
+
+
+@dataclass
+class Fitted:
+    """The learner the run keeps (fitted on every label), its out-of-sample scores, and why."""
+
+    model: Learner
+    oos: np.ndarray
+    #: Candidate name -> its cross-validated evidence; the reason the model's learner won.
+    candidates: dict[str, Any]
+    reason: str
+    resumed: bool
+
+
+@dataclass
+class RunResult:
+    """What a run hands to :func:`_finish`: the version written and what promotion needs."""
+
+    metrics: dict[str, Any]
+    decision: evaluation.Decision
+    train_seconds: float
+    learner: str
+    #: Every item of the pool that has features, and the unlabelled ones among them.
+    pool_ids: list[int]
+    unlabelled_ids: list[int]
+    pool_scores: np.ndarray | None
+    weights: dict[int, float] = field(default_factory=dict)
+
+
+def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
+    """The steps of a run: prepare, fit (or resume), evaluate, write the version, finish."""
+    phases = Phases()
+    learner = claim.spec.new_learner()
+    previous = _previous_choice(rt, claim)
+    candidates = _candidates(learner, len(claim.labels), previous)
+    prepared = _prepare(rt, claim, candidates)
+    phases("featurize")
+    if prepared is None:
+        return _fail(rt, job_id, "fewer than two usable labelled items of different classes")
+    fitted = _fit(rt, job_id, claim, candidates, prepared, phases)
+    result = _evaluate(rt, claim, prepared, fitted, phases)
+    result.metrics["costly_evaluated_at"] = _costly_evaluated_at(candidates, prepared, previous)
+    _write_version(rt, claim, prepared, fitted, result, phases)
+    follow = _finish(rt, job_id, claim, result)
+    _remove_checkpoints(rt, claim.spec.id, job_id)
+    return follow
+
+
+@dataclass(frozen=True)
+class PreviousChoice:
+    """What the task's newest version says about the choice of learner."""
+
+    learner: str | None = None
+    #: Labels at the last training that evaluated a costly candidate (fine-tuning).
+    costly_evaluated_at: int | None = None
+
+
+def _previous_choice(rt: Runtime, claim: Claim) -> PreviousChoice:
+    with rt.session() as s:
+        row = s.execute(
+            select(ModelVersion.learner, ModelVersion.metrics)
+            .where(ModelVersion.task_id == claim.spec.id, ModelVersion.status == "ready")
+            .order_by(ModelVersion.version.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        return PreviousChoice()
+    at = (row.metrics or {}).get("costly_evaluated_at")
+    return PreviousChoice(row.learner, None if at is None else int(at))
+
+
+def _candidates(learner: Learner, n_labels: int, previous: PreviousChoice) -> list[Learner]:
+    """The learners this run chooses among: ``auto`` lists them, any other learner is alone.
+
+    A costly candidate (fine-tuning) competes when it serves now, or when the labels have doubled
+    since it last competed: a handful of evaluations over a task's life instead of one per
+    training.
+    """
+    if not isinstance(learner, AutoImage):
+        return [learner]
+    out = learner.candidate_learners(n_labels)
+    at = previous.costly_evaluated_at
+    return [
+        c
+        for c in out
+        if not getattr(c, "holdout_only", False)
+        or at is None
+        or c.name == previous.learner
+        or n_labels >= 2 * at
+    ]
+
+
+def _costly_evaluated_at(
+    candidates: list[Learner], prepared: Prepared, previous: PreviousChoice
+) -> int | None:
+    if any(getattr(c, "holdout_only", False) for c in candidates):
+        return len(prepared.labelled_ids)
+    return previous.costly_evaluated_at
+
+
+def _prepare(rt: Runtime, claim: Claim, candidates: list[Learner]) -> Prepared | None:
+    """Featurize the pool for every candidate (cached); None if the labels cannot train a model.
+
+    A costly candidate (fine-tuning) is featurized for the labelled items only: choosing needs no
+    more, and the pool's features are computed only if it wins (:func:`_pool_for`).
+    """
+    spec = claim.spec
+    costly = [c for c in candidates if getattr(c, "holdout_only", False)]
+    cheap = [c for c in candidates if c not in costly] or costly
+    batch = featurize(rt, spec.id, spec.category, _featurizers(cheap), claim.items)
     _record_items(rt, batch.hashes, batch.failed)
-    phase("featurize")
-
     ok_ids = [claim.items[i].id for i in batch.ok]
     labelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id in claim.labels]
     labelled_ids = [ok_ids[p] for p in labelled_pos]
     Y = indicator([claim.labels[i] for i in labelled_ids], spec.labels)
     if len(labelled_ids) < 2 or (not spec.multi_label and len(np.unique(Y.argmax(1))) < 2):
-        return _fail(rt, job_id, "fewer than two usable labelled items of different classes")
+        return None
     X = batch.features.take(labelled_pos)
-    pool = batch.features
+    refs = {it.id: it for it in claim.items}
+    for cand in costly:
+        if cand in cheap:
+            continue
+        extra = featurize(rt, spec.id, spec.category, cand, [refs[i] for i in labelled_ids])
+        if len(extra.ok) == len(labelled_ids):
+            X.views.update(extra.features.views)
+        else:  # it cannot read every labelled item: it is no candidate this time
+            candidates.remove(cand)
+    return Prepared(ok_ids, labelled_ids, X, Y, batch.features)
 
+
+def _featurizers(learners: list[Learner]) -> list[Featurizer]:
+    out: dict[str, Featurizer] = {}
+    for learner in learners:
+        for fz in learner.featurizers():
+            out.setdefault(fz.version, fz)
+    return list(out.values())
+
+
+def _pool_for(rt: Runtime, claim: Claim, prepared: Prepared, model: Learner) -> Features:
+    """The pool's features for the chosen model: already there, or computed now (fine-tuning won)."""
+    views = model.views()
+    if all(v in prepared.pool.views for v in views):
+        return prepared.pool.only(views)
+    refs = {it.id: it for it in claim.items}
+    batch = featurize(
+        rt, claim.spec.id, claim.spec.category, model, [refs[i] for i in prepared.ok_ids]
+    )
+    if len(batch.ok) != len(prepared.ok_ids):
+        raise LabelloopError("the chosen learner cannot read every item of the pool")
+    prepared.pool.views.update(batch.features.views)
+    return prepared.pool.only(views)
+
+
+def _fit(
+    rt: Runtime,
+    job_id: int,
+    claim: Claim,
+    candidates: list[Learner],
+    prepared: Prepared,
+    phases: Phases,
+) -> Fitted:
+    """Choose the learner by cross-validation and fit it on every label; or resume what an
+    earlier attempt of this job fitted (``Snapshot/job-<id>.ckpt``)."""
+    spec = claim.spec
     folder = rt.folder(spec.id)
     checkpoint = f"job-{job_id}"
-    resumed = _resume(folder.checkpoint_dir(checkpoint), labelled_ids)
+    resumed = _resume(folder.checkpoint_dir(checkpoint), prepared.labelled_ids)
     if resumed is not None:
-        model, oos = resumed
-        phase("resume")
-    else:
-        oos = evaluation.out_of_sample(
-            learner, X, Y, pool, spec.policy.cv_folds, seed=claim.revision
+        phases("resume")
+        return resumed
+    epochs_dir = folder.checkpoint_dir(f"{checkpoint}-epochs")
+    for cand in candidates:
+        if isinstance(cand, FineTune):
+            cand.set_snapshot_dir(epochs_dir)
+    X, Y, pool = prepared.X, prepared.Y, prepared.pool
+    choice = choose(candidates, X, Y, pool, spec.policy.cv_folds, seed=claim.revision)
+    phases("cross_validate")
+    chosen = choice.learner
+    views = chosen.views()
+    model = chosen.fit(
+        X.only(views),
+        Y,
+        pool=_pool_for(rt, claim, prepared, chosen),
+        init=_warm_start(rt, spec, chosen),
+    )
+    phases("fit")
+    with folder.writing_checkpoint(checkpoint) as tmp:
+        model.save(tmp / "model")
+        np.savez(tmp / "oos.npz", item_ids=np.asarray(prepared.labelled_ids), scores=choice.oos)
+        (tmp / "choice.json").write_text(
+            json.dumps({"candidates": choice.candidates, "reason": choice.reason})
         )
-        phase("cross_validate")
-        model = learner.fit(X, Y, pool=pool, init=_warm_start(rt, spec, learner))
-        phase("fit")
-        with folder.writing_checkpoint(checkpoint) as tmp:
-            model.save(tmp / "model")
-            np.savez(tmp / "oos.npz", item_ids=np.asarray(labelled_ids), scores=oos)
-        phase("checkpoint")
+    phases("checkpoint")
+    return Fitted(model, choice.oos, choice.candidates, choice.reason, resumed=False)
+
+
+def _evaluate(
+    rt: Runtime, claim: Claim, prepared: Prepared, fitted: Fitted, phases: Phases
+) -> RunResult:
+    """Out-of-sample scores, the auto-labelling estimate, the comparison with the served model,
+    and pre-labels for the unlabelled pool (one pass, no second load)."""
+    spec = claim.spec
+    Y, oos, labelled_ids = prepared.Y, fitted.oos, prepared.labelled_ids
     cv = evaluation.score(oos, Y, spec.multi_label)
     estimate = None
     auto = spec.policy.auto_label
@@ -213,67 +402,97 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
             top_score(oos[held], spec.multi_label),
             evaluation.correct(oos[held], Y[held], spec.multi_label),
             auto,
-            autolabel.model_label_target(auto, len(ok_ids), len(labelled_ids)),
+            autolabel.model_label_target(auto, len(prepared.ok_ids), len(labelled_ids)),
         )
-    decision = _compare_with_served(rt, claim, X, Y, oos, labelled_ids)
-    phase("compare")
-
-    # Pre-labels for the unlabelled pool come with the version (one pass, no second load).
-    unlabelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id not in claim.labels]
+    decision = _compare_with_served(rt, claim, Y, oos, labelled_ids)
+    phases("compare")
+    model = fitted.model
+    unlabelled_pos = [p for p, item_id in enumerate(prepared.ok_ids) if item_id not in claim.labels]
+    pool = _pool_for(rt, claim, prepared, model)
     pool_scores = model.predict_proba(pool.take(unlabelled_pos)) if unlabelled_pos else None
-    weights = strategy_for(spec.policy).pool_weights(pool, ok_ids)
-    phase("predict_pool")
+    weights = strategy_for(spec.policy).pool_weights(
+        _similarity_view(prepared.pool, model), prepared.ok_ids
+    )
+    phases("predict_pool")
     metrics: dict[str, Any] = {
         "n_labels": len(labelled_ids),
-        "n_pool": len(ok_ids),
+        "n_pool": len(prepared.ok_ids),
+        "learner": model.name,
+        "learner_choice": {"reason": fitted.reason, "candidates": fitted.candidates},
         "cv_accuracy": round(cv.accuracy, 6),
         "cv_macro_f1": round(cv.macro_f1, 6),
         "cv_folds": spec.policy.cv_folds,
-        "fit_seconds": phases.get("fit"),
-        "resumed_from_checkpoint": resumed is not None,
+        "fit_seconds": phases.seconds.get("fit"),
+        "resumed_from_checkpoint": fitted.resumed,
         **({"auto_label": estimate.as_dict()} if estimate is not None else {}),
-        "phases_seconds": phases,
+        "phases_seconds": phases.seconds,
     }
-    with folder.writing_version(claim.version) as tmp:
-        model.save(tmp / "model")
-        np.savez_compressed(tmp / "oos.npz", item_ids=np.asarray(labelled_ids), scores=oos)
-        if weights:
-            np.savez_compressed(
-                tmp / WEIGHTS_FILE,
-                item_ids=np.fromiter(weights, dtype=np.int64),
-                weights=np.fromiter(weights.values(), dtype=np.float64),
-            )
-        phase("write")
-        train_seconds = time.perf_counter() - started
-        metrics["train_seconds"] = round(train_seconds, 4)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    log.info(
-        "task %s: trained model-time%s on %s labels in %.2f s %s",
-        spec.id,
-        claim.version,
-        len(labelled_ids),
-        train_seconds,
-        phases,
-    )
-
-    follow = _finish(
-        rt,
-        job_id,
-        claim,
+    return RunResult(
         metrics,
         decision,
-        train_seconds,
-        unlabelled_pos,
-        ok_ids,
+        0.0,
+        model.name,
+        prepared.ok_ids,
+        [prepared.ok_ids[p] for p in unlabelled_pos],
         pool_scores,
         weights,
     )
-    shutil.rmtree(folder.checkpoint_dir(checkpoint), ignore_errors=True)
-    return follow
 
 
-def _resume(checkpoint: Path, labelled_ids: list[int]) -> tuple[Learner, np.ndarray] | None:
-    """The model and out-of-sample scores an earlier attempt of this job fitted, if any.
+def _similarity_view(pool: Features, model: Learner) -> Features:
+    """The views that say which items are alike, for density weights: the model's own, except that
+    fine-tuning's large feature maps give way to the embeddings when the pool has them."""
+    views = model.views()
+    if "maps" in views and "embedding" in pool.views:
+        views = ["embedding"]
+    return pool.only(views)
+
+
+def _write_version(
+    rt: Runtime,
+    claim: Claim,
+    prepared: Prepared,
+    fitted: Fitted,
+    result: RunResult,
+    phases: Phases,
+) -> None:
+    """``model-time<N>``: the model, its out-of-sample scores, weights and metrics, whole or not
+    at all."""
+    spec = claim.spec
+    with rt.folder(spec.id).writing_version(claim.version) as tmp:
+        fitted.model.save(tmp / "model")
+        np.savez_compressed(
+            tmp / "oos.npz", item_ids=np.asarray(prepared.labelled_ids), scores=fitted.oos
+        )
+        if result.weights:
+            np.savez_compressed(
+                tmp / WEIGHTS_FILE,
+                item_ids=np.fromiter(result.weights, dtype=np.int64),
+                weights=np.fromiter(result.weights.values(), dtype=np.float64),
+            )
+        phases("write")
+        result.train_seconds = phases.total()
+        result.metrics["train_seconds"] = round(result.train_seconds, 4)
+        (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+    log.info(
+        "task %s: trained model-time%s (%s) on %s labels in %.2f s %s",
+        spec.id,
+        claim.version,
+        result.learner,
+        len(prepared.labelled_ids),
+        result.train_seconds,
+        phases.seconds,
+    )
+
+
+def _remove_checkpoints(rt: Runtime, task_id: int, job_id: int) -> None:
+    folder = rt.folder(task_id)
+    for name in (f"job-{job_id}", f"job-{job_id}-epochs"):
+        shutil.rmtree(folder.checkpoint_dir(name), ignore_errors=True)
+
+
+def _resume(checkpoint: Path, labelled_ids: list[int]) -> Fitted | None:
+    """What an earlier attempt of this job fitted, if any.
 
     Used only if it covers exactly the same labelled items (same revision, same items readable).
     """
@@ -285,7 +504,9 @@ def _resume(checkpoint: Path, labelled_ids: list[int]) -> tuple[Learner, np.ndar
                 return None
             scores = oos["scores"]
         meta = json.loads((checkpoint / "model" / "learner.json").read_text())
-        return learner_by_name(meta["learner"]).load(checkpoint / "model"), scores
+        model = learner_by_name(meta["learner"]).load(checkpoint / "model")
+        choice = json.loads((checkpoint / "choice.json").read_text())
+        return Fitted(model, scores, choice["candidates"], choice["reason"], resumed=True)
     except (OSError, ValueError, KeyError, LabelloopError):
         return None
 
@@ -293,12 +514,14 @@ def _resume(checkpoint: Path, labelled_ids: list[int]) -> tuple[Learner, np.ndar
 def _compare_with_served(
     rt: Runtime,
     claim: Claim,
-    X: Features,
     Y: np.ndarray,
     oos: np.ndarray,
     labelled_ids: list[int],
 ) -> evaluation.Decision:
-    """Candidate (out of sample) against the served model, on labels newer than the served model."""
+    """Candidate (out of sample) against the served model, on labels newer than the served model.
+
+    The served model reads the features it was trained with (cached), whatever this run reads.
+    """
     spec = claim.spec
     if spec.served_version is None or claim.served_revision is None:
         return evaluation.Decision(True, "first model of the task")
@@ -309,9 +532,15 @@ def _compare_with_served(
         return evaluation.Decision(True, "no labels newer than the served model to compare on")
     try:
         served = load_model(rt, spec.id, spec.served_version)
+        refs = {it.id: it for it in claim.items}
+        batch = featurize(
+            rt, spec.id, spec.category, served, [refs[labelled_ids[p]] for p in newer]
+        )
     except LabelloopError:
         return evaluation.Decision(True, "the served model cannot be loaded")
-    served_ok = evaluation.correct(served.predict_proba(X.take(newer)), Y[newer], spec.multi_label)
+    if len(batch.ok) != len(newer):
+        return evaluation.Decision(True, "the served model cannot read every newer label")
+    served_ok = evaluation.correct(served.predict_proba(batch.features), Y[newer], spec.multi_label)
     cand_ok = evaluation.correct(oos[newer], Y[newer], spec.multi_label)
     return evaluation.should_promote(cand_ok, served_ok, spec.policy.promotion_confidence)
 
@@ -333,19 +562,11 @@ def _record_items(rt: Runtime, hashes: dict[int, str], failed: dict[int, str]) -
                     s.execute(update(Item), batch)
 
 
-def _finish(
-    rt: Runtime,
-    job_id: int,
-    claim: Claim,
-    metrics: dict[str, Any],
-    decision: evaluation.Decision,
-    train_seconds: float,
-    unlabelled_pos: list[int],
-    ok_ids: list[int],
-    pool_scores: np.ndarray | None,
-    weights: dict[int, float] | None = None,
-) -> list[int]:
+def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[int]:
+    """One transaction: record the version, promote by compare-and-set, store its pre-labels."""
     spec = claim.spec
+    metrics, decision = result.metrics, result.decision
+    pool_scores, weights = result.pool_scores, result.weights
     with rt.session() as s:
         job = s.get(Job, job_id)
         task = s.get(Task, spec.id)
@@ -366,7 +587,8 @@ def _finish(
             metrics["compared_served_correct"] = decision.served_correct
             metrics["compared_served_version"] = spec.served_version
         metrics["decision"] = reason
-        mv.status, mv.metrics, mv.train_seconds = "ready", metrics, train_seconds
+        mv.status, mv.metrics, mv.train_seconds = "ready", metrics, result.train_seconds
+        mv.learner = result.learner
         mv.n_labels = metrics["n_labels"]
         follow: list[Job] = []
         promoted = False
@@ -383,7 +605,7 @@ def _finish(
         if promoted:
             s.refresh(task)
             mv.promoted, mv.promoted_at = True, utcnow()
-            item_ids = [ok_ids[p] for p in unlabelled_pos]
+            item_ids = result.unlabelled_ids
             if pool_scores is not None:
                 rows = prediction_rows(spec, mv.version, item_ids, pool_scores, weights)
                 upsert_predictions(s, rows)
@@ -403,7 +625,7 @@ def _finish(
                 }
                 mv.metrics = dict(metrics)
             # Items that arrived while training ran still need pre-labels from this version.
-            known = set(ok_ids)
+            known = set(result.pool_ids)
             late = [i for i in unlabelled_item_ids(s, spec.id) if i not in known]
             follow += repredict_jobs(s, task, mv.version, late)
         finish(job, {"version": mv.version, "promoted": promoted, "reason": reason})

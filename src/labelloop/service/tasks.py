@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
 from labelloop.errors import InvalidInput, NotFound
-from labelloop.learners.registry import learner_class
+from labelloop.learners.registry import check_params
 from labelloop.loop.cache import FEATURES
 from labelloop.loop.labels import current_labels
 from labelloop.loop.policy import Policy
@@ -39,7 +39,8 @@ __all__ = [
 def checked_policy(category: str, extra: str, labels: list[str], policy: Policy) -> Policy:
     """``policy`` if a task of this category, extra and labels can run it; else
     :class:`InvalidInput`."""
-    learner_class(category, extra, policy.learner)  # refuses unknown combinations
+    # Refuses unknown combinations, and learner parameters of unknown names or wrong types.
+    check_params(category, extra, policy.learner, policy.learner_params)
     unknown = [label for label in policy.hotkeys if label not in labels]
     if unknown:
         raise InvalidInput(
