@@ -122,7 +122,7 @@ def test_sigterm_stops_the_server_at_once_while_a_job_runs(
     server = start(servers, data, image_root)
     client = server.up()
     # Label spreading that would run for hours: the job is running whenever the stop comes.
-    policy = {"min_labels": 10, "learner_params": {"iterations": 10_000_000}}
+    policy = {"min_labels": 10, "learner": "pool-svm", "learner_params": {"iterations": 10_000_000}}
     task = client.create_task("slow", "image-classification", DIGITS, policy=policy)["id"]
     items = client.add_items(task, [{"data": p} for p, _ in digit_files[:40]])["items"]
     wait_until(lambda: client.get_task(task)["counts"]["pending"] == 0, 120, "featurizing")
