@@ -18,11 +18,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from labelloop import __version__
-from labelloop.errors import FetchError, InvalidInput, NotFound
+from labelloop.errors import Conflict, FetchError, InvalidInput, NotFound
 from labelloop.fetch import LinkChecker
 from labelloop.labelstudio import links
 from labelloop.labelstudio.config import LabelConfig, parse_label_config
 from labelloop.runtime import Runtime
+from labelloop.schemas import TaskPublic
 from labelloop.service import items as item_service
 from labelloop.service import labelling, models, tasks
 from labelloop.service.common import task_spec
@@ -88,15 +89,7 @@ def connect(
                 if uid and row.uid is None:
                     row.uid = uid
                 return _row_link(row)
-    created = tasks.create_task(
-        rt,
-        tasks.TaskCreate(
-            name=f"Label Studio project {project}",
-            category=config.category,
-            extra=config.extra,
-            labels=list(config.labels),
-        ),
-    )
+    created = _create_task(rt, project, config)
     try:
         with rt.session() as s:
             row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project == project))
@@ -120,6 +113,27 @@ def connect(
             if row is None:
                 raise
             return _row_link(row)
+
+
+def _create_task(rt: Runtime, project: str, config: LabelConfig) -> TaskPublic:
+    """A new task for the project, named after it (``(2)``… when a task has the name already)."""
+    for attempt in range(3):
+        with rt.session() as s:
+            name = tasks.free_name(s, f"Label Studio project {project}")
+        try:
+            return tasks.create_task(
+                rt,
+                tasks.TaskCreate(
+                    name=name,
+                    category=config.category,
+                    extra=config.extra,
+                    labels=list(config.labels),
+                ),
+            )
+        except Conflict:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def health() -> dict[str, Any]:
