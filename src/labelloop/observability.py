@@ -47,6 +47,22 @@ def quiet_libraries(level: str) -> None:
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+def fetch_failures() -> Metric:
+    """Reads of data links that failed in this process (the API: Label Studio's /predict, the
+    pages, and jobs on threads), by cause; items that failed in any process are
+    ``labelloop_items{status="failed"}``, each with its reason in the item browser."""
+    from labelloop.fetch import fetch_failures as counts
+
+    family = CounterMetricFamily(
+        "labelloop_fetch_failures",
+        "Data links that could not be read, by cause (unreachable, http_401, timeout...)",
+        labels=["cause"],
+    )
+    for cause, n in sorted(counts().items()):
+        family.add_metric([cause], n)
+    return family
+
+
 class StoreCollector(Collector):
     """Figures gathered from the store at scrape time (a few aggregate queries)."""
 
@@ -150,6 +166,7 @@ class StoreCollector(Collector):
                 items.add_metric([str(task_id), status], n)
         yield from (jobs, queue, train_time, last_train, versions, promoted, promotions, served)
         yield from (edit_rate, submitted, items)
+        yield fetch_failures()
         if self.rt.has_jobs:
             backend_status = self.rt.jobs.status()
             depth = backend_status.get("queued")
