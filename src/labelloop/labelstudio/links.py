@@ -7,7 +7,8 @@ Studio is reached is decided when the media is read: the operator's ``LABELLOOP_
 when set (it wins: the address Label Studio sends at setup, from its ``LABEL_STUDIO_HOST``, is
 often one labelloop cannot reach, as in Docker or behind a reverse proxy), else the URL the
 project sent at setup (kept in the task's folder, :func:`remember_project`). Links stored
-absolute by older versions are moved onto the operator's URL the same way (:func:`rebase`).
+absolute by older versions (below the project's setup URL) are moved onto the operator's URL the
+same way (:func:`rebase`).
 
 The token goes only with requests for Label Studio's *media paths* (:data:`MEDIA_PREFIXES`) below
 the URL it belongs to, never with any other path (its API, its pages) or host, and never along a
@@ -302,15 +303,16 @@ def _below_import_root(link: str, settings: Settings) -> bool:
 
 
 def rebase(link: str, settings: Settings, task: TaskFolder | None = None) -> str:
-    """An absolute media link below a Label Studio URL from setup (or the task's project URL),
-    moved onto ``LABELLOOP_LABELSTUDIO_URL`` when the operator set one: the setting wins."""
+    """An absolute media link below the URL the task's project sent at setup (as older versions
+    stored them), moved onto ``LABELLOOP_LABELSTUDIO_URL`` when the operator set one: the setting
+    wins. Links to another Label Studio keep their own address."""
     default = _default(settings)
-    if default is None or not link.startswith(("http://", "https://")):
+    sent = project_url(task)
+    if default is None or sent is None or sent == default:
         return link
-    others = [b for b in (*tokens(settings), project_url(task)) if b and b != default]
-    if media_base(link, others) is None:
+    if not link.startswith(("http://", "https://")) or media_base(link, [sent]) is None:
         return link
-    return resolve(relative(link, others), default)
+    return resolve(relative(link, [sent]), default)
 
 
 def hosted_request(
