@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from labelloop.runtime import Runtime
+from labelloop.store.models import ModelVersion
 from tests.data_support import StubServer, image_route, png, png_declaring
 from tests.support import wait_until
 
@@ -22,8 +25,12 @@ def gif() -> bytes:
     return buf.getvalue()
 
 
-def new_task(c: TestClient, category: str, labels: list[str]) -> int:
-    r = c.post("/api/v1/tasks", json={"name": "t", "category": category, "labels": labels})
+NAMES = itertools.count(1)
+
+
+def new_task(c: TestClient, category: str, labels: list[str], **extra: Any) -> int:
+    body = {"name": f"t{next(NAMES)}", "category": category, "labels": labels, **extra}
+    r = c.post("/api/v1/tasks", json=body)
     assert r.status_code == 201, r.text
     return int(r.json()["id"])
 
@@ -49,16 +56,22 @@ def test_folders_below_import_roots_only(
     assert c.get("/api/v1/import/folders", params={"path": "relative"}).status_code == 422
 
     task_id = new_task(c, "image-classification", [str(d) for d in range(10)])
-    r = c.post(f"/api/v1/tasks/{task_id}/import/folder", json={"path": str(image_root)})
-    assert r.status_code == 201 and r.json()["created"] == len(digit_files)
-    again = c.post(
-        f"/api/v1/tasks/{task_id}/import/folder", json={"path": str(image_root), "recursive": True}
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/import/folder",
+        json={"path": str(image_root), "recursive": False},
     )
+    assert r.status_code == 201 and r.json()["created"] == len(digit_files)
+    again = c.post(f"/api/v1/tasks/{task_id}/import/folder", json={"path": str(image_root)})
     assert again.json() == {
         "folder": str(image_root.resolve()),
         "created": 1,
         "existing": len(digit_files),
+        "labelled": 0,
+        "labels_added": [],
+        "skipped": [{"file": "more/notes.txt", "reason": again.json()["skipped"][0]["reason"]}],
+        "skipped_total": 1,
     }
+    assert again.json()["skipped"][0]["reason"].startswith("a .txt file, not an image")
     r = c.post(f"/api/v1/tasks/{task_id}/import/folder", json={"path": str(tmp_path)})
     assert r.status_code == 403
 
@@ -84,7 +97,10 @@ def test_uploads_are_kept_in_the_task_folder(app_client: TestClient, rt_data: Pa
     ]
     r = c.post(f"/api/v1/tasks/{task_id}/uploads", files=files)
     assert r.status_code == 201, r.text
-    assert r.json() == {"created": 1, "existing": 0, "refused": ["evil.html"]}
+    answer = r.json()
+    assert answer["created"] == 1 and answer["existing"] == 0 and answer["refused"] == ["evil.html"]
+    assert [x["file"] for x in answer["skipped"]] == ["evil.html"]
+    assert "not an image" in answer["skipped"][0]["reason"], answer
     stored = list((rt_data / f"task-{task_id}" / "Uploads").iterdir())
     assert len(stored) == 1 and stored[0].suffix == ".jpg"
     r = c.post(
@@ -103,7 +119,16 @@ def test_csv_of_texts(app_client: TestClient) -> None:
         files={"file": ("t.csv", csv_text.encode(), "text/csv")},
     )
     assert r.status_code == 201, r.text
-    assert r.json() == {"created": 2, "existing": 0, "skipped": 1, "text_column": "text"}
+    assert r.json() == {
+        "created": 2,
+        "existing": 0,
+        "skipped": 1,
+        "skipped_rows": [{"file": "line 4", "reason": "no text"}],
+        "text_column": "text",
+        "label_column": None,
+        "labelled": 0,
+        "labels_added": [],
+    }
     item = c.get(f"/api/v1/tasks/{task_id}/next", params={"limit": 5}).json()["items"]
     assert sorted(i["data"] for i in item) == ["awful", "great, loved it"]
     r = c.get(f"/api/v1/tasks/{task_id}/items/{item[0]['id']}/content")
@@ -418,3 +443,157 @@ def test_csv_export_cells_never_run_as_formulas(app_client: TestClient) -> None:
     # JSON lines keep every value as it is.
     lines = [json.loads(x) for x in c.get(f"/api/v1/tasks/{task_id}/export").text.splitlines()]
     assert {x["external_id"]: x["data"] for x in lines if x["external_id"] in texts} == texts
+
+
+# --- what comes with the data: sub-folders, classes, label columns, what was left out ------------
+
+
+def _labels_of(c: TestClient, task_id: int) -> dict[str, tuple[list[str] | None, str | None]]:
+    """File name (or text) -> (its labels, who gave them), for every item of the task."""
+    out: dict[str, tuple[list[str] | None, str | None]] = {}
+    listing = c.get(f"/api/v1/tasks/{task_id}/items", params={"limit": 200}).json()
+    for it in listing["items"]:
+        item = c.get(f"/api/v1/tasks/{task_id}/items/{it['id']}").json()
+        who = item["annotations"][-1]["annotator"] if item["annotations"] else None
+        out[Path(item["data"]).name if "/" in item["data"] else item["data"]] = (
+            item["labels"],
+            who,
+        )
+    return out
+
+
+def test_a_folder_per_class_gives_labels(app_client: TestClient, image_root: Path) -> None:
+    """Sub-folders are read (deeper ones too); with labels_from_folders the first folder below the
+    imported one is the label, recorded once as an imported human label; names the task lacks are
+    refused unless asked for, and only while the task has no model."""
+    c = app_client
+    flowers = image_root / "flowers"
+    for name, shade in (("rose", 40), ("tulip", 200)):
+        (flowers / name / "deeper").mkdir(parents=True)
+        Image.new("L", (8, 8), shade).save(flowers / name / f"{name}-1.png")
+        Image.new("L", (8, 8), shade + 5).save(flowers / name / "deeper" / f"{name}-2.png")
+    (flowers / "rose" / "README.md").write_text("notes")
+    (flowers / ".cache").mkdir()
+    Image.new("L", (8, 8), 9).save(flowers / "loose.png")
+
+    task_id = new_task(c, "image-classification", ["rose", "daisy"])
+    body = {"path": str(flowers), "labels_from_folders": True}
+    r = c.post(f"/api/v1/tasks/{task_id}/import/folder", json=body)
+    assert r.status_code == 422 and '"tulip"' in r.json()["detail"], r.text
+    assert "add_labels" in r.json()["detail"]
+    assert c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["items"] == 0  # nothing half-done
+
+    r = c.post(f"/api/v1/tasks/{task_id}/import/folder", json={**body, "add_labels": True})
+    assert r.status_code == 201, r.text
+    got = r.json()
+    assert got["created"] == 5 and got["labelled"] == 4 and got["labels_added"] == ["tulip"]
+    assert {(x["file"], x["reason"].split(",")[0]) for x in got["skipped"]} == {
+        (".cache", "a hidden folder: not read"),
+        ("rose/README.md", "a .md file"),
+    }
+    task = c.get(f"/api/v1/tasks/{task_id}").json()
+    assert task["labels"] == ["rose", "daisy", "tulip"] and task["counts"]["human_labelled"] == 4
+    labels = _labels_of(c, task_id)
+    assert labels["rose-2.png"] == (["rose"], "imported")
+    assert labels["tulip-1.png"] == (["tulip"], "imported")
+    assert labels["loose.png"] == (None, None)
+
+    # Again: nothing new, no label recorded twice.
+    again = c.post(f"/api/v1/tasks/{task_id}/import/folder", json=body).json()
+    assert (again["created"], again["labelled"]) == (0, 0)
+
+    # A folder without class folders says what it needs.
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/import/folder",
+        json={"path": str(flowers / "rose" / "deeper"), "labels_from_folders": True},
+    )
+    assert r.status_code == 422 and "sub-folder" in r.json()["detail"]
+
+
+def test_labels_cannot_be_added_once_a_model_exists(
+    app_client: TestClient, rt: Runtime, image_root: Path
+) -> None:
+    c = app_client
+    (image_root / "new" / "cat").mkdir(parents=True)
+    (image_root / "new" / "cat" / "c.png").write_bytes(png())
+    task_id = new_task(c, "image-classification", ["a", "b"])
+    with rt.session() as s:
+        s.add(
+            ModelVersion(
+                task_id=task_id, version=0, job_key="x", learner="pool-svm", label_revision=0
+            )
+        )
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/import/folder",
+        json={"path": str(image_root / "new"), "labels_from_folders": True, "add_labels": True},
+    )
+    assert r.status_code == 409 and "create a new task" in r.json()["detail"], r.text
+
+
+def test_a_csv_names_its_columns(app_client: TestClient) -> None:
+    """A CSV without a text column is refused with its header (never a guess); a label column
+    gives imported human labels, separated by | for a multi-label task."""
+    c = app_client
+    task_id = new_task(c, "text-classification", ["ham", "spam"])
+    spam = b"label,message\nham,see you at noon\nspam,WIN A PRIZE\n,no label here\n"
+    r = c.post(f"/api/v1/tasks/{task_id}/import/csv", files={"file": ("s.csv", spam, "text/csv")})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "no column named 'text'" in detail and "'label', 'message'" in detail
+    assert "text_column" in detail
+    assert c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["items"] == 0
+
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/import/csv",
+        files={"file": ("s.csv", spam, "text/csv")},
+        data={"text_column": "message", "label_column": "label"},
+    )
+    assert r.status_code == 201, r.text
+    got = r.json()
+    assert (got["created"], got["labelled"], got["text_column"], got["label_column"]) == (
+        3,
+        2,
+        "message",
+        "label",
+    )
+    labels = _labels_of(c, task_id)
+    assert labels["WIN A PRIZE"] == (["spam"], "imported")
+    assert labels["no label here"] == (None, None)
+
+    # Labels the task lacks: refused, or added on request.
+    odd = b"text,label\nhello,greeting\n"
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/import/csv",
+        files={"file": ("o.csv", odd, "text/csv")},
+        data={"label_column": "label"},
+    )
+    assert r.status_code == 422 and '"greeting"' in r.json()["detail"]
+    r = c.post(
+        f"/api/v1/tasks/{task_id}/import/csv",
+        files={"file": ("o.csv", odd, "text/csv")},
+        data={"label_column": "label", "add_labels": "true"},
+    )
+    assert r.status_code == 201 and r.json()["labels_added"] == ["greeting"], r.text
+
+    multi = new_task(c, "text-classification", ["red", "blue"], extra="multi-label")
+    r = c.post(
+        f"/api/v1/tasks/{multi}/import/csv",
+        files={"file": ("m.csv", b"text,tags\nsky at dusk,red|blue\nsea,blue\n", "text/csv")},
+        data={"label_column": "tags"},
+    )
+    assert r.status_code == 201, r.text
+    assert sorted(_labels_of(c, multi)["sky at dusk"][0] or []) == ["blue", "red"]
+
+
+def test_task_names_are_unique(app_client: TestClient) -> None:
+    c = app_client
+    body = {"name": "cats", "category": "text-classification", "labels": ["a", "b"]}
+    first = c.post("/api/v1/tasks", json=body).json()
+    r = c.post("/api/v1/tasks", json=body)
+    assert r.status_code == 409 and r.json()["error"] == "conflict", r.text
+    assert '"cats" exists already' in r.json()["detail"]
+    other = c.post("/api/v1/tasks", json={**body, "name": "dogs"}).json()
+    r = c.patch(f"/api/v1/tasks/{other['id']}", json={"name": "cats"})
+    assert r.status_code == 409
+    assert c.patch(f"/api/v1/tasks/{first['id']}", json={"name": "cats"}).status_code == 200
+    assert len(c.get("/api/v1/tasks").json()) == 2

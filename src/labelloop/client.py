@@ -320,12 +320,25 @@ class Client:
         result: FolderListing = self._request("GET", "/api/v1/import/folders", params=params)
         return result
 
-    def import_folder(self, task_id: int, path: str, recursive: bool = False) -> FolderImported:
-        """Add every image of a folder on the server (below an import root) as items."""
+    def import_folder(
+        self,
+        task_id: int,
+        path: str,
+        recursive: bool = True,
+        labels_from_folders: bool = False,
+        add_labels: bool = False,
+    ) -> FolderImported:
+        """Add every image of a folder on the server (below an import root) as items; with
+        ``labels_from_folders``, each sub-folder's name is its images' label."""
         result: FolderImported = self._request(
             "POST",
             f"/api/v1/tasks/{task_id}/import/folder",
-            json={"path": path, "recursive": recursive},
+            json={
+                "path": path,
+                "recursive": recursive,
+                "labels_from_folders": labels_from_folders,
+                "add_labels": add_labels,
+            },
         )
         return result
 
@@ -335,11 +348,21 @@ class Client:
         csv: bytes | str | Path,
         text_column: str | None = None,
         id_column: str | None = None,
+        label_column: str | None = None,
+        add_labels: bool = False,
     ) -> CsvImported:
-        """Add the rows of a CSV (bytes, text, or a file path) as text items."""
+        """Add the rows of a CSV (bytes, text, or a file path) as text items; ``label_column``
+        names a column of labels, recorded as imported human labels."""
         raw = csv.read_bytes() if isinstance(csv, Path) else csv
         raw = raw.encode("utf-8") if isinstance(raw, str) else raw
-        form = {k: v for k, v in (("text_column", text_column), ("id_column", id_column)) if v}
+        named = (
+            ("text_column", text_column),
+            ("id_column", id_column),
+            ("label_column", label_column),
+        )
+        form = {k: v for k, v in named if v}
+        if add_labels:
+            form["add_labels"] = "true"
         result: CsvImported = self._request(
             "POST",
             f"/api/v1/tasks/{task_id}/import/csv",

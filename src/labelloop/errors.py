@@ -146,10 +146,17 @@ class NoModel(StateError):
 
 
 class FetchError(LabelloopError):
-    """A data link that cannot be read, is too big, has the wrong type, or cannot be decoded."""
+    """A data link that cannot be read, is too big, has the wrong type, or cannot be decoded.
+
+    ``cause`` is a short, stable word for the kind of failure (``unreachable``, ``http_401``…):
+    failures are logged once per cause and counted by it in ``/metrics``."""
 
     status_code = 422
     code = "fetch_failed"
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause or self.code
 
 
 class ForbiddenPath(FetchError):

@@ -18,12 +18,16 @@ Every failure becomes a :class:`~labelloop.errors.FetchError` with a reason a pe
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import ipaddress
+import logging
 import socket
+import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +39,7 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from labelloop.config import Settings
-from labelloop.datastore import TaskFolder
+from labelloop.datastore import TaskFolder, write_bytes_atomic
 from labelloop.errors import (
     FetchError,
     ForbiddenAddress,
@@ -44,7 +48,11 @@ from labelloop.errors import (
     PayloadTooLarge,
 )
 
+log = logging.getLogger(__name__)
+
 IMAGE_TYPES = ("image/",)
+#: In a task's folder: remote images as they were fetched, keyed by the hash of their link.
+FETCHED = "Fetched"
 GENERIC_TYPES = ("application/octet-stream", "binary/octet-stream")
 #: An item of an image task names its uploaded file as ``upload:<sha256>.<ext>``.
 UPLOAD_PREFIX = "upload:"
@@ -345,7 +353,7 @@ def check_url(
                     "unless the operator lists the host or its network in "
                     "LABELLOOP_FETCH_ALLOW_HOSTS"
                 )
-    return Target(url, tuple(addresses), links.token_for(link, settings))
+    return Target(url, tuple(addresses), links.token_for(link, settings, exchange=need_address))
 
 
 # --- http ---------------------------------------------------------------------------------------
@@ -353,14 +361,14 @@ def check_url(
 
 def _http_failure(link: str, exc: httpx.HTTPError, settings: Settings) -> FetchError:
     if isinstance(exc, httpx.TimeoutException):
-        return FetchError(f"{link!r} timed out after {settings.fetch_timeout_s} s")
+        return FetchError(f"{link!r} timed out after {settings.fetch_timeout_s} s", "timeout")
     if isinstance(exc, httpx.ConnectError):
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return FetchError(f"cannot fetch {link!r}: its TLS certificate is not valid")
-        return FetchError(f"cannot fetch {link!r}: the server does not answer")
+            return FetchError(f"cannot fetch {link!r}: its TLS certificate is not valid", "tls")
+        return FetchError(f"cannot fetch {link!r}: the server does not answer", "unreachable")
     if isinstance(exc, httpx.RemoteProtocolError):
-        return FetchError(f"cannot fetch {link!r}: the server broke off the answer")
-    return FetchError(f"cannot fetch {link!r}: the connection failed")
+        return FetchError(f"cannot fetch {link!r}: the server broke off the answer", "broken")
+    return FetchError(f"cannot fetch {link!r}: the connection failed", "unreachable")
 
 
 @contextmanager
@@ -405,10 +413,14 @@ def _get(
                 raise FetchError(f"{url!r} redirects without saying where")
             return target.url.join(location)
         if resp.status_code != 200:
-            raise FetchError(f"{url!r} answered HTTP {resp.status_code}")
+            raise FetchError(
+                f"{url!r} answered HTTP {resp.status_code}", f"http_{resp.status_code}"
+            )
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype and not ctype.startswith(accept) and ctype not in GENERIC_TYPES:
-            raise FetchError(f"{url!r} has content type {ctype!r}, expected {accept[0]}*")
+            raise FetchError(
+                f"{url!r} has content type {ctype!r}, expected {accept[0]}*", "wrong_type"
+            )
         declared = resp.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"{url!r} is {declared} bytes, over {limit}")
@@ -444,15 +456,17 @@ def read_http(link: str, settings: Settings, accept: tuple[str, ...] = IMAGE_TYP
 # --- any link -----------------------------------------------------------------------------------
 
 
-def labelstudio_link(link: str, settings: Settings) -> tuple[str, dict[str, str]] | None:
+def labelstudio_link(
+    link: str, settings: Settings, task: TaskFolder | None = None, exchange: bool = True
+) -> tuple[str, dict[str, str]] | None:
     """Media hosted by Label Studio (``/data/upload/...``) is fetched with its URL and token.
 
-    The URL and token come from the project's setup call or from the settings; see
+    The URL and token come from the settings or from the project's setup call; see
     :mod:`labelloop.labelstudio.links`.
     """
     from labelloop.labelstudio.links import hosted_request
 
-    return hosted_request(link, settings)
+    return hosted_request(link, settings, task, exchange)
 
 
 def _read_any(link: str, settings: Settings, task: TaskFolder | None) -> Content:
@@ -462,7 +476,7 @@ def _read_any(link: str, settings: Settings, task: TaskFolder | None) -> Content
     _no_controls(link)
     if link.startswith(UPLOAD_PREFIX):
         return _read_file(_upload_target(link, task), link, settings)
-    hosted = labelstudio_link(link, settings)
+    hosted = labelstudio_link(link, settings, task)
     if hosted is not None:
         return read_http(hosted[0], settings)
     scheme = urlparse(link).scheme.lower()
@@ -473,16 +487,102 @@ def _read_any(link: str, settings: Settings, task: TaskFolder | None) -> Content
     raise FetchError(f"unsupported link scheme {scheme!r} in {link!r}")
 
 
-def read_link(link: str, settings: Settings, task: TaskFolder | None = None) -> Content:
-    """The bytes behind an image link, from wherever it lives, once they are known to be an image
-    labelloop reads (format, declared size: see :func:`identify_image`). ``task`` is the folder
-    of the item's task, where its uploads are; without it, no upload can be read."""
+def _read_image(link: str, settings: Settings, task: TaskFolder | None) -> Content:
     content = _read_any(link, settings, task)
     try:
         kind = identify_image(content.raw)
     except FetchError as exc:
-        raise FetchError(f"{link.strip()!r}: {exc.message}") from None
+        raise FetchError(f"{link.strip()!r}: {exc.message}", "not_an_image") from None
     return Content(content.raw, content.content_hash, content.source, kind.mime)
+
+
+def _is_remote(link: str) -> bool:
+    from labelloop.labelstudio.links import is_hosted
+
+    link = link.strip()
+    return is_hosted(link) or urlparse(link).scheme.lower() in ("http", "https")
+
+
+def _stored_path(link: str, task: TaskFolder) -> Path:
+    key = hashlib.sha256(link.strip().encode("utf-8")).hexdigest()
+    return task.path / FETCHED / key[:2] / key
+
+
+def _read_stored(link: str, settings: Settings, task: TaskFolder) -> Content:
+    """A remote image is fetched once per task: the first reader (a prediction request, or the
+    featurize job) stores it in the task's folder, under a lock, and every later read (and any
+    reader that waited on the lock) takes the stored bytes."""
+    path = _stored_path(link, task)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        pass
+    else:
+        return Content(raw, content_hash(raw), link.strip(), identify_image(raw).mime)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            content = _read_image(link, settings, task)
+            write_bytes_atomic(path, content.raw, durable=False)
+            return content
+    return Content(raw, content_hash(raw), link.strip(), identify_image(raw).mime)
+
+
+#: Fetch failures by cause, in this process (``labelloop_fetch_failures_total`` in /metrics).
+_failures: Counter[str] = Counter()
+_logged: set[tuple[str, str]] = set()
+_failures_lock = threading.Lock()
+
+
+def fetch_failures() -> dict[str, int]:
+    """How many reads failed in this process, by cause."""
+    with _failures_lock:
+        return dict(_failures)
+
+
+def _place(link: str, settings: Settings, task: TaskFolder | None) -> str:
+    """Where a link points: the host and port it is fetched from, else the kind of link."""
+    link = link.strip()
+    try:
+        hosted = labelstudio_link(link, settings, task, exchange=False)
+    except FetchError:
+        hosted = None
+    netloc = urlparse(hosted[0] if hosted else link).netloc
+    return netloc or ("upload" if link.startswith(UPLOAD_PREFIX) else "local")
+
+
+def _count_failure(link: str, exc: FetchError, settings: Settings, task: TaskFolder | None) -> None:
+    """Count a failed read; log it once per cause and place (host and port, or the kind of link),
+    so that a Label Studio that cannot be reached says so in the log without a line per image."""
+    host = _place(link, settings, task)
+    with _failures_lock:
+        _failures[exc.cause] += 1
+        first = (exc.cause, host) not in _logged
+        _logged.add((exc.cause, host))
+    if first:
+        log.warning(
+            "cannot read data (%s): %s; further failures of this kind are counted in /metrics "
+            "(labelloop_fetch_failures_total) and shown per item, not logged",
+            exc.cause,
+            exc.message,
+        )
+
+
+def read_link(link: str, settings: Settings, task: TaskFolder | None = None) -> Content:
+    """The bytes behind an image link, from wherever it lives, once they are known to be an image
+    labelloop reads (format, declared size: see :func:`identify_image`). ``task`` is the folder
+    of the item's task, where its uploads are (without it, no upload can be read) and where a
+    remote image is kept once fetched."""
+    try:
+        if task is not None and _is_remote(link):
+            return _read_stored(link, settings, task)
+        return _read_image(link, settings, task)
+    except FetchError as exc:
+        _count_failure(link, exc, settings, task)
+        raise
 
 
 class LinkChecker:
@@ -509,7 +609,7 @@ class LinkChecker:
                 raise FetchError(f"task has no upload {link[len(UPLOAD_PREFIX) :]!r}")
             return
         try:
-            hosted = labelstudio_link(link, self.settings)
+            hosted = labelstudio_link(link, self.settings, self.task, exchange=False)
         except FetchError:
             return  # a relative Label Studio link while its URL is unknown: fails when read
         if hosted is not None:

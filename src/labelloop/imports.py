@@ -5,6 +5,12 @@ Folders are only ever read below the import roots the operator configured (``--i
 uploads are written into the task's own folder, which is below the data root, and items name them
 by reference (``upload:<sha256>.<ext>``), never by a path. Content goes back out only as what the
 task's kind can show: an image of a known format with its own type, or text.
+
+Nothing is guessed and nothing is dropped silently: a CSV names its text column (``text``, or the
+one the person picks), every file or line an import leaves out is reported by name with the
+reason, and labels that come with the data (one folder per class, a label column) are recorded as
+human labels from ``imported`` only when they are labels of the task, or when the person asked for
+them to be added (before the task has a model).
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,19 +28,29 @@ from sqlalchemy import select
 
 from labelloop.config import Settings
 from labelloop.datastore import write_bytes_atomic
-from labelloop.errors import FetchError, ForbiddenPath, InvalidInput, NotFound
+from labelloop.errors import Conflict, FetchError, ForbiddenPath, InvalidInput, NotFound
 from labelloop.fetch import UPLOAD_PREFIX, identify_image, local_allowed, read_link
 from labelloop.loop.features import is_text
+from labelloop.loop.scheduling import active_training, lock_task
 from labelloop.runtime import Runtime
+from labelloop.schemas import Skipped, clean_label
 from labelloop.service.common import get_task_row
 from labelloop.service.items import MAX_DATA_CHARS, ItemIn, add_items
-from labelloop.store.models import Item
+from labelloop.service.labelling import AnnotationIn, submit
+from labelloop.store.models import Annotation, Item, ModelVersion
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 MAX_LISTED = 500
 BATCH = 1000
-TEXT_COLUMNS = ("text", "content", "sentence", "body", "review")
+#: The column a CSV's texts are read from unless the person names another: never guessed.
+TEXT_COLUMN = "text"
 ID_COLUMNS = ("id", "external_id", "key")
+#: Labels of one item in a label column of a multi-label task are separated by this.
+LABEL_SEPARATOR = "|"
+#: The annotator imported labels are recorded under.
+IMPORTED = "imported"
+#: The most skipped files (or lines) an answer names; the total is counted.
+MAX_REPORTED = 1000
 #: The longest text a CSV field may hold: as long as an item's data may be.
 MAX_TEXT = MAX_DATA_CHARS
 UPLOAD_SUFFIXES = {"JPEG": ".jpg", "TIFF": ".tif"}
@@ -118,11 +136,13 @@ def list_folders(settings: Settings, path: str | None = None) -> dict[str, Any]:
 
 def _add_in_batches(rt: Runtime, task_id: int, specs: list[ItemIn]) -> dict[str, Any]:
     created = existing = 0
+    ids: dict[str, int] = {}
     for start in range(0, len(specs), BATCH):
         out = add_items(rt, task_id, specs[start : start + BATCH])
         created += out["created"]
         existing += out["existing"]
-    return {"created": created, "existing": existing}
+        ids.update({it["external_id"]: it["id"] for it in out["items"] if it["external_id"]})
+    return {"created": created, "existing": existing, "ids": ids}
 
 
 def _require(rt: Runtime, task_id: int, text: bool) -> None:
@@ -140,15 +160,174 @@ def _external_id(prefix: str, value: str) -> str:
     )
 
 
-def import_folder(rt: Runtime, task_id: int, path: str, recursive: bool = False) -> dict[str, Any]:
-    """Every image of a folder below an import root becomes an item (again: nothing added twice)."""
+# --- labels that come with the data -------------------------------------------------------------
+
+
+def _quoted(labels: Iterable[str]) -> str:
+    return ", ".join(f'"{label}"' for label in labels)
+
+
+def _label(value: str, where: str) -> str:
+    try:
+        return clean_label(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+
+
+def _new_labels(
+    rt: Runtime, task_id: int, found: Iterable[str], add: bool, where: str
+) -> list[str]:
+    """The labels of ``found`` the task does not have yet, refused unless ``add`` (and then only
+    while the task has no model: a trained model answers for the labels it was trained on)."""
+    with rt.session() as s:
+        task = get_task_row(s, task_id)
+        unknown = [label for label in dict.fromkeys(found) if label not in task.labels]
+        if not unknown:
+            return []
+        if not add:
+            shown = _quoted(unknown[:20]) + (" …" if len(unknown) > 20 else "")
+            raise InvalidInput(
+                f"{where} name labels the task does not have: {shown}; the task's labels are "
+                f"{_quoted(task.labels)}. Ask for them to be added (add_labels), or fix the data"
+            )
+        trained = s.scalar(select(ModelVersion.id).where(ModelVersion.task_id == task_id).limit(1))
+        if trained is not None or active_training(s, task_id) is not None:
+            raise Conflict(
+                f"the task has a model already, so its labels are fixed; {_quoted(unknown[:20])} "
+                "cannot be added: create a new task with them"
+            )
+    return unknown
+
+
+def _record_labels(
+    rt: Runtime, task_id: int, labelled: dict[str, list[str]], ids: dict[str, int], new: list[str]
+) -> int:
+    """Add ``new`` labels to the task, then record each item's labels (by external id) as human
+    labels from ``imported``: once, for items that no person has labelled yet (an import run again
+    adds nothing)."""
+    if new:
+        with rt.session() as s:
+            task = lock_task(s, task_id)
+            if task is None:
+                raise NotFound(f"no task {task_id}")
+            task.labels = [*task.labels, *(x for x in new if x not in task.labels)]
+    by_item = {ids[ext]: labels for ext, labels in labelled.items() if ext in ids}
+    if not by_item:
+        return 0
+    with rt.session() as s:
+        done = set(
+            s.scalars(
+                select(Annotation.item_id).where(
+                    Annotation.task_id == task_id,
+                    Annotation.source == "human",
+                    Annotation.item_id.in_(list(by_item)),
+                )
+            )
+        )
+    todo = [
+        AnnotationIn(item_id=i, labels=labels, annotator=IMPORTED, shown_none=True)
+        for i, labels in by_item.items()
+        if i not in done
+    ]
+    step = rt.settings.max_items_per_request
+    for start in range(0, len(todo), step):
+        submit(rt, task_id, todo[start : start + step])
+    return len(todo)
+
+
+# --- folders ------------------------------------------------------------------------------------
+
+
+def _walk(
+    settings: Settings, folder: Path, recursive: bool
+) -> tuple[list[Path], list[Skipped], int]:
+    """The images below a folder (in sub-folders too when ``recursive``), and every file left
+    out with the reason: not an image, a link out of the import roots, a hidden folder."""
+    images: list[Path] = []
+    skipped: list[Skipped] = []
+    total = 0
+
+    def skip(path: Path, reason: str) -> None:
+        nonlocal total
+        total += 1
+        if len(skipped) < MAX_REPORTED:
+            skipped.append({"file": str(path.relative_to(folder)), "reason": reason})
+
+    for top, dirs, files in os.walk(folder):
+        here = Path(top)
+        for d in sorted(dirs):
+            path = here / d
+            if not recursive:
+                continue
+            if d.startswith("."):
+                skip(path, "a hidden folder: not read")
+            elif path.is_symlink():
+                skip(path, "a link to a folder: not followed")
+        dirs[:] = [] if not recursive else sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
+        for f in sorted(files):
+            path = here / f
+            suffix = path.suffix.lower()
+            if suffix not in IMAGE_SUFFIXES:
+                kind = f"a {suffix} file" if suffix else "a file without an extension"
+                skip(path, f"{kind}, not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            elif not path.is_file():
+                skip(path, "not a regular file")
+            elif not local_allowed(path.resolve(), settings):
+                skip(path, "a link to a file outside the import roots")
+            else:
+                images.append(path)
+    return sorted(images), skipped, total
+
+
+def import_folder(
+    rt: Runtime,
+    task_id: int,
+    path: str,
+    recursive: bool = True,
+    labels_from_folders: bool = False,
+    add_labels: bool = False,
+) -> dict[str, Any]:
+    """Every image of a folder below an import root becomes an item (again: nothing added twice).
+
+    With ``labels_from_folders`` (one folder per class), an image in ``<path>/<name>/...`` gets the
+    label ``name``; images directly in ``path`` get none.
+    """
     _require(rt, task_id, text=False)
     folder = _below_root(rt.settings, path)
-    images = _images_in(rt.settings, folder, recursive)
+    images, skipped, total = _walk(rt.settings, folder, recursive or labels_from_folders)
     if not images:
-        raise InvalidInput(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path!r}")
+        why = f"; left out: {skipped[0]['file']} ({skipped[0]['reason']}) …" if skipped else ""
+        raise InvalidInput(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path!r}{why}")
     specs = [ItemIn(data=str(p), external_id=_external_id("file:", str(p))) for p in images]
-    return {"folder": str(folder), **_add_in_batches(rt, task_id, specs)}
+    labelled: dict[str, list[str]] = {}
+    if labels_from_folders:
+        for p, spec in zip(images, specs, strict=True):
+            parts = p.relative_to(folder).parts
+            if len(parts) > 1 and spec.external_id is not None:
+                labelled[spec.external_id] = [_label(parts[0], f"the folder {parts[0]!r}")]
+        if not labelled:
+            raise InvalidInput(
+                f"{path!r} has no sub-folders with images; with labels_from_folders each class "
+                "is a sub-folder (for example cats/ and dogs/) holding its images"
+            )
+    new = _new_labels(
+        rt, task_id, (x for ls in labelled.values() for x in ls), add_labels, "the folders"
+    )
+    added = _add_in_batches(rt, task_id, specs)
+    n = _record_labels(rt, task_id, labelled, added["ids"], new)
+    return {
+        "folder": str(folder),
+        "created": added["created"],
+        "existing": added["existing"],
+        "labelled": n,
+        "labels_added": new,
+        "skipped": skipped,
+        "skipped_total": total,
+    }
+
+
+# --- uploads ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -160,20 +339,18 @@ class Upload:
 def save_uploads(rt: Runtime, task_id: int, files: list[Upload]) -> dict[str, Any]:
     """Uploaded images are kept in the task's folder under their content hash, then added as
     ``upload:<name>`` items. Files that are not images labelloop reads (or that declare too many
-    pixels) are refused by name; if none is left, nothing is stored."""
+    pixels) are left out, each by name with the reason; if none is left, nothing is stored."""
     _require(rt, task_id, text=False)
     if not files:
         raise InvalidInput("no files uploaded")
     folder = rt.folder(task_id)
     specs: list[ItemIn] = []
-    refused: list[str] = []
-    reasons: list[str] = []
+    skipped: list[Skipped] = []
     for f in files:
         try:
             fmt = identify_image(f.raw, verify=True).format
         except FetchError as exc:
-            refused.append(f.filename)
-            reasons.append(f"{f.filename}: {exc.message}")
+            skipped.append({"file": f.filename, "reason": exc.message})
             continue
         digest = hashlib.sha256(f.raw).hexdigest()
         name = f"{digest}{UPLOAD_SUFFIXES.get(fmt, '.' + fmt.lower())}"
@@ -182,34 +359,53 @@ def save_uploads(rt: Runtime, task_id: int, files: list[Upload]) -> dict[str, An
             write_bytes_atomic(path, f.raw)
         specs.append(ItemIn(data=f"{UPLOAD_PREFIX}{name}", external_id=f"upload:{digest}"))
     if not specs:
-        raise InvalidInput(f"none of the uploaded files is an image: {'; '.join(reasons)}")
+        reasons = "; ".join(f"{x['file']}: {x['reason']}" for x in skipped)
+        raise InvalidInput(f"none of the uploaded files is an image: {reasons}")
     unique = list({s.external_id: s for s in specs}.values())
-    return {**_add_in_batches(rt, task_id, unique), "refused": refused}
+    added = _add_in_batches(rt, task_id, unique)
+    return {
+        "created": added["created"],
+        "existing": added["existing"],
+        "refused": [x["file"] for x in skipped],
+        "skipped": skipped,
+    }
 
 
-def _pick(header: list[str], wanted: str | None, known: tuple[str, ...], what: str) -> int | None:
+# --- CSV ----------------------------------------------------------------------------------------
+
+
+def _column(header: list[str], wanted: str, what: str) -> int:
     lowered = [h.strip().lower() for h in header]
+    if wanted.strip().lower() not in lowered:
+        columns = ", ".join(repr(h) for h in header)
+        raise InvalidInput(
+            f"the CSV has no column {wanted!r} for the {what}; its columns are {columns}"
+        )
+    return lowered.index(wanted.strip().lower())
+
+
+def _text_column(header: list[str], wanted: str | None) -> int:
+    """The column of the texts: the one named, else ``text``; never a guess."""
     if wanted is not None:
-        if wanted.strip().lower() not in lowered:
-            columns = ", ".join(repr(h) for h in header)
-            raise InvalidInput(f"the CSV has no column {wanted!r}; its columns are {columns}")
-        return lowered.index(wanted.strip().lower())
-    for name in known:
-        if name in lowered:
-            return lowered.index(name)
-    return None
+        return _column(header, wanted, "texts")
+    lowered = [h.strip().lower() for h in header]
+    if TEXT_COLUMN in lowered:
+        return lowered.index(TEXT_COLUMN)
+    columns = ", ".join(repr(h) for h in header)
+    raise InvalidInput(
+        f"the CSV has no column named {TEXT_COLUMN!r}; its columns are {columns}. Say which "
+        "column holds the texts (text_column), or name that column 'text'"
+    )
 
 
-def import_csv(
-    rt: Runtime,
-    task_id: int,
-    raw: bytes,
-    text_column: str | None = None,
-    id_column: str | None = None,
-) -> dict[str, Any]:
-    """Each row of a CSV (with a header) becomes a text item: column ``text`` (or the one named,
-    else the first), and ``id`` as its external id when there is one."""
-    _require(rt, task_id, text=True)
+def _id_column(header: list[str], wanted: str | None) -> int | None:
+    if wanted is not None:
+        return _column(header, wanted, "ids")
+    lowered = [h.strip().lower() for h in header]
+    return next((lowered.index(n) for n in ID_COLUMNS if n in lowered), None)
+
+
+def _read_csv(raw: bytes) -> list[list[str]]:
     try:
         decoded = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -229,28 +425,72 @@ def import_csv(
         raise InvalidInput(f"the CSV cannot be read at line {reader.line_num}: {why}") from None
     if len(rows) < 2:
         raise InvalidInput("the CSV needs a header row and at least one row of text")
+    return rows
+
+
+def import_csv(
+    rt: Runtime,
+    task_id: int,
+    raw: bytes,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    label_column: str | None = None,
+    add_labels: bool = False,
+) -> dict[str, Any]:
+    """Each row of a CSV (with a header) becomes a text item: the column ``text`` (or the one
+    named: a CSV without it is refused, never guessed), ``id`` as its external id when there is
+    one, and, when ``label_column`` is named, its labels as human labels (``|`` between the labels
+    of a multi-label task; an empty cell gives none)."""
+    _require(rt, task_id, text=True)
+    with rt.session() as s:
+        multi = get_task_row(s, task_id).extra == "multi-label"
+    rows = _read_csv(raw)
     header, body = rows[0], rows[1:]
-    text_at = _pick(header, text_column, TEXT_COLUMNS, "text")
-    text_at = 0 if text_at is None else text_at
-    id_at = _pick(header, id_column, ID_COLUMNS, "id")
+    text_at = _text_column(header, text_column)
+    id_at = _id_column(header, id_column)
+    label_at = None if label_column is None else _column(header, label_column, "labels")
     specs: list[ItemIn] = []
-    skipped = 0
+    labelled: dict[str, list[str]] = {}
+    skipped: list[Skipped] = []
+    n_skipped = 0
     for n, row in enumerate(body, start=2):
         text = row[text_at].strip() if text_at < len(row) else ""
         if not text:
-            skipped += 1
+            n_skipped += 1
+            if len(skipped) < MAX_REPORTED:
+                skipped.append({"file": f"line {n}", "reason": "no text"})
             continue
         ext = row[id_at].strip() if id_at is not None and id_at < len(row) else ""
-        specs.append(ItemIn(data=text, external_id=_external_id("csv:", ext or f"row-{n}")))
+        spec = ItemIn(data=text, external_id=_external_id("csv:", ext or f"row-{n}"))
+        specs.append(spec)
+        cell = row[label_at].strip() if label_at is not None and label_at < len(row) else ""
+        if cell and spec.external_id is not None:
+            parts = [p for p in cell.split(LABEL_SEPARATOR)] if multi else [cell]
+            labels = [_label(p, f"line {n}") for p in parts if p.strip()]
+            labelled.setdefault(spec.external_id, list(dict.fromkeys(labels)))
     if not specs:
         raise InvalidInput("the CSV has no non-empty texts")
     seen: dict[str | None, ItemIn] = {}
     for spec in specs:
         seen.setdefault(spec.external_id, spec)
+    new = _new_labels(
+        rt,
+        task_id,
+        (x for ls in labelled.values() for x in ls),
+        add_labels,
+        "the label column's values",
+    )
+    added = _add_in_batches(rt, task_id, list(seen.values()))
+    n_labelled = _record_labels(rt, task_id, labelled, added["ids"], new)
     return {
-        **_add_in_batches(rt, task_id, list(seen.values())),
-        "skipped": skipped,
+        "created": added["created"],
+        "existing": added["existing"],
+        "skipped": n_skipped,
+        "skipped_rows": skipped,
         "text_column": header[text_at],
+        "label_column": None if label_at is None else header[label_at],
+        "labelled": n_labelled,
+        "labels_added": new,
     }
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from labelloop import fetch
 from labelloop.jobs.state import JobState
 from labelloop.runtime import Runtime
 from labelloop.store.models import Annotation, Item, Job, ModelVersion, Task
@@ -49,6 +50,20 @@ def quiet_libraries(level: str) -> None:
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+def fetch_failures() -> Metric:
+    """Reads of data links that failed in this process (the API: Label Studio's /predict, the
+    pages, and jobs on threads), by cause; items that failed in any process are
+    ``labelloop_items{status="failed"}``, each with its reason in the item browser."""
+    family = CounterMetricFamily(
+        "labelloop_fetch_failures",
+        "Data links that could not be read, by cause (unreachable, http_401, timeout...)",
+        labels=["cause"],
+    )
+    for cause, n in sorted(fetch.fetch_failures().items()):
+        family.add_metric([cause], n)
+    return family
+
+
 class StoreCollector(Collector):
     """Figures gathered from the store at scrape time (a few aggregate queries)."""
 
@@ -59,6 +74,7 @@ class StoreCollector(Collector):
         with self.rt.session() as s:
             families = [*_job_families(s), *_model_families(s), *_label_families(s)]
         yield from families
+        yield fetch_failures()
         if self.rt.has_jobs:
             yield from _backend_families(self.rt.jobs.status())
 

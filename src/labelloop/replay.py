@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labelloop.client import Client, ForbiddenError, InvalidRequestError, NotFoundError
+from labelloop.client import (
+    Client,
+    ConflictError,
+    ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from labelloop.errors import InvalidInput
 from labelloop.simulation import Annotator, Step, plot_curve, run_active, run_stream
 
@@ -105,6 +111,19 @@ def load(dataset: str, images_dir: Path) -> LabelledSet:
     )
 
 
+def _new_task(client: Client, name: str, ds: Any, policy: Any) -> Any:
+    """A task for this run; task names are unique, so a run again on the same server gets
+    ``name (2)``, ``name (3)``…"""
+    for n in range(1, 1000):
+        try:
+            return client.create_task(
+                name if n == 1 else f"{name} ({n})", ds.category, ds.labels, policy=policy
+            )
+        except ConflictError:
+            continue
+    raise InvalidInput(f"the server has too many tasks named {name!r}")
+
+
 def simulate(
     url: str,
     ds: LabelledSet,
@@ -126,9 +145,7 @@ def simulate(
         order = order[:limit]
     out.mkdir(parents=True, exist_ok=True)
     with Client(url, token=token, timeout=600) as client:
-        task = client.create_task(
-            f"simulate {ds.name} ({mode}, seed {seed})", ds.category, ds.labels, policy=policy
-        )
+        task = _new_task(client, f"simulate {ds.name} ({mode}, seed {seed})", ds, policy)
         specs = [{"data": ds.data[i], "external_id": str(i)} for i in order]
         try:
             # One item first: a server that cannot read the files says so before the rest go in.

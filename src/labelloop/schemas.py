@@ -442,8 +442,29 @@ class PredictRequest(RequestModel):
 
 
 class FolderImport(RequestModel):
+    """A folder on the server whose images become items, its sub-folders included."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"path": "/data/photos"},
+                {"path": "/data/flowers", "labels_from_folders": True, "add_labels": True},
+            ]
+        }
+    )
+
     path: Text = Field(min_length=1, max_length=4096)
-    recursive: bool = False
+    recursive: bool = Field(default=True, description="images of sub-folders too")
+    labels_from_folders: bool = Field(
+        default=False,
+        description="one folder per class: each image gets the name of the sub-folder it is in "
+        "(below path) as a human label, recorded as imported",
+    )
+    add_labels: bool = Field(
+        default=False,
+        description="folder names that are not labels of the task become labels (only while the "
+        "task has no trained model); without it they are refused",
+    )
 
 
 # -- answers ----------------------------------------------------------------------------------
@@ -789,10 +810,24 @@ class FolderListing(TypedDict):
     sample: list[str]
 
 
+class Skipped(TypedDict):
+    """A file (or a CSV line) an import left out, and why."""
+
+    file: str
+    reason: str
+
+
 class FolderImported(TypedDict):
     folder: str
     created: int
     existing: int
+    #: Human labels recorded from the folder names (``labels_from_folders``).
+    labelled: int
+    #: Labels the import added to the task (``add_labels``).
+    labels_added: list[str]
+    #: Every file left out, by name (the first 1,000), and why; ``skipped_total`` counts all.
+    skipped: list[Skipped]
+    skipped_total: int
 
 
 class UploadsAdded(TypedDict):
@@ -800,13 +835,20 @@ class UploadsAdded(TypedDict):
     existing: int
     #: Names of the files that are not images.
     refused: list[str]
+    #: The same files, each with the reason.
+    skipped: list[Skipped]
 
 
 class CsvImported(TypedDict):
     created: int
     existing: int
+    #: How many rows were left out; ``skipped_rows`` says which (the first 1,000) and why.
     skipped: int
+    skipped_rows: list[Skipped]
     text_column: str
+    label_column: str | None
+    labelled: int
+    labels_added: list[str]
 
 
 class AnnotatorTokenPublic(TypedDict):

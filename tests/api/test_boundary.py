@@ -6,6 +6,7 @@ PostgreSQL or both; now each is a 4xx, the store is unchanged, and the server ke
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import unicodedata
@@ -27,8 +28,16 @@ def send(c: TestClient, method: str, url: str, body: Any) -> Any:
     )
 
 
+NAMES = itertools.count(1)
+
+
 def task_body(**extra: Any) -> dict[str, Any]:
-    return {"name": "t", "category": "text-classification", "labels": ["a", "b"], **extra}
+    return {
+        "name": f"t{next(NAMES)}",
+        "category": "text-classification",
+        "labels": ["a", "b"],
+        **extra,
+    }
 
 
 def make_task(c: TestClient, **extra: Any) -> int:

@@ -7,6 +7,7 @@ Label Studio that, like the real one, answers ``/data/upload/...`` only with ``T
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import stat
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from labelloop.demo import free_port
 from labelloop.runtime import Runtime
 from tests.support import wait_until
 
@@ -31,19 +33,51 @@ CONFIG = """<View>
 </View>"""
 
 
-class FakeLabelStudio:
-    """Serves PNG files under ``/data/upload/1/`` to requests that carry the right token."""
+def jwt(payload: dict[str, Any]) -> str:
+    """A token shaped like Label Studio's personal access tokens (not signed: the fake trusts it)."""
 
-    def __init__(self, files: dict[str, bytes]) -> None:
+    def part(d: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
+#: A personal access token (Label Studio's default since 1.14): a JWT refresh token.
+PAT = jwt({"token_type": "refresh", "exp": 4102444800, "user_id": 1})
+ACCESS = jwt({"token_type": "access", "exp": 4102444800, "user_id": 1})
+
+
+class FakeLabelStudio:
+    """Serves PNG files under ``/data/upload/1/`` to requests that carry the right token: the
+    legacy ``Token`` key, or with ``pat``, a ``Bearer`` access token that ``/api/token/refresh``
+    gives for the personal access token (as Label Studio does with legacy tokens off)."""
+
+    def __init__(self, files: dict[str, bytes], pat: bool = False) -> None:
         self.files = files
         self.auth_seen: list[str | None] = []
+        self.paths: list[str] = []
+        self.refreshes = 0
         owner = self
+        wanted = f"Bearer {ACCESS}" if pat else f"Token {TOKEN}"
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                size = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(size) or b"{}")
+                ok = pat and self.path == "/api/token/refresh" and body.get("refresh") == PAT
+                owner.refreshes += 1
+                answer = json.dumps({"access": ACCESS} if ok else {"detail": "bad"}).encode()
+                self.send_response(200 if ok else 401)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
             def do_GET(self) -> None:
                 owner.auth_seen.append(self.headers.get("Authorization"))
+                owner.paths.append(self.path)
                 body = owner.files.get(self.path)
-                if self.headers.get("Authorization") != f"Token {TOKEN}":
+                if self.headers.get("Authorization") != wanted:
                     self.send_response(401)
                     self.end_headers()
                     return
@@ -142,14 +176,14 @@ def predict_body(tasks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def setup(c: TestClient, url: str) -> dict[str, Any]:
+def setup(c: TestClient, url: str, token: str = TOKEN) -> dict[str, Any]:
     r = c.post(
         "/labelstudio/setup",
         json={
             "project": "7.1764237600",
             "schema": CONFIG,
             "hostname": url,
-            "access_token": TOKEN,
+            "access_token": token,
             "extra_params": None,
         },
     )
@@ -213,7 +247,8 @@ def test_a_project_learns_from_its_annotations(
     items = [
         json.loads(line) for line in c.get(f"/api/v1/tasks/{task_id}/export").text.splitlines()
     ]
-    assert all(i["data"].startswith(server.url + "/data/upload/1/") for i in items)
+    # Stored as Label Studio wrote them: relative to the project's URL.
+    assert all(i["data"].startswith("/data/upload/1/") for i in items)
     assert all(i["external_id"].startswith("ls:") for i in items)
 
     # Predictions for the other tasks, in Label Studio's format, with the model version.
@@ -232,6 +267,9 @@ def test_a_project_learns_from_its_annotations(
         assert (item["from_name"], item["to_name"], item["type"]) == ("digit", "image", "choices")
         right += item["value"]["choices"] == [t["truth"]]
     assert right >= 0.8 * len(others)
+    # Each image was fetched once: the prediction request and the background job share it.
+    assert sorted(server.paths) == sorted(set(server.paths)), server.paths
+    assert len(server.paths) == len(tasks)
 
     # Updating an annotation changes the label (a new revision); deleting one retracts it.
     first = labelled[0]
@@ -309,7 +347,8 @@ def test_media_without_a_known_label_studio_fails_clearly(
     c = app_client
     _, tasks = fake_ls
     r = c.post("/labelstudio/predict", json=predict_body(tasks[:3]))
-    assert r.status_code == 200 and r.json()["results"] == [[], [], []]
+    # Nothing can be read: an error Label Studio shows, with the reason (not a silent success).
+    assert r.status_code == 422 and "LABELLOOP_LABELSTUDIO_URL" in r.json()["detail"], r.text
     task_id = c.get("/api/v1/tasks").json()[0]["id"]
     wait_until(lambda: c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["pending"] == 0)
     items = [
@@ -367,3 +406,95 @@ def test_the_token_goes_to_media_paths_only(
     # An annotation of a task that was not taken is ignored, not a failure.
     event = annotation_event("ANNOTATION_CREATED", 77, hostile[0], "1")
     assert c.post("/labelstudio/webhook", json=event).json()["status"] == "ignored"
+
+
+# --- the layouts people run: Docker, reverse proxies, personal access tokens ---------------------
+
+
+def _items(c: TestClient, task_id: int) -> list[dict[str, Any]]:
+    lines = c.get(f"/api/v1/tasks/{task_id}/export").text.splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_the_operators_url_wins_over_the_one_sent_at_setup(
+    app_client: TestClient,
+    rt: Runtime,
+    fake_ls: tuple[FakeLabelStudio, list[dict[str, Any]]],
+) -> None:
+    """Label Studio sends the address it knows itself by (LABEL_STUDIO_HOST), which labelloop
+    often cannot reach: LABELLOOP_LABELSTUDIO_URL wins, for relative links and for links stored
+    absolute under the setup address; the token sent at setup goes with it."""
+    c = app_client
+    server, tasks = fake_ls
+    unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    rt.settings.labelstudio_url = server.url
+    task_id = setup(c, unreachable)["task_id"]
+    absolute = {**tasks[1], "data": {"image": unreachable + tasks[1]["data"]["image"]}}
+    r = c.post("/labelstudio/predict", json=predict_body([tasks[0], absolute]))
+    assert r.status_code == 200, r.text
+    wait_until(lambda: c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["ready"] == 2)
+    assert [i["data"] for i in _items(c, task_id)] == [
+        tasks[0]["data"]["image"],
+        tasks[1]["data"]["image"],  # stored relative, however Label Studio sent it
+    ]
+    assert set(server.auth_seen) == {f"Token {TOKEN}"}
+
+
+def test_personal_access_tokens_work(
+    app_client: TestClient, digit_files: list[tuple[str, str]]
+) -> None:
+    """Label Studio's default tokens are JWT refresh tokens: exchanged once at
+    /api/token/refresh, the access token goes as Bearer; a refused one says what to do."""
+    c = app_client
+    chosen = digit_files[:3]
+    files = {f"/data/upload/1/{Path(p).name}": Path(p).read_bytes() for p, _ in chosen}
+    server = FakeLabelStudio(files, pat=True)
+    try:
+        task_id = setup(c, server.url, token=PAT)["task_id"]
+        tasks = [{"id": 300 + n, "data": {"image": path}} for n, path in enumerate(files)]
+        r = c.post("/labelstudio/predict", json=predict_body(tasks))
+        assert r.status_code == 200, r.text
+        wait_until(lambda: c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["ready"] == 3)
+        assert set(server.auth_seen) == {f"Bearer {ACCESS}"}
+        assert server.refreshes == 1  # the access token is kept until it nearly expires
+
+        other = jwt({"token_type": "refresh", "exp": 4102444800, "user_id": 2})
+        setup(c, server.url, token=other)
+        r = c.post(
+            "/labelstudio/predict",
+            json=predict_body([{"id": 400, "data": {"image": "/data/upload/1/new.png"}}]),
+        )
+        assert r.status_code == 422, r.text
+        assert "did not accept the personal access token" in r.json()["detail"]
+    finally:
+        server.httpd.shutdown()
+
+
+def test_fetch_failures_are_told(
+    app_client: TestClient,
+    rt: Runtime,
+    fake_ls: tuple[FakeLabelStudio, list[dict[str, Any]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When Label Studio cannot be reached: /predict answers an error with the reason, the log
+    says it once, /metrics counts every failure by cause, and each item carries its reason (the
+    dashboard's unreadable list)."""
+    caplog.set_level(logging.WARNING)
+    c = app_client
+    _, tasks = fake_ls
+    dead = f"http://127.0.0.1:{free_port()}"
+    rt.settings.fetch_allow_hosts = ["127.0.0.1"]
+    task_id = setup(c, dead)["task_id"]
+    for batch in (tasks[:3], tasks[3:6]):
+        r = c.post("/labelstudio/predict", json=predict_body(batch))
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == "fetch_failed"
+        assert "the server does not answer" in r.json()["detail"]
+    wait_until(lambda: c.get(f"/api/v1/tasks/{task_id}").json()["counts"]["failed"] == 6)
+    failed = c.get(f"/api/v1/tasks/{task_id}/items", params={"status": "failed"}).json()
+    assert all("does not answer" in (it["error"] or "") for it in failed["items"])
+    logged = [r for r in caplog.records if "cannot read data (unreachable)" in r.getMessage()]
+    assert len(logged) == 1
+    metrics = c.get("/metrics").text
+    line = next(x for x in metrics.splitlines() if 'fetch_failures_total{cause="unreachable"}' in x)
+    assert float(line.split()[-1]) >= 6

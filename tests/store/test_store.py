@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -12,10 +14,15 @@ from labelloop.runtime import Runtime
 from labelloop.service.tasks import TaskCreate, create_task, delete_task
 from labelloop.store.models import Annotation, Item, Job, Task
 
+NAMES = itertools.count(1)
+
 
 def new_task(rt: Runtime, **policy: object) -> int:
     spec = TaskCreate(
-        name="t", category="text-classification", labels=["a", "b"], policy=policy or {}
+        name=f"t{next(NAMES)}",
+        category="text-classification",
+        labels=["a", "b"],
+        policy=policy or {},
     )  # type: ignore[arg-type]
     return int(create_task(rt, spec)["id"])
 

@@ -3,7 +3,10 @@
 A Label Studio project maps to one labelloop task, created from the project's labelling config the
 first time the project calls (``/setup``, or any ``/predict`` or ``/webhook``: all carry the
 config). A Label Studio task becomes an item with ``external_id = "ls:<task id>"``; its media link
-is stored resolved against the project's Label Studio URL. Annotations arrive by webhook and are
+is stored relative (``/data/upload/...``) and read from ``LABELLOOP_LABELSTUDIO_URL`` when set,
+else from the URL the project sent at setup (:mod:`labelloop.labelstudio.links`). When none of the
+tasks of a ``/predict`` call can be read, the answer is an error that Label Studio shows, with
+the reason. Annotations arrive by webhook and are
 appended through :func:`labelloop.service.labelling.submit`, which only *queues* training: no
 request ever trains. A deleted annotation becomes a retraction (an annotation with labels null).
 """
@@ -18,16 +21,18 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from labelloop import __version__
-from labelloop.errors import FetchError, InvalidInput, NotFound
-from labelloop.fetch import LinkChecker
+from labelloop.config import Settings
+from labelloop.errors import Conflict, FetchError, InvalidInput, NotFound
+from labelloop.fetch import LinkChecker, read_link
 from labelloop.labelstudio import links
 from labelloop.labelstudio.config import LabelConfig, parse_label_config
 from labelloop.runtime import Runtime
+from labelloop.schemas import TaskPublic
 from labelloop.service import items as item_service
 from labelloop.service import labelling, models, tasks
 from labelloop.service.common import task_spec
 from labelloop.service.predictions import current_predictions
-from labelloop.store.models import LabelStudioAnnotation, LabelStudioProject, Task
+from labelloop.store.models import Item, LabelStudioAnnotation, LabelStudioProject, Task
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,16 @@ def _row_link(row: LabelStudioProject) -> Link:
 def connect(
     rt: Runtime, project: str, uid: str | None, label_config: str, url: str | None = None
 ) -> Link:
+    """The project's link (see :func:`_connect`); the URL it sent is kept in its task's folder."""
+    link = _connect(rt, project, uid, label_config, url)
+    if link.url:
+        links.remember_project(rt.folder(link.task_id), link.url)
+    return link
+
+
+def _connect(
+    rt: Runtime, project: str, uid: str | None, label_config: str, url: str | None = None
+) -> Link:
     """The project's link, creating its task when the project is new or its config changed.
 
     A changed config that still maps to the same task shape keeps the task; one with other labels
@@ -88,15 +103,7 @@ def connect(
                 if uid and row.uid is None:
                     row.uid = uid
                 return _row_link(row)
-    created = tasks.create_task(
-        rt,
-        tasks.TaskCreate(
-            name=f"Label Studio project {project}",
-            category=config.category,
-            extra=config.extra,
-            labels=list(config.labels),
-        ),
-    )
+    created = _create_task(rt, project, config)
     try:
         with rt.session() as s:
             row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project == project))
@@ -122,6 +129,27 @@ def connect(
             return _row_link(row)
 
 
+def _create_task(rt: Runtime, project: str, config: LabelConfig) -> TaskPublic:
+    """A new task for the project, named after it (``(2)``… when a task has the name already)."""
+    for attempt in range(3):
+        with rt.session() as s:
+            name = tasks.free_name(s, f"Label Studio project {project}")
+        try:
+            return tasks.create_task(
+                rt,
+                tasks.TaskCreate(
+                    name=name,
+                    category=config.category,
+                    extra=config.extra,
+                    labels=list(config.labels),
+                ),
+            )
+        except Conflict:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def health() -> dict[str, Any]:
     return {"status": "UP", "model_class": "labelloop", "version": __version__}
 
@@ -136,11 +164,15 @@ def setup(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
     token = body.get("access_token")
     if url and isinstance(token, str) and token:
         links.remember(rt.settings, url, token)
+        if rt.settings.labelstudio_url and rt.settings.labelstudio_token is None:
+            # The operator's URL wins over the one sent (which labelloop may not reach): the
+            # token the project sent goes with requests to the operator's URL.
+            links.remember(rt.settings, rt.settings.labelstudio_url, token)
     spec = task_spec(rt, link.task_id)
     return {"model_version": version_name(spec.served_version), "task_id": link.task_id}
 
 
-def _item_data(task: dict[str, Any], link: Link) -> str | None:
+def _item_data(task: dict[str, Any], link: Link, settings: Settings) -> str | None:
     data = task.get("data")
     if not isinstance(data, dict):
         return None
@@ -148,12 +180,20 @@ def _item_data(task: dict[str, Any], link: Link) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     if link.config.object_type == "Image":
-        return links.resolve(value.strip(), link.url)
+        # Stored relative to the project's URL: where Label Studio is reached is decided when
+        # the media is read (the operator's setting wins over the address sent at setup).
+        return links.relative(value.strip(), [link.url, settings.labelstudio_url])
     return value
 
 
-def ingest(rt: Runtime, link: Link, ls_tasks: list[dict[str, Any]]) -> dict[int, int]:
-    """Store Label Studio tasks as items (idempotent); Label Studio task id -> item id."""
+def ingest(
+    rt: Runtime,
+    link: Link,
+    ls_tasks: list[dict[str, Any]],
+    refused: dict[int, str] | None = None,
+) -> dict[int, int]:
+    """Store Label Studio tasks as items (idempotent); Label Studio task id -> item id. Tasks
+    whose link labelloop may not read are left out (with the reason in ``refused``)."""
     specs: list[item_service.ItemIn] = []
     seen: set[int] = set()
     checker = (
@@ -165,7 +205,7 @@ def ingest(rt: Runtime, link: Link, ls_tasks: list[dict[str, Any]]) -> dict[int,
         tid = t.get("id")
         if not isinstance(tid, int) or tid in seen:
             continue
-        data = _item_data(t, link)
+        data = _item_data(t, link, rt.settings)
         if data is None:
             continue
         seen.add(tid)
@@ -176,6 +216,8 @@ def ingest(rt: Runtime, link: Link, ls_tasks: list[dict[str, Any]]) -> dict[int,
                 # One task with a link labelloop may not read must not fail the whole batch: it
                 # gets no item (so no pre-label, and its annotations are ignored), and the log says why.
                 log.warning("Label Studio task %s is not taken: %s", tid, exc.message)
+                if refused is not None:
+                    refused[tid] = exc.message
                 continue
         specs.append(item_service.ItemIn(data=data, external_id=f"{EXTERNAL_PREFIX}{tid}"))
     if not specs:
@@ -203,17 +245,21 @@ def predict(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
     """Pre-labels for a batch of Label Studio tasks, one entry per task, in order.
 
     Before the first model (or for a task whose data cannot be read) the entry is an empty list:
-    Label Studio then stores no prediction for it and asks again once a version serves.
+    Label Studio then stores no prediction for it and asks again once a version serves. When
+    none of the tasks' images can be read, the answer is an error with the reason.
     """
     project, uid = split_project(body.get("project"))
     ls_tasks = body.get("tasks")
     if not isinstance(ls_tasks, list) or not all(isinstance(t, dict) for t in ls_tasks):
         raise InvalidInput("tasks must be a list of Label Studio tasks")
     link = connect(rt, project, uid, str(body.get("label_config") or ""))
-    ids = ingest(rt, link, ls_tasks)
+    refused: dict[int, str] = {}
+    ids = ingest(rt, link, ls_tasks, refused)
     spec = task_spec(rt, link.task_id)
     name = version_name(spec.served_version)
     preds = current_predictions(rt, spec, list(ids.values())) if name is not None else {}
+    if ls_tasks and link.config.object_type == "Image":
+        _readable_or_raise(rt, link, list(ids.values()), preds, refused)
     results: list[Any] = []
     for t in ls_tasks:
         p = preds.get(ids.get(t.get("id"), -1))
@@ -228,6 +274,50 @@ def predict(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
             }
         )
     return {"results": results, "model_version": name}
+
+
+#: Before the first model, a /predict call reads at most this many of its tasks' images to find
+#: out whether any can be read (what is read is kept: the featurize job does not fetch it again).
+PROBE = 5
+
+
+def _readable_or_raise(
+    rt: Runtime,
+    link: Link,
+    item_ids: list[int],
+    preds: dict[int, dict[str, Any]],
+    refused: dict[int, str],
+) -> None:
+    """Raise the reason when none of a /predict call's images can be read, so that Label Studio
+    shows an error instead of a connected backend that silently predicts nothing."""
+    if not item_ids:
+        reason = next(iter(refused.values()), "no task has an image")
+        raise FetchError(f"labelloop cannot read the images of these Label Studio tasks: {reason}")
+    if preds:
+        if any(p.get("status") == "ok" for p in preds.values()):
+            return
+        error = next((str(p.get("error")) for p in preds.values() if p.get("error")), None)
+        if error is not None:
+            raise FetchError(f"labelloop cannot read the images of these tasks: {error}")
+        return
+    with rt.session() as s:
+        rows = s.execute(
+            select(Item.id, Item.data, Item.status, Item.error).where(Item.id.in_(item_ids))
+        ).all()
+    if any(r.status == "ready" for r in rows):
+        return
+    failed = [str(r.error) for r in rows if r.status == "failed" and r.error]
+    why: str | None = failed[0] if failed and len(failed) == len(rows) else None
+    if why is None:
+        folder = rt.folder(link.task_id)
+        for r in [r for r in rows if r.status == "pending"][:PROBE]:
+            try:
+                read_link(r.data, rt.settings, folder)
+                return
+            except FetchError as exc:
+                why = exc.message
+    if why is not None:
+        raise FetchError(f"labelloop cannot read the images of these tasks: {why}")
 
 
 def _labels_of(annotation: dict[str, Any], link: Link) -> list[str] | None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, object_session
 
-from labelloop.errors import InvalidInput, NotFound
+from labelloop.errors import Conflict, InvalidInput, NotFound
 from labelloop.learners.registry import check_params
 from labelloop.loop.cache import FEATURES
 from labelloop.loop.labels import current_labels
@@ -47,6 +47,35 @@ def checked_policy(category: str, extra: str, labels: list[str], policy: Policy)
             "policy.hotkeys names labels the task does not have: " + ", ".join(unknown)
         )
     return policy
+
+
+#: The PostgreSQL advisory lock that serialises naming tasks (two creations cannot both pass the
+#: check for the same free name).
+NAMES_LOCK = 0x6C6C_6E61_6D65
+
+
+def lock_names(s: Session) -> None:
+    """Hold the naming lock until the transaction ends (SQLite serialises writers already)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": NAMES_LOCK})
+
+
+def check_name_free(s: Session, name: str, task_id: int | None = None) -> None:
+    """Refuse a task name another task already has (people pick tasks by name on the pages)."""
+    taken = s.scalar(select(Task.id).where(Task.name == name, Task.id != (task_id or 0)).limit(1))
+    if taken is not None:
+        raise Conflict(f'a task named "{name}" exists already (task {taken}); choose another name')
+
+
+def free_name(s: Session, base: str) -> str:
+    """``base``, or ``base (2)``, ``base (3)``… : the first name no task has (for tasks that
+    labelloop names itself, such as a Label Studio project's)."""
+    taken = set(s.scalars(select(Task.name).where(Task.name.startswith(base))))
+    n, name = 1, base
+    while name in taken:
+        n += 1
+        name = f"{base} ({n})"
+    return name
 
 
 def summary(rt: Runtime, task: Task) -> TaskPublic:
@@ -119,6 +148,8 @@ def create_task(rt: Runtime, spec: TaskCreate) -> TaskPublic:
     if spec.extra == "multi-class" and len(spec.labels) < 2:
         raise InvalidInput("a multi-class task needs at least two labels")
     with rt.session() as s:
+        lock_names(s)
+        check_name_free(s, spec.name)
         task = Task(
             name=spec.name,
             category=spec.category,
@@ -163,7 +194,9 @@ def update_task(rt: Runtime, task_id: int, change: TaskUpdate) -> TaskPublic:
             task.policy = checked_policy(
                 task.category, task.extra, list(task.labels), merged
             ).model_dump(mode="json")
-        if change.name is not None:
+        if change.name is not None and change.name != task.name:
+            lock_names(s)
+            check_name_free(s, change.name, task.id)
             task.name = change.name
         if change.archived is not None and change.archived != (task.archived_at is not None):
             task.archived_at = utcnow() if change.archived else None

@@ -50,29 +50,44 @@ def folders(
     "/tasks/{task_id}/import/folder",
     status_code=201,
     response_model=FolderImported,
-    responses=responses(400, 401, 403, 404, 413, 422, 503),
+    responses=responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 def import_folder(task_id: TaskId, body: FolderImport, rt: RuntimeDep) -> dict[str, Any]:
-    """Every image of a server folder (below an import root) becomes an item."""
-    return imports.import_folder(rt, task_id, body.path, body.recursive)
+    """Every image of a server folder (below an import root, sub-folders included) becomes an
+    item; with ``labels_from_folders`` the sub-folder names are the images' labels. Every file
+    left out is named in ``skipped`` with the reason."""
+    return imports.import_folder(
+        rt, task_id, body.path, body.recursive, body.labels_from_folders, body.add_labels
+    )
 
 
 @router.post(
     "/tasks/{task_id}/import/csv",
     status_code=201,
     response_model=CsvImported,
-    responses=responses(400, 401, 404, 413, 422, 503),
+    responses=responses(400, 401, 404, 409, 413, 422, 503),
 )
 def import_csv(
     task_id: TaskId,
     rt: RuntimeDep,
     file: Annotated[UploadFile, File()],
-    text_column: Annotated[Text | None, Form(max_length=200)] = None,
+    text_column: Annotated[
+        Text | None,
+        Form(max_length=200, description="the column of the texts (default: the one named text)"),
+    ] = None,
     id_column: Annotated[Text | None, Form(max_length=200)] = None,
+    label_column: Annotated[
+        Text | None,
+        Form(max_length=200, description="a column of labels, recorded as imported human labels"),
+    ] = None,
+    add_labels: Annotated[
+        bool, Form(description="labels of the label column the task lacks are added to it")
+    ] = False,
 ) -> dict[str, Any]:
-    """Each row of an uploaded CSV becomes a text item."""
+    """Each row of an uploaded CSV becomes a text item. A CSV without a ``text`` column is refused
+    unless ``text_column`` names the column of the texts; rows left out are in ``skipped_rows``."""
     raw = file.file.read()
-    return imports.import_csv(rt, task_id, raw, text_column, id_column)
+    return imports.import_csv(rt, task_id, raw, text_column, id_column, label_column, add_labels)
 
 
 @router.post(

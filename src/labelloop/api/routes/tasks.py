@@ -16,10 +16,10 @@ router = APIRouter(tags=["tasks"])
     "/tasks",
     status_code=201,
     response_model=TaskPublic,
-    responses=responses(400, 401, 413, 422, 503),
+    responses=responses(400, 401, 409, 413, 422, 503),
 )
 def create_task(body: TaskCreate, rt: RuntimeDep) -> TaskPublic:
-    """Create a task; it starts with no model."""
+    """Create a task; it starts with no model. Task names are unique (409 for a taken one)."""
     return tasks.create_task(rt, body)
 
 
@@ -36,7 +36,9 @@ def get_task(task_id: TaskId, rt: RuntimeDep) -> TaskPublic:
 
 
 @router.patch(
-    "/tasks/{task_id}", response_model=TaskPublic, responses=responses(400, 401, 404, 413, 422, 503)
+    "/tasks/{task_id}",
+    response_model=TaskPublic,
+    responses=responses(400, 401, 404, 409, 413, 422, 503),
 )
 def update_task(task_id: TaskId, body: TaskUpdate, rt: RuntimeDep) -> TaskPublic:
     """Rename the task or change policy fields (those given replace the current ones)."""

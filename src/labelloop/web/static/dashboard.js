@@ -299,10 +299,24 @@ function askDelete(task) {
   input.focus();
 }
 
+/** What an import left out, by name and why (the first few), for a toast. */
+function leftOut(added) {
+  const skipped = added.skipped_rows || added.skipped || [];
+  const total = added.skipped_total ?? (Array.isArray(added.skipped) ? added.skipped.length : added.skipped) ?? 0;
+  if (!total || !Array.isArray(skipped)) return "";
+  const named = skipped.slice(0, 3).map((x) => `${x.file} (${x.reason})`).join("; ");
+  return ` · left out ${total}: ${named}${total > 3 ? "; …" : ""}`;
+}
+
+function imported(added) {
+  const labelled = added.labelled ? ` · ${added.labelled} labelled from the data` : "";
+  return `${added.created} new item(s)${labelled}${leftOut(added)}`;
+}
+
 function wireImports(task) {
   const run = async (fn, what) => {
     state.busy = true;
-    try { const r = await fn(); toast(`${what}: ${r.created} new item(s)`); } catch (err) { toast(err.message); }
+    try { const r = await fn(); toast(`${what}: ${imported(r)}`); } catch (err) { toast(err.message); }
     state.busy = false;
     refresh();
   };
@@ -438,6 +452,7 @@ async function showFolder(path) {
   try {
     const d = await api.get(`/api/v1/import/folders${path ? `?path=${encodeURIComponent(path)}` : ""}`);
     state.folder = d.path;
+    state.folderNames = d.path ? d.folders.map((f) => f.name) : [];
     document.getElementById("folder-path").textContent = d.path || "Import roots (folders this server may read)";
     const rows = [];
     if (d.parent) rows.push(`<div data-path="${esc(d.parent)}">⬑ ..</div>`);
@@ -461,15 +476,74 @@ function syncSourceFields(form) {
   document.getElementById("upload-pick").hidden = !upload;
 }
 
+/** The records of a CSV text (RFC 4180 quoting), as the server reads them. */
+function parseCsv(text) {
+  const rows = [];
+  let row = [], field = "", quoted = false;
+  text = text.replace(/^\uFEFF/, "");
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (quoted) {
+      if (ch !== '"') field += ch;
+      else if (text[i + 1] === '"') { field += '"'; i++; } else quoted = false;
+    } else if (ch === '"') quoted = true;
+    else if (ch === ",") { row.push(field); field = ""; }
+    else if (ch === "\n" || ch === "\r") {
+      if (ch === "\r" && text[i + 1] === "\n") i++;
+      row.push(field); rows.push(row); row = []; field = "";
+    } else field += ch;
+  }
+  if (field !== "" || row.length) { row.push(field); rows.push(row); }
+  return rows;
+}
+
+/** Show the chosen CSV's header: the person picks the column of the texts (never guessed: a
+ * column named "text" is preselected, nothing else) and, optionally, a column of labels. */
+async function showCsvColumns(form) {
+  const box = document.getElementById("csv-columns");
+  state.csvRows = null;
+  box.hidden = true;
+  const file = form.csv.files[0];
+  if (!file) return;
+  const rows = parseCsv(await file.text());
+  if (!rows.length) return;
+  state.csvRows = rows;
+  const header = rows[0];
+  const textAt = header.findIndex((h) => h.trim().toLowerCase() === "text");
+  const opts = header.map((h, i) => `<option value="${esc(h)}"${i === textAt ? " selected" : ""}>${esc(h)}</option>`).join("");
+  form.text_column.innerHTML = (textAt < 0 ? '<option value="" selected disabled>choose the column of the texts</option>' : "") + opts;
+  form.label_column.innerHTML = '<option value="">(none)</option>' + header.map((h) => `<option value="${esc(h)}">${esc(h)}</option>`).join("");
+  box.hidden = false;
+}
+
+/** The labels the data brings when the person left the labels empty: the class folders' names,
+ * or the values of the CSV's label column. */
+function labelsFromData(form, text) {
+  if (!text && form.imgsrc.value === "folder" && form.fromfolders.checked) return state.folderNames || [];
+  if (text && form.label_column.value && state.csvRows) {
+    const at = state.csvRows[0].indexOf(form.label_column.value);
+    const values = state.csvRows.slice(1).flatMap((r) => {
+      const cell = (r[at] || "").trim();
+      return form.multi.checked ? cell.split("|") : [cell];
+    }).map((v) => v.trim()).filter(Boolean);
+    return [...new Set(values)];
+  }
+  return [];
+}
+
 async function createTask(form) {
-  const labels = form.labels.value.split(/[\n,]/).map((s) => s.trim()).filter(Boolean);
   const text = form.kind.value === "text";
+  const typed = form.labels.value.split(/[\n,]/).map((s) => s.trim()).filter(Boolean);
+  const fromData = !text && form.imgsrc.value === "folder" && form.fromfolders.checked || text && !!form.label_column.value;
+  if (text && !form.csv.files.length) throw new Error("choose a CSV file of texts");
+  if (text && !form.text_column.value) throw new Error("choose the column that holds the texts");
+  const labels = typed.length ? typed : labelsFromData(form, text);
+  if (!labels.length) throw new Error(fromData ? "the data names no labels: give the labels" : "give the labels, one per line or separated by commas");
   const body = {
     name: form.name.value.trim(), labels,
     category: text ? "text-classification" : "image-classification",
     extra: form.multi.checked ? "multi-label" : "multi-class",
   };
-  if (text && !form.csv.files.length) throw new Error("choose a CSV file of texts");
   if (!text && form.imgsrc.value === "folder" && !state.folder) throw new Error("open the folder that holds the images");
   if (!text && form.imgsrc.value === "upload" && !form.files.files.length) throw new Error("choose image files");
   const task = await api.post("/api/v1/tasks", body);
@@ -477,12 +551,15 @@ async function createTask(form) {
   try {
     if (text) {
       const fd = new FormData(); fd.append("file", form.csv.files[0]);
+      fd.append("text_column", form.text_column.value);
+      if (form.label_column.value) { fd.append("label_column", form.label_column.value); fd.append("add_labels", "true"); }
       added = await api.form(`/api/v1/tasks/${task.id}/import/csv`, fd);
     } else if (form.imgsrc.value === "upload") {
       const fd = new FormData(); for (const f of form.files.files) fd.append("files", f);
       added = await api.form(`/api/v1/tasks/${task.id}/uploads`, fd);
     } else {
-      added = await api.post(`/api/v1/tasks/${task.id}/import/folder`, { path: state.folder });
+      const classes = form.fromfolders.checked;
+      added = await api.post(`/api/v1/tasks/${task.id}/import/folder`, { path: state.folder, labels_from_folders: classes, add_labels: classes });
     }
   } catch (err) {
     await api.del(`/api/v1/tasks/${task.id}`).catch(() => null);
@@ -501,6 +578,7 @@ function setupCreate() {
     dialog.showModal();
   };
   form.kind.onchange = () => syncSourceFields(form);
+  form.csv.onchange = () => showCsvColumns(form);
   for (const r of form.imgsrc) r.onchange = () => syncSourceFields(form);
   form.addEventListener("submit", async (ev) => {
     if (ev.submitter && ev.submitter.value === "cancel") return;
@@ -511,7 +589,9 @@ function setupCreate() {
       const { task, added } = await createTask(form);
       dialog.close();
       form.reset();
-      toast(`task "${task.name}" created with ${added.created} items`);
+      document.getElementById("csv-columns").hidden = true;
+      state.csvRows = null;
+      toast(`task "${task.name}" created: ${imported(added)}`);
       location.hash = `task=${task.id}`;
     } catch (err) {
       document.getElementById("create-error").textContent = err.message;
