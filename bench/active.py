@@ -25,6 +25,7 @@ import numpy as np
 from bench import datasets
 from labelloop.client import Client
 from labelloop.demo import free_port, running_server
+from labelloop.errors import ConnectionFailed
 from labelloop.simulation import Annotator, run_active, run_stream
 
 #: What each promoted version's auto-labelling estimate is recorded with (``--out``).
@@ -69,10 +70,11 @@ def run(
     flip: float,
     scope: str = "model-labels",
     extra_policy: dict[str, Any] | None = None,
+    attempt: int = 0,
 ) -> dict[str, Any]:
     with (
         running_server(
-            work / f"{ds.name}-{kind}-{seed}", free_port(), ["--import-root", str(work)]
+            work / f"{ds.name}-{kind}-{seed}-{attempt}", free_port(), ["--import-root", str(work)]
         ) as server,
         Client(server.url, timeout=600) as client,
     ):
@@ -184,7 +186,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="labelloop-bench-") as tmp:
         ds = load(args.dataset, Path(tmp))
         for seed in args.seeds:
-            r = run(args.kind, ds, seed, Path(tmp), args.target, args.flip, args.scope, args.policy)
+            for attempt in range(3):  # a loaded machine may not start the server in time
+                try:
+                    r = run(
+                        args.kind,
+                        ds,
+                        seed,
+                        Path(tmp),
+                        args.target,
+                        args.flip,
+                        args.scope,
+                        args.policy,
+                        attempt,
+                    )
+                    break
+                except ConnectionFailed:
+                    if attempt == 2:
+                        raise
             r["seed"] = seed
             runs.append(r)
             print(json.dumps(r), flush=True)
