@@ -160,7 +160,11 @@ def choose(
 
 
 def _only(pool: Features | None, views: Sequence[str]) -> Features | None:
-    return None if pool is None else pool.only(views)
+    """The pool's views for a candidate; None when the pool lacks one of them (a candidate scored
+    on the labelled items alone, whose pool has not been featurized for it)."""
+    if pool is None or any(v not in pool.views for v in views):
+        return None
+    return pool.only(views)
 
 
 def _evidence(s: Scores, seconds: float, how: str) -> dict[str, Any]:

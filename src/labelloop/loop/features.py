@@ -10,12 +10,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from labelloop.errors import FetchError, LabelloopError
 from labelloop.fetch import Content, read_link, text_content
+from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Features, Featurizer, Learner, View
 from labelloop.loop.cache import FEATURES
+from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
+from labelloop.store.models import ModelVersion
 
 TEXT_CATEGORIES = frozenset({"text-classification"})
 TRANSFORM_BATCH = 128
@@ -43,6 +48,26 @@ class FeatureBatch:
     failed: dict[int, str] = field(default_factory=dict)
     #: Item id -> content hash, for items whose hash was learned here.
     hashes: dict[int, str] = field(default_factory=dict)
+
+
+def current_learner(session: Session, task_id: int) -> str | None:
+    """The learner of the task's newest ready version (None before the first)."""
+    return session.scalar(
+        select(ModelVersion.learner)
+        .where(ModelVersion.task_id == task_id, ModelVersion.status == "ready")
+        .order_by(ModelVersion.version.desc())
+        .limit(1)
+    )
+
+
+def pool_featurizers(session: Session, spec: TaskSpec) -> list[Featurizer]:
+    """What every item of a task is featurized with as it arrives (the featurize job): its
+    learner's featurizers; for ``auto``, the backbone's embeddings only once a backbone learner
+    won (:meth:`~labelloop.learners.auto.AutoImage.pool_featurizers`)."""
+    learner = spec.new_learner()
+    if isinstance(learner, AutoImage):
+        return learner.pool_featurizers(current_learner(session, spec.id))
+    return learner.featurizers()
 
 
 def read_content(rt: Runtime, category: str, data: str, task_id: int) -> Content:

@@ -223,7 +223,7 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     learner = claim.spec.new_learner()
     previous = _previous_choice(rt, claim)
     candidates = _candidates(learner, len(claim.labels), previous)
-    prepared = _prepare(rt, claim, candidates)
+    prepared = _prepare(rt, claim, candidates, _on_pool(learner, previous))
     phases("featurize")
     if prepared is None:
         return _fail(rt, job_id, "fewer than two usable labelled items of different classes")
@@ -288,14 +288,30 @@ def _costly_evaluated_at(
     return previous.costly_evaluated_at
 
 
-def _prepare(rt: Runtime, claim: Claim, candidates: list[Learner]) -> Prepared | None:
+def _on_pool(learner: Learner, previous: PreviousChoice) -> frozenset[str] | None:
+    """Versions of the featurizers the pool has (or gets) for every item; None: all of them."""
+    if not isinstance(learner, AutoImage):
+        return None
+    return frozenset(f.version for f in learner.pool_featurizers(previous.learner))
+
+
+def _prepare(
+    rt: Runtime, claim: Claim, candidates: list[Learner], on_pool: frozenset[str] | None = None
+) -> Prepared | None:
     """Featurize the pool for every candidate (cached); None if the labels cannot train a model.
 
-    A costly candidate (fine-tuning) is featurized for the labelled items only: choosing needs no
-    more, and the pool's features are computed only if it wins (:func:`_pool_for`).
+    A costly candidate (fine-tuning), and one whose views the pool does not have (``on_pool``:
+    the backbone's learners before one of them won), is featurized for the labelled items only:
+    choosing needs no more, and the pool's features are computed only if it wins
+    (:func:`_pool_for`).
     """
     spec = claim.spec
-    costly = [c for c in candidates if getattr(c, "holdout_only", False)]
+    costly = [
+        c
+        for c in candidates
+        if getattr(c, "holdout_only", False)
+        or (on_pool is not None and any(f.version not in on_pool for f in c.featurizers()))
+    ]
     cheap = [c for c in candidates if c not in costly] or costly
     batch = featurize(rt, spec.id, spec.category, _featurizers(cheap), claim.items)
     _record_items(rt, batch.hashes, batch.failed)

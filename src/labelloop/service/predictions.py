@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from labelloop.errors import Conflict, InvalidInput, NotFound
-from labelloop.loop.features import ItemRef, featurize
+from labelloop.loop.features import ItemRef, featurize, pool_featurizers
 from labelloop.loop.labels import current_labels, label_revision
 from labelloop.loop.prediction import store_predictions
 from labelloop.loop.scheduling import lock_task
@@ -248,6 +248,8 @@ def _threshold(session: Any, spec: TaskSpec) -> float | None:
 def _vectors(rt: Runtime, spec: TaskSpec, rows: list[Any]) -> tuple[list[int], Any, list[int]]:
     """Similarity vectors of items (features from the cache), for near-copy checks."""
     refs = [ItemRef(r.id, r.data, r.content_hash) for r in rows]
-    batch = featurize(rt, spec.id, spec.category, spec.new_learner(), refs)
+    with rt.session() as s:
+        featurizers = pool_featurizers(s, spec)
+    batch = featurize(rt, spec.id, spec.category, featurizers, refs)
     ok = [rows[p].id for p in batch.ok]
     return ok, similarity_vectors(batch.features), list(batch.failed)
