@@ -439,7 +439,7 @@ def import_csv(
 ) -> dict[str, Any]:
     """Each row of a CSV (with a header) becomes a text item: the column ``text`` (or the one
     named: a CSV without it is refused, never guessed), ``id`` as its external id when there is
-    one, and, when ``label_column`` is named, its labels as human labels (``|`` between the labels
+    one (else the text's hash: the same text is not added twice), and, when ``label_column`` is named, its labels as human labels (``|`` between the labels
     of a multi-label task; an empty cell gives none)."""
     _require(rt, task_id, text=True)
     with rt.session() as s:
@@ -461,7 +461,10 @@ def import_csv(
                 skipped.append({"file": f"line {n}", "reason": "no text"})
             continue
         ext = row[id_at].strip() if id_at is not None and id_at < len(row) else ""
-        spec = ItemIn(data=text, external_id=_external_id("csv:", ext or f"row-{n}"))
+        # Without an id, the text names the item: another CSV (or the same one again) adds only
+        # texts the task does not have (a row number would clash with an earlier file's rows).
+        key = ext or f"text:{hashlib.sha256(text.encode('utf-8')).hexdigest()}"
+        spec = ItemIn(data=text, external_id=_external_id("csv:", key))
         specs.append(spec)
         cell = row[label_at].strip() if label_at is not None and label_at < len(row) else ""
         if cell and spec.external_id is not None:

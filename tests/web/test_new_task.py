@@ -54,6 +54,45 @@ def test_a_csv_without_a_text_column_asks_for_it(live_url: str, page: Any) -> No
     assert task["labels"] == ["ham", "spam"]  # from the label column, the field left empty
     assert task["counts"]["items"] == 3 and task["counts"]["human_labelled"] == 3
 
+    # More texts into the task from its own page: the columns are picked the same way.
+    page.wait_for_selector("[data-testid=add-csv]")
+    more = b"label,message\nspam,FREE CRUISE\nham,lunch today?\n"
+    page.set_input_files(
+        "[data-testid=add-csv]",
+        files=[{"name": "more.csv", "mimeType": "text/csv", "buffer": more}],
+    )
+    page.wait_for_selector("[data-testid=add-csv-text]", state="visible")
+    page.click("[data-testid=add-csv-go]")
+    page.wait_for_selector(
+        ".toast:has-text('choose the column that holds the texts')", state="attached"
+    )
+    page.select_option("[data-testid=add-csv-text]", "message")
+    page.select_option("[data-testid=add-csv-label]", "label")
+    page.click("[data-testid=add-csv-go]")
+    page.wait_for_function(
+        "() => document.getElementById('toast').textContent.includes('CSV')", timeout=120_000
+    )
+    assert "CSV: 2 new item(s) · 2 labelled" in (page.text_content(".toast") or "")
+
+
+def test_a_task_whose_data_cannot_be_imported_is_not_left_behind(live_url: str, page: Any) -> None:
+    page.goto(f"{live_url}/ui/")
+    page.click("[data-testid=new-task]")
+    page.fill("input[name=name]", "no texts")
+    page.fill("[data-testid=labels]", "a, b")
+    page.select_option("select[name=kind]", "text")
+    empty = b"text,label\n  ,a\n,b\n"
+    page.set_input_files(
+        "[data-testid=csv-file]", files=[{"name": "e.csv", "mimeType": "text/csv", "buffer": empty}]
+    )
+    page.wait_for_selector("[data-testid=text-column]", state="visible")
+    assert page.input_value("[data-testid=text-column]") == "text"  # named text: preselected
+    page.click("[data-testid=create-submit]")
+    page.wait_for_selector(
+        "[data-testid=create-error]:has-text('no non-empty texts')", timeout=120_000
+    )
+    assert _task_named(live_url, "no texts") is None
+
 
 def test_a_folder_per_class_names_the_labels(live_url: str, page: Any, image_root: Path) -> None:
     for name, shade in (("cat", 30), ("dog", 220)):

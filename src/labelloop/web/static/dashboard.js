@@ -3,7 +3,7 @@
 "use strict";
 
 const REFRESH_MS = 2500;
-const state = { tasks: [], selected: null, folder: null, busy: false, info: null, me: null, showUnreadable: false };
+const state = { tasks: [], selected: null, folder: null, busy: false, info: null, me: null, showUnreadable: false, picking: null };
 const isAdmin = () => !state.me || state.me.role === "admin";
 
 function toast(message) {
@@ -164,7 +164,10 @@ function unreadableBlock(task, failed) {
 
 function importBlock(task) {
   if (task.category.startsWith("text")) {
-    return `<div class="row"><input type="file" id="add-csv" accept=".csv,text/csv"><button class="small" id="add-csv-go">Add texts from CSV</button></div>`;
+    return `<div class="row"><input type="file" id="add-csv" accept=".csv,text/csv" data-testid="add-csv">
+      <span id="add-csv-columns" hidden>texts in <select id="add-csv-text" data-testid="add-csv-text"></select>
+        labels in <select id="add-csv-label" data-testid="add-csv-label"></select></span>
+      <button class="small" id="add-csv-go" data-testid="add-csv-go">Add texts from CSV</button></div>`;
   }
   return `<div class="row"><input type="file" id="add-files" accept="image/*" multiple><button class="small" id="add-files-go">Upload images</button>
     <input type="text" id="add-folder" placeholder="/folder/below/an/import/root" style="width: 260px"><button class="small" id="add-folder-go">Add folder</button></div>`;
@@ -186,7 +189,7 @@ async function renderDetail() {
     el.innerHTML = `<div class="card error">${esc(err.message)}</div>`;
     return;
   }
-  if (state.selected !== id || state.busy) return;
+  if (state.selected !== id || state.busy || state.picking === id) return;
   const c = task.counts;
   const er = metrics.edit_rate;
   const focus = document.activeElement && document.activeElement.id;
@@ -310,7 +313,8 @@ function leftOut(added) {
 
 function imported(added) {
   const labelled = added.labelled ? ` · ${added.labelled} labelled from the data` : "";
-  return `${added.created} new item(s)${labelled}${leftOut(added)}`;
+  const existing = added.existing ? ` · ${added.existing} already there` : "";
+  return `${added.created} new item(s)${existing}${labelled}${leftOut(added)}`;
 }
 
 function wireImports(task) {
@@ -321,10 +325,21 @@ function wireImports(task) {
     refresh();
   };
   const q = (id) => document.getElementById(id);
+  if (q("add-csv")) q("add-csv").onchange = async () => {
+    // The header is shown and the person picks the columns; the page waits for them.
+    const f = q("add-csv").files[0];
+    state.picking = f ? task.id : null;
+    q("add-csv-columns").hidden = !f;
+    if (f) columnChoices(parseCsv(await f.text())[0] || [], q("add-csv-text"), q("add-csv-label"));
+  };
   if (q("add-csv-go")) q("add-csv-go").onclick = () => {
     const f = q("add-csv").files[0];
     if (!f) return toast("choose a CSV file first");
+    if (!q("add-csv-text").value) return toast("choose the column that holds the texts");
     const fd = new FormData(); fd.append("file", f);
+    fd.append("text_column", q("add-csv-text").value);
+    if (q("add-csv-label").value) fd.append("label_column", q("add-csv-label").value);
+    state.picking = null;
     run(() => api.form(`/api/v1/tasks/${task.id}/import/csv`, fd), "CSV");
   };
   if (q("add-files-go")) q("add-files-go").onclick = () => {
@@ -497,8 +512,17 @@ function parseCsv(text) {
   return rows;
 }
 
-/** Show the chosen CSV's header: the person picks the column of the texts (never guessed: a
- * column named "text" is preselected, nothing else) and, optionally, a column of labels. */
+/** Fill the column choices with a CSV's header: the column named "text" is preselected, nothing
+ * else (never a guess); labels are optional. */
+function columnChoices(header, textSelect, labelSelect) {
+  const textAt = header.findIndex((h) => h.trim().toLowerCase() === "text");
+  const opts = header.map((h, i) => `<option value="${esc(h)}"${i === textAt ? " selected" : ""}>${esc(h)}</option>`).join("");
+  textSelect.innerHTML = (textAt < 0 ? '<option value="" selected disabled>choose the column of the texts</option>' : "") + opts;
+  labelSelect.innerHTML = '<option value="">(none)</option>' + header.map((h) => `<option value="${esc(h)}">${esc(h)}</option>`).join("");
+}
+
+/** Show the chosen CSV's header: the person picks the column of the texts and, optionally, a
+ * column of labels. */
 async function showCsvColumns(form) {
   const box = document.getElementById("csv-columns");
   state.csvRows = null;
@@ -508,11 +532,7 @@ async function showCsvColumns(form) {
   const rows = parseCsv(await file.text());
   if (!rows.length) return;
   state.csvRows = rows;
-  const header = rows[0];
-  const textAt = header.findIndex((h) => h.trim().toLowerCase() === "text");
-  const opts = header.map((h, i) => `<option value="${esc(h)}"${i === textAt ? " selected" : ""}>${esc(h)}</option>`).join("");
-  form.text_column.innerHTML = (textAt < 0 ? '<option value="" selected disabled>choose the column of the texts</option>' : "") + opts;
-  form.label_column.innerHTML = '<option value="">(none)</option>' + header.map((h) => `<option value="${esc(h)}">${esc(h)}</option>`).join("");
+  columnChoices(rows[0], form.text_column, form.label_column);
   box.hidden = false;
 }
 
