@@ -82,17 +82,17 @@ def run(
             # The seed fixes the task's random choices (first order, audits); digits are learned
             # from pixels (``pool-svm``) unless --policy names another learner, as measured
             # before image backbones existed (the ``auto`` learner would load a CNN per run).
-            policy = {
+            auto_policy: dict[str, Any] = {
                 "seed": seed,
                 **({"learner": "pool-svm"} if ds.category == "image-classification" else {}),
                 **(extra_policy or {}),
             }
-            policy["auto_label"] = {
+            auto_policy["auto_label"] = {
                 "target_accuracy": target,
                 "scope": scope,
-                **policy.get("auto_label", {}),
+                **auto_policy.get("auto_label", {}),
             }
-            t, ids = setup(client, ds, policy)
+            t, ids = setup(client, ds, auto_policy)
             truth = {item_id: [ds.truth[i]] for i, item_id in enumerate(ids)}
             result = run_active(client, t, truth)
             out = result.summary()
@@ -186,7 +186,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="labelloop-bench-") as tmp:
         ds = load(args.dataset, Path(tmp))
         for seed in args.seeds:
-            for attempt in range(3):  # a loaded machine may not start the server in time
+            for attempt in range(5):  # a loaded machine may not start the server in time
                 try:
                     r = run(
                         args.kind,
@@ -201,7 +201,7 @@ def main() -> None:
                     )
                     break
                 except ConnectionFailed:
-                    if attempt == 2:
+                    if attempt == 4:
                         raise
             r["seed"] = seed
             runs.append(r)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,36 @@ def test_training_is_due_as_soon_as_the_audits_could_show_the_target() -> None:
     assert not auto.evidence_due(need + 7, need, need)  # then every 8 more audits
     assert auto.evidence_due(need + 8, need, need)
     assert not AutoLabelPolicy(evidence_step=None).evidence_due(500, 0, need)
+
+
+def _claimed_at_some_promotion(p: float, streams: int, seed: int) -> float:
+    """Share of simulated runs in which a model of accuracy ``p`` is claimed at 98% at some
+    promotion: promotions at 10% growth of the audits and every 8 audits once 149 are in."""
+    looks, n = set(), 10
+    while n < 1500:
+        looks.add(n)
+        n = max(n + 1, math.ceil(n * 1.1))
+    looks |= set(range(149, 1500, 8))
+    # Fewest right answers among n audits that show 98% (at most 20 misses are ever enough).
+    k_min = {
+        n: next(
+            (k for k in range(max(1, n - 20), n + 1) if clopper_pearson_lower(k, n, 0.95) >= 0.98),
+            n + 1,
+        )
+        for n in sorted(looks)
+    }
+    right = np.cumsum(np.random.default_rng(seed).random((streams, 1500)) < p, axis=1)
+    claimed = np.zeros(streams, dtype=bool)
+    for n, k in k_min.items():
+        claimed |= right[:, n - 1] >= k
+    return float(claimed.mean())
+
+
+def test_repeated_promotions_and_a_model_below_target() -> None:
+    """The bound holds at each promotion; over a whole run of promotions a model one point below
+    the target is still claimed in fewer runs than the stated 5% (1.8%), two points below in
+    0.4%, and one exactly at the target in about a fifth (docs/ARCHITECTURE.md states this)."""
+    assert _claimed_at_some_promotion(0.96, 2000, 2) < 0.01
+    assert _claimed_at_some_promotion(0.97, 2000, 3) < 0.05
+    assert _claimed_at_some_promotion(0.975, 2000, 4) < 0.10
+    assert 0.10 < _claimed_at_some_promotion(0.98, 2000, 5) < 0.30
