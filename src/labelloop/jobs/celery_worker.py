@@ -8,6 +8,7 @@ went away).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -41,7 +42,7 @@ from labelloop.jobs.celery_app import (
 )
 from labelloop.jobs.celery_backend import CeleryJobs
 from labelloop.learners import backbones
-from labelloop.loop.executor import KINDS, execute, job_kind
+from labelloop.loop.executor import HEAVY_RUNNERS, KINDS, execute, job_kind
 from labelloop.loop.prediction import predict_data as predict_data_links
 from labelloop.loop.prediction import predict_stored
 from labelloop.loop.spec import TaskSpec
@@ -295,6 +296,9 @@ def run_worker(
 
     def warm(**_: Any) -> None:
         state.runtime()
+        if role == "train":  # the runners' scikit-learn and learners, outside any time limit
+            for module in HEAVY_RUNNERS:
+                importlib.import_module(module)
         backbones.preload()  # the image backbone, once per process, outside any time limit
         if role == "inference":
             # One native thread per process: a predict request is small, and OpenMP threads that
