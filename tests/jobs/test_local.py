@@ -65,8 +65,9 @@ def test_training_runs_in_worker_processes(
             {"featurize", "train"} <= {j["kind"] for j in jobs} <= {"featurize", "train", "predict"}
         )
         for j in jobs:
-            assert j["state"] == "done" and j["worker"] and j["worker"] != f"{HOST}:{os.getpid()}"
-            assert j["started_at"] and j["started_at"] <= j["finished_at"]
+            assert j["state"] == "done" and j["started_at"] and j["started_at"] <= j["finished_at"]
+            if j["kind"] != "predict":  # (a re-prediction a newer version superseded never ran)
+                assert j["worker"] and j["worker"] != f"{HOST}:{os.getpid()}"
         # The jobs ran in other processes than this one (the API's).
         pids = backend.worker_pids()
         assert pids and os.getpid() not in pids
@@ -229,8 +230,10 @@ def test_bulk_workers_run_at_a_lower_cpu_priority(tmp_path: Path) -> None:
         lanes = backend.lane_pids()
         assert len(lanes["train"]) == 1 and len(lanes["bulk"]) == 1
         base = os.getpriority(os.PRIO_PROCESS, os.getpid())
-        assert os.getpriority(os.PRIO_PROCESS, lanes["train"][0]) == base
+        # The bulk workers have started (niced) when the start returns; the training worker keeps
+        # the server's priority.
         assert os.getpriority(os.PRIO_PROCESS, lanes["bulk"][0]) == min(19, base + BULK_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, lanes["train"][0]) == base
         assert sorted(backend.worker_pids()) == sorted(lanes["train"] + lanes["bulk"])
     finally:
         backend.stop()

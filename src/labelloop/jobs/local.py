@@ -264,8 +264,11 @@ class LocalJobs(JobBackend):
             warm = []
             for lane in self._lanes:
                 assert lane.pool is not None
-                warm += [lane.pool.submit(_noop) for _ in range(lane.size)]
-            for fut in warm:
+                warm.append([lane.pool.submit(_noop) for _ in range(lane.size)])
+            # The start waits for the bulk workers only (as many processes as before the training
+            # lane): the training worker finishes starting meanwhile, and a training that comes
+            # before it is up waits for it or takes a free bulk worker.
+            for fut in warm[-1]:
                 fut.result(timeout=START_TIMEOUT_S)
         except BaseException as exc:
             self._start_error = exc

