@@ -139,7 +139,11 @@ def main() -> None:
             env.pop(key, None)
         emb_port, q_port = free_port(), free_port()
         emb_args = ["serve", "--port", str(emb_port)]
-        emb_env = {**env, "LABELLOOP_DATA_DIR": str(work / "embedded")}
+        emb_env = {
+            **env,
+            "LABELLOOP_DATA_DIR": str(work / "embedded"),
+            "LABELLOOP_LOCAL_START_TIMEOUT_S": "900",  # a crowded machine
+        }
         embedded = procs.start("embedded", emb_args, emb_env)
         q_env = {
             **env,

@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 
 #: How long a job waits to run again when the store did not answer.
 RETRY_AFTER_S = 2.0
-#: How long worker processes may take to start (imports) before the server gives up.
-START_TIMEOUT_S = 120.0
 #: How long a terminated worker has to end before it is killed.
 STOP_GRACE_S = 5.0
 
@@ -184,8 +182,12 @@ class LocalJobs(JobBackend):
             lane.pool = self._new_pool(lane)
         self._thread = threading.Thread(target=self._dispatch, name="labelloop-jobs", daemon=True)
         self._thread.start()
-        if not self._ready.wait(START_TIMEOUT_S):
-            raise RuntimeError(f"the worker processes did not start in {START_TIMEOUT_S:.0f} s")
+        patience = self.rt.settings.local_start_timeout_s
+        if not self._ready.wait(patience):
+            raise RuntimeError(
+                f"the worker processes did not start in {patience:.0f} s "
+                "(a busy machine: raise LABELLOOP_LOCAL_START_TIMEOUT_S)"
+            )
         if self._start_error is not None:
             raise self._start_error
         with self.rt.session() as s:
@@ -269,7 +271,7 @@ class LocalJobs(JobBackend):
             # lane): the training worker finishes starting meanwhile, and a training that comes
             # before it is up waits for it or takes a free bulk worker.
             for fut in warm[-1]:
-                fut.result(timeout=START_TIMEOUT_S)
+                fut.result(timeout=self.rt.settings.local_start_timeout_s)
         except BaseException as exc:
             self._start_error = exc
         finally:
