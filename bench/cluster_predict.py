@@ -180,8 +180,14 @@ def main() -> None:
             t.start()
         for t in threads:
             t.join()
-        for u in urls.values():  # warm: the model loaded, connections open
-            single_predicts(u, cfg, fresh[:5])
+        for u in urls.values():  # warm: the model (and the sentence encoder) loaded
+            for attempt in range(10):
+                try:
+                    single_predicts(u, cfg, fresh[:5])
+                    break
+                except httpx.HTTPStatusError as exc:  # 504: the first load outlasted the wait
+                    print(f"warm-up {attempt + 1}: {exc.response.status_code}", flush=True)
+                fresh = fresh[5:]
             healths(u, 5)
         fresh = fresh[5:]
         p50: dict[str, dict[str, list[float]]] = {
