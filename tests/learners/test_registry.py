@@ -62,3 +62,11 @@ def test_the_lazy_table_names_the_classes_it_loads() -> None:
         learner_by_name("nope")
     with pytest.raises(InvalidInput, match="choose one of auto"):
         learner_class("image-classification", "multi-class", "tfidf-svm")
+
+
+def test_asking_whether_embeddings_are_installed_does_not_load_torch() -> None:
+    """The API asks this when text items arrive (which featurizers cost work)."""
+    loaded = _loaded_after(
+        "from labelloop.learners.text import embeddings_available\nassert embeddings_available()"
+    )
+    assert "torch" not in loaded and "sentence_transformers" not in loaded

@@ -77,6 +77,19 @@ def embeddings_available() -> bool:
     )
 
 
+def preload_encoder() -> bool:
+    """Load the sentence encoder now, when the ``embeddings`` extra is installed; whether it is.
+
+    For worker processes, at their start: loading torch and the model inside a predict request's
+    time limit on a busy machine can be cut in the middle of the imports, which then stay broken
+    in that process (every later request fails as if the extra were missing).
+    """
+    if not embeddings_available():
+        return False
+    _sentence_model()
+    return True
+
+
 class MiniLMFeaturizer(Featurizer):
     """384-dimensional all-MiniLM-L6-v2 sentence embeddings (normalised)."""
 
