@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     jobs: Literal["local", "celery"] = "local"
     local_workers: int = Field(default=2, ge=1, le=64)
+    #: How long the local worker processes may take to start (imports) before the server gives up.
+    local_start_timeout_s: float = Field(default=120.0, gt=0)
     broker_url: str = DEFAULT_BROKER_URL
     #: CA file an ``amqps://`` broker's certificate chain is verified by; None: the system's CAs.
     broker_ca: Path | None = None

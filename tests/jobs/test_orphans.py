@@ -57,7 +57,7 @@ def test_kill_9_of_the_server_takes_its_workers_along(
     server.up()
     children = server.children()
     workers = [p for p in children if "resource_tracker" not in " ".join(p.cmdline())]
-    assert len(workers) == 2
+    assert len(workers) == 3  # two bulk workers (the default) and the training lane's
     assert any("resource_tracker" in " ".join(p.cmdline()) for p in children)
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(timeout=30)

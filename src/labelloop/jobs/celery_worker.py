@@ -8,6 +8,7 @@ went away).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -41,7 +42,8 @@ from labelloop.jobs.celery_app import (
 )
 from labelloop.jobs.celery_backend import CeleryJobs
 from labelloop.learners import backbones
-from labelloop.loop.executor import KINDS, execute, job_kind
+from labelloop.learners.text import preload_encoder
+from labelloop.loop.executor import HEAVY_RUNNERS, KINDS, execute, job_kind
 from labelloop.loop.prediction import predict_data as predict_data_links
 from labelloop.loop.prediction import predict_stored
 from labelloop.loop.spec import TaskSpec
@@ -295,6 +297,14 @@ def run_worker(
 
     def warm(**_: Any) -> None:
         state.runtime()
+        if role == "train":  # the runners' scikit-learn and learners, outside any time limit
+            for module in HEAVY_RUNNERS:
+                importlib.import_module(module)
+        else:  # the sentence encoder (torch) too: not inside a predict request's time limit
+            try:
+                preload_encoder()
+            except Exception as exc:  # its requests then say why, as before
+                log.warning("could not load the sentence encoder: %s", exc)
         backbones.preload()  # the image backbone, once per process, outside any time limit
         if role == "inference":
             # One native thread per process: a predict request is small, and OpenMP threads that

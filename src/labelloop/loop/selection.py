@@ -29,15 +29,19 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.neighbors import NearestNeighbors
 
 from labelloop.learners.base import Features
 from labelloop.learners.poolcache import cached, fingerprint_array
 from labelloop.loop.policy import AutoLabelPolicy, Policy
+
+if TYPE_CHECKING:
+    from scipy import sparse
+
+# scikit-learn and scipy are imported where a graph or a hashed view is built, not here: the API
+# imports this module, and a cluster's API never scores a pool.
 
 #: Two items whose feature vectors have a cosine similarity above this are near-copies.
 NEAR_COPY = 0.97
@@ -91,6 +95,9 @@ def knn_graph(nodes: np.ndarray, k: int = GRAPH_K) -> sparse.csr_matrix:
     X = np.ascontiguousarray(nodes, dtype=np.float32)
 
     def build() -> sparse.csr_matrix:
+        from scipy import sparse
+        from sklearn.neighbors import NearestNeighbors
+
         n = len(X)
         kk = max(1, min(k, n - 1))
         idx = NearestNeighbors(n_neighbors=kk + 1).fit(X).kneighbors(X, return_distance=False)
@@ -128,6 +135,8 @@ def similarity_vectors(features: Features) -> np.ndarray:
         if isinstance(view, np.ndarray):
             parts.append(np.asarray(view, dtype=np.float64).reshape(len(view), -1))
         else:
+            from sklearn.feature_extraction.text import HashingVectorizer
+
             hashed = HashingVectorizer(n_features=2**12, alternate_sign=False).transform(view)
             parts.append(hashed.toarray())
     if not parts:
