@@ -167,14 +167,21 @@ VectorsOf = Callable[[list[int]], tuple[list[int], np.ndarray, list[int]]]
 
 @dataclass(frozen=True)
 class Pool:
-    """What ``/next`` chooses from, read from the store once per request."""
+    """What ``/next`` chooses from, read from the store once per request.
+
+    The service reads windows of the ranking kept in the store (:mod:`labelloop.loop.ranking`):
+    the head of each order, deep enough for a batch and its replacements, never the whole pool.
+    """
 
     #: Items without a human label, in the task's stable random order (audits draw from these).
     open: Sequence[int]
     #: Open items without a model label either (what people should label), same order.
     uncovered: Sequence[int]
-    #: The served version's stored priority per item (empty before the first model).
+    #: Stored priority per item (empty before the first model); unused when ``ranked`` is given.
     priority: Mapping[int, float] = field(default_factory=dict)
+    #: Uncovered items already ranked by the store from the freshest priorities (highest first,
+    #: unscored ones before every scored one, ties in the stable random order); None: rank here.
+    ranked: Sequence[int] | None = None
     #: Human labels so far (spreads the audits evenly over the labels people give).
     human_labels: int = 0
     #: Whether a model serves, and whether its auto-labelling threshold is certified.
@@ -242,6 +249,8 @@ class UncertaintySampling(QueryStrategy):
         return binary_margin(scores) if multi_label else self._measure(scores)
 
     def rank(self, pool: Pool, limit: int) -> list[int]:
+        if pool.ranked is not None:
+            return list(pool.ranked)
         if not pool.priority:
             return list(pool.uncovered)  # no model yet: random order
         # Items with no score yet (just added) rank first: nothing is known of them. Ties keep
