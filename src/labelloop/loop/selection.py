@@ -15,7 +15,8 @@ The strategies (after small-text's query strategies and modAL's uncertainty meas
 - :class:`UncertaintySampling` -- most unsure first, by a pure measure of the scores
   (:func:`margin`, :func:`entropy`, :func:`least_confidence`; multi-label: mean binary margin);
 - :class:`DensityWeighted` wraps one: its priority times the item's degree in the pool's k-NN graph
-  (:func:`knn_graph`, built once per pool and shared with the image learner);
+  (:func:`~labelloop.learners.neighbours.knn_graph`: approximate, grown in place, shared with the
+  image learner);
 - :class:`DiverseBatch` wraps one: a batch skips near-copies of items already in it;
 - :class:`AuditMixing` wraps one: a share of every batch is random audits, the unbiased evidence
   auto-labelling certifies its accuracy with.
@@ -31,12 +32,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.neighbors import NearestNeighbors
 
 from labelloop.learners.base import Features
-from labelloop.learners.poolcache import cached, fingerprint_array
+from labelloop.learners.neighbours import knn_graph
 from labelloop.loop.policy import AutoLabelPolicy, Policy
 
 #: Two items whose feature vectors have a cosine similarity above this are near-copies.
@@ -79,28 +78,7 @@ MEASURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-# -- the pool's k-nearest-neighbour graph ----------------------------------------------------------
-
-
-def knn_graph(nodes: np.ndarray, k: int = GRAPH_K) -> sparse.csr_matrix:
-    """The symmetric, unweighted k-nearest-neighbour graph of the rows of ``nodes``.
-
-    Built once per pool and process (cached by the pool's fingerprint): training's density weights
-    and the image learner's label spreading read the same graph.
-    """
-    X = np.ascontiguousarray(nodes, dtype=np.float32)
-
-    def build() -> sparse.csr_matrix:
-        n = len(X)
-        kk = max(1, min(k, n - 1))
-        idx = NearestNeighbors(n_neighbors=kk + 1).fit(X).kneighbors(X, return_distance=False)
-        W = sparse.csr_matrix(
-            (np.ones(n * kk), (np.repeat(np.arange(n), kk), idx[:, 1:].ravel())), shape=(n, n)
-        )
-        return W.maximum(W.T).tocsr()
-
-    graph: sparse.csr_matrix = cached(("knn-graph", fingerprint_array(X), k), build)
-    return graph
+# -- the pool's k-nearest-neighbour graph (built in learners/neighbours.py) ----------------------------
 
 
 def graph_degrees(features: Features, k: int = GRAPH_K) -> np.ndarray | None:
