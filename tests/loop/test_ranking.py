@@ -175,3 +175,17 @@ def test_the_ranking_puts_unscored_first_then_the_freshest_priorities(rt: Runtim
         lottery = window(s, t, 100)
         assert sorted(lottery) == sorted([*ids, new])
         assert window(s, t, 5, skip={lottery[0]}) == lottery[1:6]
+
+
+def test_rescoring_after_a_promotion_starts_with_the_most_uncertain(rt: Runtime) -> None:
+    from labelloop.loop.scheduling import PREDICT_BATCH, repredict_jobs, unlabelled_item_ids
+
+    t = make_task(rt, PREDICT_BATCH + 100, auto_label=False)
+    with rt.session() as s:
+        ids = list(s.scalars(select(Item.id).where(Item.task_id == t).order_by(Item.id)))
+        order = unlabelled_item_ids(s, t)
+        assert sorted(order) == ids[20:]  # every item without a human label
+        priority = [(i * 7919 % 1000) / 1000 for i in order]
+        assert priority == sorted(priority, reverse=True)  # most uncertain first
+        jobs = repredict_jobs(s, s.get_one(Task, t), 1, order)
+        assert jobs[0].payload["item_ids"] == order[:PREDICT_BATCH]
