@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=32 * MiB, gt=0)
     max_items_per_request: int = Field(default=10_000, gt=0)
     model_cache_bytes: int = Field(default=512 * MiB, gt=0)
+    #: Model versions kept on disk besides the served one and the best (cross-validated accuracy):
+    #: the newest this many; older ones are pruned after each training (labelloop.loop.retention).
+    keep_versions: int = Field(default=5, ge=0, le=10_000)
     #: How long an item ``/next`` hands to an annotator stays theirs (no one else gets it).
     reservation_lease_s: float = Field(default=600.0, gt=0, le=7 * 86400)
     #: The image backbone of photo learners: "efficientnet-lite0" (in the default install),

@@ -30,6 +30,7 @@ from labelloop.jobs.state import claim, finish, is_finished
 from labelloop.loop.labels import current_labels, decide, labelled_at, same_labels, top_score
 from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import predict_stored
+from labelloop.loop.ranking import set_covered
 from labelloop.loop.scheduling import unlabelled_item_ids
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
@@ -182,6 +183,8 @@ def apply_model_labels(
         for i in retracted
     ]
     session.add_all(rows)
+    set_covered(session, [i for i in new if i not in old], True)
+    set_covered(session, retracted, False)
     return Applied(len(new), changed, len(retracted))
 
 

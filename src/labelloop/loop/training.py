@@ -25,7 +25,7 @@ from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Featurizer
 from labelloop.learners.choice import choose
 from labelloop.learners.finetune import FineTune
-from labelloop.loop import autolabel, evaluation
+from labelloop.loop import autolabel, evaluation, retention
 from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import indicator, labelled_at, top_score
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
@@ -152,7 +152,7 @@ def run_train_job(rt: Runtime, job_id: int) -> list[int]:
         return claim
     spec = claim.spec
     try:
-        return _train(rt, job_id, claim)
+        follow = _train(rt, job_id, claim)
     except Unavailable:
         raise  # the store is away: the job runs again (see loop.executor), it has not failed
     except LabelloopError as exc:
@@ -161,6 +161,11 @@ def run_train_job(rt: Runtime, job_id: int) -> list[int]:
     except Exception as exc:  # a learner bug must not loop forever; the reason is kept
         log.exception("training job %s of task %s crashed", job_id, spec.id)
         return _fail(rt, job_id, f"training crashed: {type(exc).__name__}: {exc}")
+    try:
+        retention.prune_versions(rt, spec.id)
+    except LabelloopError as exc:  # the next training prunes again
+        log.warning("task %s: pruning old versions failed: %s", spec.id, exc.message)
+    return follow
 
 
 class Phases:
