@@ -57,9 +57,7 @@ def distributed(
     learner = FineTune(NAMES, epochs=epochs, **PARAMS)
     learner.set_snapshot_dir(folder)
     learner.set_world(
-        WorldConfig(
-            LocalLauncher(ranks), run, worlds.parse_ports("29400-29499"), on_world=on_world
-        )
+        WorldConfig(LocalLauncher(ranks), run, worlds.parse_ports("29400-29499"), on_world=on_world)
     )
     return learner
 
@@ -98,7 +96,7 @@ def test_a_killed_rank_is_left_out_and_the_rest_resume_from_the_checkpoint(
 
     def kill_rank_1_after_epoch_1() -> None:
         wait_until(lambda: any(tmp_path.glob("*/epoch-1.ckpt")), 300, "no first checkpoint")
-        world, handles = started[0]
+        _world, handles = started[0]
         os.kill(handles[1].pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_rank_1_after_epoch_1, daemon=True)

@@ -320,5 +320,6 @@ class Trainer:
             "epochs": self.state.epoch,
             "resumed_from": self.resumed_from,
             "world": self.world,
+            "epoch_seconds": self.epoch_seconds,
         }
         write_whole(path, lambda fh: torch.save(payload, fh))

@@ -217,6 +217,7 @@ class FineTune(Learner):
         self.epochs_ = int(final["epochs"])
         self.resumed_from_ = final["resumed_from"]
         self.worlds_ = outcome.worlds
+        self.epoch_seconds_ = list(final.get("epoch_seconds", []))
         if world.on_done is not None:
             world.on_done(f"{world.run}/{folder.name}", outcome.worlds, self.resumed_from_)
         return self
