@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from labelloop.client import Client
-from labelloop.store.models import Job, ModelVersion
+from labelloop.store.models import Job, ModelVersion, Prediction
 from tests.celery_support import Cluster, pg_database, vhost
 from tests.support import wait_until
 
@@ -166,6 +166,27 @@ def test_a_lost_train_machine_leaves_the_world_and_training_resumes(
         c.wait_workers(client, *TRAIN)
 
 
+def test_a_job_whose_whole_world_dies_is_redelivered_and_resumes(
+    cluster: tuple[Cluster, Client], images: tuple[Path, list[tuple[str, str]]], db: Session
+) -> None:
+    c, client = cluster
+    data = Path(c.env["LABELLOOP_DATA_DIR"])
+    links = images[1]
+    task_id, ids = new_task(client, links)
+    job_id = label_all(client, task_id, ids, links)
+    wait_until(lambda: training_world(db, job_id, data, task_id), 400, "a world of two")
+    for name in TRAIN:  # every train machine stops: leader, ranks and all
+        c.kill9(name)
+    assert "fits" not in payload(db, job_id)  # the distributed fit did not finish
+    for name in TRAIN:
+        start_train_worker(c, name)
+    client.wait_for_training(task_id, timeout=400)
+    # The redelivered job went on from the dead world's checkpoint, not from epoch 0.
+    assert payload(db, job_id)["fits"][-1]["resumed_from_epoch"] >= 1
+    one_promoted_version(db, task_id)
+    c.wait_workers(client, *TRAIN)
+
+
 def test_two_tasks_train_at_once_with_their_own_worlds(
     cluster: tuple[Cluster, Client], images: tuple[Path, list[tuple[str, str]]], db: Session
 ) -> None:
@@ -182,10 +203,15 @@ def test_two_tasks_train_at_once_with_their_own_worlds(
     assert world_a["fit"] != world_b["fit"] and world_a["rendezvous"] != world_b["rendezvous"]
     for t in (a, b):
         client.wait_for_training(t, timeout=400)
-    for t, truth in ((a, links), (b, flipped)):
+    for t, ids, truth in ((a, ids_a, links), (b, ids_b, flipped)):
         one_promoted_version(db, t)
         folder = data / f"task-{t}" / "Inference" / "model-time0"
         assert json.loads((folder / "model" / "learner.json").read_text())["labels"] == NAMES
-        got = client.predict(t, [p for p, _ in truth[40:]])["predictions"]
-        right = sum(g["labels"] == [y] for g, (_, y) in zip(got, truth[40:], strict=True))
+        # The promoted model's pre-labels of the 20 unlabelled items: its own task's names.
+        rows = db.execute(
+            select(Prediction.item_id, Prediction.labels).where(Prediction.task_id == t)
+        ).all()
+        truth_of = {i: y for i, (_, y) in zip(ids, truth, strict=True)}
+        assert {i for i, _ in rows} == set(ids[40:])
+        right = sum(labels == [truth_of[i]] for i, labels in rows)
         assert right >= 18, right  # of 20: each model learnt its own task's labels
