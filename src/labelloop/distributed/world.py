@@ -153,11 +153,22 @@ class Launcher(Protocol):
 # -- processes --------------------------------------------------------------------------------
 
 
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+#: Loaded before any fork: the child only calls into it (no loading, no locks after fork).
+_LIBC = _libc()
+
+
 def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the process that started it dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    """In the child before exec: SIGKILL when the thread that started it ends (Linux)."""
+    if _LIBC is not None:
+        with contextlib.suppress(AttributeError):
+            _LIBC.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
 def spawn_rank(world: World, rank: int, log_path: Path | None = None) -> subprocess.Popen[bytes]:
