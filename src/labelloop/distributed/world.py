@@ -318,6 +318,7 @@ def run_world(folder: Path, run: str, config: WorldConfig) -> Outcome:
     start = int.from_bytes(run.encode()[-4:], "big") % len(config.ports)
     store, port = _open_store(launcher.host, config.ports, start, config.timeout_s)
     lost: list[Member] = []
+    handles: list[RankHandle] = []
     try:
         for attempt in range(config.restarts + 1):
             members = launcher.members(lost)
@@ -331,7 +332,7 @@ def run_world(folder: Path, run: str, config: WorldConfig) -> Outcome:
                 config.keep,
                 config.timeout_s,
             )
-            handles: list[RankHandle] = []
+            handles = []
             try:
                 for rank, member in enumerate(members):
                     handles.append(launcher.start(member, world, rank))
@@ -365,6 +366,8 @@ def run_world(folder: Path, run: str, config: WorldConfig) -> Outcome:
                 "(its ranks kept failing)"
             )
     finally:
+        for h in handles:  # the job itself failed (a time limit): no rank outlives it
+            h.stop()
         del store
     return outcome
 
