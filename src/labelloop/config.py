@@ -72,6 +72,20 @@ class Settings(BaseSettings):
     image_backbone: str = "efficientnet-lite0"
     #: Threads PyTorch uses per process for embeddings and fine-tuning (unset: PyTorch's default).
     torch_threads: int | None = Field(default=None, ge=1, le=256)
+    #: Distributed fine-tuning (labelloop.distributed): in cluster mode a training job's fits run
+    #: over every live train worker (False: in the job's own process). Embedded mode runs this many
+    #: ranks as processes of its machine (1: in the job's own process).
+    train_distributed: bool = True
+    train_local_ranks: int = Field(default=1, ge=1, le=64)
+    #: The address this machine's ranks and rendezvous store are reached at by the other train
+    #: machines (the agent sets the machine's IP), and the ports a job's c10d store may take.
+    train_rdzv_host: str = "127.0.0.1"
+    train_rdzv_ports: str = "29400-29499"
+    #: Epoch checkpoints kept per fit (the newest ones), re-formations of a world that lost a rank,
+    #: and how long a rank waits for a collective or the rendezvous before it gives up.
+    train_keep_checkpoints: int = Field(default=2, ge=1, le=1000)
+    train_world_restarts: int = Field(default=3, ge=0, le=100)
+    train_rank_timeout_s: float = Field(default=120.0, gt=0)
 
     api_token: SecretStr | None = None
     #: Only the agent, the coordinator and ``labelloop cluster`` need it (labelloop.cluster.security

@@ -723,12 +723,42 @@ class TrainRequested(TypedDict):
     pending: bool
 
 
+class JobRank(TypedDict):
+    rank: int
+    #: The Celery worker (node name) that runs the rank's process.
+    worker: str | None
+    pid: int
+
+
+class JobWorld(TypedDict):
+    """A training job's current distributed world (labelloop.distributed)."""
+
+    size: int
+    #: 0 for the first world of a fit; one more each time the world re-forms after a lost rank.
+    attempt: int
+    #: The fit's rendezvous id (``task-<t>/job-<j>/finetune-<hash>``).
+    fit: str
+    #: ``host:port`` of the fit's c10d store.
+    rendezvous: str
+    ranks: list[JobRank]
+
+
+class JobFit(TypedDict):
+    """A distributed fit the job finished: each attempt's world size, the epoch it resumed from."""
+
+    fit: str
+    worlds: list[int]
+    resumed_from_epoch: int | None
+
+
 class JobPublic(TypedDict):
     id: int
     kind: str
     state: str
     attempts: int
     worker: str | None
+    world: JobWorld | None
+    fits: list[JobFit]
     error: Message | None
     result: dict[str, Any] | None
     created_at: str

@@ -416,7 +416,7 @@ def test_fine_tuning_resumes_from_its_epoch_checkpoint(
     first.set_snapshot_dir(snapshot)
     with pytest.raises(Killed):
         first.fit(X, Y)
-    [checkpoint] = list(snapshot.glob("finetune-*.pt"))
+    [checkpoint] = list(snapshot.glob("finetune-*/epoch-*.ckpt"))
     saved = torch.load(checkpoint, weights_only=False)
     assert saved["state"]["epoch"] == 1 and {"model", "optimizer", "torch_rng"} <= set(saved)
 

@@ -180,14 +180,14 @@ def test_a_photo_task_records_the_chosen_learner_and_its_frozen_features(
 def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it_loses(
     settings: Settings, image_root: Path
 ) -> None:
-    from tests.learners.test_photos import colour_squares
+    from tests.learners.test_photos import halves
 
     torch_threads = settings.model_copy(
         update={"image_backbone": '{"input_size": 32}', "torch_threads": 1}
     )
     rt = Runtime(torch_threads, migrate_schema=True)
     try:
-        raws, labels = colour_squares(40)
+        raws, labels = halves(40)
         for i, raw in enumerate(raws):
             (image_root / f"sq-{i}.png").write_bytes(raw)
         policy = {
@@ -201,7 +201,7 @@ def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it
                 TaskCreate(
                     name="colours",
                     category="image-classification",
-                    labels=["red", "green"],
+                    labels=["left", "right"],
                     policy=policy,
                 ),
             )["id"]  # type: ignore[arg-type]
@@ -229,8 +229,9 @@ def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it
         assert "pool-svm" in evidence["finetune"]["against"]
         maps = rt.folder(t).preprocess / "features"
         n_maps = len(list(maps.glob("maps-*/*/*.npy")))
-        # On 1x1 maps of 32-pixel squares fine-tuning loses to pixels on the first fold, so it
-        # was fitted once, and only the labelled items went through the backbone for it.
+        # Bright halves, which grey pixels tell apart perfectly: fine-tuning cannot beat pixels
+        # on the first fold, so it was fitted once, and only the labelled items went through the
+        # backbone for it.
         assert mv.learner == "pool-svm"
         assert evidence["finetune"]["evaluation"] == "one fold"
         assert evidence["finetune"]["scored_on"] == 10

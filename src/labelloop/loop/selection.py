@@ -30,16 +30,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labelloop.learners.base import Features
 from labelloop.learners.neighbours import knn_graph
 from labelloop.loop.policy import AutoLabelPolicy, Policy
-
-if TYPE_CHECKING:
-    pass
 
 # scikit-learn and scipy are imported where a graph or a hashed view is built, not here: the API
 # imports this module, and a cluster's API never scores a pool.

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select, update
 
+from labelloop.distributed.launch import world_config
 from labelloop.errors import LabelloopError, Unavailable
 from labelloop.jobs.state import claim, fail, finish, is_finished
 from labelloop.learners import Features, Learner, learner_by_name
@@ -382,11 +383,15 @@ def _fit(
     epochs_dir = folder.checkpoint_dir(f"{checkpoint}-epochs")
     for cand in candidates:
         if isinstance(cand, FineTune):
-            cand.set_snapshot_dir(epochs_dir)
+            cand.set_snapshot_dir(epochs_dir, keep=rt.settings.train_keep_checkpoints)
     X, Y, pool = prepared.X, prepared.Y, prepared.pool
     choice = choose(candidates, X, Y, pool, spec.policy.cv_folds, seed=claim.revision)
     phases("cross_validate")
     chosen = choice.learner
+    if isinstance(chosen, FineTune):
+        # The fit on every label runs over the train machines (labelloop.distributed); the
+        # cross-validation fits before it ran here, with their own epoch checkpoints.
+        chosen.set_world(world_config(rt, job_id, spec.id))
     views = chosen.views()
     model = chosen.fit(
         X.only(views),
@@ -445,6 +450,8 @@ def _evaluate(
         "cv_folds": spec.policy.cv_folds,
         "fit_seconds": phases.seconds.get("fit"),
         "resumed_from_checkpoint": fitted.resumed,
+        # Distributed fine-tuning: the world size of each attempt of the final fit.
+        **({"world_sizes": model.worlds_} if hasattr(model, "worlds_") else {}),
         **({"auto_label": estimate.as_dict()} if estimate is not None else {}),
         "phases_seconds": phases.seconds,
     }
