@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from labelloop.errors import InvalidInput
+from labelloop.kinds.registry import CATEGORIES, EXTRAS
 from labelloop.learners import backbones
 from labelloop.learners.auto import CANDIDATES, AutoImage
 from labelloop.learners.base import Learner
@@ -17,9 +18,6 @@ from labelloop.learners.embedding import EmbeddingLogReg, EmbeddingSpread
 from labelloop.learners.finetune import FineTune
 from labelloop.learners.image import PoolSVM
 from labelloop.learners.text import TfidfSVM
-
-CATEGORIES = ("image-classification", "text-classification")
-EXTRAS = ("multi-class", "multi-label")
 
 #: (category, extra) -> learners that can serve it; the first is the default.
 REGISTRY: dict[tuple[str, str], list[type[Learner]]] = {
@@ -34,6 +32,12 @@ REGISTRY: dict[tuple[str, str], list[type[Learner]]] = {
     ("text-classification", "multi-class"): [TfidfSVM],
     ("text-classification", "multi-label"): [TfidfSVM],
 }
+
+
+def has_learner(category: str, extra: str) -> bool:
+    """Whether any learner serves tasks of this category and extra (a task kind may have none
+    yet: its tasks are labelled without a model)."""
+    return bool(REGISTRY.get((category, extra)))
 
 
 def learner_class(category: str, extra: str, name: str | None = None) -> type[Learner]:

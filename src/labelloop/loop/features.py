@@ -13,16 +13,17 @@ import numpy as np
 
 from labelloop.errors import FetchError, LabelloopError
 from labelloop.fetch import Content, read_link, text_content
+from labelloop.kinds import media_of
 from labelloop.learners.base import Features, Featurizer, Learner, View
 from labelloop.loop.cache import FEATURES
 from labelloop.runtime import Runtime
 
-TEXT_CATEGORIES = frozenset({"text-classification"})
 TRANSFORM_BATCH = 128
 
 
 def is_text(category: str) -> bool:
-    return category in TEXT_CATEGORIES
+    """Items of this category are texts (else data links); the task's kind says."""
+    return media_of(category) == "text"
 
 
 @dataclass(frozen=True)

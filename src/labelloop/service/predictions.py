@@ -32,9 +32,8 @@ def _as_answer(spec: TaskSpec, row: dict[str, Any] | Prediction) -> dict[str, An
         "item_id": get("item_id"),
         "status": "ok",
         "model_version": version,
-        "labels": get("labels"),
+        **spec.kind.prediction_fields(get("labels"), get("scores") or [], spec.labels),
         "score": get("score"),
-        "scores": dict(zip(spec.labels, get("scores") or [], strict=True)),
     }
 
 
@@ -66,9 +65,8 @@ def current_predictions(
                 "status": "failed",
                 "error": reason,
                 "model_version": version,
-                "labels": None,
+                **spec.kind.prediction_fields(None, None, spec.labels),
                 "score": None,
-                "scores": None,
             }
     return out
 
@@ -112,9 +110,8 @@ def predict(rt: Runtime, task_id: int, data: Sequence[str]) -> dict[str, Any]:
                 {
                     "status": "failed",
                     "error": a.error,
-                    "labels": None,
+                    **spec.kind.prediction_fields(None, None, spec.labels),
                     "score": None,
-                    "scores": None,
                 }
             )
         else:
@@ -122,9 +119,8 @@ def predict(rt: Runtime, task_id: int, data: Sequence[str]) -> dict[str, Any]:
             preds.append(
                 {
                     "status": "ok",
-                    "labels": a.labels,
+                    **spec.kind.prediction_fields(a.labels, a.scores, spec.labels),
                     "score": a.score,
-                    "scores": dict(zip(spec.labels, a.scores, strict=True)),
                 }
             )
     return {"model_version": spec.served_version, "status": "ok", "predictions": preds}
