@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from labelloop.client import Client
+from tests.support import wait_until
 from tests.web.conftest import on_screen, wait_for_next
 
 pytestmark = pytest.mark.browser
@@ -81,3 +82,38 @@ def test_spans_are_marked_with_keys_removed_by_a_click_and_submitted(
         ]
         assert ll.get_item(task["id"], empty)["labels"] == []
     assert "PER “Ada Lovelace”" in page.inner_text(f"[data-testid=history-{first}]")
+
+
+def test_a_spans_task_is_created_from_the_dashboard(
+    live_url: str, page: Any, tmp_path: Any
+) -> None:
+    csv = tmp_path / "news.csv"
+    csv.write_text("id,text\nn1,Grace Hopper worked in Arlington.\n")
+    page.goto(f"{live_url}/")
+    page.click("[data-testid=new-task]")
+    page.fill("input[name=name]", "news entities")
+    page.select_option("select[name=kind]", "spans")
+    page.fill("textarea[name=labels]", "PER\nLOC")
+    page.set_input_files("input[name=csv]", str(csv))
+    page.click("[data-testid=create-submit]")
+    page.wait_for_selector("[data-testid=task-name]:has-text('news entities')")
+    page.wait_for_selector("[data-testid=count-unlabelled]:text-is('1')")
+    with Client(live_url) as ll:
+        task = next(t for t in ll.list_tasks() if t["name"] == "news entities")
+    assert (task["category"], task["extra"], task["kind"]["widget"]) == (
+        "text-spans",
+        "multi-class",
+        "spans",
+    )
+    page.click("[data-testid=label-link]")
+    page.wait_for_selector("[data-testid=item-text]")
+    select(page, 0, 12)
+    page.keyboard.press("1")
+    page.wait_for_selector("[data-testid=span-0-12]")
+    page.keyboard.press("Enter")
+    with Client(live_url) as ll:
+        item_id = ll.list_items(task["id"])["items"][0]["id"]
+        wait_until(lambda: ll.get_item(task["id"], item_id)["labels"] is not None)
+        assert ll.get_item(task["id"], item_id)["labels"] == [
+            {"start": 0, "end": 12, "label": "PER"}
+        ]

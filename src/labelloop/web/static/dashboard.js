@@ -453,7 +453,7 @@ async function showFolder(path) {
 }
 
 function syncSourceFields(form) {
-  const text = form.kind.value === "text";
+  const text = form.kind.value !== "image";
   document.getElementById("source-image").hidden = text;
   document.getElementById("source-text").hidden = !text;
   const upload = form.imgsrc.value === "upload";
@@ -463,11 +463,12 @@ function syncSourceFields(form) {
 
 async function createTask(form) {
   const labels = form.labels.value.split(/[\n,]/).map((s) => s.trim()).filter(Boolean);
-  const text = form.kind.value === "text";
+  const text = form.kind.value !== "image";
+  const spans = form.kind.value === "spans"; // one label per span: never multi-label
   const body = {
     name: form.name.value.trim(), labels,
-    category: text ? "text-classification" : "image-classification",
-    extra: form.multi.checked ? "multi-label" : "multi-class",
+    category: spans ? "text-spans" : text ? "text-classification" : "image-classification",
+    extra: form.multi.checked && !spans ? "multi-label" : "multi-class",
   };
   if (text && !form.csv.files.length) throw new Error("choose a CSV file of texts");
   if (!text && form.imgsrc.value === "folder" && !state.folder) throw new Error("open the folder that holds the images");
