@@ -67,7 +67,7 @@ def test_spans_are_checked_stored_and_exported(app_client: TestClient) -> None:
     assert conll.endswith("Nothing\tO\nto\tO\nsee\tO\nhere\tO\n.\tO\n\n")
 
     pred = c.get(f"/api/v1/tasks/{task_id}/predictions", params={"item_id": first}).json()
-    assert pred["status"] == "no_model"
+    assert (pred["status"], pred["spans"], pred["model_version"]) == ("no_model", None, None)
     r = c.post(f"/api/v1/tasks/{task_id}/train")
     assert r.status_code == 422 and "no learner serves text-spans" in r.json()["detail"]
 

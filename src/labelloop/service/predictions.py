@@ -71,15 +71,12 @@ def current_predictions(
     return out
 
 
-def no_model(item_id: int | None = None) -> dict[str, Any]:
-    return {
-        "item_id": item_id,
-        "status": NO_MODEL,
-        "model_version": None,
-        "labels": None,
-        "score": None,
-        "scores": None,
-    }
+def no_model(item_id: int | None = None, spec: TaskSpec | None = None) -> dict[str, Any]:
+    """No pre-label: the kind's fields (``labels`` and ``scores``, or ``spans``) are null."""
+    fields = {"labels": None, "scores": None}
+    if spec is not None:
+        fields = spec.kind.prediction_fields(None, None, spec.labels)
+    return {"item_id": item_id, "status": NO_MODEL, "model_version": None, **fields, "score": None}
 
 
 def get_prediction(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:
@@ -89,7 +86,7 @@ def get_prediction(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:
         if item is None or item.task_id != task_id:
             raise NotFound(f"task {task_id} has no item {item_id}")
     if spec.served_version is None:
-        return no_model(item_id)
+        return no_model(item_id, spec)
     return current_predictions(rt, spec, [item_id])[item_id]
 
 
