@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from labelloop.errors import InvalidInput, Unavailable
+from labelloop.kinds.classification import indicator
 from labelloop.learners import backbones, learner_by_name, make_learner
 from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Features, Learner
@@ -28,7 +29,6 @@ from labelloop.learners.finetune import FineTune, Trainer
 from labelloop.learners.image import PoolSVM
 from labelloop.learners.registry import check_params
 from labelloop.learners.text import TfidfSVM
-from labelloop.loop.labels import indicator
 
 
 def png(array: np.ndarray, **save: Any) -> bytes:

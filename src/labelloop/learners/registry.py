@@ -16,11 +16,9 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from labelloop.errors import InvalidInput
+from labelloop.kinds.registry import CATEGORIES, EXTRAS
 from labelloop.learners import backbones
 from labelloop.learners.base import Learner
-
-CATEGORIES = ("image-classification", "text-classification")
-EXTRAS = ("multi-class", "multi-label")
 
 #: Learner name -> "module:class" (imported on first use).
 LEARNERS: dict[str, str] = {
@@ -76,6 +74,12 @@ class _Registry(Mapping[tuple[str, str], list[type[Learner]]]):
 
 #: (category, extra) -> learners that can serve it; the first is the default.
 REGISTRY: Mapping[tuple[str, str], list[type[Learner]]] = _Registry()
+
+
+def has_learner(category: str, extra: str) -> bool:
+    """Whether any learner serves tasks of this category and extra (a task kind may have none
+    yet: its tasks are labelled without a model)."""
+    return bool(OPTIONS.get((category, extra)))
 
 
 def learner_class(category: str, extra: str, name: str | None = None) -> type[Learner]:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from labelloop.errors import FetchError, LabelloopError
 from labelloop.fetch import Content, read_link, text_content
+from labelloop.kinds import media_of
 from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Features, Featurizer, Learner, View
 from labelloop.loop.cache import FEATURES
@@ -22,14 +23,14 @@ from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.store.models import ModelVersion
 
-TEXT_CATEGORIES = frozenset({"text-classification"})
 TRANSFORM_BATCH = 128
 #: Why :func:`featurize` with ``cached_only`` has no features of an item.
 NOT_CACHED = "not featurized yet"
 
 
 def is_text(category: str) -> bool:
-    return category in TEXT_CATEGORIES
+    """Items of this category are texts (else data links); the task's kind says."""
+    return media_of(category) == "text"
 
 
 @dataclass(frozen=True)

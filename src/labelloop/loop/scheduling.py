@@ -8,6 +8,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from labelloop.errors import InvalidInput
+from labelloop.kinds import kind_for
+from labelloop.learners.registry import has_learner
 from labelloop.loop.labels import current_labels, label_revision
 from labelloop.loop.policy import Policy
 from labelloop.store.models import ACTIVE_JOB_STATES, AuditPick, Item, Job, JobState, Task
@@ -77,8 +79,15 @@ def request_training(session: Session, task: Task, *, force: bool = False) -> Jo
     While a job is active no second one starts; a trigger that arrives meanwhile sets the task's
     ``train_pending`` flag, which makes exactly one more run follow the active one.
     """
+    if not has_learner(task.category, task.extra):
+        if force:
+            raise InvalidInput(
+                f"no learner serves {task.category} tasks yet: label without a model"
+            )
+        return None
+    kind = kind_for(task.category, task.extra)
     labels = current_labels(session, task.id)
-    n_classes = len({label for ls in labels.values() for label in ls})
+    n_classes = len({label for value in labels.values() for label in kind.classes(value)})
     if task.extra == "multi-label":
         n_classes = max(n_classes, 2 if labels else 0)
     policy = Policy.model_validate(task.policy)

@@ -28,7 +28,7 @@ from labelloop.learners.choice import choose
 from labelloop.learners.finetune import FineTune
 from labelloop.loop import autolabel, evaluation, retention
 from labelloop.loop.features import ItemRef, featurize
-from labelloop.loop.labels import indicator, labelled_at, top_score
+from labelloop.loop.labels import labelled_at
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
 from labelloop.loop.selection import strategy_for
@@ -324,7 +324,7 @@ def _prepare(
     ok_ids = [claim.items[i].id for i in batch.ok]
     labelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id in claim.labels]
     labelled_ids = [ok_ids[p] for p in labelled_pos]
-    Y = indicator([claim.labels[i] for i in labelled_ids], spec.labels)
+    Y = spec.kind.encode([claim.labels[i] for i in labelled_ids], spec.labels)
     if len(labelled_ids) < 2 or (not spec.multi_label and len(np.unique(Y.argmax(1))) < 2):
         return None
     X = batch.features.take(labelled_pos)
@@ -417,7 +417,7 @@ def _evaluate(
     and pre-labels for the unlabelled pool (one pass, no second load)."""
     spec = claim.spec
     Y, oos, labelled_ids = prepared.Y, fitted.oos, prepared.labelled_ids
-    cv = evaluation.score(oos, Y, spec.multi_label)
+    cv = spec.kind.score(oos, Y)
     estimate = None
     auto = spec.policy.auto_label
     if auto is not None:
@@ -425,8 +425,8 @@ def _evaluate(
             p for p, i in enumerate(labelled_ids) if auto.evidence == "all" or i in claim.audits
         ]
         estimate = autolabel.estimate_threshold(
-            top_score(oos[held], spec.multi_label),
-            evaluation.correct(oos[held], Y[held], spec.multi_label),
+            spec.kind.confidence(oos[held]),
+            spec.kind.correct(oos[held], Y[held]),
             auto,
             autolabel.model_label_target(auto, len(prepared.ok_ids), len(labelled_ids)),
         )
@@ -568,8 +568,8 @@ def _compare_with_served(
         return evaluation.Decision(True, "the served model cannot be loaded")
     if len(batch.ok) != len(newer):
         return evaluation.Decision(True, "the served model cannot read every newer label")
-    served_ok = evaluation.correct(served.predict_proba(batch.features), Y[newer], spec.multi_label)
-    cand_ok = evaluation.correct(oos[newer], Y[newer], spec.multi_label)
+    served_ok = spec.kind.correct(served.predict_proba(batch.features), Y[newer])
+    cand_ok = spec.kind.correct(oos[newer], Y[newer])
     return evaluation.should_promote(cand_ok, served_ok, spec.policy.promotion_confidence)
 
 

@@ -32,9 +32,8 @@ def _as_answer(spec: TaskSpec, row: dict[str, Any] | Prediction) -> dict[str, An
         "item_id": get("item_id"),
         "status": "ok",
         "model_version": version,
-        "labels": get("labels"),
+        **spec.kind.prediction_fields(get("labels"), get("scores") or [], spec.labels),
         "score": get("score"),
-        "scores": dict(zip(spec.labels, get("scores") or [], strict=True)),
     }
 
 
@@ -66,22 +65,18 @@ def current_predictions(
                 "status": "failed",
                 "error": reason,
                 "model_version": version,
-                "labels": None,
+                **spec.kind.prediction_fields(None, None, spec.labels),
                 "score": None,
-                "scores": None,
             }
     return out
 
 
-def no_model(item_id: int | None = None) -> dict[str, Any]:
-    return {
-        "item_id": item_id,
-        "status": NO_MODEL,
-        "model_version": None,
-        "labels": None,
-        "score": None,
-        "scores": None,
-    }
+def no_model(item_id: int | None = None, spec: TaskSpec | None = None) -> dict[str, Any]:
+    """No pre-label: the kind's fields (``labels`` and ``scores``, or ``spans``) are null."""
+    fields = {"labels": None, "scores": None}
+    if spec is not None:
+        fields = spec.kind.prediction_fields(None, None, spec.labels)
+    return {"item_id": item_id, "status": NO_MODEL, "model_version": None, **fields, "score": None}
 
 
 def get_prediction(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:
@@ -91,7 +86,7 @@ def get_prediction(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:
         if item is None or item.task_id != task_id:
             raise NotFound(f"task {task_id} has no item {item_id}")
     if spec.served_version is None:
-        return no_model(item_id)
+        return no_model(item_id, spec)
     return current_predictions(rt, spec, [item_id])[item_id]
 
 
@@ -112,9 +107,8 @@ def predict(rt: Runtime, task_id: int, data: Sequence[str]) -> dict[str, Any]:
                 {
                     "status": "failed",
                     "error": a.error,
-                    "labels": None,
+                    **spec.kind.prediction_fields(None, None, spec.labels),
                     "score": None,
-                    "scores": None,
                 }
             )
         else:
@@ -122,9 +116,8 @@ def predict(rt: Runtime, task_id: int, data: Sequence[str]) -> dict[str, Any]:
             preds.append(
                 {
                     "status": "ok",
-                    "labels": a.labels,
+                    **spec.kind.prediction_fields(a.labels, a.scores, spec.labels),
                     "score": a.score,
-                    "scores": dict(zip(spec.labels, a.scores, strict=True)),
                 }
             )
     return {"model_version": spec.served_version, "status": "ok", "predictions": preds}
