@@ -116,6 +116,10 @@ def stream(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 results[learner] = out
                 print(learner, json.dumps(out), flush=True)
+            if args.save_features and feature_dirs:
+                # Keep the photos' features for a later run (``--features-from``).
+                for earlier in feature_dirs[1 if args.features_from else 0 :]:
+                    shutil.copytree(earlier, args.save_features, dirs_exist_ok=True)
     summary = {
         "dataset": ds.name,
         "items": len(ds.data),
@@ -217,6 +221,12 @@ def main() -> None:
         type=Path,
         default=None,
         help="a Preprocess/features folder of an earlier run to start every task's cache from",
+    )
+    s.add_argument(
+        "--save-features",
+        type=Path,
+        default=None,
+        help="copy the run's feature caches there at the end (for a later --features-from)",
     )
     t = sub.add_parser("throughput")
     t.add_argument("folder", type=Path)

@@ -16,6 +16,7 @@ from labelloop.api.app import create_app
 from labelloop.config import Settings
 from labelloop.demo import free_port
 from labelloop.jobs.local import LocalJobs
+from labelloop.loop.cache import FEATURES
 from labelloop.runtime import Runtime
 from tests.support import pg_database, wait_until
 
@@ -23,6 +24,13 @@ from tests.support import pg_database, wait_until
 # hundreds of digits through EfficientNet; tests/learners and tests/loop/test_training.py turn the
 # backbone on where they test it.
 os.environ.setdefault("LABELLOOP_IMAGE_BACKBONE", "none")
+
+
+@pytest.fixture(autouse=True)
+def fresh_feature_cache() -> None:
+    """Each test opens its own data folder, where task ids start again at 1: features that an
+    earlier test computed in this process must not stand in for this test's own."""
+    FEATURES.clear()
 
 
 @pytest.fixture

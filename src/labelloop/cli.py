@@ -344,15 +344,25 @@ def list_workers(
     if not status.get("broker_ok"):
         raise Unavailable(status.get("error", "the broker is not reachable"))
     table = Table(title=f"workers on {status['broker']}")
-    for col in ("worker", "roles", "pool", "processes", "current jobs"):
+    for col in ("worker", "roles", "pool", "processes", "current jobs", "training ranks"):
         table.add_column(col)
     for w in status["workers"]:
         jobs = ", ".join(
             f"{a.get('kind', a['task'])} #{a.get('job_id', a.get('task_id', '?'))}"
+            + (f" (world of {a['world']['size']})" if a.get("world") else "")
             for a in w["active"]
         )
+        # Ranks of other workers' distributed fits that this worker hosts.
+        ranks = ", ".join(
+            f"{r['fit']} rank {r['rank']}/{r['size']} (pid {r['pid']})" for r in w.get("ranks", [])
+        )
         table.add_row(
-            w["name"], ",".join(w["roles"]), str(w["pool"]), str(w["concurrency"]), jobs or "-"
+            w["name"],
+            ",".join(w["roles"]),
+            str(w["pool"]),
+            str(w["concurrency"]),
+            jobs or "-",
+            ranks or "-",
         )
     console.print(table)
     queues = Table(title="queues")

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     jobs: Literal["local", "celery"] = "local"
     local_workers: int = Field(default=2, ge=1, le=64)
+    #: How long the local worker processes may take to start (imports) before the server gives up.
+    local_start_timeout_s: float = Field(default=120.0, gt=0)
     broker_url: str = DEFAULT_BROKER_URL
     #: CA file an ``amqps://`` broker's certificate chain is verified by; None: the system's CAs.
     broker_ca: Path | None = None
@@ -60,6 +62,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=32 * MiB, gt=0)
     max_items_per_request: int = Field(default=10_000, gt=0)
     model_cache_bytes: int = Field(default=512 * MiB, gt=0)
+    #: Model versions kept on disk besides the served one and the best (cross-validated accuracy):
+    #: the newest this many; older ones are pruned after each training (labelloop.loop.retention).
+    keep_versions: int = Field(default=5, ge=0, le=10_000)
     #: How long an item ``/next`` hands to an annotator stays theirs (no one else gets it).
     reservation_lease_s: float = Field(default=600.0, gt=0, le=7 * 86400)
     #: The image backbone of photo learners: "efficientnet-lite0" (in the default install),
@@ -67,6 +72,20 @@ class Settings(BaseSettings):
     image_backbone: str = "efficientnet-lite0"
     #: Threads PyTorch uses per process for embeddings and fine-tuning (unset: PyTorch's default).
     torch_threads: int | None = Field(default=None, ge=1, le=256)
+    #: Distributed fine-tuning (labelloop.distributed): in cluster mode a training job's fits run
+    #: over every live train worker (False: in the job's own process). Embedded mode runs this many
+    #: ranks as processes of its machine (1: in the job's own process).
+    train_distributed: bool = True
+    train_local_ranks: int = Field(default=1, ge=1, le=64)
+    #: The address this machine's ranks and rendezvous store are reached at by the other train
+    #: machines (the agent sets the machine's IP), and the ports a job's c10d store may take.
+    train_rdzv_host: str = "127.0.0.1"
+    train_rdzv_ports: str = "29400-29499"
+    #: Epoch checkpoints kept per fit (the newest ones), re-formations of a world that lost a rank,
+    #: and how long a rank waits for a collective or the rendezvous before it gives up.
+    train_keep_checkpoints: int = Field(default=2, ge=1, le=1000)
+    train_world_restarts: int = Field(default=3, ge=0, le=100)
+    train_rank_timeout_s: float = Field(default=120.0, gt=0)
 
     api_token: SecretStr | None = None
     #: Only the agent, the coordinator and ``labelloop cluster`` need it (labelloop.cluster.security

@@ -141,6 +141,18 @@ class TaskFolder:
     def version_dir(self, version: int) -> Path:
         return self.inference / f"model-time{int(version)}"
 
+    def remove_version(self, version: int) -> None:
+        """Delete a pruned version's folder (renamed aside first, so no reader sees half of it)."""
+        folder = self.version_dir(version)
+        if not folder.exists():
+            return
+        aside = folder.parent / f".pruned-{folder.name}-{uuid.uuid4().hex}"
+        try:
+            os.rename(folder, aside)
+        except OSError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+
     def writing_version(self, version: int) -> AbstractContextManager[Path]:
         """A temporary folder that becomes ``model-time<version>`` whole, in one rename."""
         return write_dir(self.version_dir(version))

@@ -19,8 +19,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from labelloop import fetch
+from labelloop.jobs.state import JobState
 from labelloop.runtime import Runtime
 from labelloop.store.models import Annotation, Item, Job, ModelVersion, Task
 
@@ -51,14 +54,12 @@ def fetch_failures() -> Metric:
     """Reads of data links that failed in this process (the API: Label Studio's /predict, the
     pages, and jobs on threads), by cause; items that failed in any process are
     ``labelloop_items{status="failed"}``, each with its reason in the item browser."""
-    from labelloop.fetch import fetch_failures as counts
-
     family = CounterMetricFamily(
         "labelloop_fetch_failures",
         "Data links that could not be read, by cause (unreachable, http_401, timeout...)",
         labels=["cause"],
     )
-    for cause, n in sorted(counts().items()):
+    for cause, n in sorted(fetch.fetch_failures().items()):
         family.add_metric([cause], n)
     return family
 
@@ -70,114 +71,125 @@ class StoreCollector(Collector):
         self.rt = rt
 
     def collect(self) -> Iterator[Metric]:
-        jobs = GaugeMetricFamily(
-            "labelloop_jobs", "Jobs in the store by kind and state", labels=["kind", "state"]
-        )
-        queue = GaugeMetricFamily(
-            "labelloop_queue_depth", "Jobs waiting to run, by kind", labels=["kind"]
-        )
-        train_time = CounterMetricFamily(
-            "labelloop_training_seconds", "Time spent training model versions", labels=["task"]
-        )
-        last_train = GaugeMetricFamily(
-            "labelloop_last_training_seconds",
-            "Training time of the newest version",
-            labels=["task"],
-        )
-        versions = CounterMetricFamily(
-            "labelloop_model_versions", "Model versions trained", labels=["task"]
-        )
-        promoted = CounterMetricFamily(
-            "labelloop_versions_promoted", "Versions promoted when trained", labels=["task"]
-        )
-        promotions = CounterMetricFamily(
-            "labelloop_promotions", "Promotions of a task, rollbacks included", labels=["task"]
-        )
-        served = GaugeMetricFamily(
-            "labelloop_served_version", "The version that serves (-1: none yet)", labels=["task"]
-        )
-        edit_rate = GaugeMetricFamily(
-            "labelloop_edit_rate",
-            "Share of submitted labels that differed from the pre-label shown",
-            labels=["task"],
-        )
-        submitted = CounterMetricFamily(
-            "labelloop_labels_submitted",
-            "Human labels submitted (edit rate denominator)",
-            labels=["task"],
-        )
-        items = GaugeMetricFamily("labelloop_items", "Items by status", labels=["task", "status"])
         with self.rt.session() as s:
-            for kind, state, n in s.execute(
-                select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
-            ):
-                jobs.add_metric([kind, state], n)
-                if state == "queued":
-                    queue.add_metric([kind], n)
-            for task_id, total, count in s.execute(
-                select(ModelVersion.task_id, func.sum(ModelVersion.train_seconds), func.count())
-                .where(ModelVersion.status == "ready")
-                .group_by(ModelVersion.task_id)
-            ):
-                train_time.add_metric([str(task_id)], float(total or 0.0))
-                versions.add_metric([str(task_id)], count)
-            newest = (
-                select(ModelVersion.task_id, func.max(ModelVersion.version).label("v"))
-                .where(ModelVersion.status == "ready")
-                .group_by(ModelVersion.task_id)
-                .subquery()
-            )
-            for task_id, seconds in s.execute(
-                select(ModelVersion.task_id, ModelVersion.train_seconds).join(
-                    newest,
-                    (ModelVersion.task_id == newest.c.task_id)
-                    & (ModelVersion.version == newest.c.v),
-                )
-            ):
-                if seconds is not None:
-                    last_train.add_metric([str(task_id)], float(seconds))
-            for task_id, n in s.execute(
-                select(ModelVersion.task_id, func.count())
-                .where(ModelVersion.promoted.is_(True))
-                .group_by(ModelVersion.task_id)
-            ):
-                promoted.add_metric([str(task_id)], n)
-            for task_id, version, n in s.execute(
-                select(Task.id, Task.served_version, Task.promotions)
-            ):
-                served.add_metric([str(task_id)], -1 if version is None else version)
-                promotions.add_metric([str(task_id)], n or 0)
-            totals: dict[int, list[int]] = {}
-            for task_id, edited, n in s.execute(
-                select(Annotation.task_id, Annotation.edited, func.count())
-                .where(Annotation.source == "human", Annotation.edited.is_not(None))
-                .group_by(Annotation.task_id, Annotation.edited)
-            ):
-                row = totals.setdefault(task_id, [0, 0])
-                row[0] += n if edited else 0
-                row[1] += n
-            for task_id, (n_edited, n_total) in sorted(totals.items()):
-                submitted.add_metric([str(task_id)], n_total)
-                if n_total:
-                    edit_rate.add_metric([str(task_id)], n_edited / n_total)
-            for task_id, status, n in s.execute(
-                select(Item.task_id, Item.status, func.count()).group_by(Item.task_id, Item.status)
-            ):
-                items.add_metric([str(task_id), status], n)
-        yield from (jobs, queue, train_time, last_train, versions, promoted, promotions, served)
-        yield from (edit_rate, submitted, items)
+            families = [*_job_families(s), *_model_families(s), *_label_families(s)]
+        yield from families
         yield fetch_failures()
         if self.rt.has_jobs:
-            backend_status = self.rt.jobs.status()
-            depth = backend_status.get("queued")
-            if isinstance(depth, int):
-                backend = GaugeMetricFamily(
-                    "labelloop_backend_queue_depth",
-                    "Jobs handed to the job backend and not yet running",
-                    labels=["backend"],
-                )
-                backend.add_metric([str(backend_status.get("backend"))], depth)
-                yield backend
+            yield from _backend_families(self.rt.jobs.status())
+
+
+def _job_families(s: Session) -> list[Metric]:
+    jobs = GaugeMetricFamily(
+        "labelloop_jobs", "Jobs in the store by kind and state", labels=["kind", "state"]
+    )
+    queue = GaugeMetricFamily(
+        "labelloop_queue_depth", "Jobs waiting to run, by kind", labels=["kind"]
+    )
+    for kind, state, n in s.execute(
+        select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
+    ):
+        jobs.add_metric([kind, state], n)
+        if state == JobState.QUEUED:
+            queue.add_metric([kind], n)
+    return [jobs, queue]
+
+
+def _model_families(s: Session) -> list[Metric]:
+    train_time = CounterMetricFamily(
+        "labelloop_training_seconds", "Time spent training model versions", labels=["task"]
+    )
+    last_train = GaugeMetricFamily(
+        "labelloop_last_training_seconds", "Training time of the newest version", labels=["task"]
+    )
+    versions = CounterMetricFamily(
+        "labelloop_model_versions", "Model versions trained", labels=["task"]
+    )
+    promoted = CounterMetricFamily(
+        "labelloop_versions_promoted", "Versions promoted when trained", labels=["task"]
+    )
+    promotions = CounterMetricFamily(
+        "labelloop_promotions", "Promotions of a task, rollbacks included", labels=["task"]
+    )
+    served = GaugeMetricFamily(
+        "labelloop_served_version", "The version that serves (-1: none yet)", labels=["task"]
+    )
+    for task_id, total, count in s.execute(
+        select(ModelVersion.task_id, func.sum(ModelVersion.train_seconds), func.count())
+        .where(ModelVersion.status == "ready")
+        .group_by(ModelVersion.task_id)
+    ):
+        train_time.add_metric([str(task_id)], float(total or 0.0))
+        versions.add_metric([str(task_id)], count)
+    newest = (
+        select(ModelVersion.task_id, func.max(ModelVersion.version).label("v"))
+        .where(ModelVersion.status == "ready")
+        .group_by(ModelVersion.task_id)
+        .subquery()
+    )
+    for task_id, seconds in s.execute(
+        select(ModelVersion.task_id, ModelVersion.train_seconds).join(
+            newest,
+            (ModelVersion.task_id == newest.c.task_id) & (ModelVersion.version == newest.c.v),
+        )
+    ):
+        if seconds is not None:
+            last_train.add_metric([str(task_id)], float(seconds))
+    for task_id, n in s.execute(
+        select(ModelVersion.task_id, func.count())
+        .where(ModelVersion.promoted.is_(True))
+        .group_by(ModelVersion.task_id)
+    ):
+        promoted.add_metric([str(task_id)], n)
+    for task_id, version, n in s.execute(select(Task.id, Task.served_version, Task.promotions)):
+        served.add_metric([str(task_id)], -1 if version is None else version)
+        promotions.add_metric([str(task_id)], n or 0)
+    return [train_time, last_train, versions, promoted, promotions, served]
+
+
+def _label_families(s: Session) -> list[Metric]:
+    edit_rate = GaugeMetricFamily(
+        "labelloop_edit_rate",
+        "Share of submitted labels that differed from the pre-label shown",
+        labels=["task"],
+    )
+    submitted = CounterMetricFamily(
+        "labelloop_labels_submitted",
+        "Human labels submitted (edit rate denominator)",
+        labels=["task"],
+    )
+    items = GaugeMetricFamily("labelloop_items", "Items by status", labels=["task", "status"])
+    totals: dict[int, list[int]] = {}
+    for task_id, edited, n in s.execute(
+        select(Annotation.task_id, Annotation.edited, func.count())
+        .where(Annotation.source == "human", Annotation.edited.is_not(None))
+        .group_by(Annotation.task_id, Annotation.edited)
+    ):
+        row = totals.setdefault(task_id, [0, 0])
+        row[0] += n if edited else 0
+        row[1] += n
+    for task_id, (n_edited, n_total) in sorted(totals.items()):
+        submitted.add_metric([str(task_id)], n_total)
+        if n_total:
+            edit_rate.add_metric([str(task_id)], n_edited / n_total)
+    for task_id, status, n in s.execute(
+        select(Item.task_id, Item.status, func.count()).group_by(Item.task_id, Item.status)
+    ):
+        items.add_metric([str(task_id), status], n)
+    return [edit_rate, submitted, items]
+
+
+def _backend_families(status: dict[str, Any]) -> list[Metric]:
+    depth = status.get("queued")
+    if not isinstance(depth, int):
+        return []
+    backend = GaugeMetricFamily(
+        "labelloop_backend_queue_depth",
+        "Jobs handed to the job backend and not yet running",
+        labels=["backend"],
+    )
+    backend.add_metric([str(status.get("backend"))], depth)
+    return [backend]
 
 
 class Metrics:

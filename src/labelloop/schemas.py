@@ -292,10 +292,10 @@ class RequestModel(BaseModel):
 
 
 def _enum_of(name: str) -> Any:
-    """JSON schema hook: the registry's categories or extras, read when the schema is built."""
+    """JSON schema hook: the kinds registry's categories or extras, read when the schema is built."""
 
     def extra(schema: dict[str, Any]) -> None:
-        from labelloop.learners import registry  # the learners load only for the OpenAPI schema
+        from labelloop.kinds import registry  # the kinds (and numpy) load only for the schema
 
         schema["enum"] = list(getattr(registry, name))
 
@@ -389,13 +389,29 @@ class ItemsCreate(RequestModel):
     items: list[ItemCreate] = Field(min_length=1)
 
 
+class SpanCreate(RequestModel):
+    """One span of an item's text: character offsets (end exclusive) and its label."""
+
+    start: int = Field(ge=0, le=MAX_ITEM_DATA_CHARS)
+    end: int = Field(ge=0, le=MAX_ITEM_DATA_CHARS)
+    label: Label
+
+
 class AnnotationCreate(RequestModel):
-    """One item's labels, with the pre-label that was shown (so edit rates are measured)."""
+    """One item's value (``labels``, or ``spans`` for a text-spans task), with the pre-label that
+    was shown (so edit rates are measured)."""
 
     item_id: Id | None = None
     external_id: Text | None = Field(default=None, min_length=1, max_length=512)
     labels: list[Label] | None = Field(
-        description="the item's labels; null retracts the item's earlier label", max_length=10_000
+        default=None,
+        description="the item's labels; null retracts the item's earlier label",
+        max_length=10_000,
+    )
+    spans: list[SpanCreate] | None = Field(
+        default=None,
+        description="a text-spans task's spans (an empty list: no entity); null retracts",
+        max_length=10_000,
     )
     annotator: Text | None = Field(default=None, max_length=200)
     shown_version: Version | None = Field(
@@ -409,7 +425,20 @@ class AnnotationCreate(RequestModel):
     def _one_reference(self) -> AnnotationCreate:
         if (self.item_id is None) == (self.external_id is None):
             raise ValueError("give exactly one of item_id and external_id")
+        given = {"labels", "spans"} & self.model_fields_set
+        if len(given) != 1:
+            raise ValueError("give exactly one of labels and spans (spans for text-spans tasks)")
         return self
+
+    def value(self, field: str) -> list[Any] | None:
+        """The value in ``field`` (the task kind's ``value_field``) as it is stored, or
+        :class:`ValueError` when the annotation carries its value in the other field."""
+        if field not in self.model_fields_set:
+            other = "spans" if field == "labels" else "labels"
+            raise ValueError(f"this task takes {field}, not {other}")
+        if field == "spans":
+            return None if self.spans is None else [s.model_dump() for s in self.spans]
+        return self.labels
 
 
 class AnnotationsCreate(RequestModel):
@@ -500,11 +529,25 @@ class AutoLabelState(TypedDict):
     heldout_labels: NotRequired[int | None]
 
 
+class TaskKindPublic(TypedDict):
+    """What an annotation of the task is (:mod:`labelloop.kinds`)."""
+
+    #: ``classification`` or ``text-spans``.
+    name: str
+    #: The annotation body's field that carries the value: ``labels`` or ``spans``.
+    value_field: str
+    #: What the items are: ``image`` (data links) or ``text``.
+    media: str
+    #: The labelling page's input widget: ``choice``, ``multi-choice`` or ``spans``.
+    widget: str
+
+
 class TaskPublic(TypedDict):
     id: int
     name: str
     category: str
     extra: str
+    kind: TaskKindPublic
     labels: list[str]
     policy: dict[str, Any]
     served_version: int | None
@@ -529,11 +572,27 @@ class ItemsAdded(TypedDict):
     items: list[ItemAdded]
 
 
+class SpanPublic(TypedDict):
+    """A span of an item's text (character offsets, end exclusive) and its label."""
+
+    start: int
+    end: int
+    label: str
+
+
+class ScoredSpan(SpanPublic):
+    score: float | None
+
+
+#: An annotation's value: labels, or a text-spans task's spans.
+LabelValue = list[str] | list[SpanPublic]
+
+
 class AnnotationPublic(TypedDict):
     """One row of an item's label history (append-only: the revision is the row's id)."""
 
     revision: int
-    labels: list[str] | None
+    labels: LabelValue | None
     source: Literal["human", "model"]
     annotator: str | None
     model_version: int | None
@@ -544,7 +603,7 @@ class AnnotationPublic(TypedDict):
 
 class StoredPrediction(TypedDict):
     model_version: int
-    labels: list[str]
+    labels: LabelValue
     score: float
 
 
@@ -554,7 +613,7 @@ class ItemPublic(TypedDict):
     data: str
     status: Literal["pending", "ready", "failed"]
     error: Message | None
-    labels: list[str] | None
+    labels: LabelValue | None
     label_source: Literal["human", "model"] | None
     annotations: list[AnnotationPublic]
     prediction: StoredPrediction | None
@@ -581,17 +640,21 @@ class PredictionPublic(TypedDict):
     item_id: int | None
     status: Literal["ok", "no_model", "failed"]
     model_version: int | None
-    labels: list[str] | None
+    labels: NotRequired[list[str] | None]
     score: float | None
-    scores: dict[str, float] | None
+    scores: NotRequired[dict[str, float] | None]
+    #: A text-spans task's spans, each with its score (in place of labels and scores).
+    spans: NotRequired[list[ScoredSpan] | None]
     error: NotRequired[Message]
 
 
 class DataPrediction(TypedDict):
     status: Literal["ok", "failed"]
-    labels: list[str] | None
+    labels: NotRequired[list[str] | None]
     score: float | None
-    scores: dict[str, float] | None
+    scores: NotRequired[dict[str, float] | None]
+    #: A text-spans task's spans, each with its score (in place of labels and scores).
+    spans: NotRequired[list[ScoredSpan] | None]
     error: NotRequired[Message]
 
 
@@ -676,7 +739,7 @@ class ItemSummary(TypedDict):
     preview: str
     status: Literal["pending", "ready", "failed"]
     error: Message | None
-    labels: list[str] | None
+    labels: LabelValue | None
     label_source: Literal["human", "model"] | None
     #: The people whose label it carries now.
     annotators: list[str]
@@ -723,12 +786,42 @@ class TrainRequested(TypedDict):
     pending: bool
 
 
+class JobRank(TypedDict):
+    rank: int
+    #: The Celery worker (node name) that runs the rank's process.
+    worker: str | None
+    pid: int
+
+
+class JobWorld(TypedDict):
+    """A training job's current distributed world (labelloop.distributed)."""
+
+    size: int
+    #: 0 for the first world of a fit; one more each time the world re-forms after a lost rank.
+    attempt: int
+    #: The fit's rendezvous id (``task-<t>/job-<j>/finetune-<hash>``).
+    fit: str
+    #: ``host:port`` of the fit's c10d store.
+    rendezvous: str
+    ranks: list[JobRank]
+
+
+class JobFit(TypedDict):
+    """A distributed fit the job finished: each attempt's world size, the epoch it resumed from."""
+
+    fit: str
+    worlds: list[int]
+    resumed_from_epoch: int | None
+
+
 class JobPublic(TypedDict):
     id: int
     kind: str
     state: str
     attempts: int
     worker: str | None
+    world: JobWorld | None
+    fits: list[JobFit]
     error: Message | None
     result: dict[str, Any] | None
     created_at: str

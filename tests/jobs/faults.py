@@ -11,15 +11,16 @@ from tests.support import wait_until
 
 
 def crashing_task(rt: Runtime, image: str) -> tuple[int, int]:
-    """A task whose learner cannot be built (a learner parameter that is not a number), one item,
-    and its featurize job: ``(job id, item id)``."""
+    """A task whose learner cannot be built (a stored learner parameter that is not a number, as
+    an older version could write), one item, and its featurize job, which raises after claiming
+    the item: ``(job id, item id)``."""
     with rt.session() as s:
         task = Task(
             name="crash",
             category="image-classification",
             extra="multi-class",
             labels=["a", "b"],
-            policy={"learner_params": {"image_size": "not a number"}},
+            policy={"learner": "pool-svm", "learner_params": {"image_size": "not a number"}},
             salt="s",
         )
         s.add(task)
@@ -62,7 +63,7 @@ def ended(rt: Runtime, job_id: int) -> Job | None:
 def check_failed(rt: Runtime, crash: int, item_id: int, unreadable: int) -> None:
     job = wait_until(lambda: ended(rt, crash), 120, "the crashing job to end")
     assert job.state == JobState.FAILED
-    assert job.error and "featurize job crashed" in job.error
+    assert job.error and "image_size" in job.error
     assert job.worker and job.started_at is not None and job.finished_at is not None
     with rt.session() as s:
         item = s.get(Item, item_id)

@@ -113,12 +113,12 @@ def test_a_job_that_raises_ends_failed_on_the_workers(
 ) -> None:
     c, client = cluster
     task_id = client.create_task("crash", "image-classification", DIGITS)["id"]
-    # A learner that cannot be built (what an unchecked parameter did), an item and its featurize
-    # job: the job raises on the data worker after claiming the item.
+    # A learner that cannot be built (a stored parameter that is not a number), an item and its
+    # featurize job: the job raises on the data worker after claiming the item.
     db.execute(
         update(Task)
         .where(Task.id == task_id)
-        .values(policy={"learner_params": {"image_size": "not a number"}})
+        .values(policy={"learner": "pool-svm", "learner_params": {"image_size": "not a number"}})
     )
     item = Item(task_id=task_id, data=images[1][0][0])
     db.add(item)
@@ -145,7 +145,7 @@ def test_a_job_that_raises_ends_failed_on_the_workers(
     wait_until(lambda: job_state(db, job.id) in ("done", "failed"), 120, "the job to end")
     db.refresh(job)
     db.refresh(item)
-    assert job.state == "failed" and job.error and "featurize job crashed" in job.error
+    assert job.state == "failed" and job.error and "image_size" in job.error
     assert job.worker == f"data-1@{HOST}" and job.started_at is not None and job.attempts == 1
     assert item.status == "failed" and item.error and "featurizing failed" in item.error
 

@@ -57,7 +57,7 @@ def test_kill_9_of_the_server_takes_its_workers_along(
     server.up()
     children = server.children()
     workers = [p for p in children if "resource_tracker" not in " ".join(p.cmdline())]
-    assert len(workers) == 2
+    assert len(workers) == 3  # two bulk workers (the default) and the training lane's
     assert any("resource_tracker" in " ".join(p.cmdline()) for p in children)
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(timeout=30)
@@ -122,7 +122,7 @@ def test_sigterm_stops_the_server_at_once_while_a_job_runs(
     server = start(servers, data, image_root)
     client = server.up()
     # Label spreading that would run for hours: the job is running whenever the stop comes.
-    policy = {"min_labels": 10, "learner_params": {"iterations": 10_000_000}}
+    policy = {"min_labels": 10, "learner": "pool-svm", "learner_params": {"iterations": 10_000_000}}
     task = client.create_task("slow", "image-classification", DIGITS, policy=policy)["id"]
     items = client.add_items(task, [{"data": p} for p, _ in digit_files[:40]])["items"]
     wait_until(lambda: client.get_task(task)["counts"]["pending"] == 0, 120, "featurizing")

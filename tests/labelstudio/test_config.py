@@ -42,6 +42,19 @@ def test_text_choices_multiple_is_multi_label() -> None:
     assert cfg.labels == ("price", "service", "food")
 
 
+def test_labels_on_text_is_a_text_spans_task() -> None:
+    cfg = parse_label_config(
+        '<View><Labels name="label" toName="text"><Label value="PER"/><Label value="ORG"/>'
+        '</Labels><Text name="text" value="$text"/></View>'
+    )
+    assert (cfg.from_name, cfg.to_name, cfg.control) == ("label", "text", "Labels")
+    assert (cfg.category, cfg.extra, cfg.labels) == ("text-spans", "multi-class", ("PER", "ORG"))
+    assert cfg.kind.value_field == "spans"
+    # A config stored before the control was recorded reads back as <Choices>.
+    old = {k: v for k, v in parse_label_config(IMAGE).as_dict().items() if k != "control"}
+    assert type(cfg).from_dict(old).category == "image-classification"
+
+
 @pytest.mark.parametrize(
     ("xml", "found"),
     [
@@ -51,9 +64,9 @@ def test_text_choices_multiple_is_multi_label() -> None:
             "<RectangleLabels>",
         ),
         (
-            '<View><Text name="t" value="$text"/><Labels name="l" toName="t">'
+            '<View><Image name="i" value="$image"/><Labels name="l" toName="i">'
             '<Label value="PER"/></Labels></View>',
-            "<Labels>",
+            "<Labels> labels an <Image>",
         ),
         (
             '<View><Audio name="a" value="$audio"/><Choices name="c" toName="a">'

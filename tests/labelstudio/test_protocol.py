@@ -498,3 +498,69 @@ def test_fetch_failures_are_told(
     metrics = c.get("/metrics").text
     line = next(x for x in metrics.splitlines() if 'fetch_failures_total{cause="unreachable"}' in x)
     assert float(line.split()[-1]) >= 6
+
+
+SPANS_CONFIG = (
+    '<View><Labels name="ner" toName="text"><Label value="PER"/><Label value="LOC"/></Labels>'
+    '<Text name="text" value="$text"/></View>'
+)
+
+
+def test_a_spans_project_takes_span_annotations(app_client: TestClient) -> None:
+    """``<Labels>`` on a ``<Text>``: a text-spans task; webhooks carry spans back (and their
+    deletion retracts them); before a model, predictions are empty entries."""
+    c = app_client
+    project = {"id": 8, "title": "ner", "label_config": SPANS_CONFIG}
+    r = c.post("/labelstudio/setup", json={"project": "8.1764237600", "schema": SPANS_CONFIG})
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    task = c.get(f"/api/v1/tasks/{task_id}").json()
+    assert (task["category"], task["labels"], task["kind"]["widget"]) == (
+        "text-spans",
+        ["PER", "LOC"],
+        "spans",
+    )
+    ls_task = {"id": 300, "data": {"text": "Ada Lovelace lived in London."}, "project": 8}
+    r = c.post(
+        "/labelstudio/predict",
+        json={"tasks": [ls_task], "project": "8.1764237600", "label_config": SPANS_CONFIG},
+    )
+    assert r.status_code == 200 and r.json()["results"] == [[]]
+    result = [
+        {
+            "id": f"r{n}",
+            "from_name": "ner",
+            "to_name": "text",
+            "type": "labels",
+            "value": {"start": start, "end": end, "text": text, "labels": [label]},
+        }
+        for n, (start, end, text, label) in enumerate(
+            [(22, 28, "London", "LOC"), (0, 12, "Ada Lovelace", "PER")]
+        )
+    ]
+    event = {
+        "action": "ANNOTATION_CREATED",
+        "annotation": {"id": 900, "result": result, "task": 300, "completed_by": 3},
+        "task": ls_task,
+        "project": project,
+    }
+    r = c.post("/labelstudio/webhook", json=event)
+    assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+    rows = [json.loads(line) for line in c.get(f"/api/v1/tasks/{task_id}/export").text.splitlines()]
+    assert rows[0]["spans"] == [
+        {"start": 0, "end": 12, "label": "PER"},
+        {"start": 22, "end": 28, "label": "LOC"},
+    ]
+    assert rows[0]["annotator"] == "labelstudio:3"
+    # A span past the end of the text is refused, naming it.
+    event["annotation"] = {**event["annotation"], "id": 901}  # type: ignore[dict-item]
+    event["annotation"]["result"][0]["value"]["end"] = 40  # type: ignore[index]
+    r = c.post("/labelstudio/webhook", json=event)
+    assert r.status_code == 422 and "ends after the text" in r.json()["detail"]
+    r = c.post(
+        "/labelstudio/webhook",
+        json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 900}], "project": project},
+    )
+    assert r.status_code == 200 and r.json()["n"] == 1
+    item_id = rows[0]["item_id"]
+    assert c.get(f"/api/v1/tasks/{task_id}/items/{item_id}").json()["labels"] is None

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from labelloop.errors import InvalidInput
+from labelloop.kinds.classification import indicator
 from labelloop.learners import REGISTRY, Features, Learner
-from labelloop.loop.labels import indicator
 
 CASES = [
     (category, extra, cls) for (category, extra), classes in REGISTRY.items() for cls in classes

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from labelloop.errors import InvalidInput, Unavailable
+from labelloop.kinds.classification import indicator
 from labelloop.learners import backbones, learner_by_name, make_learner
 from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Features, Learner
@@ -28,7 +29,6 @@ from labelloop.learners.finetune import FineTune, Trainer
 from labelloop.learners.image import PoolSVM
 from labelloop.learners.registry import check_params
 from labelloop.learners.text import TfidfSVM
-from labelloop.loop.labels import indicator
 
 
 def png(array: np.ndarray, **save: Any) -> bytes:
@@ -416,7 +416,7 @@ def test_fine_tuning_resumes_from_its_epoch_checkpoint(
     first.set_snapshot_dir(snapshot)
     with pytest.raises(Killed):
         first.fit(X, Y)
-    [checkpoint] = list(snapshot.glob("finetune-*.pt"))
+    [checkpoint] = list(snapshot.glob("finetune-*/epoch-*.ckpt"))
     saved = torch.load(checkpoint, weights_only=False)
     assert saved["state"]["epoch"] == 1 and {"model", "optimizer", "torch_rng"} <= set(saved)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from labelloop.loop.labels import indicator
+from labelloop.kinds.classification import indicator
 from labelloop.loop.suspects import annotator_agreement, find_suspects
 
 LABELS = ["a", "b", "c"]

@@ -180,14 +180,14 @@ def test_a_photo_task_records_the_chosen_learner_and_its_frozen_features(
 def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it_loses(
     settings: Settings, image_root: Path
 ) -> None:
-    from tests.learners.test_photos import colour_squares
+    from tests.learners.test_photos import halves
 
     torch_threads = settings.model_copy(
         update={"image_backbone": '{"input_size": 32}', "torch_threads": 1}
     )
     rt = Runtime(torch_threads, migrate_schema=True)
     try:
-        raws, labels = colour_squares(40)
+        raws, labels = halves(40)
         for i, raw in enumerate(raws):
             (image_root / f"sq-{i}.png").write_bytes(raw)
         policy = {
@@ -201,7 +201,7 @@ def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it
                 TaskCreate(
                     name="colours",
                     category="image-classification",
-                    labels=["red", "green"],
+                    labels=["left", "right"],
                     policy=policy,
                 ),
             )["id"]  # type: ignore[arg-type]
@@ -229,8 +229,9 @@ def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it
         assert "pool-svm" in evidence["finetune"]["against"]
         maps = rt.folder(t).preprocess / "features"
         n_maps = len(list(maps.glob("maps-*/*/*.npy")))
-        # On 1x1 maps of 32-pixel squares fine-tuning loses to pixels on the first fold, so it
-        # was fitted once, and only the labelled items went through the backbone for it.
+        # Bright halves, which grey pixels tell apart perfectly: fine-tuning cannot beat pixels
+        # on the first fold, so it was fitted once, and only the labelled items went through the
+        # backbone for it.
         assert mv.learner == "pool-svm"
         assert evidence["finetune"]["evaluation"] == "one fold"
         assert evidence["finetune"]["scored_on"] == 10
@@ -267,5 +268,98 @@ def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it
             assert second.version == 1
             assert set(second.metrics["learner_choice"]["candidates"]) == {"pool-svm"}
             assert second.metrics["costly_evaluated_at"] == 30
+    finally:
+        rt.close()
+
+
+def run_featurize_jobs(rt: Runtime, t: int) -> None:
+    with rt.session() as s:
+        queued = [
+            j.id
+            for j in s.query(Job).filter(
+                Job.task_id == t, Job.kind == "featurize", Job.state == "queued"
+            )
+        ]
+    for job_id in queued:
+        execute(rt, job_id)
+
+
+@pytest.mark.parametrize("pixels_win", [True, False])
+def test_the_pool_is_embedded_only_once_a_backbone_learner_wins(
+    tmp_path: Path, settings: Settings, image_root: Path, pixels_win: bool
+) -> None:
+    """``auto`` competes the backbone's learners on the labelled items' embeddings; the pool (and
+    each item added later) goes through the backbone only once one of them won. A task where
+    pixels win (digits) never embeds its unlabelled items."""
+    from tests.learners.conftest import build_tiny
+    from tests.learners.test_photos import colour_squares, halves
+
+    ts, _ = build_tiny(tmp_path / "backbone")
+    spec = {"kind": "torchscript", "path": str(ts), "input_size": 32}
+    rt = Runtime(
+        settings.model_copy(update={"image_backbone": json.dumps(spec)}), migrate_schema=True
+    )
+    try:
+        raws, labels = (halves if pixels_win else colour_squares)(45)
+        for i, raw in enumerate(raws):
+            (image_root / f"im-{i}.png").write_bytes(raw)
+        names = sorted(set(labels))
+        t = int(
+            create_task(
+                rt,
+                TaskCreate(
+                    name="t",
+                    category="image-classification",
+                    labels=names,
+                    policy={"min_labels": 24, "cv_folds": 3},
+                ),
+            )["id"]  # type: ignore[arg-type]
+        )
+
+        def add(first: int, last: int) -> list[dict[str, object]]:
+            added = add_items(
+                rt,
+                t,
+                [
+                    ItemIn(data=str(image_root / f"im-{i}.png"), external_id=str(i))
+                    for i in range(first, last)
+                ],
+            )
+            run_featurize_jobs(rt, t)
+            return added["items"]  # type: ignore[no-any-return]
+
+        embeddings = rt.folder(t).preprocess / "features"
+
+        def embedded() -> int:
+            return len(list(embeddings.glob("embed-*/*/*.npy")))
+
+        items = add(0, 40)
+        assert embedded() == 0  # the featurize jobs computed pixels only
+        submit(
+            rt,
+            t,
+            [
+                AnnotationIn(external_id=str(it["external_id"]), labels=[labels[int(str(i))]])
+                for i, it in zip(range(24), items, strict=False)
+            ],
+        )
+        execute(rt, train_job(rt, t))
+        with rt.session() as s:
+            mv = s.query(ModelVersion).filter(ModelVersion.task_id == t).one()
+            evidence = mv.metrics["learner_choice"]["candidates"]
+        assert {"pool-svm", "embedding-logreg", "embedding-spread"} <= set(evidence)
+        assert all(e["scored_on"] == 24 for e in evidence.values())
+        if pixels_win:
+            assert mv.learner == "pool-svm"
+            assert embedded() == 24  # the labelled items only
+        else:
+            assert mv.learner.startswith("embedding-")
+            assert embedded() == 40  # the whole pool, once the backbone won
+        add(40, 45)  # new items: embedded on arrival only where a backbone learner is current
+        assert embedded() == (24 if pixels_win else 45)
+        with rt.session() as s:
+            task_spec = TaskSpec.of(s.get(Task, t))  # type: ignore[arg-type]
+        rows = predict_stored(rt, task_spec, mv.version, [int(str(it["id"])) for it in items])
+        assert len(rows.rows) == 40
     finally:
         rt.close()

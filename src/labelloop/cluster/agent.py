@@ -529,6 +529,9 @@ class Agent:
             "LABELLOOP_JOBS": "celery",
             "LABELLOOP_ENVIRONMENT": self.environment,
         }
+        if self.machine is not None:
+            # Distributed training: this machine's ranks and rendezvous store listen here.
+            env.setdefault("LABELLOOP_TRAIN_RDZV_HOST", self.machine.ip)
         if self.settings.broker_tls:
             assert self.settings.tls_ca is not None
             env["LABELLOOP_BROKER_CA"] = str(self.settings.tls_ca.resolve())

@@ -210,6 +210,38 @@ def _failed(result: dict[str, Any]) -> bool:
     return not result["answers"] or bool(result.get("failing")) or "task_error" in result
 
 
+def _init_body(
+    *,
+    refresh: bool,
+    task_category: str | None,
+    task_datastore_path: str | None,
+    task_extra_info: str,
+    database_url: str | None,
+    api_port: int | None,
+    train: int | None,
+    inference: int | None,
+    machines_file: Path | None,
+) -> dict[str, Any]:
+    """The coordinator's init request from the command's options."""
+    if refresh:  # the stored task is what counts; these fields only satisfy the request's shape
+        return {"refresh": True, "task_category": "-", "task_datastore_path": "-"}
+    if task_category is None or task_datastore_path is None:
+        raise InvalidInput("give --task-category and --task-datastore-path (or --refresh)")
+    body: dict[str, Any] = {
+        "task_category": task_category,
+        "task_extra_info": task_extra_info,
+        "task_datastore_path": task_datastore_path,
+        "database_url": database_url,
+        "api_port": api_port,
+        "train": train,
+        "inference": inference,
+    }
+    if machines_file is not None:
+        entries = load_machines_file(machines_file)
+        body["machines_info"] = [e.model_dump(exclude_none=True) for e in entries]
+    return body
+
+
 @cluster_app.command("init")
 @friendly
 def cluster_init(
@@ -270,25 +302,19 @@ def cluster_init(
     of its log. Exits 0 when every answering machine's processes run, 1 when none answered, a
     process fails or the task could not be created.
     """
-    if refresh:  # the stored task is what counts; these fields only satisfy the request's shape
-        body: dict[str, Any] = {"refresh": True, "task_category": "-", "task_datastore_path": "-"}
-    else:
-        if task_category is None or task_datastore_path is None:
-            raise InvalidInput("give --task-category and --task-datastore-path (or --refresh)")
-        if database_url_file is not None:
-            database_url = read_secret_file(database_url_file, "the database URL")
-        body = {
-            "task_category": task_category,
-            "task_extra_info": task_extra_info,
-            "task_datastore_path": task_datastore_path,
-            "database_url": database_url,
-            "api_port": api_port,
-            "train": train,
-            "inference": inference,
-        }
-        if machines_file is not None:
-            entries = load_machines_file(machines_file)
-            body["machines_info"] = [e.model_dump(exclude_none=True) for e in entries]
+    if database_url_file is not None and not refresh:
+        database_url = read_secret_file(database_url_file, "the database URL")
+    body = _init_body(
+        refresh=refresh,
+        task_category=task_category,
+        task_datastore_path=task_datastore_path,
+        task_extra_info=task_extra_info,
+        database_url=database_url,
+        api_port=api_port,
+        train=train,
+        inference=inference,
+        machines_file=machines_file,
+    )
     if task_labels is not None:
         body["task_labels"] = [label.strip() for label in task_labels.split(",") if label.strip()]
         body["task_name"] = task_name

@@ -365,6 +365,8 @@ class CeleryJobs(JobBackend):
                 job = jobs.get(a.get("job_id", -1))
                 if job is not None:
                     a |= {"kind": job.kind, "task_id": job.task_id, "key": job.key}
+                    if (job.payload or {}).get("world"):
+                        a["world"] = job.payload["world"]
 
     def status(self) -> dict[str, Any]:
         """Workers and queues; callers within :data:`STATUS_TTL_S` share one broadcast."""

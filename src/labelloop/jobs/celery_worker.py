@@ -8,13 +8,16 @@ went away).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import sklearn.svm  # noqa: F401  (the first job should not pay for imports)
@@ -22,10 +25,12 @@ from celery import Celery
 from celery.exceptions import Reject, TimeLimitExceeded
 from celery.signals import task_failure, worker_process_init
 from celery.worker import state as worker_state
-from celery.worker.control import inspect_command
+from celery.worker.control import control_command, inspect_command
 from threadpoolctl import threadpool_limits
 
 from labelloop.config import Settings
+from labelloop.distributed.launch import JOIN_COMMAND
+from labelloop.distributed.world import World, spawn_rank
 from labelloop.errors import InvalidInput, LabelloopError, Unavailable
 from labelloop.jobs.celery_app import (
     JOB_TASKS,
@@ -41,7 +46,8 @@ from labelloop.jobs.celery_app import (
 )
 from labelloop.jobs.celery_backend import CeleryJobs
 from labelloop.learners import backbones
-from labelloop.loop.executor import KINDS, execute, job_kind
+from labelloop.learners.text import preload_encoder
+from labelloop.loop.executor import HEAVY_RUNNERS, KINDS, execute, job_kind
 from labelloop.loop.prediction import predict_data as predict_data_links
 from labelloop.loop.prediction import predict_stored
 from labelloop.loop.spec import TaskSpec
@@ -237,6 +243,58 @@ def _describe(request: Any) -> dict[str, Any]:
     return out
 
 
+class HostedRanks:
+    """Rank processes this worker started for other workers' training jobs (distributed fits)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ranks: dict[int, tuple[subprocess.Popen[bytes], World, int]] = {}
+
+    def start(self, world: World, rank: int) -> int:
+        proc = spawn_rank(
+            world, rank, Path(world.folder) / "logs" / f"attempt-{world.attempt}-rank-{rank}.log"
+        )
+        with self.lock:
+            self.ranks[proc.pid] = (proc, world, rank)
+        # Reaped by a thread of its own: the worker's main loop never waits for a rank.
+        threading.Thread(target=self._reap, args=(proc,), daemon=True, name="rank-reaper").start()
+        return proc.pid
+
+    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        with self.lock:
+            self.ranks.pop(proc.pid, None)
+
+    def describe(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                {"fit": w.run, "attempt": w.attempt, "rank": r, "size": w.size, "pid": pid}
+                for pid, (_, w, r) in sorted(self.ranks.items())
+            ]
+
+
+HOSTED = HostedRanks()
+#: The data folder of this worker (join requests name folders inside it only); set at start.
+_DATA_DIR: list[Path] = []
+
+
+@control_command(name=JOIN_COMMAND, args=[("world", str), ("rank", int)])  # type: ignore[untyped-decorator]
+def labelloop_train_join(state: Any, world: str, rank: int) -> dict[str, Any]:
+    """Host one rank of another train worker's distributed fit (labelloop.distributed.launch)."""
+    consumer = state.consumer
+    queues = [q.name for q in consumer.task_consumer.queues] if consumer.task_consumer else []
+    if "train" not in queues:
+        return {"error": "not a train worker"}
+    try:
+        spec = World.from_json(world)
+        folder = Path(spec.folder).resolve()
+        if _DATA_DIR and not folder.is_relative_to(_DATA_DIR[0]):
+            return {"error": "the fit's folder is outside this worker's data folder"}
+        return {"pid": HOSTED.start(spec, int(rank))}
+    except (TypeError, ValueError, OSError) as exc:
+        return {"error": f"cannot start the rank: {exc}"}
+
+
 @inspect_command(name=STATUS_COMMAND)  # type: ignore[untyped-decorator]
 def labelloop_status(state: Any) -> dict[str, Any]:
     """One answer per worker for ``labelloop workers``: its queues, pool and current work."""
@@ -251,6 +309,7 @@ def labelloop_status(state: Any) -> dict[str, Any]:
         "concurrency": getattr(controller, "concurrency", None),
         "prefetch": consumer.qos.value if consumer.qos else None,
         "active": [_describe(r) for r in list(worker_state.active_requests)],
+        "ranks": HOSTED.describe(),
         "processed": sum(worker_state.total_count.values()),
     }
 
@@ -282,6 +341,7 @@ def run_worker(
             settings.train_time_limit_s,
             RABBITMQ_CONSUMER_TIMEOUT_S,
         )
+    _DATA_DIR[:] = [settings.data_dir.resolve()]
     # Several processes may start at once; migrations are serialised by the store.
     migrate(settings.resolved_database_url)
     # Inference workers publish answers only (re-prediction jobs have no follow-ups).
@@ -295,6 +355,14 @@ def run_worker(
 
     def warm(**_: Any) -> None:
         state.runtime()
+        if role == "train":  # the runners' scikit-learn and learners, outside any time limit
+            for module in HEAVY_RUNNERS:
+                importlib.import_module(module)
+        else:  # the sentence encoder (torch) too: not inside a predict request's time limit
+            try:
+                preload_encoder()
+            except Exception as exc:  # its requests then say why, as before
+                log.warning("could not load the sentence encoder: %s", exc)
         backbones.preload()  # the image backbone, once per process, outside any time limit
         if role == "inference":
             # One native thread per process: a predict request is small, and OpenMP threads that

@@ -11,17 +11,20 @@ uses a data folder (:mod:`labelloop.jobs.guard`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import heapq
+import importlib
 import itertools
 import logging
 import multiprocessing
 import os
-import queue
 import signal
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ from labelloop.jobs.guard import ServerLock, die_with_parent, register_worker, s
 from labelloop.jobs.state import ACTIVE_JOB_STATES, release
 from labelloop.learners import backbones
 from labelloop.loop import prediction
-from labelloop.loop.executor import KINDS, execute
+from labelloop.loop.executor import HEAVY_RUNNERS, KINDS, execute
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.store.models import Job, utcnow
@@ -44,26 +47,36 @@ log = logging.getLogger(__name__)
 
 #: How long a job waits to run again when the store did not answer.
 RETRY_AFTER_S = 2.0
-#: How long worker processes may take to start (imports) before the server gives up.
-START_TIMEOUT_S = 120.0
 #: How long a terminated worker has to end before it is killed.
 STOP_GRACE_S = 5.0
+
+#: How much lower the CPU priority (``nice``) of the bulk workers is than the API's and the
+#: training worker's: a training or an answer to a person shares the cores with bulk work but
+#: gets most of them.
+BULK_NICE = 10
+#: Priority of the jobs the training lane is kept free for (see :data:`KINDS`).
+TRAIN_PRIORITY = 0
 
 _WORKER_RT: Runtime | None = None
 
 
-def _init_worker(settings: Settings, parent_pid: int, run_dir: Path) -> None:
+def _init_worker(settings: Settings, parent_pid: int, run_dir: Path, nice: int = 0) -> None:
     """Runs once in each worker process: tied to its server's life, its own runtime, no Ctrl-C
-    tracebacks (the server stops its workers itself)."""
+    tracebacks (the server stops its workers itself), and its lane's CPU priority."""
     global _WORKER_RT
     die_with_parent(parent_pid)
     register_worker(run_dir)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s",
     )
     _WORKER_RT = Runtime(settings)
+    for module in HEAVY_RUNNERS:  # scikit-learn and the learners, before any job's clock starts
+        importlib.import_module(module)
     backbones.preload()  # the image backbone, once per process, before any job's clock starts
 
 
@@ -84,22 +97,45 @@ def _noop() -> int:
     return 0
 
 
+@dataclass
+class _Lane:
+    """A pool of workers and the jobs it may take.
+
+    ``train`` has one worker that runs training jobs only, so a triggered training starts at once
+    even while every bulk worker is in the middle of a long featurize or pool-prediction job;
+    ``bulk`` runs every kind (trainings too, when the training worker is busy) at a lower CPU
+    priority."""
+
+    name: str
+    size: int
+    nice: int
+    only_priority: int | None
+    pool: Executor | None = None
+    busy: int = 0
+
+    def admits(self, priority: int) -> bool:
+        return self.busy < self.size and (
+            self.only_priority is None or priority == self.only_priority
+        )
+
+
 class LocalJobs(JobBackend):
     name = "local"
 
     def __init__(self, rt: Runtime, workers: int | None = None, *, threads: bool = False) -> None:
         self.rt = rt
+        #: Bulk workers; one more process, the training lane, is kept for training jobs.
         self.workers = workers or rt.settings.local_workers
         # Threads instead of processes: for tests and tiny deployments (training then shares the GIL).
         self.threads = threads
-        self._queue: queue.PriorityQueue[tuple[int, int, int]] = queue.PriorityQueue()
-        self._slots = threading.Semaphore(self.workers)
+        #: Waiting jobs as a heap of (priority, arrival, job id), guarded by ``_cond``.
+        self._heap: list[tuple[int, int, int]] = []
         self._seq = itertools.count()
-        self._pool: Executor | None = None
+        self._lanes = self._make_lanes()
         self._thread: threading.Thread | None = None
-        #: Job id -> (its future, when it was handed to the pool).
-        self._inflight: dict[int, tuple[Future[list[int]], datetime]] = {}
-        self._lock = threading.Lock()
+        #: Job id -> (its future, when it was handed to a worker, its lane).
+        self._inflight: dict[int, tuple[Future[list[int]], datetime, _Lane]] = {}
+        self._cond = threading.Condition()
         self._stopping = False
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -109,19 +145,25 @@ class LocalJobs(JobBackend):
         if not threads:
             self._folder.acquire()
 
-    def _new_pool(self) -> Executor:
+    def _make_lanes(self) -> list[_Lane]:
+        return [
+            _Lane("train", 1, 0, TRAIN_PRIORITY),
+            _Lane("bulk", self.workers, 0 if self.threads else BULK_NICE, None),
+        ]
+
+    def _new_pool(self, lane: _Lane) -> Executor:
         if self.threads:
             return ThreadPoolExecutor(
-                max_workers=self.workers,
-                thread_name_prefix="labelloop-worker",
+                max_workers=lane.size,
+                thread_name_prefix=f"labelloop-{lane.name}",
                 initializer=_init_thread_worker,
                 initargs=(self.rt,),
             )
         return ProcessPoolExecutor(
-            max_workers=self.workers,
+            max_workers=lane.size,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.rt.settings, os.getpid(), self._folder.dir),
+            initargs=(self.rt.settings, os.getpid(), self._folder.dir, lane.nice),
         )
 
     def start(self) -> None:
@@ -130,16 +172,22 @@ class LocalJobs(JobBackend):
         self._stopping = False
         # Fresh hand-over state (a backend may be started again after a stop); what was queued is
         # in the store and is enqueued again below.
-        self._queue = queue.PriorityQueue()
-        self._slots = threading.Semaphore(self.workers)
+        with self._cond:
+            self._heap = []
+        self._lanes = self._make_lanes()
         self._ready.clear()
         self._start_error = None
         backbones.preload()  # predictions run in this (the API) process
-        self._pool = self._new_pool()
+        for lane in self._lanes:
+            lane.pool = self._new_pool(lane)
         self._thread = threading.Thread(target=self._dispatch, name="labelloop-jobs", daemon=True)
         self._thread.start()
-        if not self._ready.wait(START_TIMEOUT_S):
-            raise RuntimeError(f"the worker processes did not start in {START_TIMEOUT_S:.0f} s")
+        patience = self.rt.settings.local_start_timeout_s
+        if not self._ready.wait(patience):
+            raise RuntimeError(
+                f"the worker processes did not start in {patience:.0f} s "
+                "(a busy machine: raise LABELLOOP_LOCAL_START_TIMEOUT_S)"
+            )
         if self._start_error is not None:
             raise self._start_error
         with self.rt.session() as s:
@@ -150,15 +198,20 @@ class LocalJobs(JobBackend):
 
     def stop(self) -> None:
         """Stop at once: abandon running jobs (they run again at the next start)."""
-        self._stopping = True
-        self._queue.put((-1, -1, -1))
-        with self._lock:  # before the workers end (their futures then leave the table)
-            abandoned = {j: at for j, (_, at) in self._inflight.items()}
-        pool, self._pool = self._pool, None
-        if isinstance(pool, ProcessPoolExecutor):
-            self._terminate(pool)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        with self._cond:
+            self._stopping = True
+            # Before the workers end (their futures then leave the table).
+            abandoned = {j: at for j, (_, at, _) in self._inflight.items()}
+            self._cond.notify_all()
+        pools = [lane.pool for lane in self._lanes]
+        for lane in self._lanes:
+            lane.pool = None
+        for pool in pools:
+            if isinstance(pool, ProcessPoolExecutor):
+                self._terminate(pool)
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         if self._thread is not None:
             self._thread.join(timeout=STOP_GRACE_S)
         if abandoned and not self.threads:
@@ -194,10 +247,13 @@ class LocalJobs(JobBackend):
             return
         with self.rt.session() as s:
             kinds = dict(s.execute(select(Job.id, Job.kind).where(Job.id.in_(ids))).all())
-        for job_id in ids:
-            if job_id in kinds:
-                kind = KINDS.get(kinds[job_id])
-                self._queue.put((kind.priority if kind else 9, next(self._seq), job_id))
+        with self._cond:
+            for job_id in ids:
+                if job_id in kinds:
+                    kind = KINDS.get(kinds[job_id])
+                    entry = (kind.priority if kind else 9, next(self._seq), job_id)
+                    heapq.heappush(self._heap, entry)
+            self._cond.notify_all()
 
     def _warm(self) -> None:
         """Start and warm every worker now, not on the first label (the first model would wait).
@@ -207,60 +263,88 @@ class LocalJobs(JobBackend):
         all children of this long-lived thread.
         """
         try:
-            assert self._pool is not None
-            warm = [self._pool.submit(_noop) for _ in range(self.workers)]
-            for fut in warm:
-                fut.result(timeout=START_TIMEOUT_S)
+            warm = []
+            for lane in self._lanes:
+                assert lane.pool is not None
+                warm.append([lane.pool.submit(_noop) for _ in range(lane.size)])
+            # The start waits for the bulk workers only (as many processes as before the training
+            # lane): the training worker finishes starting meanwhile, and a training that comes
+            # before it is up waits for it or takes a free bulk worker.
+            for fut in warm[-1]:
+                fut.result(timeout=self.rt.settings.local_start_timeout_s)
         except BaseException as exc:
             self._start_error = exc
         finally:
             self._ready.set()
 
-    def _dispatch(self) -> None:
-        """Hand jobs to the pool by priority, never more than there are workers.
+    def _next(self) -> tuple[int, _Lane] | None:
+        """Under ``_cond``: the most urgent waiting job that a free worker may take, and that
+        worker's lane (the training lane first for a training); None when none can start now.
 
-        The pool's own queue is first-come-first-served; keeping jobs here until a worker is
-        free lets a training job overtake a backlog of featurization.
+        The heap is ordered by priority, so a training job waiting is always at its top: it
+        starts as soon as either lane has a free worker, whatever bulk work is queued.
+        """
+        if not self._heap:
+            return None
+        priority, _, job_id = self._heap[0]
+        for lane in self._lanes:
+            if lane.admits(priority):
+                heapq.heappop(self._heap)
+                return job_id, lane
+        return None
+
+    def _dispatch(self) -> None:
+        """Hand jobs to the workers by priority, never more than a lane has workers.
+
+        A pool's own queue is first-come-first-served; keeping jobs here until a worker is free
+        lets a training job overtake a backlog of featurization and prediction, and the training
+        lane lets it start without waiting for a bulk job to end.
         """
         self._warm()
         while True:
-            self._slots.acquire()
-            _, _, job_id = self._queue.get()
-            if job_id < 0 or self._stopping:
-                self._slots.release()
-                return
-            with self._lock:
-                if job_id in self._inflight or self._pool is None:
-                    self._slots.release()
+            with self._cond:
+                picked = self._next()
+                while picked is None and not self._stopping:
+                    self._cond.wait()
+                    picked = self._next()
+                if self._stopping or picked is None:
+                    return
+                job_id, lane = picked
+                if job_id in self._inflight or lane.pool is None:
                     continue
                 try:
-                    fut = self._pool.submit(_run, job_id)
+                    fut = lane.pool.submit(_run, job_id)
                 except (BrokenProcessPool, RuntimeError):
-                    self._replace_pool()
-                    fut = self._pool.submit(_run, job_id)
-                self._inflight[job_id] = (fut, utcnow())
+                    self._replace_pool(lane)
+                    assert lane.pool is not None
+                    fut = lane.pool.submit(_run, job_id)
+                lane.busy += 1
+                self._inflight[job_id] = (fut, utcnow(), lane)
             fut.add_done_callback(functools.partial(self._done, job_id))
 
-    def _replace_pool(self) -> None:
+    def _replace_pool(self, lane: _Lane) -> None:
         """A new pool for a broken one (a worker died); the old one's threads and queues go."""
-        old, self._pool = self._pool, self._new_pool()
+        old, lane.pool = lane.pool, self._new_pool(lane)
         if old is not None:
             old.shutdown(wait=False, cancel_futures=True)
 
     def _done(self, job_id: int, fut: Future[list[int]]) -> None:
-        with self._lock:
-            self._inflight.pop(job_id, None)
-        self._slots.release()
+        with self._cond:
+            entry = self._inflight.pop(job_id, None)
+            lane = entry[2] if entry is not None else None
+            if lane is not None:
+                lane.busy -= 1
+            self._cond.notify_all()
         if self._stopping:
             return
         try:
             self.enqueue(fut.result())
         except BrokenProcessPool:
             log.warning("a worker process died while running job %s; running it again", job_id)
-            with self._lock:
+            with self._cond:
                 # The first of the broken pool's jobs to get here replaces it.
-                if getattr(self._pool, "_broken", False) and not self._stopping:
-                    self._replace_pool()
+                if lane is not None and getattr(lane.pool, "_broken", False) and not self._stopping:
+                    self._replace_pool(lane)
             self.enqueue([job_id])
         except Unavailable as exc:
             # Nothing could be recorded: the job stays as it is and runs again shortly.
@@ -285,18 +369,28 @@ class LocalJobs(JobBackend):
         return prediction.predict_stored(self.rt, spec, version, item_ids)
 
     def worker_pids(self) -> list[int]:
-        """Process ids of the worker processes (empty for threads)."""
-        pool = self._pool
+        """Process ids of the worker processes, the training lane's included (empty for threads)."""
+        return [pid for lane in self._lanes for pid in self._pids(lane.pool)]
+
+    def lane_pids(self) -> dict[str, list[int]]:
+        """Process ids of each lane's workers (``train``, ``bulk``)."""
+        return {lane.name: self._pids(lane.pool) for lane in self._lanes}
+
+    @staticmethod
+    def _pids(pool: Executor | None) -> list[int]:
         if not isinstance(pool, ProcessPoolExecutor):
             return []
         return [p.pid for p in getattr(pool, "_processes", {}).values() if p.pid is not None]
 
     def status(self) -> dict[str, Any]:
-        with self._lock:
+        with self._cond:
             inflight = sorted(self._inflight)
+            queued = len(self._heap)
+            lanes = {lane.name: {"workers": lane.size, "busy": lane.busy} for lane in self._lanes}
         return {
             "backend": self.name,
             "workers": self.workers,
-            "queued": self._queue.qsize(),
+            "queued": queued,
             "running": inflight,
+            "lanes": lanes,
         }

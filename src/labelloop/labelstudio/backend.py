@@ -226,19 +226,12 @@ def ingest(
     return {int(it["external_id"][len(EXTERNAL_PREFIX) :]): int(it["id"]) for it in added["items"]}
 
 
-def _result(link: Link, labels: list[str], score: float | None) -> list[dict[str, Any]]:
-    if not labels:
-        return []
-    value: dict[str, Any] = {"choices": labels}
-    out: dict[str, Any] = {
-        "from_name": link.config.from_name,
-        "to_name": link.config.to_name,
-        "type": "choices",
-        "value": value,
-    }
-    if score is not None:
-        out["score"] = score
-    return [out]
+def _result(
+    link: Link, value: list[Any], score: float | None, text: str | None
+) -> list[dict[str, Any]]:
+    """A pre-label in Label Studio's result format, as the task's kind writes it."""
+    cfg = link.config
+    return cfg.kind.labelstudio_result(value, score, cfg.from_name, cfg.to_name, text)
 
 
 def predict(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
@@ -261,14 +254,16 @@ def predict(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
     if ls_tasks and link.config.object_type == "Image":
         _readable_or_raise(rt, link, list(ids.values()), preds, refused)
     results: list[Any] = []
+    kind = link.config.kind
     for t in ls_tasks:
         p = preds.get(ids.get(t.get("id"), -1))
         if p is None or p.get("status") != "ok":
             results.append([])
             continue
+        text = _item_data(t, link, rt.settings) if link.config.object_type == "Text" else None
         results.append(
             {
-                "result": _result(link, list(p["labels"]), p["score"]),
+                "result": _result(link, list(p[kind.value_field]), p["score"], text),
                 "score": p["score"],
                 "model_version": name,
             }
@@ -320,19 +315,14 @@ def _readable_or_raise(
         raise FetchError(f"labelloop cannot read the images of these tasks: {why}")
 
 
-def _labels_of(annotation: dict[str, Any], link: Link) -> list[str] | None:
-    """The choices an annotation gives for the project's control; ``None`` when it gives none."""
+def _labels_of(annotation: dict[str, Any], link: Link) -> list[Any] | None:
+    """The value an annotation gives for the project's control; ``None`` when it gives none."""
     if annotation.get("was_cancelled"):
         return None
-    chosen: list[str] = []
-    for r in annotation.get("result") or []:
-        if not isinstance(r, dict) or r.get("from_name") != link.config.from_name:
-            continue
-        if r.get("type", "choices") != "choices":
-            continue
-        value = r.get("value") or {}
-        chosen.extend(str(c) for c in value.get("choices") or [])
-    return list(dict.fromkeys(chosen)) or None
+    results = annotation.get("result") or []
+    if not isinstance(results, list):
+        return None
+    return link.config.kind.labelstudio_value(results, link.config.from_name)
 
 
 def _annotator(annotation: dict[str, Any]) -> str | None:
@@ -374,7 +364,13 @@ def _annotations(
             ignored += 1  # skipped, or empty, and never labelled before: nothing to record
             continue
         todo.append(
-            labelling.AnnotationIn(item_id=item_id, labels=labels, annotator=_annotator(annotation))
+            labelling.AnnotationIn.model_validate(
+                {
+                    "item_id": item_id,
+                    link.config.kind.value_field: labels,
+                    "annotator": _annotator(annotation),
+                }
+            )
         )
         maps.append((ann_id, item_id, labels is None))
     if not todo:
@@ -423,7 +419,14 @@ def _retract(rt: Runtime, link: Link, annotation_ids: list[int]) -> dict[str, An
     if not retract:
         return {"status": "ok", "n": 0}
     answer = labelling.submit(
-        rt, link.task_id, [labelling.AnnotationIn(item_id=i, labels=None) for i in retract]
+        rt,
+        link.task_id,
+        [
+            labelling.AnnotationIn.model_validate(
+                {"item_id": i, link.config.kind.value_field: None}
+            )
+            for i in retract
+        ],
     )
     return {"status": "ok", "n": len(retract), "revision": answer["revision"]}
 

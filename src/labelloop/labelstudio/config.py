@@ -1,8 +1,9 @@
 """Reading a Label Studio labelling config into what a labelloop task needs.
 
-Supported: one ``<Choices>`` on one ``<Image>`` or ``<Text>`` (``choice="multiple"`` makes it
-multi-label). Anything else is refused with :class:`~labelloop.errors.NotSupported`, saying what
-was found, instead of being half-served.
+Supported: one control of a task kind's (:data:`labelloop.kinds.registry.LABELSTUDIO`: a
+``<Choices>`` on one ``<Image>`` or ``<Text>``, where ``choice="multiple"`` makes it multi-label).
+Anything else is refused with :class:`~labelloop.errors.NotSupported`, saying what was found,
+instead of being half-served.
 """
 
 from __future__ import annotations
@@ -15,9 +16,17 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from labelloop.errors import InvalidInput, NotSupported
+from labelloop.kinds import TaskKind, kind_for
+from labelloop.kinds.registry import LABELSTUDIO
 
-OBJECTS = {"Image": "image-classification", "Text": "text-classification"}
-SUPPORTED = "one <Choices> on an <Image> or a <Text>"
+#: The control tags labelloop serves, and the object tags each may label.
+CONTROLS: dict[str, list[str]] = {}
+for _control, _object in LABELSTUDIO:
+    CONTROLS.setdefault(_control, []).append(_object)
+SUPPORTED = " or ".join(
+    f"one <{c}> on " + " or ".join(f"an <{o}>" if o[0] in "AEIOU" else f"a <{o}>" for o in objs)
+    for c, objs in CONTROLS.items()
+)
 
 
 @dataclass(frozen=True)
@@ -30,14 +39,21 @@ class LabelConfig:
     value_key: str
     labels: tuple[str, ...]
     multi_label: bool
+    #: The control tag (``Choices``); configs stored before it was recorded are ``Choices``.
+    control: str = "Choices"
 
     @property
     def category(self) -> str:
-        return OBJECTS[self.object_type]
+        return LABELSTUDIO[(self.control, self.object_type)]
 
     @property
     def extra(self) -> str:
         return "multi-label" if self.multi_label else "multi-class"
+
+    @property
+    def kind(self) -> TaskKind:
+        """The task kind that reads and writes this config's results."""
+        return kind_for(self.category, self.extra)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -63,31 +79,33 @@ def parse_label_config(xml: str) -> LabelConfig:
     """The task a labelling config describes, or a clear refusal."""
     root = _parse(xml)
     controls = [el for el in root.iter() if el.get("toName") is not None]
-    choices = [el for el in controls if el.tag == "Choices"]
-    others = sorted({el.tag for el in controls if el.tag != "Choices"})
-    if len(choices) != 1 or others:
+    served = [el for el in controls if el.tag in CONTROLS]
+    others = sorted({el.tag for el in controls if el.tag not in CONTROLS})
+    if len(served) != 1 or others:
         found = ", ".join(f"<{t}>" for t in sorted({el.tag for el in controls})) or "no control tag"
+        many = f" ({len(served)} <{served[0].tag}>)" if len(served) > 1 else ""
         raise NotSupported(
             f"this labelling config is not supported yet: labelloop serves {SUPPORTED}; "
-            f"it has {found}" + (f" ({len(choices)} <Choices>)" if len(choices) > 1 else "")
+            f"it has {found}{many}"
         )
-    ctrl = choices[0]
+    ctrl = served[0]
+    tag = ctrl.tag
     from_name = ctrl.get("name") or ""
     to_name = ctrl.get("toName") or ""
     if not from_name:
-        raise InvalidInput("the <Choices> tag has no name")
+        raise InvalidInput(f"the <{tag}> tag has no name")
     if "," in to_name:
         raise NotSupported(
-            "this labelling config is not supported yet: <Choices> on several objects"
+            f"this labelling config is not supported yet: <{tag}> on several objects"
         )
     objects = {el.get("name"): el for el in root.iter() if el.get("name") and el is not ctrl}
     target = objects.get(to_name)
     if target is None:
-        raise InvalidInput(f"<Choices toName={to_name!r}> names no object in the config")
-    if target.tag not in OBJECTS:
+        raise InvalidInput(f"<{tag} toName={to_name!r}> names no object in the config")
+    if target.tag not in CONTROLS[tag]:
         raise NotSupported(
             f"this labelling config is not supported yet: labelloop serves {SUPPORTED}; "
-            f"<Choices> labels an <{target.tag}>"
+            f"<{tag}> labels an <{target.tag}>"
         )
     value = target.get("value") or ""
     if not value.startswith("$") or len(value) < 2:
@@ -101,19 +119,20 @@ def parse_label_config(xml: str) -> LabelConfig:
         )
     if ctrl.get("value"):
         raise NotSupported(
-            "this labelling config is not supported yet: choices taken from task data "
-            "(<Choices value='$...'>)"
+            f"this labelling config is not supported yet: {tag.lower()} taken from task data "
+            f"(<{tag} value='$...'>)"
         )
-    labels = [(c.get("alias") or c.get("value") or "").strip() for c in ctrl.iter("Choice")]
+    child = tag[:-1]  # <Choices> holds <Choice>s, <Labels> holds <Label>s
+    labels = [(c.get("alias") or c.get("value") or "").strip() for c in ctrl.iter(child)]
     if any(not label for label in labels):
-        raise InvalidInput("a <Choice> has no value")
+        raise InvalidInput(f"a <{child}> has no value")
     if len(set(labels)) != len(labels):
-        raise InvalidInput("a <Choice> value repeats")
-    multi = (ctrl.get("choice") or "single").lower() == "multiple"
-    if len(labels) < (1 if multi else 2):
-        raise InvalidInput(
-            f"<Choices name={from_name!r}> needs at least {1 if multi else 2} <Choice> values"
-        )
+        raise InvalidInput(f"a <{child}> value repeats")
+    # Only <Choices> can be multi-label; one <Label> is enough for spans (one entity type).
+    multi = tag == "Choices" and (ctrl.get("choice") or "single").lower() == "multiple"
+    least = 2 if tag == "Choices" and not multi else 1
+    if len(labels) < least:
+        raise InvalidInput(f"<{tag} name={from_name!r}> needs at least {least} <{child}> values")
     return LabelConfig(
         from_name=from_name,
         to_name=to_name,
@@ -121,4 +140,5 @@ def parse_label_config(xml: str) -> LabelConfig:
         value_key=value[1:],
         labels=tuple(labels),
         multi_label=multi,
+        control=tag,
     )

@@ -5,8 +5,13 @@ the backbone's learners when a backbone is configured; the fine-tuned backbone o
 ``finetune_min_labels`` labels) and the training job keeps the candidate with the best
 cross-validated accuracy on the task's own labels (:func:`labelloop.learners.choice.choose`),
 re-deciding at every training as labels grow (fine-tuning, which is costly, competes again only
-once the labels have doubled: see ``loop.training._candidates``). The version it writes is the chosen learner itself,
-with its own name and featurizers. No candidate is picked by data set name or image size.
+once the labels have doubled: see ``loop.training._candidates``). The version it writes is the
+chosen learner itself, with its own name and featurizers. No candidate is picked by data set name
+or image size.
+
+The backbone's learners compete on the labelled items' embeddings first; the pool is embedded only
+once one of them wins (:meth:`AutoImage.pool_featurizers`), so a task where pixels win (digits)
+pays the backbone for its labelled items only.
 """
 
 from __future__ import annotations
@@ -104,9 +109,24 @@ class AutoImage(Learner):
         return out
 
     def make_featurizers(self) -> list[Featurizer]:
-        """Every view the always-applicable candidates read (what featurize jobs compute)."""
+        """Every view the always-applicable candidates read (what :meth:`fit` needs)."""
+        return self._views_of(self.candidate_learners())
+
+    def pool_featurizers(self, current: str | None) -> list[Featurizer]:
+        """The views every item of a task's pool is featurized with, ``current`` being the
+        learner of the task's newest version: those of the candidates that read no backbone
+        (pixels: cheap), and the backbone's embeddings only once a backbone learner is current.
+        Until then the backbone's learners compete on the labelled items alone (the training
+        job embeds those), so a task where pixels win never embeds its whole pool."""
+        embedded = current in EMBEDDING
+        return self._views_of(
+            [c for c in self.candidate_learners() if embedded or c.name not in EMBEDDING]
+        )
+
+    @staticmethod
+    def _views_of(learners: list[Learner]) -> list[Featurizer]:
         seen: dict[str, Featurizer] = {}
-        for cand in self.candidate_learners():
+        for cand in learners:
             for fz in cand.featurizers():
                 seen.setdefault(fz.version, fz)
         return list(seen.values())

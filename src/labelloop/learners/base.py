@@ -104,6 +104,13 @@ def featurizer_from_record(record: dict[str, Any]) -> Featurizer:
     """The featurizer a saved model recorded; a clear error if its packages are missing."""
     cls = FEATURIZERS.get(record.get("name", ""))
     if cls is None:
+        # Featurizers are defined beside their learners, which load on first use: load them all.
+        from labelloop.learners.registry import LEARNERS, learner_by_name
+
+        for name in LEARNERS:
+            learner_by_name(name)
+        cls = FEATURIZERS.get(record.get("name", ""))
+    if cls is None:
         raise InvalidInput(f"this model reads features of an unknown kind: {record!r}")
     missing = cls.missing_for(dict(record.get("config") or {}))
     if missing:

@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from labelloop.kinds.base import Scores
+from labelloop.kinds.classification import correct, score
 from labelloop.learners.base import Features, Learner
+
+__all__ = ["Choice", "Scores", "choose", "correct", "folds", "out_of_sample", "score"]
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -55,34 +58,6 @@ def out_of_sample(
         model = learner.clone().fit(X.take(train), Y[train], pool=pool)
         proba[test] = model.predict_proba(X.take(test))
     return proba
-
-
-@dataclass(frozen=True)
-class Scores:
-    accuracy: float
-    macro_f1: float
-    n: int
-
-
-def score(proba: np.ndarray, Y: np.ndarray, multi_label: bool) -> Scores:
-    if len(Y) == 0:
-        return Scores(0.0, 0.0, 0)
-    if multi_label:
-        pred = (proba >= 0.5).astype(int)
-        acc = float((pred == Y).all(axis=1).mean())
-        f1 = float(f1_score(Y, pred, average="macro", zero_division=0))
-    else:
-        y, p = Y.argmax(axis=1), proba.argmax(axis=1)
-        acc = float((y == p).mean())
-        f1 = float(f1_score(y, p, average="macro", labels=np.unique(y), zero_division=0))
-    return Scores(acc, f1, len(Y))
-
-
-def correct(proba: np.ndarray, Y: np.ndarray, multi_label: bool) -> np.ndarray:
-    """Per item: did the proposed label set equal the true one."""
-    if multi_label:
-        return ((proba >= 0.5).astype(int) == Y).all(axis=1)  # type: ignore[no-any-return]
-    return proba.argmax(axis=1) == Y.argmax(axis=1)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -160,7 +135,11 @@ def choose(
 
 
 def _only(pool: Features | None, views: Sequence[str]) -> Features | None:
-    return None if pool is None else pool.only(views)
+    """The pool's views for a candidate; None when the pool lacks one of them (a candidate scored
+    on the labelled items alone, whose pool has not been featurized for it)."""
+    if pool is None or any(v not in pool.views for v in views):
+        return None
+    return pool.only(views)
 
 
 def _evidence(s: Scores, seconds: float, how: str) -> dict[str, Any]:

@@ -17,20 +17,14 @@ job does not start over.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
-import io
-import os
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
+from labelloop.distributed.trainer import N_BLOCKS, Trainer, TrainParams, build_tail
 from labelloop.errors import InvalidInput
 from labelloop.learners import backbones
 from labelloop.learners.backbones import BackboneSpec
@@ -43,7 +37,9 @@ from labelloop.learners.base import (
 )
 from labelloop.learners.embedding import BackboneParam
 
-N_BLOCKS = 16  # MBConv blocks of EfficientNet-Lite0
+if TYPE_CHECKING:
+    from labelloop.distributed.world import WorldConfig
+
 MAX_TRAIN_BLOCKS = 4  # blocks 12-15 run at the last resolution (7x7 at 224 pixels)
 
 
@@ -89,186 +85,9 @@ class MapsFeaturizer(Featurizer):
 
 def _tail(cut: int, n_classes: int, pretrained: bool, seed: int = 0) -> Any:
     """Blocks ``cut``.., the head convolution and a new linear classifier (initialised from
-    ``seed``, whatever else used the random generator before)."""
-    import torch
-    from efficientnet_lite_pytorch import EfficientNet
-
-    if pretrained:
-        net = backbones.get(BackboneSpec()).module
-    else:
-        with contextlib.redirect_stdout(io.StringIO()):
-            net = EfficientNet.from_name("efficientnet-lite0")
-    torch.manual_seed(seed)
-
-    class Tail(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.blocks = torch.nn.ModuleList(copy.deepcopy(list(net._blocks[cut:])))
-            self.conv_head = copy.deepcopy(net._conv_head)
-            self.bn = copy.deepcopy(net._bn1)
-            self.act = copy.deepcopy(net._swish)
-            self.dropout = torch.nn.Dropout(0.2)
-            self.fc = torch.nn.Linear(self.bn.num_features, n_classes)
-            self.drop_connect = float(net._global_params.drop_connect_rate or 0.0)
-
-        def forward(self, x: Any) -> Any:
-            for i, block in enumerate(self.blocks):
-                rate = self.drop_connect * (cut + i) / N_BLOCKS if self.training else None
-                x = block(x, drop_connect_rate=rate)
-            x = self.act(self.bn(self.conv_head(x))).mean((2, 3))
-            return self.fc(self.dropout(x))
-
-    tail = Tail()
-    for p in tail.parameters():
-        p.requires_grad_(True)
-    return tail
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint holds besides the weights."""
-
-    epoch: int = 0
-    best_loss: float = float("inf")
-    best_epoch: int = -1
-    bad_epochs: int = 0
-
-
-class Trainer:
-    """The fine-tuning loop: set-up, one epoch, validation, checkpoint save and load."""
-
-    def __init__(self, learner: FineTune, maps: np.ndarray, y: np.ndarray, shape: tuple[int, ...]):
-        import torch
-
-        backbones.apply_threads()
-        self.learner, self.shape = learner, shape
-        self.maps, self.y = maps, y
-        self.generator = torch.Generator().manual_seed(int(learner.seed))
-        self.rng = np.random.default_rng(int(learner.seed))
-        n = len(y)
-        order = self.rng.permutation(n)
-        n_val = round(n * float(learner.val_fraction)) if n >= 20 else 0
-        self.val, self.train = order[:n_val], order[n_val:]
-        self.model = _tail(learner.cut, int(y.max()) + 1, pretrained=True, seed=int(learner.seed))
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=float(learner.lr),
-            weight_decay=float(learner.weight_decay),
-        )
-        self.state = TrainState()
-        self.resumed_from: int | None = None
-        self.best: dict[str, Any] = copy.deepcopy(self.model.state_dict())
-
-    def batches(self, epoch: int) -> Iterator[np.ndarray]:
-        """This epoch's mini-batches (a distributed sampler would shard this order)."""
-        order = np.random.default_rng([int(self.learner.seed), epoch]).permutation(self.train)
-        bs = int(self.learner.batch_size)
-        for i in range(0, len(order), bs):
-            yield order[i : i + bs]
-
-    def tensor(self, idx: np.ndarray, augment: bool) -> Any:
-        import torch
-
-        x = torch.from_numpy(self.maps[idx].astype(np.float32).reshape(len(idx), *self.shape))
-        if augment:
-            flip = torch.rand(len(idx), generator=self.generator) < 0.5
-            x[flip] = x[flip].flip(-1)
-            dy, dx = (int(v) for v in torch.randint(-1, 2, (2,), generator=self.generator))
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-            keep = (torch.rand(len(idx), x.shape[1], 1, 1, generator=self.generator) > 0.1).float()
-            x = x * keep / 0.9
-        return x
-
-    def train_epoch(self, epoch: int) -> float:
-        import torch
-
-        self.model.train()
-        total, seen = 0.0, 0
-        for idx in self.batches(epoch):
-            x = self.tensor(idx, augment=True)
-            target = torch.from_numpy(self.y[idx]).long()
-            self.optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(self.model(x), target, label_smoothing=0.1)
-            loss.backward()  # type: ignore[no-untyped-call]
-            self.optimizer.step()
-            total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
-        return total / max(seen, 1)
-
-    def validate(self) -> float:
-        import torch
-
-        if len(self.val) == 0:
-            return float("nan")
-        self.model.eval()
-        with torch.inference_mode():
-            logits = self.model(self.tensor(self.val, augment=False))
-            target = torch.from_numpy(self.y[self.val]).long()
-            return float(torch.nn.functional.cross_entropy(logits, target))
-
-    def fit(self, checkpoint: Path | None) -> None:
-        learner = self.learner
-        if checkpoint is not None and checkpoint.is_file():
-            self.load(checkpoint)
-        started = time.perf_counter()
-        while self.state.epoch < int(learner.epochs):
-            epoch = self.state.epoch
-            self.train_epoch(epoch)
-            val = self.validate()
-            if len(self.val) == 0 or val < self.state.best_loss - 1e-4:
-                self.state.best_loss = val if len(self.val) else self.state.best_loss
-                self.state.best_epoch, self.state.bad_epochs = epoch, 0
-                self.best = copy.deepcopy(self.model.state_dict())
-            else:
-                self.state.bad_epochs += 1
-            self.state.epoch = epoch + 1
-            if checkpoint is not None:
-                self.save(checkpoint)
-            if self.state.bad_epochs >= int(learner.patience):
-                break
-            if time.perf_counter() - started > float(learner.budget_s):
-                break
-        self.model.load_state_dict(self.best)
-        self.model.eval()
-
-    def save(self, path: Path) -> None:
-        """Everything needed to go on from the next epoch, written whole (temp file + rename)."""
-        import torch
-
-        payload = {
-            "model": self.model.state_dict(),
-            "best": self.best,
-            "optimizer": self.optimizer.state_dict(),
-            "state": self.state.__dict__,
-            "torch_rng": self.generator.get_state(),
-            "global_rng": torch.get_rng_state(),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    def load(self, path: Path) -> None:
-        import torch
-
-        try:
-            payload = torch.load(path, weights_only=False)
-        except (OSError, RuntimeError, EOFError):
-            return  # an unreadable checkpoint: start over
-        self.model.load_state_dict(payload["model"])
-        self.best = payload["best"]
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.state = TrainState(**payload["state"])
-        self.generator.set_state(payload["torch_rng"])
-        torch.set_rng_state(payload["global_rng"])
-        self.resumed_from = self.state.epoch
+    ``seed``); the pretrained weights of the built-in backbone, or none (to load a model into)."""
+    net = backbones.get(BackboneSpec()).module if pretrained else None
+    return build_tail(cut, n_classes, net, seed)
 
 
 class FineTune(Learner):
@@ -323,13 +142,21 @@ class FineTune(Learner):
             raise InvalidInput("fine-tuning needs an image backbone; none is configured")
         return [MapsFeaturizer(self.cut, **spec.model_dump())]
 
-    def set_snapshot_dir(self, folder: Path | None) -> None:
-        """Where each epoch's checkpoint goes (not a parameter: a training job's own folder)."""
+    def set_snapshot_dir(self, folder: Path | None, keep: int = 2) -> None:
+        """Where each epoch's checkpoint goes (not a parameter: a training job's own folder), and
+        how many of the newest checkpoints are kept."""
         self._snapshot_dir = folder
+        self._keep = keep
+
+    def set_world(self, world: WorldConfig | None) -> None:
+        """Fit data-parallel over the ranks this launcher starts (needs a snapshot folder)."""
+        self._world = world
 
     def clone(self) -> Self:
         twin = super().clone()
         twin._snapshot_dir = getattr(self, "_snapshot_dir", None)
+        twin._keep = getattr(self, "_keep", 2)
+        twin._world = getattr(self, "_world", None)
         return twin
 
     def _shape(self, maps: np.ndarray) -> tuple[int, int, int]:
@@ -350,19 +177,49 @@ class FineTune(Learner):
         self.shape_ = self._shape(maps)
         cls = np.searchsorted(self.seen_, y)
         snapshot: Path | None = getattr(self, "_snapshot_dir", None)
-        checkpoint = None
+        folder = None
         if snapshot is not None:
             digest = hashlib.sha1(maps.tobytes(), usedforsecurity=False)
             digest.update(cls.astype(np.int64).tobytes())
             digest.update(repr(sorted(self.get_params().items())).encode())
-            checkpoint = snapshot / f"finetune-{digest.hexdigest()[:16]}.pt"
+            folder = snapshot / f"finetune-{digest.hexdigest()[:16]}"
+        world: WorldConfig | None = getattr(self, "_world", None)
+        if world is not None and folder is not None:
+            return self._fit_world(world, folder, maps, cls)
         with torch.random.fork_rng():
             torch.manual_seed(int(self.seed))
-            trainer = Trainer(self, maps, cls, self.shape_)
-            trainer.fit(checkpoint)
+            model = _tail(self.cut, int(cls.max()) + 1, pretrained=True, seed=int(self.seed))
+            trainer = Trainer(TrainParams.of(self), maps, cls, self.shape_, model)
+            trainer.fit_folder(folder, keep=getattr(self, "_keep", 2))
         self.model_ = trainer.model
         self.epochs_ = trainer.state.epoch
         self.resumed_from_ = trainer.resumed_from
+        self.worlds_ = [1]
+        return self
+
+    def _fit_world(
+        self, world: WorldConfig, folder: Path, maps: np.ndarray, cls: np.ndarray
+    ) -> Self:
+        """The same loop on every rank of a world (:mod:`.distributed`); rank 0's model back."""
+        import torch
+
+        from labelloop.distributed import world as worlds
+
+        if not (folder / worlds.INPUT_FILE).is_file():
+            init = _tail(self.cut, int(cls.max()) + 1, pretrained=True, seed=int(self.seed))
+            worlds.write_input(folder, TrainParams.of(self), maps, cls, self.shape_, self.cut, init)
+        outcome = worlds.run_world(folder, f"{world.run}/{folder.name}", world)
+        final = torch.load(folder / worlds.FINAL_FILE, weights_only=False)
+        model = _tail(self.cut, len(self.seen_), pretrained=False)
+        model.load_state_dict(final["weights"])
+        model.eval()
+        self.model_ = model
+        self.epochs_ = int(final["epochs"])
+        self.resumed_from_ = final["resumed_from"]
+        self.worlds_ = outcome.worlds
+        self.epoch_seconds_ = list(final.get("epoch_seconds", []))
+        if world.on_done is not None:
+            world.on_done(f"{world.run}/{folder.name}", outcome.worlds, self.resumed_from_)
         return self
 
     def predict_proba(self, X: Features) -> np.ndarray:

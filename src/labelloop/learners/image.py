@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import NearestNeighbors
 from sklearn.svm import SVC
 
 from labelloop.errors import FetchError
@@ -31,8 +30,8 @@ from labelloop.learners.base import (
     spread_columns,
 )
 from labelloop.learners.multilabel import BinaryRelevance
+from labelloop.learners.neighbours import knn_graph, nearest
 from labelloop.learners.poolcache import cached, fingerprint_array
-from labelloop.loop.selection import knn_graph
 
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
 
@@ -191,11 +190,7 @@ class GraphSVM(Learner):
             else:
                 out[i] = self.spread_[j]
         if unknown:
-            nn = getattr(self, "_nn", None)
-            if nn is None:
-                k = min(int(self.k), len(self.nodes_))
-                nn = self._nn = NearestNeighbors(n_neighbors=k).fit(self.nodes_)
-            neighbours = nn.kneighbors(x[unknown], return_distance=False)
+            neighbours = nearest(self.nodes_, x[unknown], int(self.k))
             out[unknown] = self.spread_[neighbours].mean(axis=1)
         return out
 

@@ -1,57 +1,101 @@
 """The one explicit list of learners, keyed by task category and extra, and the one place where a
-task's learner parameters are checked (names and types, against the learner's signature)."""
+task's learner parameters are checked (names and types, against the learner's signature).
+
+The list names each learner by where it lives; its module (scikit-learn, torch) is imported only
+when that learner is asked for, so that processes which never build a model (a cluster's API, the
+role services, the CLI) start without them.
+"""
 
 from __future__ import annotations
 
+import importlib
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from labelloop.errors import InvalidInput
+from labelloop.kinds.registry import CATEGORIES, EXTRAS
 from labelloop.learners import backbones
-from labelloop.learners.auto import CANDIDATES, AutoImage
 from labelloop.learners.base import Learner
-from labelloop.learners.embedding import EmbeddingLogReg, EmbeddingSpread
-from labelloop.learners.finetune import FineTune
-from labelloop.learners.image import PoolSVM
-from labelloop.learners.text import TfidfSVM
 
-CATEGORIES = ("image-classification", "text-classification")
-EXTRAS = ("multi-class", "multi-label")
+#: Learner name -> "module:class" (imported on first use).
+LEARNERS: dict[str, str] = {
+    "auto": "labelloop.learners.auto:AutoImage",
+    "pool-svm": "labelloop.learners.image:PoolSVM",
+    "embedding-logreg": "labelloop.learners.embedding:EmbeddingLogReg",
+    "embedding-spread": "labelloop.learners.embedding:EmbeddingSpread",
+    "finetune": "labelloop.learners.finetune:FineTune",
+    "tfidf-svm": "labelloop.learners.text:TfidfSVM",
+}
+
+#: (category, extra) -> names of the learners that can serve it; the first is the default.
+OPTIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("image-classification", "multi-class"): (
+        "auto",
+        "pool-svm",
+        "embedding-logreg",
+        "embedding-spread",
+        "finetune",
+    ),
+    ("image-classification", "multi-label"): (
+        "auto",
+        "pool-svm",
+        "embedding-logreg",
+        "embedding-spread",
+    ),
+    ("text-classification", "multi-class"): ("tfidf-svm",),
+    ("text-classification", "multi-label"): ("tfidf-svm",),
+}
+
+
+def _load(name: str) -> type[Learner]:
+    """The class of the learner called ``name`` (its module imported now)."""
+    module, attr = LEARNERS[name].split(":")
+    cls: type[Learner] = getattr(importlib.import_module(module), attr)
+    if cls.name != name:  # the table and the class must agree
+        raise RuntimeError(f"learner table names {LEARNERS[name]} {name!r}, it says {cls.name!r}")
+    return cls
+
+
+class _Registry(Mapping[tuple[str, str], list[type[Learner]]]):
+    """``REGISTRY[(category, extra)]``: the learner classes, imported when looked up."""
+
+    def __getitem__(self, key: tuple[str, str]) -> list[type[Learner]]:
+        return [_load(n) for n in OPTIONS[key]]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(OPTIONS)
+
+    def __len__(self) -> int:
+        return len(OPTIONS)
+
 
 #: (category, extra) -> learners that can serve it; the first is the default.
-REGISTRY: dict[tuple[str, str], list[type[Learner]]] = {
-    ("image-classification", "multi-class"): [
-        AutoImage,
-        PoolSVM,
-        EmbeddingLogReg,
-        EmbeddingSpread,
-        FineTune,
-    ],
-    ("image-classification", "multi-label"): [AutoImage, PoolSVM, EmbeddingLogReg, EmbeddingSpread],
-    ("text-classification", "multi-class"): [TfidfSVM],
-    ("text-classification", "multi-label"): [TfidfSVM],
-}
+REGISTRY: Mapping[tuple[str, str], list[type[Learner]]] = _Registry()
+
+
+def has_learner(category: str, extra: str) -> bool:
+    """Whether any learner serves tasks of this category and extra (a task kind may have none
+    yet: its tasks are labelled without a model)."""
+    return bool(OPTIONS.get((category, extra)))
 
 
 def learner_class(category: str, extra: str, name: str | None = None) -> type[Learner]:
     """The learner for a task; ``name`` picks a non-default one."""
-    options = REGISTRY.get((category, extra))
+    options = OPTIONS.get((category, extra))
     if not options:
         raise InvalidInput(
             f"no learner for category {category!r} with extra {extra!r}; "
             f"categories: {', '.join(CATEGORIES)}; extras: {', '.join(EXTRAS)}"
         )
     if name is None:
-        return options[0]
-    for cls in options:
-        if cls.name == name:
-            return cls
+        return _load(options[0])
+    if name in options:
+        return _load(name)
     raise InvalidInput(
-        f"learner {name!r} does not serve {category}/{extra}; "
-        f"choose one of {', '.join(c.name for c in options)}"
+        f"learner {name!r} does not serve {category}/{extra}; choose one of {', '.join(options)}"
     )
 
 
@@ -85,8 +129,12 @@ def check_params(
         spec = backbones.parse(out["backbone"])
         if spec is not None:
             backbones.resolve(spec)  # the file must exist and be readable now
-    unknown = [n for n in out.get("candidates") or [] if n not in CANDIDATES]
-    if cls is AutoImage and unknown:
+    if cls.name != "auto" or not out.get("candidates"):
+        return out
+    from labelloop.learners.auto import CANDIDATES
+
+    unknown = [n for n in out["candidates"] if n not in CANDIDATES]
+    if unknown:
         raise InvalidInput(
             f"unknown candidate learner(s) {', '.join(unknown)}; "
             f"choose among {', '.join(CANDIDATES)}"
@@ -103,8 +151,6 @@ def make_learner(
 
 
 def learner_by_name(name: str) -> type[Learner]:
-    for options in REGISTRY.values():
-        for cls in options:
-            if cls.name == name:
-                return cls
-    raise InvalidInput(f"unknown learner {name!r}")
+    if name not in LEARNERS:
+        raise InvalidInput(f"unknown learner {name!r}")
+    return _load(name)

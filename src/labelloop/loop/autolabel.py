@@ -27,9 +27,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop.jobs.state import claim, finish, is_finished
-from labelloop.loop.labels import current_labels, decide, labelled_at, same_labels, top_score
+from labelloop.loop.labels import current_labels, labelled_at
 from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import predict_stored
+from labelloop.loop.ranking import set_covered
 from labelloop.loop.scheduling import unlabelled_item_ids
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
@@ -155,15 +156,15 @@ def apply_model_labels(
     }
     new: dict[int, tuple[list[str], float]] = {}
     if threshold is not None and len(item_ids):
-        conf = top_score(scores, spec.multi_label)
-        chosen = decide(scores, spec.labels, spec.multi_label)
+        conf = spec.kind.confidence(scores)
+        chosen = spec.kind.decide(scores, spec.labels)
         for i, item_id in enumerate(item_ids):
             if item_id not in human and conf[i] >= threshold and chosen[i]:
                 new[int(item_id)] = (chosen[i], float(conf[i]))
     rows = []
     changed = 0
     for item_id, (labels, score) in new.items():
-        relabelled = not same_labels(old.get(item_id), labels)
+        relabelled = not spec.kind.same(old.get(item_id), labels)
         changed += relabelled
         if relabelled or set_by.get(old_at[item_id][1]) != version:
             rows.append(
@@ -182,6 +183,8 @@ def apply_model_labels(
         for i in retracted
     ]
     session.add_all(rows)
+    set_covered(session, [i for i in new if i not in old], True)
+    set_covered(session, retracted, False)
     return Applied(len(new), changed, len(retracted))
 
 

@@ -115,5 +115,10 @@ class FeatureCache:
             for key in [k for k in self._tasks if k[0] == task_id]:
                 del self._tasks[key]
 
+    def clear(self) -> None:
+        """Forget every table (a process that opens another data folder: tests, mostly)."""
+        with self._lock:
+            self._tasks.clear()
+
 
 FEATURES = FeatureCache()

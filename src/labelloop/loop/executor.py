@@ -3,17 +3,16 @@ one table of job kinds: what runs each, on which queue, in which order, and what
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from labelloop.errors import LabelloopError, NotFound, Unavailable
 from labelloop.jobs.state import fail_by_id
-from labelloop.loop.autolabel import run_autolabel_job
 from labelloop.loop.items import fail_featurize_job, run_featurize_job
 from labelloop.loop.prediction import run_predict_job
 from labelloop.loop.scheduling import after_training
-from labelloop.loop.training import run_train_job
 from labelloop.runtime import Runtime
 from labelloop.store.models import Job, Task
 
@@ -41,21 +40,41 @@ def fail_train_job(rt: Runtime, job_id: int, reason: str) -> list[int]:
         return [] if task is None else [j.id for j in after_training(s, task)]
 
 
+def lazy(ref: str) -> Runner:
+    """The runner ``"module:function"``, imported on its first call: training and auto-labelling
+    need scikit-learn (and torch), which a process that only publishes jobs (a cluster's API)
+    should not import."""
+    module, attr = ref.split(":")
+
+    def run(rt: Runtime, job_id: int) -> list[int]:
+        runner: Runner = getattr(importlib.import_module(module), attr)
+        return runner(rt, job_id)
+
+    run.__qualname__ = run.__name__ = attr
+    return run
+
+
+#: Modules that job runners import lazily; a worker imports them before its first job.
+HEAVY_RUNNERS = ("labelloop.loop.training", "labelloop.loop.autolabel")
+
+
 @dataclass(frozen=True)
 class JobKind:
     run: Runner
     #: The Celery queue (and worker role) that runs it.
     queue: str
-    #: Lower runs first in the local pool: a model update should not wait behind featurization.
+    #: Lower runs first in the local pool: a model update should not wait behind featurization,
+    #: and featurizing comes before re-predicting, so that the pool's predictions read the
+    #: features (sentence embeddings) the featurize jobs computed instead of computing them again.
     priority: int
     on_failure: FailureHandler = fail_job
 
 
 KINDS: dict[str, JobKind] = {
-    "train": JobKind(run_train_job, "train", 0, fail_train_job),
-    "predict": JobKind(run_predict_job, "inference", 1),
-    "autolabel": JobKind(run_autolabel_job, "train", 1),
-    "featurize": JobKind(run_featurize_job, "data", 2, fail_featurize_job),
+    "train": JobKind(lazy("labelloop.loop.training:run_train_job"), "train", 0, fail_train_job),
+    "featurize": JobKind(run_featurize_job, "data", 1, fail_featurize_job),
+    "autolabel": JobKind(lazy("labelloop.loop.autolabel:run_autolabel_job"), "train", 2),
+    "predict": JobKind(run_predict_job, "inference", 2),
 }
 
 #: The queue (and worker role) each kind of job runs on.

@@ -10,19 +10,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from labelloop.errors import FetchError, LabelloopError
 from labelloop.fetch import Content, read_link, text_content
+from labelloop.kinds import media_of
+from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Features, Featurizer, Learner, View
 from labelloop.loop.cache import FEATURES
+from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
+from labelloop.store.models import ModelVersion
 
-TEXT_CATEGORIES = frozenset({"text-classification"})
 TRANSFORM_BATCH = 128
+#: Why :func:`featurize` with ``cached_only`` has no features of an item.
+NOT_CACHED = "not featurized yet"
 
 
 def is_text(category: str) -> bool:
-    return category in TEXT_CATEGORIES
+    """Items of this category are texts (else data links); the task's kind says."""
+    return media_of(category) == "text"
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,26 @@ class FeatureBatch:
     failed: dict[int, str] = field(default_factory=dict)
     #: Item id -> content hash, for items whose hash was learned here.
     hashes: dict[int, str] = field(default_factory=dict)
+
+
+def current_learner(session: Session, task_id: int) -> str | None:
+    """The learner of the task's newest ready version (None before the first)."""
+    return session.scalar(
+        select(ModelVersion.learner)
+        .where(ModelVersion.task_id == task_id, ModelVersion.status == "ready")
+        .order_by(ModelVersion.version.desc())
+        .limit(1)
+    )
+
+
+def pool_featurizers(session: Session, spec: TaskSpec) -> list[Featurizer]:
+    """What every item of a task is featurized with as it arrives (the featurize job): its
+    learner's featurizers; for ``auto``, the backbone's embeddings only once a backbone learner
+    won (:meth:`~labelloop.learners.auto.AutoImage.pool_featurizers`)."""
+    learner = spec.new_learner()
+    if isinstance(learner, AutoImage):
+        return learner.pool_featurizers(current_learner(session, spec.id))
+    return learner.featurizers()
 
 
 def read_content(rt: Runtime, category: str, data: str, task_id: int) -> Content:
@@ -77,9 +105,15 @@ def featurize(
     category: str,
     learner: Learner | Sequence[Featurizer],
     items: Sequence[ItemRef],
+    *,
+    cached_only: bool = False,
 ) -> FeatureBatch:
     """Features of ``items`` for a learner (exactly the featurizers it is frozen with) or for a
-    list of featurizers; items that fail are reported, the others go on."""
+    list of featurizers; items that fail are reported, the others go on.
+
+    ``cached_only``: read what is cached and compute nothing costly (a request path): an item
+    whose features are not cached yet is reported as failed, with :data:`NOT_CACHED`.
+    """
     featurizers = learner.featurizers() if isinstance(learner, Learner) else list(learner)
     folder = rt.folder(task_id)
     contents: dict[int, Content] = {}
@@ -118,6 +152,10 @@ def featurize(
                     missing.append(it)
                 else:
                     values[it.id] = vec
+            if cached_only:
+                failed.update({it.id: NOT_CACHED for it in missing})
+                per_view[fz.view] = (True, values)
+                continue
             todo = [(it, c) for it in missing if (c := content_of(it)) is not None]
             for it, c in todo:
                 # Cached under the hash we just learned?

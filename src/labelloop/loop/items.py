@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 
 from labelloop.jobs.state import claim, fail, finish
-from labelloop.loop.features import ItemRef, featurize
+from labelloop.loop.features import ItemRef, featurize, pool_featurizers
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.store.models import Item, Job, Task
@@ -24,7 +24,8 @@ def run_featurize_job(rt: Runtime, job_id: int) -> list[int]:
             ItemRef(i.id, i.data, i.content_hash)
             for i in s.scalars(select(Item).where(Item.id.in_(job.payload["item_ids"])))
         ]
-    batch = featurize(rt, spec.id, spec.category, spec.new_learner(), refs)
+        featurizers = pool_featurizers(s, spec)
+    batch = featurize(rt, spec.id, spec.category, featurizers, refs)
     ok_ids = [refs[i].id for i in batch.ok]
     rows: list[dict[str, object]] = []
     for ref in refs:

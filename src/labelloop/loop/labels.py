@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -43,31 +39,3 @@ def labelled_at(
         else:
             out[item_id] = (list(labels), rev)
     return out
-
-
-def indicator(label_sets: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
-    """Indicator matrix (items x labels) of label sets over the task's label list."""
-    index = {label: j for j, label in enumerate(labels)}
-    Y = np.zeros((len(label_sets), len(labels)), dtype=np.int8)
-    for i, ls in enumerate(label_sets):
-        for label in ls:
-            Y[i, index[label]] = 1
-    return Y
-
-
-def decide(scores: np.ndarray, labels: Sequence[str], multi_label: bool) -> list[list[str]]:
-    """The label set a model proposes for each row of scores."""
-    if multi_label:
-        return [[labels[j] for j in np.flatnonzero(row >= 0.5).tolist()] for row in scores]
-    return [[labels[int(j)]] for j in scores.argmax(axis=1).tolist()]
-
-
-def top_score(scores: np.ndarray, multi_label: bool) -> np.ndarray:
-    """Confidence of the proposed label set: top probability, or the weakest per-label decision."""
-    if multi_label:
-        return np.min(np.maximum(scores, 1.0 - scores), axis=1)  # type: ignore[no-any-return]
-    return scores.max(axis=1)  # type: ignore[no-any-return]
-
-
-def same_labels(a: Sequence[Any] | None, b: Sequence[Any] | None) -> bool:
-    return a is not None and b is not None and sorted(a) == sorted(b)

@@ -29,6 +29,19 @@ class AutoLabelPolicy(BaseModel):
     audit_share: float = Field(default=2 / 3, ge=0.0, le=1.0)
     #: Once a threshold is certified and this few items are left uncovered, hand them out directly.
     tail: int = Field(default=100, ge=0)
+    #: Once enough audits are labelled to show the target, train again after this many more
+    #: audits (without waiting for ``growth``), so that a threshold is certified as soon as the
+    #: evidence allows rather than up to 10% of the labels later.
+    evidence_step: int | None = Field(default=8, ge=1)
+
+    def evidence_due(self, audits: int, audits_last: int | None, need: int) -> bool:
+        """Whether ``audits`` labelled audits call for a training (``need``: the fewest that
+        could show the target; ``audits_last``: audits at the last training)."""
+        if self.evidence_step is None or audits < need:
+            return False
+        return (
+            audits_last is None or audits_last < need or audits - audits_last >= self.evidence_step
+        )
 
 
 class Policy(BaseModel):

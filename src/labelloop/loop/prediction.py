@@ -16,7 +16,6 @@ from labelloop.jobs.state import claim, finish, is_finished
 from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.loop.cache import folder_bytes
 from labelloop.loop.features import ItemRef, featurize, featurize_contents, read_content
-from labelloop.loop.labels import decide, top_score
 from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
@@ -69,8 +68,8 @@ def prediction_rows(
 ) -> list[dict[str, object]]:
     """Rows of the predictions table; ``uncertainty`` is the priority ``/next`` ranks by (the
     task's query strategy's, with the per-item weights the version was trained with)."""
-    chosen = decide(scores, spec.labels, spec.multi_label)
-    conf = top_score(scores, spec.multi_label)
+    chosen = spec.kind.decide(scores, spec.labels)
+    conf = spec.kind.confidence(scores)
     w = np.array([weights.get(int(i), 1.0) for i in item_ids]) if weights else None
     unc = strategy_for(spec.policy).priority(scores, spec.multi_label, w)
     now = utcnow()
@@ -183,8 +182,8 @@ def predict_data(
             return out
         feats = Features.concat(parts)
     scores = model.predict_proba(feats)
-    chosen = decide(scores, spec.labels, spec.multi_label)
-    conf = top_score(scores, spec.multi_label)
+    chosen = spec.kind.decide(scores, spec.labels)
+    conf = spec.kind.confidence(scores)
     for k, i in enumerate(good):
         out[i] = DataPrediction(
             labels=chosen[k], scores=[float(v) for v in scores[k]], score=float(conf[k])

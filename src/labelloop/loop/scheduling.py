@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Iterable
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from labelloop.errors import InvalidInput
+from labelloop.kinds import kind_for
+from labelloop.learners.registry import has_learner
 from labelloop.loop.labels import current_labels, label_revision
 from labelloop.loop.policy import Policy
-from labelloop.store.models import ACTIVE_JOB_STATES, Item, Job, JobState, Task
+from labelloop.store.models import ACTIVE_JOB_STATES, AuditPick, Item, Job, JobState, Task
 
 FEATURIZE_BATCH = 64
 PREDICT_BATCH = 512
@@ -27,15 +31,46 @@ def active_training(session: Session, task_id: int) -> Job | None:
     )
 
 
-def last_training_size(session: Session, task_id: int) -> int | None:
-    """Labels used by the newest training job, whatever its state (growth is measured from it)."""
-    job = session.scalar(
+def last_training(session: Session, task_id: int) -> Job | None:
+    """The newest training job, whatever its state (growth is measured from it)."""
+    return session.scalar(
         select(Job)
         .where(Job.task_id == task_id, Job.kind == "train")
         .order_by(Job.id.desc())
         .limit(1)
     )
+
+
+def last_training_size(session: Session, task_id: int) -> int | None:
+    """Labels used by the newest training job, whatever its state (growth is measured from it)."""
+    job = last_training(session, task_id)
     return None if job is None else int(job.payload.get("n_labels", 0))
+
+
+def labelled_audits(session: Session, task_id: int, labelled: Iterable[int]) -> int:
+    """How many labelled items were handed out as random audits (the auto-label evidence)."""
+    picked = set(session.scalars(select(AuditPick.item_id).where(AuditPick.task_id == task_id)))
+    return len(picked.intersection(labelled))
+
+
+def _evidence_due(session: Session, task: Task, policy: Policy, labels: Iterable[int]) -> bool:
+    """Auto-labelling: enough audits for a claim since the last training (see ``evidence_step``)."""
+    auto = policy.auto_label
+    if auto is None or auto.evidence_step is None or task.served_version is None:
+        return False
+    from labelloop.loop.autolabel import min_evidence, model_label_target  # (imports this module)
+
+    labelled = list(labels)
+    items = session.scalar(
+        select(func.count())
+        .select_from(Item)
+        .where(Item.task_id == task.id, Item.status != "failed")
+    )
+    need = min_evidence(model_label_target(auto, int(items or 0), len(labelled)), auto.confidence)
+    audits = labelled_audits(session, task.id, labelled)
+    job = last_training(session, task.id)
+    last = None if job is None else job.payload.get("audits")
+    return auto.evidence_due(audits, None if last is None else int(last), need)
 
 
 def request_training(session: Session, task: Task, *, force: bool = False) -> Job | None:
@@ -44,13 +79,22 @@ def request_training(session: Session, task: Task, *, force: bool = False) -> Jo
     While a job is active no second one starts; a trigger that arrives meanwhile sets the task's
     ``train_pending`` flag, which makes exactly one more run follow the active one.
     """
+    if not has_learner(task.category, task.extra):
+        if force:
+            raise InvalidInput(
+                f"no learner serves {task.category} tasks yet: label without a model"
+            )
+        return None
+    kind = kind_for(task.category, task.extra)
     labels = current_labels(session, task.id)
-    n_classes = len({label for ls in labels.values() for label in ls})
+    n_classes = len({label for value in labels.values() for label in kind.classes(value)})
     if task.extra == "multi-label":
         n_classes = max(n_classes, 2 if labels else 0)
     policy = Policy.model_validate(task.policy)
     last = last_training_size(session, task.id)
     due = policy.training_due(len(labels), n_classes, last)
+    if not due and n_classes >= 2 and len(labels) >= policy.min_labels:
+        due = _evidence_due(session, task, policy, labels)
     if not (due or force):
         return None
     if len(labels) < 2 or n_classes < 2:
@@ -67,7 +111,12 @@ def request_training(session: Session, task: Task, *, force: bool = False) -> Jo
         task_id=task.id,
         kind="train",
         key=key,
-        payload={"revision": revision, "n_labels": len(labels)},
+        payload={"revision": revision, "n_labels": len(labels)}
+        | (
+            {"audits": labelled_audits(session, task.id, labels)}
+            if policy.auto_label is not None
+            else {}
+        ),
     )
     session.add(job)
     session.flush()
@@ -118,9 +167,14 @@ def repredict_jobs(session: Session, task: Task, version: int, unlabelled: list[
 
 
 def unlabelled_item_ids(session: Session, task_id: int) -> list[int]:
+    """The readable items without a human label, most uncertain first by the freshest scores
+    (unscored ones first; the ranking ``/next`` reads): re-prediction batches are cut in this
+    order, so a promotion rescores first what people are about to be handed."""
     labelled = set(current_labels(session, task_id))
     ids = session.scalars(
-        select(Item.id).where(Item.task_id == task_id, Item.status != "failed").order_by(Item.id)
+        select(Item.id)
+        .where(Item.task_id == task_id, Item.status != "failed")
+        .order_by(Item.rank, Item.lottery)
     )
     return [i for i in ids if i not in labelled]
 

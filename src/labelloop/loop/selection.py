@@ -15,7 +15,8 @@ The strategies (after small-text's query strategies and modAL's uncertainty meas
 - :class:`UncertaintySampling` -- most unsure first, by a pure measure of the scores
   (:func:`margin`, :func:`entropy`, :func:`least_confidence`; multi-label: mean binary margin);
 - :class:`DensityWeighted` wraps one: its priority times the item's degree in the pool's k-NN graph
-  (:func:`knn_graph`, built once per pool and shared with the image learner);
+  (:func:`~labelloop.learners.neighbours.knn_graph`: approximate, grown in place, shared with the
+  image learner);
 - :class:`DiverseBatch` wraps one: a batch skips near-copies of items already in it;
 - :class:`AuditMixing` wraps one: a share of every batch is random audits, the unbiased evidence
   auto-labelling certifies its accuracy with.
@@ -31,13 +32,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import sparse
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.neighbors import NearestNeighbors
 
 from labelloop.learners.base import Features
-from labelloop.learners.poolcache import cached, fingerprint_array
+from labelloop.learners.neighbours import knn_graph
 from labelloop.loop.policy import AutoLabelPolicy, Policy
+
+# scikit-learn and scipy are imported where a graph or a hashed view is built, not here: the API
+# imports this module, and a cluster's API never scores a pool.
 
 #: Two items whose feature vectors have a cosine similarity above this are near-copies.
 NEAR_COPY = 0.97
@@ -79,28 +80,7 @@ MEASURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-# -- the pool's k-nearest-neighbour graph ----------------------------------------------------------
-
-
-def knn_graph(nodes: np.ndarray, k: int = GRAPH_K) -> sparse.csr_matrix:
-    """The symmetric, unweighted k-nearest-neighbour graph of the rows of ``nodes``.
-
-    Built once per pool and process (cached by the pool's fingerprint): training's density weights
-    and the image learner's label spreading read the same graph.
-    """
-    X = np.ascontiguousarray(nodes, dtype=np.float32)
-
-    def build() -> sparse.csr_matrix:
-        n = len(X)
-        kk = max(1, min(k, n - 1))
-        idx = NearestNeighbors(n_neighbors=kk + 1).fit(X).kneighbors(X, return_distance=False)
-        W = sparse.csr_matrix(
-            (np.ones(n * kk), (np.repeat(np.arange(n), kk), idx[:, 1:].ravel())), shape=(n, n)
-        )
-        return W.maximum(W.T).tocsr()
-
-    graph: sparse.csr_matrix = cached(("knn-graph", fingerprint_array(X), k), build)
-    return graph
+# -- the pool's k-nearest-neighbour graph (built in learners/neighbours.py) ----------------------------
 
 
 def graph_degrees(features: Features, k: int = GRAPH_K) -> np.ndarray | None:
@@ -128,6 +108,8 @@ def similarity_vectors(features: Features) -> np.ndarray:
         if isinstance(view, np.ndarray):
             parts.append(np.asarray(view, dtype=np.float64).reshape(len(view), -1))
         else:
+            from sklearn.feature_extraction.text import HashingVectorizer
+
             hashed = HashingVectorizer(n_features=2**12, alternate_sign=False).transform(view)
             parts.append(hashed.toarray())
     if not parts:
@@ -167,14 +149,21 @@ VectorsOf = Callable[[list[int]], tuple[list[int], np.ndarray, list[int]]]
 
 @dataclass(frozen=True)
 class Pool:
-    """What ``/next`` chooses from, read from the store once per request."""
+    """What ``/next`` chooses from, read from the store once per request.
+
+    The service reads windows of the ranking kept in the store (:mod:`labelloop.loop.ranking`):
+    the head of each order, deep enough for a batch and its replacements, never the whole pool.
+    """
 
     #: Items without a human label, in the task's stable random order (audits draw from these).
     open: Sequence[int]
     #: Open items without a model label either (what people should label), same order.
     uncovered: Sequence[int]
-    #: The served version's stored priority per item (empty before the first model).
+    #: Stored priority per item (empty before the first model); unused when ``ranked`` is given.
     priority: Mapping[int, float] = field(default_factory=dict)
+    #: Uncovered items already ranked by the store from the freshest priorities (highest first,
+    #: unscored ones before every scored one, ties in the stable random order); None: rank here.
+    ranked: Sequence[int] | None = None
     #: Human labels so far (spreads the audits evenly over the labels people give).
     human_labels: int = 0
     #: Whether a model serves, and whether its auto-labelling threshold is certified.
@@ -242,6 +231,8 @@ class UncertaintySampling(QueryStrategy):
         return binary_margin(scores) if multi_label else self._measure(scores)
 
     def rank(self, pool: Pool, limit: int) -> list[int]:
+        if pool.ranked is not None:
+            return list(pool.ranked)
         if not pool.priority:
             return list(pool.uncovered)  # no model yet: random order
         # Items with no score yet (just added) rank first: nothing is known of them. Ties keep

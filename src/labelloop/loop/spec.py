@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
+from labelloop.kinds import TaskKind, kind_for
 from labelloop.learners import Learner, make_learner
+from labelloop.learners.registry import has_learner
 from labelloop.loop.policy import Policy
 from labelloop.store.models import Task
 
@@ -19,6 +22,11 @@ class TaskSpec:
     policy: Policy
     salt: str
     served_version: int | None
+
+    @cached_property
+    def kind(self) -> TaskKind:
+        """What an annotation of this task is, and everything that depends on it."""
+        return kind_for(self.category, self.extra)
 
     @property
     def multi_label(self) -> bool:
@@ -36,6 +44,11 @@ class TaskSpec:
             salt=task.salt,
             served_version=task.served_version,
         )
+
+    @property
+    def has_learner(self) -> bool:
+        """Whether a learner serves this task's kind (else it is labelled without a model)."""
+        return has_learner(self.category, self.extra)
 
     def new_learner(self) -> Learner:
         return make_learner(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select, update
 
+from labelloop.distributed.launch import world_config
 from labelloop.errors import LabelloopError, Unavailable
 from labelloop.jobs.state import claim, fail, finish, is_finished
 from labelloop.learners import Features, Learner, learner_by_name
@@ -25,9 +26,9 @@ from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Featurizer
 from labelloop.learners.choice import choose
 from labelloop.learners.finetune import FineTune
-from labelloop.loop import autolabel, evaluation
+from labelloop.loop import autolabel, evaluation, retention
 from labelloop.loop.features import ItemRef, featurize
-from labelloop.loop.labels import indicator, labelled_at, top_score
+from labelloop.loop.labels import labelled_at
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
 from labelloop.loop.selection import strategy_for
@@ -152,7 +153,7 @@ def run_train_job(rt: Runtime, job_id: int) -> list[int]:
         return claim
     spec = claim.spec
     try:
-        return _train(rt, job_id, claim)
+        follow = _train(rt, job_id, claim)
     except Unavailable:
         raise  # the store is away: the job runs again (see loop.executor), it has not failed
     except LabelloopError as exc:
@@ -161,6 +162,11 @@ def run_train_job(rt: Runtime, job_id: int) -> list[int]:
     except Exception as exc:  # a learner bug must not loop forever; the reason is kept
         log.exception("training job %s of task %s crashed", job_id, spec.id)
         return _fail(rt, job_id, f"training crashed: {type(exc).__name__}: {exc}")
+    try:
+        retention.prune_versions(rt, spec.id)
+    except LabelloopError as exc:  # the next training prunes again
+        log.warning("task %s: pruning old versions failed: %s", spec.id, exc.message)
+    return follow
 
 
 class Phases:
@@ -223,7 +229,7 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     learner = claim.spec.new_learner()
     previous = _previous_choice(rt, claim)
     candidates = _candidates(learner, len(claim.labels), previous)
-    prepared = _prepare(rt, claim, candidates)
+    prepared = _prepare(rt, claim, candidates, _on_pool(learner, previous))
     phases("featurize")
     if prepared is None:
         return _fail(rt, job_id, "fewer than two usable labelled items of different classes")
@@ -288,21 +294,37 @@ def _costly_evaluated_at(
     return previous.costly_evaluated_at
 
 
-def _prepare(rt: Runtime, claim: Claim, candidates: list[Learner]) -> Prepared | None:
+def _on_pool(learner: Learner, previous: PreviousChoice) -> frozenset[str] | None:
+    """Versions of the featurizers the pool has (or gets) for every item; None: all of them."""
+    if not isinstance(learner, AutoImage):
+        return None
+    return frozenset(f.version for f in learner.pool_featurizers(previous.learner))
+
+
+def _prepare(
+    rt: Runtime, claim: Claim, candidates: list[Learner], on_pool: frozenset[str] | None = None
+) -> Prepared | None:
     """Featurize the pool for every candidate (cached); None if the labels cannot train a model.
 
-    A costly candidate (fine-tuning) is featurized for the labelled items only: choosing needs no
-    more, and the pool's features are computed only if it wins (:func:`_pool_for`).
+    A costly candidate (fine-tuning), and one whose views the pool does not have (``on_pool``:
+    the backbone's learners before one of them won), is featurized for the labelled items only:
+    choosing needs no more, and the pool's features are computed only if it wins
+    (:func:`_pool_for`).
     """
     spec = claim.spec
-    costly = [c for c in candidates if getattr(c, "holdout_only", False)]
+    costly = [
+        c
+        for c in candidates
+        if getattr(c, "holdout_only", False)
+        or (on_pool is not None and any(f.version not in on_pool for f in c.featurizers()))
+    ]
     cheap = [c for c in candidates if c not in costly] or costly
     batch = featurize(rt, spec.id, spec.category, _featurizers(cheap), claim.items)
     _record_items(rt, batch.hashes, batch.failed)
     ok_ids = [claim.items[i].id for i in batch.ok]
     labelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id in claim.labels]
     labelled_ids = [ok_ids[p] for p in labelled_pos]
-    Y = indicator([claim.labels[i] for i in labelled_ids], spec.labels)
+    Y = spec.kind.encode([claim.labels[i] for i in labelled_ids], spec.labels)
     if len(labelled_ids) < 2 or (not spec.multi_label and len(np.unique(Y.argmax(1))) < 2):
         return None
     X = batch.features.take(labelled_pos)
@@ -361,11 +383,15 @@ def _fit(
     epochs_dir = folder.checkpoint_dir(f"{checkpoint}-epochs")
     for cand in candidates:
         if isinstance(cand, FineTune):
-            cand.set_snapshot_dir(epochs_dir)
+            cand.set_snapshot_dir(epochs_dir, keep=rt.settings.train_keep_checkpoints)
     X, Y, pool = prepared.X, prepared.Y, prepared.pool
     choice = choose(candidates, X, Y, pool, spec.policy.cv_folds, seed=claim.revision)
     phases("cross_validate")
     chosen = choice.learner
+    if isinstance(chosen, FineTune):
+        # The fit on every label runs over the train machines (labelloop.distributed); the
+        # cross-validation fits before it ran here, with their own epoch checkpoints.
+        chosen.set_world(world_config(rt, job_id, spec.id))
     views = chosen.views()
     model = chosen.fit(
         X.only(views),
@@ -391,7 +417,7 @@ def _evaluate(
     and pre-labels for the unlabelled pool (one pass, no second load)."""
     spec = claim.spec
     Y, oos, labelled_ids = prepared.Y, fitted.oos, prepared.labelled_ids
-    cv = evaluation.score(oos, Y, spec.multi_label)
+    cv = spec.kind.score(oos, Y)
     estimate = None
     auto = spec.policy.auto_label
     if auto is not None:
@@ -399,8 +425,8 @@ def _evaluate(
             p for p, i in enumerate(labelled_ids) if auto.evidence == "all" or i in claim.audits
         ]
         estimate = autolabel.estimate_threshold(
-            top_score(oos[held], spec.multi_label),
-            evaluation.correct(oos[held], Y[held], spec.multi_label),
+            spec.kind.confidence(oos[held]),
+            spec.kind.correct(oos[held], Y[held]),
             auto,
             autolabel.model_label_target(auto, len(prepared.ok_ids), len(labelled_ids)),
         )
@@ -424,6 +450,8 @@ def _evaluate(
         "cv_folds": spec.policy.cv_folds,
         "fit_seconds": phases.seconds.get("fit"),
         "resumed_from_checkpoint": fitted.resumed,
+        # Distributed fine-tuning: the world size of each attempt of the final fit.
+        **({"world_sizes": model.worlds_} if hasattr(model, "worlds_") else {}),
         **({"auto_label": estimate.as_dict()} if estimate is not None else {}),
         "phases_seconds": phases.seconds,
     }
@@ -540,8 +568,8 @@ def _compare_with_served(
         return evaluation.Decision(True, "the served model cannot be loaded")
     if len(batch.ok) != len(newer):
         return evaluation.Decision(True, "the served model cannot read every newer label")
-    served_ok = evaluation.correct(served.predict_proba(batch.features), Y[newer], spec.multi_label)
-    cand_ok = evaluation.correct(oos[newer], Y[newer], spec.multi_label)
+    served_ok = spec.kind.correct(served.predict_proba(batch.features), Y[newer])
+    cand_ok = spec.kind.correct(oos[newer], Y[newer])
     return evaluation.should_promote(cand_ok, served_ok, spec.policy.promotion_confidence)
 
 

@@ -16,12 +16,14 @@ from typing import Any
 from sqlalchemy import select
 
 from labelloop.errors import InvalidInput
+from labelloop.kinds import TaskKind
+from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.service.common import get_task_row
 from labelloop.store.models import Annotation, Item
 
 PAGE = 1000
-FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
+FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv", "conll": "text/plain"}
 FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -32,8 +34,9 @@ def _cell(value: object) -> object:
     return value
 
 
-def _csv_row(row: dict[str, Any]) -> dict[str, object]:
-    return {k: _cell(v) for k, v in {**row, "labels": "|".join(row["labels"] or [])}.items()}
+def _csv_row(kind: TaskKind, row: dict[str, Any]) -> dict[str, object]:
+    value = row[kind.value_field]
+    return {k: _cell(v) for k, v in {**row, kind.value_field: kind.csv_cell(value)}.items()}
 
 
 def _current(rt: Runtime, task_id: int, item_ids: list[int]) -> dict[int, Annotation]:
@@ -59,9 +62,8 @@ def _current(rt: Runtime, task_id: int, item_ids: list[int]) -> dict[int, Annota
     return best
 
 
-def export_rows(rt: Runtime, task_id: int) -> Iterator[dict[str, Any]]:
-    with rt.session() as s:
-        get_task_row(s, task_id)
+def export_rows(rt: Runtime, task_id: int, kind: TaskKind) -> Iterator[dict[str, Any]]:
+    """The task's items with their current values, in the kind's columns."""
     last = 0
     while True:
         with rt.session() as s:
@@ -82,7 +84,7 @@ def export_rows(rt: Runtime, task_id: int) -> Iterator[dict[str, Any]]:
                 "external_id": r.external_id,
                 "data": r.data,
                 "status": r.status,
-                "labels": None if a is None else a.labels,
+                **kind.export_fields(None if a is None else a.labels),
                 "source": None if a is None else a.source,
                 "annotator": None if a is None else a.annotator,
                 "model_version": None if a is None else a.model_version,
@@ -91,14 +93,32 @@ def export_rows(rt: Runtime, task_id: int) -> Iterator[dict[str, Any]]:
             }
 
 
+def _conll(kind: TaskKind, row: dict[str, Any]) -> Iterator[str]:
+    """A labelled text's token lines and a blank line (unlabelled texts are left out)."""
+    value = row[kind.value_field]
+    if value is not None:
+        yield "".join(line + "\n" for line in kind.conll_lines(row["data"], value)) + "\n"
+
+
 def export(rt: Runtime, task_id: int, fmt: str) -> Iterator[str]:
     """Lines of the export; the task is checked before the first line is produced."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    rows = export_rows(rt, task_id)
+    with rt.session() as s:
+        kind = TaskSpec.of(get_task_row(s, task_id)).kind
+    rows = export_rows(rt, task_id, kind)
     first = next(rows, None)
 
+    if fmt == "conll":
+        kind.conll_lines("", [])  # refuses other kinds before the first line
+
     def lines() -> Iterator[str]:
+        if fmt == "conll":
+            for row in [first] if first is not None else []:
+                yield from _conll(kind, row)
+            for row in rows:
+                yield from _conll(kind, row)
+            return
         if fmt == "jsonl":
             if first is not None:
                 yield json.dumps(first) + "\n"
@@ -110,7 +130,7 @@ def export(rt: Runtime, task_id: int, fmt: str) -> Iterator[str]:
             "external_id",
             "data",
             "status",
-            "labels",
+            kind.value_field,
             "source",
             "annotator",
             "model_version",
@@ -121,9 +141,9 @@ def export(rt: Runtime, task_id: int, fmt: str) -> Iterator[str]:
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         for row in [first] if first is not None else []:
-            writer.writerow(_csv_row(row))
+            writer.writerow(_csv_row(kind, row))
         for row in rows:
-            writer.writerow(_csv_row(row))
+            writer.writerow(_csv_row(kind, row))
             if buf.tell() > 64_000:
                 yield buf.getvalue()
                 buf.seek(0)

@@ -48,7 +48,10 @@ def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
     with rt.session() as s:
         task = get_task_row(s, task_id)
         text = is_text(task.category)
-        costly = any(f.cacheable for f in TaskSpec.of(task).new_learner().featurizers())
+        of_task = TaskSpec.of(task)
+        costly = of_task.has_learner and any(
+            f.cacheable for f in of_task.new_learner().featurizers()
+        )
         known: dict[str | None, int] = {}
         if ext:
             for chunk_start in range(0, len(ext), 500):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 
 from labelloop.errors import InvalidInput, LabelloopError, NotFound
-from labelloop.loop.labels import same_labels
 from labelloop.loop.scheduling import lock_task, request_training
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
@@ -20,26 +18,6 @@ from labelloop.store.models import Annotation, Item, Job, ModelVersion, Predicti
 
 #: One item's labels; the shape (and its checks) is :class:`labelloop.schemas.AnnotationCreate`.
 AnnotationIn = AnnotationCreate
-
-
-def _quoted(labels: Sequence[str]) -> str:
-    """Labels as people write them: ``"cat", "dog"`` (not a Python list)."""
-    return ", ".join(f'"{label}"' for label in labels)
-
-
-def _validate_labels(spec: TaskSpec, labels: list[str] | None, where: str) -> None:
-    if labels is None:
-        return
-    unknown = [label for label in labels if label not in spec.labels]
-    if unknown:
-        raise InvalidInput(
-            f"{where}: unknown label(s) {_quoted(unknown)}; "
-            f"the task's labels are {_quoted(spec.labels)}"
-        )
-    if len(set(labels)) != len(labels):
-        raise InvalidInput(f"{where}: a label repeats")
-    if not spec.multi_label and len(labels) != 1:
-        raise InvalidInput(f"{where}: a multi-class task takes exactly one label per item")
 
 
 def _shown(rt: Runtime, spec: TaskSpec, wanted: dict[int, int]) -> dict[int, list[str] | None]:
@@ -79,6 +57,21 @@ def _shown(rt: Runtime, spec: TaskSpec, wanted: dict[int, int]) -> dict[int, lis
     return out
 
 
+def resolved_ids(
+    annotations: list[AnnotationIn], owned: set[int], by_ext: dict[str | None, int]
+) -> list[int]:
+    """The known item ids the annotations name (unknown ones are refused later, in order)."""
+    out = [a.item_id for a in annotations if a.item_id is not None and a.item_id in owned]
+    return out + [by_ext[a.external_id] for a in annotations if a.external_id in by_ext]
+
+
+def _texts(rt: Runtime, item_ids: list[int]) -> dict[int, str]:
+    """Item id -> its text, for kinds whose values point into it."""
+    with rt.session() as s:
+        rows = s.execute(select(Item.id, Item.data).where(Item.id.in_(item_ids))).all()
+    return {int(i): str(d) for i, d in rows}
+
+
 def submit(
     rt: Runtime, task_id: int, annotations: list[AnnotationIn], annotator: str | None = None
 ) -> dict[str, Any]:
@@ -107,7 +100,10 @@ def submit(
             )
         ids = [a.item_id for a in annotations if a.item_id is not None]
         owned = set(s.scalars(select(Item.id).where(Item.task_id == task_id, Item.id.in_(ids))))
+    kind = spec.kind
+    texts = _texts(rt, resolved_ids(annotations, owned, by_ext)) if kind.needs_text else {}
     resolved: list[int] = []
+    values: list[list[Any] | None] = []
     for n, a in enumerate(annotations):
         where = f"annotation {n}"
         if a.item_id is not None:
@@ -121,7 +117,12 @@ def submit(
                     f'{where}: task {task_id} has no item with external_id "{a.external_id}"'
                 )
             resolved.append(by_ext[a.external_id])
-        _validate_labels(spec, a.labels, where)
+        try:
+            value = a.value(kind.value_field)
+        except ValueError as exc:
+            raise InvalidInput(f"{where}: {exc}") from None
+        kind.validate(value, spec.labels, where, texts.get(resolved[-1]))
+        values.append(None if value is None else kind.normalize(value))
 
     shown_version: dict[int, int | None] = {}
     for item_id, a in zip(resolved, annotations, strict=True):
@@ -139,7 +140,7 @@ def submit(
         if task is None:
             raise NotFound(f"no task {task_id}")
         rows = []
-        for item_id, a in zip(resolved, annotations, strict=True):
+        for item_id, a, value in zip(resolved, annotations, values, strict=True):
             version = shown_version[item_id]
             shown_labels = shown.get(item_id) if version is not None else None
             if version is not None and shown_labels is None:
@@ -147,12 +148,12 @@ def submit(
             row = Annotation(
                 task_id=task_id,
                 item_id=item_id,
-                labels=a.labels,
+                labels=value,
                 source="human",
                 annotator=a.annotator,
                 shown_version=version,
                 shown_labels=shown_labels,
-                edited=None if a.labels is None else not same_labels(a.labels, shown_labels),
+                edited=None if value is None else not kind.same(value, shown_labels),
             )
             rows.append(row)
         s.add_all(rows)

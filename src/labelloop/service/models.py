@@ -138,6 +138,8 @@ def list_jobs(rt: Runtime, task_id: int, limit: int = 50) -> list[dict[str, Any]
                 "state": j.state,
                 "attempts": j.attempts,
                 "worker": j.worker,
+                "world": (j.payload or {}).get("world"),
+                "fits": (j.payload or {}).get("fits", []),
                 "error": j.error,
                 "result": j.result,
                 "created_at": j.created_at.isoformat(),

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 
 from labelloop.errors import Conflict, InvalidInput, NotFound
-from labelloop.loop.features import ItemRef, featurize
-from labelloop.loop.labels import current_labels, label_revision
+from labelloop.loop import ranking
+from labelloop.loop.features import ItemRef, featurize, pool_featurizers
 from labelloop.loop.prediction import store_predictions
 from labelloop.loop.scheduling import lock_task
-from labelloop.loop.selection import Pool, Query, similarity_vectors, strategy_for
+from labelloop.loop.selection import DEPTH, Pool, Query, similarity_vectors, strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.service import reservations
@@ -32,9 +32,8 @@ def _as_answer(spec: TaskSpec, row: dict[str, Any] | Prediction) -> dict[str, An
         "item_id": get("item_id"),
         "status": "ok",
         "model_version": version,
-        "labels": get("labels"),
+        **spec.kind.prediction_fields(get("labels"), get("scores") or [], spec.labels),
         "score": get("score"),
-        "scores": dict(zip(spec.labels, get("scores") or [], strict=True)),
     }
 
 
@@ -66,22 +65,18 @@ def current_predictions(
                 "status": "failed",
                 "error": reason,
                 "model_version": version,
-                "labels": None,
+                **spec.kind.prediction_fields(None, None, spec.labels),
                 "score": None,
-                "scores": None,
             }
     return out
 
 
-def no_model(item_id: int | None = None) -> dict[str, Any]:
-    return {
-        "item_id": item_id,
-        "status": NO_MODEL,
-        "model_version": None,
-        "labels": None,
-        "score": None,
-        "scores": None,
-    }
+def no_model(item_id: int | None = None, spec: TaskSpec | None = None) -> dict[str, Any]:
+    """No pre-label: the kind's fields (``labels`` and ``scores``, or ``spans``) are null."""
+    fields = {"labels": None, "scores": None}
+    if spec is not None:
+        fields = spec.kind.prediction_fields(None, None, spec.labels)
+    return {"item_id": item_id, "status": NO_MODEL, "model_version": None, **fields, "score": None}
 
 
 def get_prediction(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:
@@ -91,7 +86,7 @@ def get_prediction(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:
         if item is None or item.task_id != task_id:
             raise NotFound(f"task {task_id} has no item {item_id}")
     if spec.served_version is None:
-        return no_model(item_id)
+        return no_model(item_id, spec)
     return current_predictions(rt, spec, [item_id])[item_id]
 
 
@@ -112,9 +107,8 @@ def predict(rt: Runtime, task_id: int, data: Sequence[str]) -> dict[str, Any]:
                 {
                     "status": "failed",
                     "error": a.error,
-                    "labels": None,
+                    **spec.kind.prediction_fields(None, None, spec.labels),
                     "score": None,
-                    "scores": None,
                 }
             )
         else:
@@ -122,16 +116,11 @@ def predict(rt: Runtime, task_id: int, data: Sequence[str]) -> dict[str, Any]:
             preds.append(
                 {
                     "status": "ok",
-                    "labels": a.labels,
+                    **spec.kind.prediction_fields(a.labels, a.scores, spec.labels),
                     "score": a.score,
-                    "scores": dict(zip(spec.labels, a.scores, strict=True)),
                 }
             )
     return {"model_version": spec.served_version, "status": "ok", "predictions": preds}
-
-
-def _stable_order(salt: str, item_id: int) -> str:
-    return hashlib.sha256(f"{salt}:{item_id}".encode()).hexdigest()
 
 
 def next_items(
@@ -141,10 +130,13 @@ def next_items(
 
     The task's query strategy (:func:`labelloop.loop.selection.strategy_for`) chooses among the
     items no person or model has labelled (audits: among every item without a human label), from
-    the priorities stored at the last promotion; picked audits are recorded. Items other
-    annotators hold are left out. With ``annotator``, what is handed out is reserved for them for
-    a lease, and the items they hold already come first (:mod:`labelloop.service.reservations`);
-    with an overlap above 1, items that some but too few people labelled come next.
+    the ranking kept in the store (:mod:`labelloop.loop.ranking`), read with ``LIMIT``: what a call
+    reads grows with the labels and the reservations, never with the pool. Picked audits are
+    recorded. Items other annotators hold are left out. With ``annotator``, what is handed out is
+    reserved for them for a lease, and the items they hold already come first
+    (:mod:`labelloop.service.reservations`); with an overlap above 1, items that some but too few
+    people labelled come next. Nothing is featurized here: near-copies are told apart by the
+    features already cached.
     """
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit must be between 1 and 1000")
@@ -154,52 +146,38 @@ def next_items(
         if task.archived_at is not None:
             raise Conflict(f"task {task_id} is archived: restore it to label its items")
         spec = TaskSpec.of(task)
-        revision = label_revision(s, task_id)
+        people, revision = reservations.labellers_now(s, task_id)
         holdings = reservations.Holdings(
-            spec.policy.overlap,
-            annotator,
-            reservations.labellers(s, task_id),
-            reservations.held(s, task_id, now),
+            spec.policy.overlap, annotator, people, reservations.held(s, task_id, now)
         )
-        model = current_labels(s, task_id, source="model")
-        rows = s.execute(
-            select(Item.id, Item.external_id, Item.data, Item.content_hash).where(
-                Item.task_id == task_id, Item.status != "failed"
+        held = holdings.mine()
+        started: list[int] = []
+        if spec.policy.overlap > 1:
+            some = [i for i, who in people.items() if 0 < len(who) < spec.policy.overlap]
+            started = holdings.started(ranking.lottery_order(s, some))
+        readable = _readable(s, task_id, [*held, *started])
+        ahead = [i for i in dict.fromkeys([*held, *started]) if i in readable]
+        skip = set(people) | set(ahead)
+        skip |= {i for i in holdings.holders if not holdings.free(i)}
+        need = limit - len(ahead)
+        pool = None
+        if need > 0:
+            depth = need * DEPTH
+            served = spec.served_version is not None
+            pool = Pool(
+                open=ranking.window(s, task_id, depth, skip=skip),
+                uncovered=ranking.window(s, task_id, depth, uncovered=True, skip=skip),
+                ranked=(
+                    ranking.window(s, task_id, depth, order="rank", uncovered=True, skip=skip)
+                    if served
+                    else None
+                ),
+                human_labels=len(people),
+                served=served,
+                certified=served and _threshold(s, spec) is not None,
+                vectors=lambda ids: _vectors(rt, spec, ids),
             )
-        ).all()
-        readable = {r.id: r for r in rows}
-        priority: dict[int, float] = {}
-        if spec.served_version is not None:
-            priority = {
-                item_id: u
-                for item_id, u in s.execute(
-                    select(Prediction.item_id, Prediction.uncertainty).where(
-                        Prediction.task_id == task_id, Prediction.version == spec.served_version
-                    )
-                ).all()
-            }
-        certified = spec.served_version is not None and _threshold(s, spec) is not None
-    lottery = sorted(readable, key=lambda i: _stable_order(spec.salt, i))
-    mine = [i for i in holdings.mine() if i in readable]
-    started = [i for i in holdings.started(lottery) if i not in mine]
-    ahead = [*mine, *started]
-    taken = set(ahead)
-    open_items = [
-        i for i in lottery if i not in holdings.people and i not in taken and holdings.free(i)
-    ]
-    picked = Query([])
-    need = limit - len(ahead)
-    if need > 0:
-        pool = Pool(
-            open=open_items,
-            uncovered=[i for i in open_items if i not in model],
-            priority=priority,
-            human_labels=len(holdings.people),
-            served=spec.served_version is not None,
-            certified=certified,
-            vectors=lambda ids: _vectors(rt, spec, [readable[i] for i in ids]),
-        )
-        picked = strategy_for(spec.policy).query(pool, need)
+    picked = Query([]) if pool is None else strategy_for(spec.policy).query(pool, need)
     audits = set(picked.audits) | (set(picked.rest) if picked.rest_are_audits else set())
     candidates = [*ahead, *picked.items, *picked.rest]
     reserved_until = None
@@ -216,7 +194,8 @@ def next_items(
             )
         record_audit_picks(s, task_id, [i for i in chosen if i in audits])
         blind = reservations.audits_among(s, chosen)
-    preds = current_predictions(rt, spec, chosen) if spec.served_version is not None else {}
+        rows = _readable(s, task_id, chosen)
+    preds = freshest_predictions(rt, spec, chosen)
     return {
         "model_version": spec.served_version,
         "annotator": annotator,
@@ -225,14 +204,55 @@ def next_items(
         "items": [
             {
                 "id": i,
-                "external_id": readable[i].external_id,
-                "data": readable[i].data,
+                "external_id": rows[i].external_id,
+                "data": rows[i].data,
                 "audit": i in blind,
                 "prediction": preds.get(i, no_model(i)),
             }
             for i in chosen
         ],
     }
+
+
+def _readable(session: Any, task_id: int, item_ids: Sequence[int]) -> dict[int, Any]:
+    """Item id -> (id, external_id, data, content_hash, status) of the readable ones among a
+    handful of items."""
+    if not item_ids:
+        return {}
+    rows = session.execute(
+        select(Item.id, Item.external_id, Item.data, Item.content_hash, Item.status).where(
+            Item.task_id == task_id, Item.id.in_(list(item_ids)), Item.status != "failed"
+        )
+    ).all()
+    return {r.id: r for r in rows}
+
+
+def freshest_predictions(
+    rt: Runtime, spec: TaskSpec, item_ids: Sequence[int]
+) -> dict[int, dict[str, Any]]:
+    """Pre-labels for ``/next``: each item's freshest stored prediction, whatever version made it
+    (its ``model_version`` says which: background rescoring reaches every item in time). Only an
+    item with none stored and its features ready is scored here, by the served version; one
+    still waiting for its features has no pre-label yet (nothing is featurized in a request)."""
+    version = spec.served_version
+    if version is None or not item_ids:
+        return {}
+    with rt.session() as s:
+        stored = {
+            p.item_id: p
+            for p in s.scalars(select(Prediction).where(Prediction.item_id.in_(list(item_ids))))
+        }
+        missing = [i for i in item_ids if i not in stored]
+        ready = set(
+            s.scalars(select(Item.id).where(Item.id.in_(missing), Item.status == "ready"))
+            if missing
+            else []
+        )
+    out = {i: _as_answer(spec, p) for i, p in stored.items()}
+    todo = [i for i in missing if i in ready]
+    if todo:
+        out.update(current_predictions(rt, spec, todo))
+    return out
 
 
 def _threshold(session: Any, spec: TaskSpec) -> float | None:
@@ -245,9 +265,18 @@ def _threshold(session: Any, spec: TaskSpec) -> float | None:
     return None if value is None else float(value)
 
 
-def _vectors(rt: Runtime, spec: TaskSpec, rows: list[Any]) -> tuple[list[int], Any, list[int]]:
-    """Similarity vectors of items (features from the cache), for near-copy checks."""
-    refs = [ItemRef(r.id, r.data, r.content_hash) for r in rows]
-    batch = featurize(rt, spec.id, spec.category, spec.new_learner(), refs)
-    ok = [rows[p].id for p in batch.ok]
-    return ok, similarity_vectors(batch.features), list(batch.failed)
+def _vectors(rt: Runtime, spec: TaskSpec, ids: list[int]) -> tuple[list[int], Any, list[int]]:
+    """Similarity vectors of items from the features already cached, for near-copy checks; an
+    item whose features are not cached yet gets a zero vector (a near-copy of nothing)."""
+    with rt.session() as s:
+        rows = _readable(s, spec.id, ids)
+        featurizers = pool_featurizers(s, spec)
+    order = [i for i in ids if i in rows]
+    refs = [ItemRef(i, rows[i].data, rows[i].content_hash) for i in order]
+    batch = featurize(rt, spec.id, spec.category, featurizers, refs, cached_only=True)
+    if not batch.ok:
+        return order, np.zeros((len(order), 1)), [i for i in ids if i not in rows]
+    found = similarity_vectors(batch.features)
+    vectors = np.zeros((len(order), found.shape[1]))
+    vectors[batch.ok] = found
+    return order, vectors, [i for i in ids if i not in rows]

@@ -8,7 +8,7 @@ import numpy as np
 from sqlalchemy import select
 
 from labelloop.errors import InvalidInput
-from labelloop.loop.labels import current_labels, indicator, labelled_at
+from labelloop.loop.labels import current_labels, labelled_at
 from labelloop.loop.spec import TaskSpec
 from labelloop.loop.suspects import annotator_agreement, find_suspects
 from labelloop.runtime import Runtime
@@ -43,7 +43,9 @@ def suspects(rt: Runtime, task_id: int, limit: int = 100) -> dict[str, Any]:
     with np.load(oos_path) as oos:
         item_ids, scores = oos["item_ids"].tolist(), oos["scores"]
     given = [at[i][0] for i in item_ids]
-    flagged = find_suspects(scores, indicator(given, spec.labels), spec.labels, spec.multi_label)
+    flagged = find_suspects(
+        scores, spec.kind.encode(given, spec.labels), spec.labels, spec.multi_label
+    )
     # A label corrected since the version was trained is no longer suspect.
     flagged = [f for f in flagged if now.get(item_ids[f.position]) == f.given]
     chosen = flagged[:limit]

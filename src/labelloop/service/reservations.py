@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -56,11 +57,25 @@ def labellers(session: Session, task_id: int, after: int = 0) -> dict[int, set[s
     return people
 
 
+def labellers_now(session: Session, task_id: int) -> tuple[dict[int, set[str]], int]:
+    """:func:`labellers`, and the revision of the newest human label read (0 before any): the
+    snapshot :func:`claim` reads the labels that arrived after."""
+    rows = _human_rows(session, task_id, 0, with_revision=True)
+    people: dict[int, set[str]] = {}
+    apply_labels(people, ((i, who, labels) for i, who, labels, _ in rows))
+    return people, max((rev for *_, rev in rows), default=0)
+
+
 def _human_rows(
-    session: Session, task_id: int, after: int
-) -> Iterable[tuple[int, str | None, object]]:
+    session: Session, task_id: int, after: int, with_revision: bool = False
+) -> Sequence[Any]:
+    """Human annotations in revision order (through ``ix_annotations_task_source_id``: the model
+    labels of an auto-labelled pool are never read)."""
+    columns = [Annotation.item_id, Annotation.annotator, Annotation.labels]
+    if with_revision:
+        columns.append(Annotation.id)
     query = (
-        select(Annotation.item_id, Annotation.annotator, Annotation.labels)
+        select(*columns)
         .where(Annotation.task_id == task_id, Annotation.source == "human")
         .order_by(Annotation.id)
     )

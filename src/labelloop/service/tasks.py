@@ -13,7 +13,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, object_session
 
 from labelloop.errors import Conflict, InvalidInput, NotFound
-from labelloop.learners.registry import check_params
+from labelloop.kinds import kind_for
+from labelloop.kinds.registry import is_kind
+from labelloop.learners.registry import check_params, has_learner
 from labelloop.loop.cache import FEATURES
 from labelloop.loop.labels import current_labels
 from labelloop.loop.policy import Policy
@@ -40,7 +42,14 @@ def checked_policy(category: str, extra: str, labels: list[str], policy: Policy)
     """``policy`` if a task of this category, extra and labels can run it; else
     :class:`InvalidInput`."""
     # Refuses unknown combinations, and learner parameters of unknown names or wrong types.
-    check_params(category, extra, policy.learner, policy.learner_params)
+    # A kind without a learner yet (its tasks are labelled without a model) takes no learner.
+    if (
+        not is_kind(category, extra)
+        or has_learner(category, extra)
+        or policy.learner
+        or (policy.learner_params)
+    ):
+        check_params(category, extra, policy.learner, policy.learner_params)
     unknown = [label for label in policy.hotkeys if label not in labels]
     if unknown:
         raise InvalidInput(
@@ -100,6 +109,7 @@ def summary(rt: Runtime, task: Task) -> TaskPublic:
         "name": task.name,
         "category": task.category,
         "extra": task.extra,
+        "kind": kind_for(task.category, task.extra).public(),
         "labels": task.labels,
         "policy": task.policy,
         "served_version": task.served_version,
@@ -145,8 +155,7 @@ def _auto_label_state(s: Session, task: Task) -> AutoLabelState:
 
 def create_task(rt: Runtime, spec: TaskCreate) -> TaskPublic:
     checked_policy(spec.category, spec.extra, spec.labels, spec.policy)
-    if spec.extra == "multi-class" and len(spec.labels) < 2:
-        raise InvalidInput("a multi-class task needs at least two labels")
+    kind_for(spec.category, spec.extra).check_labels(spec.labels)
     with rt.session() as s:
         lock_names(s)
         check_name_free(s, spec.name)

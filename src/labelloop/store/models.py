@@ -7,12 +7,14 @@ model was trained on can always be reconstructed. Everything is keyed by task.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -88,11 +90,33 @@ class Task(Base):
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+#: ``Item.rank`` of an item no model scored yet: before every scored one (nothing is known of it).
+UNSCORED = -1.0e300
+
+
+def lottery_of(task_id: int, external_id: str | None, data: str) -> int:
+    """An item's place in its task's stable random order (a hash of what the item is, so it is
+    known when the row is inserted, whichever path inserts it)."""
+    digest = hashlib.sha256(f"{task_id}\0{external_id}\0{data}".encode()).digest()
+    return int.from_bytes(digest[:7], "big")
+
+
+def _default_lottery(context: Any) -> int:
+    row = context.get_current_parameters()
+    return lottery_of(row["task_id"], row.get("external_id"), row["data"])
+
+
 class Item(Base):
+    """An item of a task, with its place in the ranking ``/next`` reads with ``LIMIT`` (the three
+    ``ix_items_*_rank``/``lottery`` indexes; see :mod:`labelloop.loop.ranking`)."""
+
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("task_id", "external_id", name="uq_items_task_external"),
         Index("ix_items_task_status", "task_id", "status"),
+        Index("ix_items_task_lottery", "task_id", "lottery"),
+        Index("ix_items_task_covered_lottery", "task_id", "covered", "lottery"),
+        Index("ix_items_task_covered_rank", "task_id", "covered", "rank", "lottery"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -103,13 +127,24 @@ class Item(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|ready|failed
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The task's stable random order (audits, and every item before the first model).
+    lottery: Mapped[int] = mapped_column(BigInteger, default=_default_lottery)
+    #: Where the freshest scores put the item, smaller first: minus the query strategy's priority
+    #: from the newest prediction stored, :data:`UNSCORED` before any.
+    rank: Mapped[float] = mapped_column(Float, default=UNSCORED)
+    #: Whether a model label stands for the item (auto-labelling): no longer ranked for people.
+    covered: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Annotation(Base):
     """One submitted label set for one item. Never updated, never deleted (except with its task)."""
 
     __tablename__ = "annotations"
-    __table_args__ = (Index("ix_annotations_task_item", "task_id", "item_id"),)
+    __table_args__ = (
+        Index("ix_annotations_task_item", "task_id", "item_id"),
+        # Human labels read without the model labels of an auto-labelled pool.
+        Index("ix_annotations_task_source_id", "task_id", "source", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)

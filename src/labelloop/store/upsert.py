@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from labelloop.store.models import AuditPick, Prediction, Reservation
+from labelloop.store.models import AuditPick, Item, Prediction, Reservation
 
 UPDATED = ("task_id", "version", "labels", "scores", "score", "uncertainty", "created_at")
 
@@ -49,7 +50,11 @@ def reserve(
 
 
 def upsert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Write rows keyed by item id; a concurrent writer of the same item never makes this fail."""
+    """Write rows keyed by item id; a concurrent writer of the same item never makes this fail.
+
+    Each item's place in the ranking ``/next`` reads follows its freshest prediction
+    (``Item.rank``: minus the priority; see :mod:`labelloop.loop.ranking`).
+    """
     if not rows:
         return
     stmt = _insert(session, Prediction)
@@ -58,4 +63,12 @@ def upsert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None
         set_={name: getattr(stmt.excluded, name) for name in UPDATED},
     )
     for start in range(0, len(rows), 1000):
-        session.execute(stmt, list(rows[start : start + 1000]))
+        chunk = list(rows[start : start + 1000])
+        session.execute(stmt, chunk)
+        session.execute(
+            update(Item),
+            sorted(
+                ({"id": r["item_id"], "rank": -float(r["uncertainty"])} for r in chunk),
+                key=lambda r: r["id"],
+            ),
+        )

@@ -30,7 +30,10 @@ STREAMED: dict[int | str, dict[str, Any]] = {
 def export_task(
     task_id: TaskId,
     rt: RuntimeDep,
-    format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
+    format: Annotated[
+        Literal["jsonl", "csv", "conll"],
+        Query(description="conll: text-spans tasks' labelled texts as token and BIO tag lines"),
+    ] = "jsonl",
 ) -> StreamingResponse:
     """Every item with its current label and where it came from, streamed."""
     lines = export.export(rt, task_id, format)

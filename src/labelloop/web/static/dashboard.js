@@ -483,7 +483,7 @@ async function showFolder(path) {
 }
 
 function syncSourceFields(form) {
-  const text = form.kind.value === "text";
+  const text = form.kind.value !== "image";
   document.getElementById("source-image").hidden = text;
   document.getElementById("source-text").hidden = !text;
   const upload = form.imgsrc.value === "upload";
@@ -552,18 +552,19 @@ function labelsFromData(form, text) {
 }
 
 async function createTask(form) {
-  const text = form.kind.value === "text";
+  const text = form.kind.value !== "image";
+  const spans = form.kind.value === "spans"; // one label per span: never multi-label
   const typed = form.labels.value.split(/[\n,]/).map((s) => s.trim()).filter(Boolean);
-  const fromData = !text && form.imgsrc.value === "folder" && form.fromfolders.checked || text && !!form.label_column.value;
+  const fromData = !text && form.imgsrc.value === "folder" && form.fromfolders.checked || text && !spans && !!form.label_column.value;
   if (text && !form.csv.files.length) throw new Error("choose a CSV file of texts");
   if (text && !state.csvRows) await showCsvColumns(form); // submitted before the header was read
   if (text && !form.text_column.value) throw new Error("choose the column that holds the texts");
-  const labels = typed.length ? typed : labelsFromData(form, text);
+  const labels = typed.length || spans ? typed : labelsFromData(form, text);
   if (!labels.length) throw new Error(fromData ? "the data names no labels: give the labels" : "give the labels, one per line or separated by commas");
   const body = {
     name: form.name.value.trim(), labels,
-    category: text ? "text-classification" : "image-classification",
-    extra: form.multi.checked ? "multi-label" : "multi-class",
+    category: spans ? "text-spans" : text ? "text-classification" : "image-classification",
+    extra: form.multi.checked && !spans ? "multi-label" : "multi-class",
   };
   if (!text && form.imgsrc.value === "folder" && !state.folder) throw new Error("open the folder that holds the images");
   if (!text && form.imgsrc.value === "upload" && !form.files.files.length) throw new Error("choose image files");

@@ -22,11 +22,15 @@ const BATCH = 16;
 
 const S = {
   task: null, keys: null, queue: [], current: null, history: [], pos: null,
-  onScreen: null, selected: new Set(), rejecting: false,
+  onScreen: null, selected: new Set(), spans: [], rejecting: false,
   sent: new Set(), served: undefined, announced: null, loading: null, chain: Promise.resolve(),
   images: new Map(), quick: false, guest: "", me: null, holder: null, lease: null, archived: false,
 };
-const multi = () => S.task && S.task.extra === "multi-label";
+// The task's kind names the input widget: one choice, several, or spans of text.
+const multi = () => S.task && S.task.kind.widget === "multi-choice";
+// Text spans: select text, press a label's key (or click the label) to mark it; click a mark to
+// remove it; Enter submits the marks (none: "no entity here").
+const spansMode = () => S.task && S.task.kind.widget === "spans";
 const $ = (id) => document.getElementById(id);
 
 function toast(message) {
@@ -37,8 +41,27 @@ function toast(message) {
   toast.timer = setTimeout(() => el.classList.remove("show"), 5000);
 }
 
+// A value as comparable strings: labels as they are, spans as "start:end:label".
+function keysOf(value) {
+  return value.map((v) => (typeof v === "object" ? `${v.start}:${v.end}:${v.label}` : v)).sort().join("\n");
+}
+
 function sameLabels(a, b) {
-  return Array.isArray(a) && Array.isArray(b) && [...a].sort().join("\n") === [...b].sort().join("\n");
+  return Array.isArray(a) && Array.isArray(b) && keysOf(a) === keysOf(b);
+}
+
+// A value for people (HTML-escaped): labels joined, or each span's label and text.
+function describe(value, item) {
+  if (!value) return "";
+  return value.map((v) => (typeof v === "object"
+    ? `${esc(v.label)} “${esc(String(item ? item.data : "").slice(v.start, v.end))}”` : esc(v))).join(", ");
+}
+
+// What a pre-label proposes, as a value: its labels, or its spans without their scores.
+function proposed(p) {
+  if (!p) return [];
+  if (spansMode()) return (p.spans || []).map(({ start, end, label }) => ({ start, end, label }));
+  return p.labels || [];
 }
 
 // --- who labels --------------------------------------------------------------------------------
@@ -131,7 +154,7 @@ function labelForKey(key) {
 
 function entryOnScreen() { return S.pos === null ? null : S.history[S.pos]; }
 function itemOnScreen() { const e = entryOnScreen(); return e ? e.item : S.current; }
-function isText() { return S.task.category.startsWith("text"); }
+function isText() { return S.task.kind.media === "text"; }
 
 function prediction(item) {
   const p = item && item.prediction;
@@ -185,11 +208,13 @@ function commit(item, url, err) {
   const entry = entryOnScreen();
   const p = entry ? entry.shown : shownPrediction(item);
   S.selected = new Set(entry ? entry.labels : (multi() && p ? p.labels : []));
+  S.spans = spansMode() ? (entry ? entry.labels : proposed(p)).map((v) => ({ ...v })) : [];
   S.rejecting = false;
   const stage = $("stage");
   if (isText()) {
     stage.innerHTML = `<div class="text" data-testid="item-text"></div>`;
     stage.firstChild.textContent = item.data;
+    if (spansMode()) renderSpans(item);
   } else if (err) {
     stage.innerHTML = `<p class="error">cannot show this item: ${esc(err.message)}</p>`;
   } else {
@@ -216,7 +241,7 @@ function renderPrelabel(item, p, entry) {
       && item.servedWhenFetched !== S.served;
     const later = entry ? ' <span class="muted">· shown when you labelled it</span>'
       : changed ? ` <span class="muted" data-testid="version-note">· model-time${S.served} serves from the next item on</span>` : "";
-    pre.innerHTML = `<span data-testid="suggestion">model-time${p.model_version} suggests <b>${p.labels.map(esc).join(", ") || "no label"}</b> (score ${Math.round(100 * p.score)}%)</span> <span class="muted">· ${sureWord(p.score)}</span>${later}`;
+    pre.innerHTML = `<span data-testid="suggestion">model-time${p.model_version} suggests <b>${describe(proposed(p), item) || (spansMode() ? "no entity" : "no label")}</b> (score ${Math.round(100 * p.score)}%)</span> <span class="muted">· ${sureWord(p.score)}</span>${later}`;
   } else if (entry) {
     pre.innerHTML = '<span class="muted">No suggestion was shown when you labelled it.</span>';
   } else if (item.audit && prediction(item)) {
@@ -235,7 +260,7 @@ function renderReview(entry) {
   if (!entry) { el.hidden = true; el.innerHTML = ""; return; }
   el.hidden = false;
   const status = { sending: "sending…", saved: "saved", failed: `not saved: ${esc(entry.error || "")}` }[entry.status];
-  el.innerHTML = `<span data-testid="review-label">You labelled this item <b>${entry.labels.map(esc).join(", ") || "no label"}</b></span>
+  el.innerHTML = `<span data-testid="review-label">You labelled this item <b>${describe(entry.labels, entry.item) || (spansMode() ? "no entity" : "no label")}</b></span>
     <span class="chip ${entry.status === "failed" ? "bad" : entry.status === "saved" ? "good" : ""}">${status}</span>
     <span class="muted">${entry.status === "failed" ? "Press Enter to send it again, or" : "Press Enter (or →) to keep it, or"} pick another label to correct it (the correction is added; labels are never overwritten).</span>
     <span id="server-label" data-testid="server-label"></span>`;
@@ -243,12 +268,12 @@ function renderReview(entry) {
   api.get(`/api/v1/tasks/${taskId}/items/${entry.item.id}`).then((it) => {
     if (entryOnScreen() !== entry || sameLabels(it.labels, entry.labels)) return;
     const last = [...it.annotations].reverse().find((a) => a.source === "human");
-    $("server-label").innerHTML = `<span class="chip warn">now labelled <b>${esc((it.labels || []).join(", ") || "none")}</b>${last && last.annotator ? ` by ${esc(last.annotator)}` : ""}</span>`;
+    $("server-label").innerHTML = `<span class="chip warn">now labelled <b>${describe(it.labels || [], entry.item) || "none"}</b>${last && last.annotator ? ` by ${esc(last.annotator)}` : ""}</span>`;
   }).catch(() => null);
 }
 
 function quickOffer(p) {
-  return S.quick && !entryOnScreen() && !multi() && !S.rejecting && p && p.score >= QUICK_MIN;
+  return S.quick && !entryOnScreen() && !multi() && !spansMode() && !S.rejecting && p && p.score >= QUICK_MIN;
 }
 
 function renderChoices(item, p) {
@@ -261,6 +286,7 @@ function renderChoices(item, p) {
     }
     return;
   }
+  if (spansMode()) { renderSpanLabels(item); return; }
   const scores = (p && p.scores) || {};
   const top = new Set(Object.entries(scores).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([label]) => label));
   const suggested = new Set(p ? p.labels : []);
@@ -280,7 +306,8 @@ function renderChoices(item, p) {
 
 function renderHint(p) {
   const keys = S.keys.byName ? "Keys pick a label by its name" : "Number keys pick a label by the position shown";
-  const parts = [multi() ? `${keys} (toggle) · Enter submits the selection` : `${keys}${p ? " · Enter accepts the suggestion" : ""}`];
+  const parts = [spansMode() ? `Select text, then ${S.keys.byName ? "a label's key" : "a number key"} marks it · click a mark to remove it · Enter submits the marks`
+    : multi() ? `${keys} (toggle) · Enter submits the selection` : `${keys}${p ? " · Enter accepts the suggestion" : ""}`];
   parts.push("Backspace goes back");
   parts.push(labelForKey("s") === undefined ? "S or → skips" : "→ skips");
   $("hint").textContent = parts.join(" · ");
@@ -290,12 +317,12 @@ function renderHint(p) {
 function renderHistory() {
   const el = $("history");
   $("n-session").textContent = S.history.length;
-  $("n-accepted").textContent = S.history.filter((e) => e.shown && sameLabels(e.shown.labels, e.labels)).length;
+  $("n-accepted").textContent = S.history.filter((e) => e.shown && sameLabels(proposed(e.shown), e.labels)).length;
   const rows = S.history.map((e, i) => ({ e, i })).slice(-HISTORY_SHOWN).reverse();
   const status = { sending: ["", "sending…"], saved: ["good", "saved"], failed: ["bad", "not saved"] };
   el.innerHTML = rows.map(({ e, i }) => `<li data-index="${i}" data-testid="history-${e.item.id}" class="${S.pos === i ? "active" : ""}">
       ${isText() ? `<span class="what">${esc(String(e.item.data).slice(0, 60))}</span>` : `<img class="thumb" data-thumb="${e.item.id}" alt="">`}
-      <span class="muted">#${e.item.id}</span> → <b>${e.labels.map(esc).join(", ") || "no label"}</b>
+      <span class="muted">#${e.item.id}</span> → <b>${describe(e.labels, e.item) || (spansMode() ? "no entity" : "no label")}</b>
       <span class="chip ${status[e.status][0]}">${status[e.status][1]}</span>${e.corrections ? ' <span class="chip warn">corrected</span>' : ""}</li>`).join("");
   for (const li of el.querySelectorAll("li")) li.onclick = () => { S.pos = Number(li.dataset.index); render(); };
   if (!isText()) {
@@ -409,7 +436,8 @@ function skip() {
 // --- labelling ---------------------------------------------------------------------------------
 
 function send(entry, labels) {
-  const annotation = { item_id: entry.item.id, labels, annotator: annotator() };
+  // The task's kind names the field: labels, or spans.
+  const annotation = { item_id: entry.item.id, [S.task.kind.value_field]: labels, annotator: annotator() };
   if (entry.shown) annotation.shown_version = entry.shown.model_version; else annotation.shown_none = true;
   entry.status = "sending";
   renderHistory();
@@ -443,7 +471,7 @@ function correct(entry, labels) {
     entry.labels = labels;
     entry.corrections += 1;
     send(entry, labels);
-    toast(`item #${entry.item.id} corrected to ${labels.join(", ") || "no label"}`);
+    toast(`item #${entry.item.id} corrected to ${(spansMode() ? labels.map((v) => v.label) : labels).join(", ") || "no label"}`);
   } else if (entry.status === "failed") {
     send(entry, labels);
   }
@@ -468,6 +496,7 @@ function ready() {
 
 function pick(label) {
   if (!ready()) return;
+  if (spansMode()) { markSelection(label); return; }
   if (multi()) {
     if (S.selected.has(label)) S.selected.delete(label); else S.selected.add(label);
     const entry = entryOnScreen();
@@ -481,10 +510,78 @@ function accept() {
   if (!ready()) return;
   const entry = entryOnScreen();
   if (multi()) { decide([...S.selected]); return; }
+  if (spansMode()) { decide(S.spans.map((v) => ({ ...v }))); return; }
   if (entry) { decide(entry.labels); return; }
   const p = shownPrediction(S.current);
   if (p && p.labels.length) decide(p.labels);
   else toast(`no suggestion to accept: pick a label${S.keys.byLabel.size ? " with its key" : ""}`);
+}
+
+// --- text spans --------------------------------------------------------------------------------
+
+// The item's text with its marks; a mark's label is drawn by CSS (not text), so that offsets in
+// the page's text are offsets in the item's text.
+function renderSpans(item) {
+  const el = document.querySelector("[data-testid=item-text]");
+  if (!el) return;
+  const text = String(item.data);
+  el.textContent = "";
+  let at = 0;
+  for (const span of [...S.spans].sort((a, b) => a.start - b.start)) {
+    if (span.start > at) el.append(text.slice(at, span.start));
+    const mark = document.createElement("mark");
+    mark.className = "span";
+    mark.dataset.label = span.label;
+    mark.dataset.testid = `span-${span.start}-${span.end}`;
+    mark.title = `${span.label}: click to remove`;
+    mark.textContent = text.slice(span.start, span.end);
+    mark.onclick = (ev) => {
+      if (!pointerOk(ev, item)) return;
+      S.spans = S.spans.filter((s) => s !== span);
+      renderSpans(item);
+    };
+    el.append(mark);
+    at = span.end;
+  }
+  if (at < text.length) el.append(text.slice(at));
+}
+
+function renderSpanLabels(item) {
+  const el = $("choices");
+  el.innerHTML = S.task.labels.map((label) => {
+    const key = S.keys.byLabel.get(label);
+    return `<button class="choice" data-label="${esc(label)}" data-testid="choice-${esc(label)}">${key ? `<kbd>${esc(key)}</kbd>` : ""}${esc(label)}</button>`;
+  }).join("") + '<button class="choice accept" data-act="accept" data-testid="submit-spans"><kbd>Enter</kbd>Submit</button>';
+  for (const b of el.querySelectorAll("button")) {
+    b.onmousedown = (ev) => ev.preventDefault(); // keep the text selected
+    b.onclick = (ev) => {
+      if (!pointerOk(ev, item)) return;
+      if (b.dataset.act === "accept") accept(); else pick(b.dataset.label);
+    };
+  }
+}
+
+// Marks the selected text with ``label``: offsets counted in the item's text, blanks at either
+// end left out; marks it overlaps are replaced (spans never overlap).
+function markSelection(label) {
+  const el = document.querySelector("[data-testid=item-text]");
+  const sel = window.getSelection();
+  if (!el || !sel || !sel.rangeCount || sel.isCollapsed) { toast("select some text first, then press a label's key"); return; }
+  const range = sel.getRangeAt(0);
+  if (!el.contains(range.startContainer) || !el.contains(range.endContainer)) return;
+  const before = document.createRange();
+  before.selectNodeContents(el);
+  before.setEnd(range.startContainer, range.startOffset);
+  const text = String(itemOnScreen().data);
+  let start = before.toString().length;
+  let end = start + range.toString().length;
+  while (start < end && /\s/.test(text[start])) start += 1;
+  while (end > start && /\s/.test(text[end - 1])) end -= 1;
+  if (end <= start) return;
+  S.spans = S.spans.filter((s) => s.end <= start || s.start >= end);
+  S.spans.push({ start, end, label });
+  sel.removeAllRanges();
+  renderSpans(itemOnScreen());
 }
 
 function reject() {

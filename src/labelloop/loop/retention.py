@@ -1,0 +1,54 @@
+"""Which model versions stay on disk: the served one, the newest ``LABELLOOP_KEEP_VERSIONS`` and
+the best by cross-validated accuracy. The others are pruned after each training: their rows stay
+(with their metrics, status ``pruned``), their folders go. A 300-label session trains ~32 versions
+of up to 1.7 MB each at 100k items (issue 17); kept whole, that is the datastore's growth."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from labelloop.runtime import Runtime
+from labelloop.store.models import ModelVersion, Task
+
+PRUNED = "pruned"
+
+
+@dataclass(frozen=True)
+class Version:
+    version: int
+    accuracy: float | None
+
+
+def retained(versions: Sequence[Version], served: int | None, keep: int) -> set[int]:
+    """The versions to keep among the ready ones: served, the newest ``keep``, the best."""
+    newest = sorted((v.version for v in versions), reverse=True)[:keep]
+    scored = [v for v in versions if v.accuracy is not None]
+    best = max(scored, key=lambda v: (v.accuracy, v.version)).version if scored else None
+    return {v for v in (served, best, *newest) if v is not None}
+
+
+def prune_versions(rt: Runtime, task_id: int) -> list[int]:
+    """Prune the task's versions that :func:`retained` does not keep; returns them."""
+    with rt.session() as s:
+        task = s.get(Task, task_id)
+        if task is None:
+            return []
+        rows = list(
+            s.scalars(
+                select(ModelVersion).where(
+                    ModelVersion.task_id == task_id, ModelVersion.status == "ready"
+                )
+            )
+        )
+        versions = [Version(r.version, (r.metrics or {}).get("cv_accuracy")) for r in rows]
+        keep = retained(versions, task.served_version, rt.settings.keep_versions)
+        pruned = [r for r in rows if r.version not in keep]
+        for r in pruned:
+            r.status = PRUNED
+    folder = rt.folder(task_id)
+    for r in pruned:
+        folder.remove_version(r.version)
+    return sorted(r.version for r in pruned)

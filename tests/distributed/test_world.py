@@ -1,0 +1,109 @@
+"""Distributed fine-tuning on CPU with gloo: ranks are real processes of this machine.
+
+The fit is EfficientNet-Lite0's last blocks over 1x1 feature maps of 32-pixel photos (the same set
+as the fine-tuning tests of tests/learners/test_photos.py), so an epoch takes a moment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from labelloop.distributed import world as worlds
+from labelloop.distributed.world import LocalLauncher, RankHandle, World, WorldConfig
+from labelloop.learners.base import Features
+from labelloop.learners.finetune import FineTune
+from labelloop.loop.labels import indicator
+from tests.learners.test_photos import colour_squares, featurize
+from tests.support import wait_until
+
+pytestmark = pytest.mark.distributed
+
+NAMES = ["green", "red"]
+PARAMS: dict[str, Any] = {
+    "backbone": {"input_size": 32},
+    "batch_size": 8,
+    "lr": 3e-3,
+    "patience": 100,
+    "budget_s": 600.0,
+}
+
+
+@pytest.fixture(scope="module")
+def photos() -> tuple[Features, np.ndarray, Features, np.ndarray]:
+    """40 photos to train on and 40 others to score."""
+    raws, labels = colour_squares(80, seed=3)
+    X = featurize(FineTune(NAMES, **PARAMS), raws)
+    Y = indicator([[x] for x in labels], NAMES)
+    train, test = np.arange(40), np.arange(40, 80)
+    return X.take(train), Y[train], X.take(test), Y[test]
+
+
+@pytest.fixture(autouse=True)
+def one_thread_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABELLOOP_TORCH_THREADS", "1")
+
+
+def distributed(
+    folder: Path, ranks: int, epochs: int, on_world: Any = None, run: str = "task-1/job-1"
+) -> FineTune:
+    learner = FineTune(NAMES, epochs=epochs, **PARAMS)
+    learner.set_snapshot_dir(folder)
+    learner.set_world(
+        WorldConfig(LocalLauncher(ranks), run, worlds.parse_ports("29400-29499"), on_world=on_world)
+    )
+    return learner
+
+
+def accuracy(learner: FineTune, X: Features, Y: np.ndarray) -> float:
+    return float((learner.predict_proba(X).argmax(1) == Y.argmax(1)).mean())
+
+
+def test_two_ranks_train_as_well_as_one(
+    tmp_path: Path, photos: tuple[Features, np.ndarray, Features, np.ndarray]
+) -> None:
+    X, Y, X_test, Y_test = photos
+    one = FineTune(NAMES, epochs=10, **PARAMS).fit(X, Y)
+    two = distributed(tmp_path, 2, epochs=10).fit(X, Y)
+    assert two.worlds_ == [2] and two.epochs_ == 10
+    a1, a2 = accuracy(one, X_test, Y_test), accuracy(two, X_test, Y_test)
+    assert a1 >= 0.9, a1  # the task is learnt at all
+    assert abs(a1 - a2) <= 0.01, (a1, a2)
+    [folder] = tmp_path.iterdir()
+    # Rank 0 kept the newest two epoch checkpoints, each whole.
+    assert [k for k, _ in worlds.checkpoints(folder)] == [9, 10]
+    saved = torch.load(folder / "epoch-10.ckpt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "sampler", "torch_rng", "global_rng"} <= set(saved)
+    assert saved["sampler"] == {"epoch": 10, "offset": 0, "world": 2}
+    assert len(saved["torch_rng"]) == 2  # every rank's augmentation generator
+
+
+def test_a_killed_rank_is_left_out_and_the_rest_resume_from_the_checkpoint(
+    tmp_path: Path, photos: tuple[Features, np.ndarray, Features, np.ndarray]
+) -> None:
+    X, Y, X_test, Y_test = photos
+    started: list[tuple[World, list[RankHandle]]] = []
+
+    def on_world(world: World, handles: list[RankHandle]) -> None:
+        started.append((world, handles))
+
+    def kill_rank_1_after_epoch_1() -> None:
+        wait_until(lambda: any(tmp_path.glob("*/epoch-1.ckpt")), 300, "no first checkpoint")
+        _world, handles = started[0]
+        os.kill(handles[1].pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_rank_1_after_epoch_1, daemon=True)
+    killer.start()
+    learner = distributed(tmp_path, 2, epochs=8, on_world=on_world).fit(X, Y)
+    killer.join(1)
+    assert learner.worlds_ == [2, 1]  # re-formed without the lost rank
+    assert learner.resumed_from_ is not None and learner.resumed_from_ >= 1
+    assert learner.epochs_ == 8
+    assert accuracy(learner, X_test, Y_test) >= 0.9

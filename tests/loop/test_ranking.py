@@ -1,0 +1,191 @@
+"""``/next`` and ``/predictions`` read the ranking kept in the store with ``LIMIT``: the statements
+they run and the rows they read are the same for a small pool and a pool ten times larger."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert, select
+from sqlalchemy.engine import cursor as sa_cursor
+
+from labelloop.loop.policy import AutoLabelPolicy
+from labelloop.loop.ranking import set_covered, window
+from labelloop.runtime import Runtime
+from labelloop.schemas import TaskCreate
+from labelloop.service import predictions, tasks
+from labelloop.store.models import Annotation, Item, ModelVersion, Task
+from labelloop.store.upsert import upsert_predictions
+
+LABELS = ["a", "b"]
+
+
+@dataclass
+class Reads:
+    statements: int = 0
+    rows: int = 0
+
+
+@contextmanager
+def counting(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[Reads]:
+    """Statements sent to the store and rows fetched back from it, while the block runs."""
+    reads = Reads()
+
+    def count(_conn: Any, *_args: Any) -> None:
+        reads.statements += 1
+
+    classes = [
+        sa_cursor.CursorFetchStrategy,
+        sa_cursor.BufferedRowCursorFetchStrategy,
+        sa_cursor.FullyBufferedCursorFetchStrategy,
+    ]
+    with monkeypatch.context() as m:
+        for cls in classes:
+            for name in ("fetchone", "fetchmany", "fetchall"):
+                if name not in vars(cls):
+                    continue
+                original = vars(cls)[name]
+
+                def wrapped(
+                    self: Any, *a: Any, _f: Any = original, _n: str = name, **k: Any
+                ) -> Any:
+                    got = _f(self, *a, **k)
+                    reads.rows += (got is not None) if _n == "fetchone" else len(got)
+                    return got
+
+                m.setattr(cls, name, wrapped)
+        event.listen(rt.engine, "before_cursor_execute", count)
+        try:
+            yield reads
+        finally:
+            event.remove(rt.engine, "before_cursor_execute", count)
+
+
+def make_task(rt: Runtime, n_items: int, auto_label: bool) -> int:
+    """A text task of ``n_items``, a served version that scored all of them, 20 human labels and
+    (with ``auto_label``) model labels on half the pool."""
+    policy: dict[str, Any] = {"learner": "tfidf-svm", "learner_params": {"embeddings": False}}
+    if auto_label:
+        policy["auto_label"] = AutoLabelPolicy().model_dump(mode="json")
+    task = tasks.create_task(
+        rt, TaskCreate(name="big", category="text-classification", labels=LABELS, policy=policy)
+    )
+    t = task["id"]
+    with rt.session() as s:
+        s.execute(
+            insert(Item),
+            [{"task_id": t, "data": f"text {i}", "status": "ready"} for i in range(n_items)],
+        )
+        ids = list(s.scalars(select(Item.id).where(Item.task_id == t).order_by(Item.id)))
+        s.add(
+            ModelVersion(
+                task_id=t,
+                version=0,
+                job_key=f"k{t}",
+                learner="tfidf-svm",
+                status="ready",
+                label_revision=0,
+                metrics={},
+            )
+        )
+        s.get_one(Task, t).served_version = 0
+        upsert_predictions(
+            s,
+            [
+                {
+                    "item_id": i,
+                    "task_id": t,
+                    "version": 0,
+                    "labels": ["a"],
+                    "scores": [0.6, 0.4],
+                    "score": 0.6,
+                    "uncertainty": (i * 7919 % 1000) / 1000,
+                }
+                for i in ids
+            ],
+        )
+        s.add_all(
+            Annotation(task_id=t, item_id=i, labels=["a"], source="human", annotator="x")
+            for i in ids[:20]
+        )
+        if auto_label:
+            model = ids[20 : n_items // 2]
+            s.add_all(
+                Annotation(task_id=t, item_id=i, labels=["b"], source="model", model_version=0)
+                for i in model
+            )
+            set_covered(s, model, True)
+    return t
+
+
+@pytest.mark.parametrize("auto_label", [False, True])
+def test_next_and_predictions_read_the_same_whatever_the_pool(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, auto_label: bool
+) -> None:
+    seen = []
+    for n_items in (300, 3000):
+        t = make_task(rt, n_items, auto_label)
+        predictions.next_items(rt, t, 5, "ada")  # someone holds items already
+        with counting(rt, monkeypatch) as nxt:
+            got = predictions.next_items(rt, t, 5, "bob")
+        assert len(got["items"]) == 5
+        assert all(it["prediction"]["status"] == "ok" for it in got["items"])
+        item = got["items"][0]["id"]
+        with counting(rt, monkeypatch) as one:
+            assert predictions.get_prediction(rt, t, item)["model_version"] == 0
+        seen.append((n_items, nxt.statements, nxt.rows, one.statements, one.rows))
+    (_, *small), (_, *large) = seen
+    assert small == large, seen
+    assert 0 < small[1] < 3000 / 5  # a small fraction of the larger pool
+
+
+def test_the_ranking_puts_unscored_first_then_the_freshest_priorities(rt: Runtime) -> None:
+    t = make_task(rt, 50, auto_label=False)
+    with rt.session() as s:
+        ids = list(s.scalars(select(Item.id).where(Item.task_id == t).order_by(Item.id)))
+        new = s.scalar(
+            insert(Item).values(task_id=t, data="new", status="ready").returning(Item.id)
+        )
+        ranked = window(s, t, 5, order="rank", uncovered=True, skip=set(ids[:20]))
+        by_priority = sorted(ids[20:], key=lambda i: -((i * 7919 % 1000) / 1000))
+        assert ranked == [new, *by_priority[:4]]
+        # A fresher score moves an item; a model label takes it out of the ranking for people.
+        upsert_predictions(
+            s,
+            [
+                {
+                    "item_id": new,
+                    "task_id": t,
+                    "version": 1,
+                    "labels": ["a"],
+                    "scores": [1.0, 0.0],
+                    "score": 1.0,
+                    "uncertainty": 0.0,
+                }
+            ],
+        )
+        set_covered(s, [by_priority[0]], True)
+        assert (
+            window(s, t, 3, order="rank", uncovered=True, skip=set(ids[:20])) == (by_priority[1:4])
+        )
+        # The stable random order covers every readable item, and skips what it is told to.
+        lottery = window(s, t, 100)
+        assert sorted(lottery) == sorted([*ids, new])
+        assert window(s, t, 5, skip={lottery[0]}) == lottery[1:6]
+
+
+def test_rescoring_after_a_promotion_starts_with_the_most_uncertain(rt: Runtime) -> None:
+    from labelloop.loop.scheduling import PREDICT_BATCH, repredict_jobs, unlabelled_item_ids
+
+    t = make_task(rt, PREDICT_BATCH + 100, auto_label=False)
+    with rt.session() as s:
+        ids = list(s.scalars(select(Item.id).where(Item.task_id == t).order_by(Item.id)))
+        order = unlabelled_item_ids(s, t)
+        assert sorted(order) == ids[20:]  # every item without a human label
+        priority = [(i * 7919 % 1000) / 1000 for i in order]
+        assert priority == sorted(priority, reverse=True)  # most uncertain first
+        jobs = repredict_jobs(s, s.get_one(Task, t), 1, order)
+        assert jobs[0].payload["item_ids"] == order[:PREDICT_BATCH]
