@@ -557,6 +557,7 @@ async function createTask(form) {
   const typed = form.labels.value.split(/[\n,]/).map((s) => s.trim()).filter(Boolean);
   const fromData = !text && form.imgsrc.value === "folder" && form.fromfolders.checked || text && !spans && !!form.label_column.value;
   if (text && !form.csv.files.length) throw new Error("choose a CSV file of texts");
+  if (text && !state.csvRows) await showCsvColumns(form); // submitted before the header was read
   if (text && !form.text_column.value) throw new Error("choose the column that holds the texts");
   const labels = typed.length || spans ? typed : labelsFromData(form, text);
   if (!labels.length) throw new Error(fromData ? "the data names no labels: give the labels" : "give the labels, one per line or separated by commas");
