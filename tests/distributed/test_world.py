@@ -18,9 +18,9 @@ import torch
 
 from labelloop.distributed import world as worlds
 from labelloop.distributed.world import LocalLauncher, RankHandle, World, WorldConfig
+from labelloop.kinds.classification import indicator
 from labelloop.learners.base import Features
 from labelloop.learners.finetune import FineTune
-from labelloop.loop.labels import indicator
 from tests.learners.test_photos import colour_squares, featurize
 from tests.support import wait_until
 
