@@ -104,7 +104,13 @@ def test_whole_loop(app_client: TestClient, digit_files: list[tuple[str, str]]) 
     assert len(versions) >= 5
     served = [v for v in versions if v["serving"]]
     assert len(served) == 1 and served[0]["version"] > 0
-    assert all(v["status"] == "ready" and "cv_accuracy" in v["metrics"] for v in versions)
+    assert all(
+        v["status"] in ("ready", "pruned") and "cv_accuracy" in v["metrics"] for v in versions
+    )
+    # Retention: the served version, the newest LABELLOOP_KEEP_VERSIONS (5) and the best stay.
+    kept = [v for v in versions if v["status"] == "ready"]
+    assert served[0] in kept and len(kept) <= 5 + 2
+    assert len(versions) <= 7 or any(v["status"] == "pruned" for v in versions)
 
     metrics = c.get(f"/api/v1/tasks/{task_id}/metrics").json()
     assert metrics["edit_rate"]["submitted"] == 70
@@ -123,11 +129,16 @@ def test_whole_loop(app_client: TestClient, digit_files: list[tuple[str, str]]) 
         right += p["labels"] == [truth[item_id]]
     assert right >= 0.7 * len(sample)
 
-    # Rollback to the first version, then forward again.
-    r = c.post(f"/api/v1/tasks/{task_id}/models/0/promote")
-    assert r.status_code == 200 and r.json()["served_version"] == 0
+    # A pruned version cannot serve again; roll back to the oldest kept one, then forward again.
+    pruned = [v["version"] for v in versions if v["status"] == "pruned"]
+    if pruned:
+        r = c.post(f"/api/v1/tasks/{task_id}/models/{pruned[0]}/promote")
+        assert r.status_code == 409 and "pruned" in r.json()["detail"]
+    oldest = min(v["version"] for v in kept)
+    r = c.post(f"/api/v1/tasks/{task_id}/models/{oldest}/promote")
+    assert r.status_code == 200 and r.json()["served_version"] == oldest
     pred = c.get(f"/api/v1/tasks/{task_id}/predictions", params={"item_id": rest[-1]}).json()
-    assert pred["model_version"] == 0
+    assert pred["model_version"] == oldest
     r = c.post(f"/api/v1/tasks/{task_id}/models/{served[0]['version']}/promote")
     assert r.json()["served_version"] == served[0]["version"]
 

@@ -220,7 +220,7 @@ def test_whole_loop_on_workers(
     serving = [v for v in versions if v["serving"]]
     assert len(serving) == 1 and serving[0]["version"] > 0
     served = serving[0]["version"]
-    assert all(v["status"] == "ready" for v in versions)
+    assert all(v["status"] in ("ready", "pruned") for v in versions)  # pruned: retention
     # Promotions happened by compare-and-set, once per promoted version.
     row = db.get(Task, task_id)
     assert row is not None
