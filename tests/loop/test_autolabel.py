@@ -186,9 +186,9 @@ def test_a_training_starts_once_the_labelled_audits_reach_the_evidence_needed(rt
         assert job is not None and job.payload["audits"] == 149
         task_id = task.id
     with rt.session() as s:
-        task = s.get(Task, task_id)
-        assert task is not None
-        task.policy = {"auto_label": {"target_accuracy": 0.98, "evidence_step": None}}
+        again = s.get(Task, task_id)
+        assert again is not None
+        again.policy = {"auto_label": {"target_accuracy": 0.98, "evidence_step": None}}
         s.execute(delete(Job).where(Job.task_id == task_id, Job.key != "train:old"))
         s.flush()
-        assert request_training(s, task) is None  # without it: growth only
+        assert request_training(s, again) is None  # without it: growth only
