@@ -6,9 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from sqlalchemy import delete
 
 from labelloop.loop.autolabel import clopper_pearson_lower, estimate_threshold, min_evidence
 from labelloop.loop.policy import AutoLabelPolicy
+from labelloop.loop.scheduling import request_training
+from labelloop.runtime import Runtime
+from labelloop.store.models import Annotation, AuditPick, Item, Job, Task
 
 POLICY = AutoLabelPolicy(target_accuracy=0.98, min_labels=10, confidence=0.95)
 
@@ -153,3 +157,38 @@ def test_repeated_promotions_and_a_model_below_target() -> None:
     assert _claimed_at_some_promotion(0.97, 2000, 3) < 0.05
     assert _claimed_at_some_promotion(0.975, 2000, 4) < 0.10
     assert 0.10 < _claimed_at_some_promotion(0.98, 2000, 5) < 0.30
+
+
+def test_a_training_starts_once_the_labelled_audits_reach_the_evidence_needed(rt: Runtime) -> None:
+    """Growth alone would wait for 165 labels after a training at 150; with 149 labelled audits a
+    claim is possible, so the 155th label (the 149th audit) starts one (``evidence_step``)."""
+    policy = {"auto_label": {"target_accuracy": 0.98}}
+    with rt.session() as s:
+        task = Task(
+            name="t", category="image-classification", extra="multi-class", labels=["a", "b"],
+            policy=policy, salt="s", served_version=0,
+        )  # fmt: skip
+        s.add(task)
+        s.flush()
+        items = [Item(task_id=task.id, data=str(i), status="ready") for i in range(400)]
+        s.add_all(items)
+        s.flush()
+        s.add(Job(task_id=task.id, kind="train", key="train:old", state="done",
+                  payload={"revision": 0, "n_labels": 150, "audits": 144}))  # fmt: skip
+        for n, item in enumerate(items[:155]):
+            s.add(
+                Annotation(task_id=task.id, item_id=item.id, labels=["ab"[n % 2]], source="human")
+            )
+            if n < 149:
+                s.add(AuditPick(task_id=task.id, item_id=item.id))
+        s.flush()
+        job = request_training(s, task)
+        assert job is not None and job.payload["audits"] == 149
+        task_id = task.id
+    with rt.session() as s:
+        again = s.get(Task, task_id)
+        assert again is not None
+        again.policy = {"auto_label": {"target_accuracy": 0.98, "evidence_step": None}}
+        s.execute(delete(Job).where(Job.task_id == task_id, Job.key != "train:old"))
+        s.flush()
+        assert request_training(s, again) is None  # without it: growth only
