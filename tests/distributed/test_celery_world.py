@@ -22,7 +22,12 @@ from labelloop.store.models import Job, ModelVersion, Prediction
 from tests.celery_support import Cluster, pg_database, vhost
 from tests.support import wait_until
 
-pytestmark = [pytest.mark.distributed, pytest.mark.rabbitmq, pytest.mark.postgres]
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.rabbitmq,
+    pytest.mark.postgres,
+    pytest.mark.timeout(1200),
+]
 
 NAMES = ["green", "red"]
 TRAIN = {"train-1": "127.0.0.2", "train-2": "127.0.0.3"}

@@ -24,7 +24,8 @@ from labelloop.loop.labels import indicator
 from tests.learners.test_photos import colour_squares, featurize
 from tests.support import wait_until
 
-pytestmark = pytest.mark.distributed
+#: Rank processes import PyTorch: minutes, not seconds, on a loaded 2-core machine.
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(1200)]
 
 NAMES = ["green", "red"]
 PARAMS: dict[str, Any] = {
