@@ -39,11 +39,11 @@ PARAMS: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def photos() -> tuple[Features, np.ndarray, Features, np.ndarray]:
-    """40 photos to train on and 40 others to score."""
-    raws, labels = colour_squares(80, seed=3)
+    """40 photos to train on and 200 others to score (one point of accuracy is two photos)."""
+    raws, labels = colour_squares(240, seed=3)
     X = featurize(FineTune(NAMES, **PARAMS), raws)
     Y = indicator([[x] for x in labels], NAMES)
-    train, test = np.arange(40), np.arange(40, 80)
+    train, test = np.arange(40), np.arange(40, 240)
     return X.take(train), Y[train], X.take(test), Y[test]
 
 
