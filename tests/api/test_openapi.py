@@ -20,7 +20,11 @@ from labelloop.runtime import Runtime
 
 #: Answers that are not JSON, with the media types they document.
 NOT_JSON = {
-    ("get", "/api/v1/tasks/{task_id}/export"): {"application/x-ndjson", "text/csv"},
+    ("get", "/api/v1/tasks/{task_id}/export"): {
+        "application/x-ndjson",
+        "text/csv",
+        "text/plain",  # conll: a text-spans task's tokens and BIO tags
+    },
     ("get", "/api/v1/tasks/{task_id}/items/{item_id}/content"): {
         *IMAGE_FORMATS.values(),
         "text/plain",
