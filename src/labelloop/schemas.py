@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from typing_extensions import TypedDict
 
+from labelloop.kinds.base import TaskKindPublic
 from labelloop.loop.policy import Policy
 
 #: The largest id the store holds: ids are ``INTEGER`` columns (32-bit on PostgreSQL).
@@ -527,19 +528,6 @@ class AutoLabelState(TypedDict):
     target_accuracy: NotRequired[float | None]
     confidence: NotRequired[float | None]
     heldout_labels: NotRequired[int | None]
-
-
-class TaskKindPublic(TypedDict):
-    """What an annotation of the task is (:mod:`labelloop.kinds`)."""
-
-    #: ``classification`` or ``text-spans``.
-    name: str
-    #: The annotation body's field that carries the value: ``labels`` or ``spans``.
-    value_field: str
-    #: What the items are: ``image`` (data links) or ``text``.
-    media: str
-    #: The labelling page's input widget: ``choice``, ``multi-choice`` or ``spans``.
-    widget: str
 
 
 class TaskPublic(TypedDict):

@@ -178,7 +178,8 @@ def test_the_ranking_puts_unscored_first_then_the_freshest_priorities(rt: Runtim
 
 
 def test_rescoring_after_a_promotion_starts_with_the_most_uncertain(rt: Runtime) -> None:
-    from labelloop.loop.scheduling import PREDICT_BATCH, repredict_jobs, unlabelled_item_ids
+    from labelloop.loop.labels import unlabelled_item_ids
+    from labelloop.loop.scheduling import PREDICT_BATCH, repredict_jobs
 
     t = make_task(rt, PREDICT_BATCH + 100, auto_label=False)
     with rt.session() as s:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from labelloop.distributed.checkpoints import checkpoint_name, checkpoints, prune, write_whole
+
 log = logging.getLogger(__name__)
 
 N_BLOCKS = 16  # MBConv blocks of EfficientNet-Lite0
@@ -214,11 +216,9 @@ class Trainer:
         self.fit_folder(checkpoint)
 
     def fit_folder(self, folder: Path | None, keep: int = 2) -> None:
-        from labelloop.distributed import world as distributed
-
         params = self.params
         if folder is not None:
-            for _, path in reversed(distributed.checkpoints(folder)):
+            for _, path in reversed(checkpoints(folder)):
                 if self.load(path):
                     break
         if self.world > 1:
@@ -250,8 +250,8 @@ class Trainer:
             self.state.epoch = epoch + 1
             rngs = self._rng_states()
             if folder is not None and self.rank == 0:
-                self.save(folder / distributed.checkpoint_name(self.state.epoch), rngs)
-                distributed.prune(folder, keep)
+                self.save(folder / checkpoint_name(self.state.epoch), rngs)
+                prune(folder, keep)
             stop = self.state.bad_epochs >= int(params.patience)
             stop = stop or time.perf_counter() - started > float(params.budget_s)
             if self._agree(stop):
@@ -273,8 +273,6 @@ class Trainer:
     def save(self, path: Path, rngs: list[Any] | None = None) -> None:
         """Everything needed to go on from the next epoch, written whole (temp file + rename)."""
         import torch
-
-        from labelloop.distributed.world import write_whole
 
         payload = {
             "model": self.model.state_dict(),
@@ -312,8 +310,6 @@ class Trainer:
     def save_final(self, path: Path) -> None:
         """The fitted model (its best epoch) and how the run went, for the leader."""
         import torch
-
-        from labelloop.distributed.world import write_whole
 
         payload = {
             "weights": {k: v.cpu() for k, v in self.model.state_dict().items()},

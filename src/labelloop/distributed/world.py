@@ -27,7 +27,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +37,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from labelloop.distributed.checkpoints import (
+    write_whole,
+)
 from labelloop.distributed.trainer import Trainer, TrainParams, build_tail
 from labelloop.errors import ConfigError, LabelloopError
 
@@ -45,43 +47,6 @@ log = logging.getLogger(__name__)
 
 INPUT_FILE = "input.pt"
 FINAL_FILE = "final.pt"
-CHECKPOINT_GLOB = "epoch-*.ckpt"
-
-
-def checkpoint_name(epoch: int) -> str:
-    return f"epoch-{epoch}.ckpt"
-
-
-def checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """The fit's epoch checkpoints, oldest first."""
-    out = []
-    for path in folder.glob(CHECKPOINT_GLOB):
-        with contextlib.suppress(ValueError):
-            out.append((int(path.stem.split("-", 1)[1]), path))
-    return sorted(out)
-
-
-def prune(folder: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints (the retention setting)."""
-    for _, path in checkpoints(folder)[: -max(1, keep)]:
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
-def write_whole(path: Path, write: Callable[[Any], None]) -> None:
-    """Write a file through a temporary sibling and a rename: readers see all of it or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def parse_ports(value: str) -> range:

@@ -26,9 +26,24 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from typing_extensions import TypedDict
 
 from labelloop.errors import InvalidInput
-from labelloop.schemas import TaskKindPublic
+
+
+class TaskKindPublic(TypedDict):
+    """What an annotation of the task is, as the API shows it with a task (re-exported by
+    :mod:`labelloop.schemas`, the home of API shapes)."""
+
+    #: ``classification`` or ``text-spans``.
+    name: str
+    #: The annotation body's field that carries the value: ``labels`` or ``spans``.
+    value_field: str
+    #: What the items are: ``image`` (data links) or ``text``.
+    media: str
+    #: The labelling page's input widget: ``choice``, ``multi-choice`` or ``spans``.
+    widget: str
+
 
 #: An annotation's value as stored (JSON): a list of labels, or of spans, ...
 Value = list[Any]
@@ -72,7 +87,7 @@ class TaskKind(ABC):
         return f"{type(self).__name__}({self.category!r}, {self.extra!r})"
 
     def public(self) -> TaskKindPublic:
-        """The kind as the API shows it with a task (:class:`labelloop.schemas.TaskKindPublic`)."""
+        """The kind as the API shows it with a task."""
         return {
             "name": self.name,
             "value_field": self.value_field,

@@ -67,6 +67,15 @@ class AutoImage(Learner):
         self.finetune_budget_s = finetune_budget_s
         self.cv_folds = cv_folds
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        unknown = [n for n in params.get("candidates") or [] if n not in CANDIDATES]
+        if unknown:
+            raise InvalidInput(
+                f"unknown candidate learner(s) {', '.join(unknown)}; "
+                f"choose among {', '.join(CANDIDATES)}"
+            )
+
     def candidate_learners(self, n_labels: int | None = None) -> list[Learner]:
         """The candidates for a task with ``n_labels`` labels (None: those that apply always)."""
         names = list(self.candidates) if self.candidates else list(CANDIDATES)

@@ -20,6 +20,7 @@ scaling, graphs, self-training).
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import json
@@ -98,18 +99,23 @@ class Featurizer(ABC):
 
 #: Featurizer name -> class; filled by each featurizer class as it is defined.
 FEATURIZERS: dict[str, type[Featurizer]] = {}
+#: Featurizer name -> the module that defines it (learners load on first use, so a saved model's
+#: featurizer may not be defined yet when the model is read).
+FEATURIZER_MODULES = {
+    "pixels": "labelloop.learners.image",
+    "backbone": "labelloop.learners.embedding",
+    "backbone-maps": "labelloop.learners.finetune",
+    "text": "labelloop.learners.text",
+    "minilm": "labelloop.learners.text",
+}
 
 
 def featurizer_from_record(record: dict[str, Any]) -> Featurizer:
     """The featurizer a saved model recorded; a clear error if its packages are missing."""
-    cls = FEATURIZERS.get(record.get("name", ""))
-    if cls is None:
-        # Featurizers are defined beside their learners, which load on first use: load them all.
-        from labelloop.learners.registry import LEARNERS, learner_by_name
-
-        for name in LEARNERS:
-            learner_by_name(name)
-        cls = FEATURIZERS.get(record.get("name", ""))
+    name = str(record.get("name", ""))
+    if name not in FEATURIZERS and name in FEATURIZER_MODULES:
+        importlib.import_module(FEATURIZER_MODULES[name])
+    cls = FEATURIZERS.get(name)
     if cls is None:
         raise InvalidInput(f"this model reads features of an unknown kind: {record!r}")
     missing = cls.missing_for(dict(record.get("config") or {}))
@@ -217,6 +223,12 @@ class Learner(ABC):
             for p in sig.parameters.values()
             if p.kind is p.KEYWORD_ONLY and p.name not in ("labels", "multi_label")
         ]
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Checks beyond names and types (run when a task is created or patched); raise
+        :class:`InvalidInput` naming the problem. Names and types are checked by the registry."""
+        return None
 
     def get_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.param_names()}

@@ -129,16 +129,7 @@ def check_params(
         spec = backbones.parse(out["backbone"])
         if spec is not None:
             backbones.resolve(spec)  # the file must exist and be readable now
-    if cls.name != "auto" or not out.get("candidates"):
-        return out
-    from labelloop.learners.auto import CANDIDATES
-
-    unknown = [n for n in out["candidates"] if n not in CANDIDATES]
-    if unknown:
-        raise InvalidInput(
-            f"unknown candidate learner(s) {', '.join(unknown)}; "
-            f"choose among {', '.join(CANDIDATES)}"
-        )
+    cls.check_params(out)
     return out
 
 

@@ -27,11 +27,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop.jobs.state import claim, finish, is_finished
-from labelloop.loop.labels import current_labels, labelled_at
+from labelloop.loop.labels import current_labels, labelled_at, unlabelled_item_ids
 from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import predict_stored
 from labelloop.loop.ranking import set_covered
-from labelloop.loop.scheduling import unlabelled_item_ids
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.store.models import Annotation, Job, ModelVersion, Task

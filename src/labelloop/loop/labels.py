@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from labelloop.store.models import Annotation
+from labelloop.store.models import Annotation, Item
 
 
 def label_revision(session: Session, task_id: int) -> int:
@@ -39,3 +39,16 @@ def labelled_at(
         else:
             out[item_id] = (list(labels), rev)
     return out
+
+
+def unlabelled_item_ids(session: Session, task_id: int) -> list[int]:
+    """The readable items without a human label, most uncertain first by the freshest scores
+    (unscored ones first; the ranking ``/next`` reads): re-prediction batches are cut in this
+    order, so a promotion rescores first what people are about to be handed."""
+    labelled = set(current_labels(session, task_id))
+    ids = session.scalars(
+        select(Item.id)
+        .where(Item.task_id == task_id, Item.status != "failed")
+        .order_by(Item.rank, Item.lottery)
+    )
+    return [i for i in ids if i not in labelled]

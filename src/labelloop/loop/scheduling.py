@@ -166,19 +166,6 @@ def repredict_jobs(session: Session, task: Task, version: int, unlabelled: list[
     return jobs
 
 
-def unlabelled_item_ids(session: Session, task_id: int) -> list[int]:
-    """The readable items without a human label, most uncertain first by the freshest scores
-    (unscored ones first; the ranking ``/next`` reads): re-prediction batches are cut in this
-    order, so a promotion rescores first what people are about to be handed."""
-    labelled = set(current_labels(session, task_id))
-    ids = session.scalars(
-        select(Item.id)
-        .where(Item.task_id == task_id, Item.status != "failed")
-        .order_by(Item.rank, Item.lottery)
-    )
-    return [i for i in ids if i not in labelled]
-
-
 def autolabel_job(session: Session, task: Task, version: int) -> Job:
     """Re-derive model labels from a version promoted by hand."""
     job = Job(

@@ -28,9 +28,9 @@ from labelloop.learners.choice import choose
 from labelloop.learners.finetune import FineTune
 from labelloop.loop import autolabel, evaluation, retention
 from labelloop.loop.features import ItemRef, featurize
-from labelloop.loop.labels import labelled_at
+from labelloop.loop.labels import labelled_at, unlabelled_item_ids
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
-from labelloop.loop.scheduling import after_training, repredict_jobs, unlabelled_item_ids
+from labelloop.loop.scheduling import after_training, repredict_jobs
 from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime

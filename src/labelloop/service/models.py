@@ -7,13 +7,13 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from labelloop.errors import Conflict, NotFound
+from labelloop.loop.labels import unlabelled_item_ids
 from labelloop.loop.scheduling import (
     active_training,
     autolabel_job,
     lock_task,
     repredict_jobs,
     request_training,
-    unlabelled_item_ids,
 )
 from labelloop.runtime import Runtime
 from labelloop.service.common import enqueue, get_task_row
