@@ -286,13 +286,28 @@ def run_featurize_jobs(rt: Runtime, t: int) -> None:
 
 @pytest.mark.parametrize("pixels_win", [True, False])
 def test_the_pool_is_embedded_only_once_a_backbone_learner_wins(
-    tmp_path: Path, settings: Settings, image_root: Path, pixels_win: bool
+    tmp_path: Path,
+    settings: Settings,
+    image_root: Path,
+    pixels_win: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``auto`` competes the backbone's learners on the labelled items' embeddings; the pool (and
     each item added later) goes through the backbone only once one of them won. A task where
     pixels win (digits) never embeds its unlabelled items."""
+    from labelloop.learners.embedding import EmbeddingFeaturizer
+    from labelloop.loop.cache import FEATURES
     from tests.learners.conftest import build_tiny
     from tests.learners.test_photos import colour_squares, halves
+
+    through_backbone = [0]
+    transform = EmbeddingFeaturizer.transform
+
+    def counting(self: EmbeddingFeaturizer, raws: list[bytes]) -> object:
+        through_backbone[0] += len(raws)
+        return transform(self, raws)
+
+    monkeypatch.setattr(EmbeddingFeaturizer, "transform", counting)
 
     ts, _ = build_tiny(tmp_path / "backbone")
     spec = {"kind": "torchscript", "path": str(ts), "input_size": 32}
@@ -315,6 +330,7 @@ def test_the_pool_is_embedded_only_once_a_backbone_learner_wins(
                 ),
             )["id"]  # type: ignore[arg-type]
         )
+        FEATURES.drop_task(t)  # an earlier test's task of the same id, in this process
 
         def add(first: int, last: int) -> list[dict[str, object]]:
             added = add_items(
@@ -331,7 +347,9 @@ def test_the_pool_is_embedded_only_once_a_backbone_learner_wins(
         embeddings = rt.folder(t).preprocess / "features"
 
         def embedded() -> int:
-            return len(list(embeddings.glob("embed-*/*/*.npy")))
+            stored = len(list(embeddings.glob("embed-*/*/*.npy")))
+            assert stored == through_backbone[0]  # each item through the backbone once
+            return stored
 
         items = add(0, 40)
         assert embedded() == 0  # the featurize jobs computed pixels only
