@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from labelloop.errors import InvalidInput
 from labelloop.kinds.base import Scores, TaskKind, Value, quoted
@@ -46,6 +45,9 @@ def same_labels(a: Sequence[Any] | None, b: Sequence[Any] | None) -> bool:
 
 
 def score(proba: np.ndarray, Y: np.ndarray, multi_label: bool) -> Scores:
+    # scikit-learn loads where a version is scored, not in the API that imports the kinds.
+    from sklearn.metrics import f1_score
+
     if len(Y) == 0:
         return Scores(0.0, 0.0, 0)
     if multi_label:

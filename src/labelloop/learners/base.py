@@ -251,6 +251,12 @@ class Learner(ABC):
 
     # -- features -------------------------------------------------------------------------------
 
+    def pool_featurizers(self, current: str | None) -> list[Featurizer]:
+        """What every item of a task's pool is featurized with as it arrives, ``current`` being
+        the learner of the task's newest version: by default this learner's own featurizers (a
+        learner that chooses among others may wait until the choice needs the costly ones)."""
+        return self.featurizers()
+
     def featurizers(self) -> list[Featurizer]:
         """The featurizers whose views ``fit`` and ``predict_proba`` read.
 

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from labelloop.errors import FetchError, LabelloopError
 from labelloop.fetch import Content, read_link, text_content
 from labelloop.kinds import media_of
-from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Features, Featurizer, Learner, View
 from labelloop.loop.cache import FEATURES
 from labelloop.loop.spec import TaskSpec
@@ -67,10 +66,7 @@ def pool_featurizers(session: Session, spec: TaskSpec) -> list[Featurizer]:
     """What every item of a task is featurized with as it arrives (the featurize job): its
     learner's featurizers; for ``auto``, the backbone's embeddings only once a backbone learner
     won (:meth:`~labelloop.learners.auto.AutoImage.pool_featurizers`)."""
-    learner = spec.new_learner()
-    if isinstance(learner, AutoImage):
-        return learner.pool_featurizers(current_learner(session, spec.id))
-    return learner.featurizers()
+    return spec.new_learner().pool_featurizers(current_learner(session, spec.id))
 
 
 def read_content(rt: Runtime, category: str, data: str, task_id: int) -> Content:
