@@ -71,7 +71,10 @@ def make_task(rt: Runtime, n_items: int, auto_label: bool) -> int:
     if auto_label:
         policy["auto_label"] = AutoLabelPolicy().model_dump(mode="json")
     task = tasks.create_task(
-        rt, TaskCreate(name="big", category="text-classification", labels=LABELS, policy=policy)
+        rt,
+        TaskCreate(
+            name=f"big-{n_items}", category="text-classification", labels=LABELS, policy=policy
+        ),
     )
     t = task["id"]
     with rt.session() as s:

@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from labelloop.datastore import TaskFolder
 from labelloop.errors import FetchError, LabelloopError
 from labelloop.fetch import Content, read_link, text_content
 from labelloop.kinds import media_of
@@ -136,18 +137,7 @@ def featurize(
         values: dict[int, object] = {}
         if fz.cacheable:
             table = FEATURES.table(task_id, fz.version)
-            missing: list[ItemRef] = []
-            for it in items:
-                h = hashes.get(it.id)
-                vec = table.get(h) if h else None
-                if vec is None and h:
-                    vec = folder.load_feature(fz.version, h)
-                    if vec is not None:
-                        table[h] = vec
-                if vec is None:
-                    missing.append(it)
-                else:
-                    values[it.id] = vec
+            missing = _from_cache(folder, table, fz.version, items, hashes, values)
             if cached_only:
                 failed.update({it.id: NOT_CACHED for it in missing})
                 per_view[fz.view] = (True, values)
@@ -182,6 +172,31 @@ def featurize(
         per_view[fz.view] = (fz.cacheable, values)
 
     return _assemble(items, per_view, failed, learned)
+
+
+def _from_cache(
+    folder: TaskFolder,
+    table: dict[str, np.ndarray],
+    version: str,
+    items: Sequence[ItemRef],
+    hashes: dict[int, str],
+    values: dict[int, object],
+) -> list[ItemRef]:
+    """Fill ``values`` with the features cached in memory or in ``Preprocess/`` (by content hash);
+    returns the items that have none yet."""
+    missing: list[ItemRef] = []
+    for it in items:
+        h = hashes.get(it.id)
+        vec = table.get(h) if h else None
+        if vec is None and h:
+            vec = folder.load_feature(version, h)
+            if vec is not None:
+                table[h] = vec
+        if vec is None:
+            missing.append(it)
+        else:
+            values[it.id] = vec
+    return missing
 
 
 def _assemble(

@@ -86,6 +86,59 @@ def submit(
         raise InvalidInput("no annotations")
     if len(annotations) > rt.settings.max_items_per_request:
         raise InvalidInput(f"at most {rt.settings.max_items_per_request} annotations per request")
+    spec, resolved, values = _checked(rt, task_id, annotations)
+    shown_version: dict[int, int | None] = {}
+    for item_id, a in zip(resolved, annotations, strict=True):
+        if a.shown_none:
+            shown_version[item_id] = None
+        elif a.shown_version is not None:
+            shown_version[item_id] = a.shown_version
+        else:
+            shown_version[item_id] = spec.served_version
+    shown = _shown(rt, spec, {i: v for i, v in shown_version.items() if v is not None})
+
+    jobs: list[Job] = []
+    with rt.session() as s:
+        task = lock_task(s, task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}")
+        rows = []
+        for item_id, a, value in zip(resolved, annotations, values, strict=True):
+            version = shown_version[item_id]
+            shown_labels = shown.get(item_id) if version is not None else None
+            if version is not None and shown_labels is None:
+                version = None  # that version could not answer for this item: nothing was shown
+            row = Annotation(
+                task_id=task_id,
+                item_id=item_id,
+                labels=value,
+                source="human",
+                annotator=a.annotator,
+                shown_version=version,
+                shown_labels=shown_labels,
+                edited=None if value is None else not spec.kind.same(value, shown_labels),
+            )
+            rows.append(row)
+        s.add_all(rows)
+        s.flush()
+        labelled: dict[str, list[int]] = defaultdict(list)
+        for r in rows:
+            if r.annotator is not None:
+                labelled[r.annotator].append(r.item_id)
+        reservations.release(s, task_id, labelled)
+        job = request_training(s, task)
+        if job is not None:
+            jobs.append(job)
+        out = _submitted(rows, jobs, task.train_pending)
+    enqueue(rt, jobs)
+    return out
+
+
+def _checked(
+    rt: Runtime, task_id: int, annotations: list[AnnotationIn]
+) -> tuple[TaskSpec, list[int], list[list[Any] | None]]:
+    """The task, the item each annotation is for, and its value as stored: checked by the task's
+    kind before anything is written (the first problem raises, naming the annotation)."""
     with rt.session() as s:
         spec = TaskSpec.of(get_task_row(s, task_id))
         by_ext: dict[str | None, int] = {}
@@ -123,65 +176,23 @@ def submit(
             raise InvalidInput(f"{where}: {exc}") from None
         kind.validate(value, spec.labels, where, texts.get(resolved[-1]))
         values.append(None if value is None else kind.normalize(value))
+    return spec, resolved, values
 
-    shown_version: dict[int, int | None] = {}
-    for item_id, a in zip(resolved, annotations, strict=True):
-        if a.shown_none:
-            shown_version[item_id] = None
-        elif a.shown_version is not None:
-            shown_version[item_id] = a.shown_version
-        else:
-            shown_version[item_id] = spec.served_version
-    shown = _shown(rt, spec, {i: v for i, v in shown_version.items() if v is not None})
 
-    jobs: list[Job] = []
-    with rt.session() as s:
-        task = lock_task(s, task_id)
-        if task is None:
-            raise NotFound(f"no task {task_id}")
-        rows = []
-        for item_id, a, value in zip(resolved, annotations, values, strict=True):
-            version = shown_version[item_id]
-            shown_labels = shown.get(item_id) if version is not None else None
-            if version is not None and shown_labels is None:
-                version = None  # that version could not answer for this item: nothing was shown
-            row = Annotation(
-                task_id=task_id,
-                item_id=item_id,
-                labels=value,
-                source="human",
-                annotator=a.annotator,
-                shown_version=version,
-                shown_labels=shown_labels,
-                edited=None if value is None else not kind.same(value, shown_labels),
-            )
-            rows.append(row)
-        s.add_all(rows)
-        s.flush()
-        labelled: dict[str, list[int]] = defaultdict(list)
-        for r in rows:
-            if r.annotator is not None:
-                labelled[r.annotator].append(r.item_id)
-        reservations.release(s, task_id, labelled)
-        job = request_training(s, task)
-        if job is not None:
-            jobs.append(job)
-        revision = rows[-1].id
-        pending = task.train_pending
-        out = {
-            "annotations": [
-                {
-                    "revision": r.id,
-                    "item_id": r.item_id,
-                    "edited": r.edited,
-                    "shown_version": r.shown_version,
-                }
-                for r in rows
-            ],
-            "revision": revision,
-            "training_triggered": bool(jobs),
-            "training_job": jobs[0].id if jobs else None,
-            "training_pending": pending,
-        }
-    enqueue(rt, jobs)
-    return out
+def _submitted(rows: list[Annotation], jobs: list[Job], pending: bool) -> dict[str, Any]:
+    """The answer to a submission: each annotation's revision and whether it was edited."""
+    return {
+        "annotations": [
+            {
+                "revision": r.id,
+                "item_id": r.item_id,
+                "edited": r.edited,
+                "shown_version": r.shown_version,
+            }
+            for r in rows
+        ],
+        "revision": rows[-1].id,
+        "training_triggered": bool(jobs),
+        "training_job": jobs[0].id if jobs else None,
+        "training_pending": pending,
+    }

@@ -160,23 +160,7 @@ def next_items(
         skip = set(people) | set(ahead)
         skip |= {i for i in holdings.holders if not holdings.free(i)}
         need = limit - len(ahead)
-        pool = None
-        if need > 0:
-            depth = need * DEPTH
-            served = spec.served_version is not None
-            pool = Pool(
-                open=ranking.window(s, task_id, depth, skip=skip),
-                uncovered=ranking.window(s, task_id, depth, uncovered=True, skip=skip),
-                ranked=(
-                    ranking.window(s, task_id, depth, order="rank", uncovered=True, skip=skip)
-                    if served
-                    else None
-                ),
-                human_labels=len(people),
-                served=served,
-                certified=served and _threshold(s, spec) is not None,
-                vectors=lambda ids: _vectors(rt, spec, ids),
-            )
+        pool = _pool(rt, s, spec, need * DEPTH, skip, len(people)) if need > 0 else None
     picked = Query([]) if pool is None else strategy_for(spec.policy).query(pool, need)
     audits = set(picked.audits) | (set(picked.rest) if picked.rest_are_audits else set())
     candidates = [*ahead, *picked.items, *picked.rest]
@@ -212,6 +196,26 @@ def next_items(
             for i in chosen
         ],
     }
+
+
+def _pool(
+    rt: Runtime, s: Any, spec: TaskSpec, depth: int, skip: set[int], human_labels: int
+) -> Pool:
+    """What the query strategy chooses from: windows of the stored ranking, ``depth`` deep."""
+    served = spec.served_version is not None
+    return Pool(
+        open=ranking.window(s, spec.id, depth, skip=skip),
+        uncovered=ranking.window(s, spec.id, depth, uncovered=True, skip=skip),
+        ranked=(
+            ranking.window(s, spec.id, depth, order="rank", uncovered=True, skip=skip)
+            if served
+            else None
+        ),
+        human_labels=human_labels,
+        served=served,
+        certified=served and _threshold(s, spec) is not None,
+        vectors=lambda ids: _vectors(rt, spec, ids),
+    )
 
 
 def _readable(session: Any, task_id: int, item_ids: Sequence[int]) -> dict[int, Any]:
