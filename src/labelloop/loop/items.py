@@ -12,17 +12,19 @@ from labelloop.store.models import Item, Job, Task
 
 
 def run_featurize_job(rt: Runtime, job_id: int) -> list[int]:
-    with rt.session() as s:
+    with rt.session() as s:  # the claim is committed first: whatever raises next, it is on record
         job = s.get(Job, job_id)
         if job is None or not claim(job):
             return []
-        task = s.get(Task, job.task_id)
+        task_id, item_ids = job.task_id, list(job.payload["item_ids"])
+    with rt.session() as s:
+        task = s.get(Task, task_id)
         if task is None:
             return []
         spec = TaskSpec.of(task)
         refs = [
             ItemRef(i.id, i.data, i.content_hash)
-            for i in s.scalars(select(Item).where(Item.id.in_(job.payload["item_ids"])))
+            for i in s.scalars(select(Item).where(Item.id.in_(item_ids)))
         ]
         featurizers = pool_featurizers(s, spec)
     batch = featurize(rt, spec.id, spec.category, featurizers, refs)
