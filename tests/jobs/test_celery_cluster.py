@@ -248,8 +248,9 @@ def test_whole_loop_on_workers(
     assert got["predictions"][1]["status"] == "failed" and got["predictions"][1]["error"]
 
     # A rollback re-predicts the pool with the version it serves, as batched jobs on the
-    # inference queue.
-    client.promote(task_id, 0)
+    # inference queue (to the oldest version retention kept).
+    back = min(v["version"] for v in versions if v["status"] == "ready" and not v["serving"])
+    client.promote(task_id, back)
     wait_until(
         lambda: (
             all(
@@ -262,7 +263,7 @@ def test_whole_loop_on_workers(
         120,
         "re-prediction jobs",
     )
-    assert client.prediction(task_id, rest[-1])["model_version"] == 0
+    assert client.prediction(task_id, rest[-1])["model_version"] == back
     client.promote(task_id, served)
 
 

@@ -46,7 +46,6 @@ from labelloop.jobs.celery_app import (
 )
 from labelloop.jobs.celery_backend import CeleryJobs
 from labelloop.learners import backbones
-from labelloop.learners.text import preload_encoder
 from labelloop.loop.executor import HEAVY_RUNNERS, KINDS, execute, job_kind
 from labelloop.loop.prediction import predict_data as predict_data_links
 from labelloop.loop.prediction import predict_stored
@@ -358,11 +357,9 @@ def run_worker(
         if role == "train":  # the runners' scikit-learn and learners, outside any time limit
             for module in HEAVY_RUNNERS:
                 importlib.import_module(module)
-        else:  # the sentence encoder (torch) too: not inside a predict request's time limit
-            try:
-                preload_encoder()
-            except Exception as exc:  # its requests then say why, as before
-                log.warning("could not load the sentence encoder: %s", exc)
+        # The sentence encoder is not loaded here: loading torch in every data and inference
+        # process at start kept them from answering for tens of seconds on a busy machine (a
+        # cluster's first predictions timed out); it loads with the first text task's job.
         backbones.preload()  # the image backbone, once per process, outside any time limit
         if role == "inference":
             # One native thread per process: a predict request is small, and OpenMP threads that
