@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,9 @@ def db(cluster: tuple[Cluster, Client]) -> Iterator[Session]:
 
 def new_task(client: Client, links: list[tuple[str, str]], **policy: Any) -> tuple[int, list[int]]:
     """A digits task over ``links``, its items featurized by the data worker."""
-    task = client.create_task("digits", "image-classification", DIGITS, policy=policy or None)
+    # One cluster serves the module's tests, and task names are unique: each gets its own.
+    name = f"digits-{uuid.uuid4().hex[:8]}"
+    task = client.create_task(name, "image-classification", DIGITS, policy=policy or None)
     items = client.add_items(task["id"], [{"data": p} for p, _ in links])["items"]
     wait_until(lambda: client.get_task(task["id"])["counts"]["pending"] == 0, 180, "featurize jobs")
     return task["id"], [it["id"] for it in items]
