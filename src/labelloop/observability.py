@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labelloop import fetch
 from labelloop.jobs.state import JobState
+from labelloop.loop.retention import PRUNED
 from labelloop.runtime import Runtime
 from labelloop.store.models import Annotation, Item, Job, ModelVersion, Task
 
@@ -114,9 +115,10 @@ def _model_families(s: Session) -> list[Metric]:
     served = GaugeMetricFamily(
         "labelloop_served_version", "The version that serves (-1: none yet)", labels=["task"]
     )
+    # Counters never go down: versions that retention pruned (their rows stay) still count.
     for task_id, total, count in s.execute(
         select(ModelVersion.task_id, func.sum(ModelVersion.train_seconds), func.count())
-        .where(ModelVersion.status == "ready")
+        .where(ModelVersion.status.in_(("ready", PRUNED)))
         .group_by(ModelVersion.task_id)
     ):
         train_time.add_metric([str(task_id)], float(total or 0.0))
