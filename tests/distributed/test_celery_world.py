@@ -7,6 +7,7 @@ on an address of its own (127.0.0.2, 127.0.0.3). Workers are killed with ``kill 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,9 @@ def db(cluster: tuple[Cluster, Client]) -> Iterator[Session]:
 
 
 def new_task(client: Client, links: list[tuple[str, str]]) -> tuple[int, list[int]]:
-    task = client.create_task("squares", "image-classification", NAMES, policy=POLICY)
+    # One cluster serves the module's tests, and task names are unique: each gets its own.
+    name = f"squares-{uuid.uuid4().hex[:8]}"
+    task = client.create_task(name, "image-classification", NAMES, policy=POLICY)
     items = client.add_items(task["id"], [{"data": p} for p, _ in links])["items"]
     wait_until(lambda: client.get_task(task["id"])["counts"]["pending"] == 0, 180, "featurize jobs")
     return task["id"], [it["id"] for it in items]

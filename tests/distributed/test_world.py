@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from labelloop.distributed import world as worlds
+from labelloop.distributed.checkpoints import checkpoints
 from labelloop.distributed.world import LocalLauncher, RankHandle, World, WorldConfig
 from labelloop.kinds.classification import indicator
 from labelloop.learners.base import Features
@@ -76,7 +77,7 @@ def test_two_ranks_train_as_well_as_one(
     assert two.worlds_ == [2] and two.epochs_ == 10
     [folder] = tmp_path.iterdir()
     # Rank 0 kept the newest two epoch checkpoints, each whole.
-    assert [k for k, _ in worlds.checkpoints(folder)] == [9, 10]
+    assert [k for k, _ in checkpoints(folder)] == [9, 10]
     saved = torch.load(folder / "epoch-10.ckpt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "sampler", "torch_rng", "global_rng"} <= set(saved)
     assert saved["sampler"] == {"epoch": 10, "offset": 0, "world": 2}
