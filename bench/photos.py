@@ -3,11 +3,11 @@
 The photo set is a folder with one sub-folder of photographs per class, obtained by whoever runs
 the bench (docs/BENCHMARKS.md says which one was used); photos are never part of the project.
 
-    python -m bench.photos stream /work/data/clothing --limit 1000 --seed 0 \\
+    python -m bench.photos stream data/clothing --limit 1000 --seed 0 \\
         --learners auto pool-svm embedding-logreg embedding-spread
     python -m bench.photos stream digits --learners auto
-    python -m bench.photos throughput /work/data/clothing
-    python -m bench.photos serving /work/data/clothing
+    python -m bench.photos throughput data/clothing
+    python -m bench.photos serving data/clothing
 
 ``stream`` runs the edit-rate protocol of bench/edit_rate.py (items imported and featurized first,
 labelled in a random order by an annotator who gives the true label) once per learner, on one server;
