@@ -167,7 +167,9 @@ function importBlock(task) {
     return `<div class="row"><input type="file" id="add-csv" accept=".csv,text/csv" data-testid="add-csv">
       <span id="add-csv-columns" hidden>texts in <select id="add-csv-text" data-testid="add-csv-text"></select>
         labels in <select id="add-csv-label" data-testid="add-csv-label"></select></span>
-      <button class="small" id="add-csv-go" data-testid="add-csv-go">Add texts from CSV</button></div>`;
+      <button class="small" id="add-csv-go" data-testid="add-csv-go">Add texts from CSV</button></div>
+      <div class="row"><input type="file" id="add-jsonl" accept=".jsonl,.json,.ndjson,application/json" data-testid="add-jsonl">
+      <button class="small" id="add-jsonl-go" data-testid="add-jsonl-go" title="one JSON object a line: {&quot;text&quot;: …, &quot;${task.kind.value_field}&quot;: …}; Prodigy, doccano and Label Studio exports too">Add texts with their ${task.kind.value_field} from JSON lines</button></div>`;
   }
   return `<div class="row"><input type="file" id="add-files" accept="image/*" multiple><button class="small" id="add-files-go">Upload images</button>
     <input type="text" id="add-folder" placeholder="/folder/below/an/import/root" style="width: 260px"><button class="small" id="add-folder-go">Add folder</button></div>`;
@@ -304,7 +306,7 @@ function askDelete(task) {
 
 /** What an import left out, by name and why (the first few), for a toast. */
 function leftOut(added) {
-  const skipped = added.skipped_rows || added.skipped || [];
+  const skipped = added.skipped_rows || added.skipped_lines || added.skipped || [];
   const total = added.skipped_total ?? (Array.isArray(added.skipped) ? added.skipped.length : added.skipped) ?? 0;
   if (!total || !Array.isArray(skipped)) return "";
   const named = skipped.slice(0, 3).map((x) => `${x.file} (${x.reason})`).join("; ");
@@ -341,6 +343,12 @@ function wireImports(task) {
     if (q("add-csv-label").value) fd.append("label_column", q("add-csv-label").value);
     state.picking = null;
     run(() => api.form(`/api/v1/tasks/${task.id}/import/csv`, fd), "CSV");
+  };
+  if (q("add-jsonl-go")) q("add-jsonl-go").onclick = () => {
+    const f = q("add-jsonl").files[0];
+    if (!f) return toast("choose a JSON lines file first");
+    const fd = new FormData(); fd.append("file", f);
+    run(() => api.form(`/api/v1/tasks/${task.id}/import/jsonl`, fd), "JSON lines");
   };
   if (q("add-files-go")) q("add-files-go").onclick = () => {
     const files = q("add-files").files;
