@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 View = np.ndarray | list[str]
 
 #: Libraries whose versions are recorded with every saved model (a warning on load if they differ).
-RECORDED_LIBRARIES = ("labelloop", "numpy", "scikit-learn", "scipy", "torch")
+RECORDED_LIBRARIES = ("labelloop", "numpy", "scikit-learn", "scipy", "spacy", "torch")
 
 
 class Featurizer(ABC):
@@ -107,6 +107,7 @@ FEATURIZER_MODULES = {
     "backbone-maps": "labelloop.learners.finetune",
     "text": "labelloop.learners.text",
     "minilm": "labelloop.learners.text",
+    "text-raw": "labelloop.learners.spans",
 }
 
 
