@@ -83,6 +83,8 @@ class TaskKind(ABC):
     needs_text: ClassVar[bool] = False
     #: Distinct labels the labelled items must use between them before a model trains.
     min_classes: ClassVar[int] = 2
+    #: What :meth:`promotion_score` measures, in people's words.
+    promotion_metric: ClassVar[str] = "accuracy"
     #: Why tasks of this kind cannot be auto-labelled (None: they can, once certified).
     auto_label_refusal: ClassVar[str | None] = None
 
@@ -177,7 +179,8 @@ class TaskKind(ABC):
     def errors(self, proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
         """Per item: how many mistakes the proposed value makes (the paired promotion test
         compares these): 0 or 1 for a label set."""
-        return (~self.correct(proba, Y)).astype(int)  # type: ignore[no-any-return]
+        wrong: np.ndarray = ~self.correct(proba, Y)
+        return wrong.astype(int)
 
     def promotion_score(self, scores: Scores) -> float:
         """The score promotion and the choice of learner guard: exact-match accuracy."""

@@ -74,6 +74,7 @@ class TextSpans(TaskKind):
     labelstudio_control = "Labels"
     labelstudio_type = "labels"
     needs_text = True
+    promotion_metric = "entity F1"
     #: One label is enough to learn from: the text around a span says "no entity" too.
     min_classes = 1
     auto_label_refusal = (
@@ -158,7 +159,7 @@ class TextSpans(TaskKind):
         """Entity-level scores: ``accuracy`` is the share of texts whose spans match exactly,
         ``macro_f1`` the entity F1, ``details`` entity precision and recall."""
         got = entity_scores(self.decide(proba, ()), list(Y))
-        details = {k: round(got[k], 6) for k in ("precision", "recall", "f1")}
+        details = {f"entity_{k}": round(got[k], 6) for k in ("precision", "recall", "f1")}
         return Scores(got["exact"], got["f1"], len(Y), details)
 
     def correct(self, proba: np.ndarray, Y: np.ndarray) -> np.ndarray:

@@ -122,7 +122,7 @@ class SpacyNER(Learner):
         import spacy
 
         nlp = spacy.blank("en")
-        ner = nlp.add_pipe(
+        ner: Any = nlp.add_pipe(
             "beam_ner",
             config={
                 "beam_width": self.beam_width,
@@ -159,7 +159,8 @@ class SpacyNER(Learner):
         pool: Features | None = None,
         init: Learner | None = None,
     ) -> Self:
-        from spacy.util import fix_random_seed, minibatch
+        from spacy.util import minibatch
+        from thinc.api import fix_random_seed
 
         fix_random_seed(self.seed)
         nlp = self._blank()
@@ -171,7 +172,7 @@ class SpacyNER(Learner):
         for _ in range(self.epochs):
             order.shuffle(examples)
             losses: dict[str, float] = {}
-            for batch in minibatch(examples, size=self.batch_size):
+            for batch in minibatch(examples, size=self.batch_size):  # type: ignore[no-untyped-call]
                 nlp.update(batch, sgd=optimizer, losses=losses, drop=self.dropout)
             self.epochs_run_ += 1
             loss = float(losses.get("beam_ner", 0.0))
