@@ -837,6 +837,10 @@ class VersionMetrics(TypedDict):
     n_labels: int
     heldout_accuracy: float | None
     heldout_macro_f1: float | None
+    #: Text spans: entity-level precision, recall and F1 on held-out labels (null otherwise).
+    heldout_entity_precision: float | None
+    heldout_entity_recall: float | None
+    heldout_entity_f1: float | None
     train_seconds: float | None
     live_accuracy: float | None
     live_n: int
@@ -853,8 +857,9 @@ class Suspect(TypedDict):
     item_id: int
     external_id: str | None
     data: str
-    given: list[str]
-    suggested: list[str]
+    #: The labels given and the model's; for text-spans tasks, spans ``{start, end, label}``.
+    given: list[Any]
+    suggested: list[Any]
     score: float
     annotators: list[str]
 

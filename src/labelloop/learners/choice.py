@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from labelloop.kinds.base import Scores
+from labelloop.kinds.base import Scores, TaskKind
 from labelloop.kinds.classification import correct, score
+from labelloop.kinds.registry import kind_for
 from labelloop.learners.base import Features, Learner
 
 __all__ = ["Choice", "Scores", "choose", "correct", "folds", "out_of_sample", "score"]
@@ -33,9 +34,11 @@ Split = tuple[np.ndarray, np.ndarray]
 
 
 def folds(Y: np.ndarray, k: int, seed: int, multi_label: bool) -> list[Split]:
+    """k folds, stratified by class when every class has k labels (a score matrix of one label
+    per item); plain k folds otherwise (label sets, text spans)."""
     n = len(Y)
     k = max(2, min(k, n))
-    if not multi_label:
+    if not multi_label and Y.ndim == 2:
         y = Y.argmax(axis=1)
         counts = np.bincount(y)
         if counts[counts > 0].min() >= k:
@@ -52,12 +55,22 @@ def out_of_sample(
     seed: int,
     splits: Sequence[Split] | None = None,
 ) -> np.ndarray:
-    """Scores for every labelled item from a model trained without it (k-fold)."""
-    proba = np.zeros(Y.shape, dtype=np.float64)
+    """Answers for every labelled item from a model trained without it (k-fold): scores, or the
+    kind's answer objects (an object array) for learners that answer objects."""
+    proba: np.ndarray | None = None
     for train, test in splits if splits is not None else folds(Y, k, seed, learner.multi_label):
         model = learner.clone().fit(X.take(train), Y[train], pool=pool)
-        proba[test] = model.predict_proba(X.take(test))
-    return proba
+        part = model.predict_proba(X.take(test))
+        if proba is None:
+            dtype = object if part.dtype == object else np.float64
+            proba = np.zeros((len(Y), *part.shape[1:]), dtype=dtype)
+        proba[test] = part
+    return np.zeros(Y.shape, dtype=np.float64) if proba is None else proba
+
+
+def _merit(kind: TaskKind, answers: np.ndarray, Y: np.ndarray) -> float:
+    """What candidates are compared by: the kind's promotion score (accuracy, entity F1)."""
+    return kind.promotion_score(kind.score(answers, Y))
 
 
 @dataclass
@@ -78,14 +91,18 @@ def choose(
     pool: Features | None,
     k: int,
     seed: int,
+    kind: TaskKind | None = None,
 ) -> Choice:
-    """The candidate with the best cross-validated accuracy (ties: the earlier one).
+    """The candidate with the best cross-validated promotion score of the task's ``kind``
+    (accuracy; entity F1 for text spans; ties: the earlier one). Without ``kind``: classification.
 
     Each candidate sees only its own views of ``X`` and ``pool``.
     """
     if not candidates:
         raise ValueError("no candidate learner")
     multi = candidates[0].multi_label
+    if kind is None:
+        kind = kind_for("text-classification", "multi-label" if multi else "multi-class")
     splits = folds(Y, k, seed, multi)
     evidence: dict[str, dict[str, Any]] = {}
     scored: list[tuple[Learner, np.ndarray]] = []
@@ -97,12 +114,10 @@ def choose(
         started = time.perf_counter()
         views = cand.views()
         oos = out_of_sample(cand, X.only(views), Y, _only(pool, views), k, seed, splits)
-        s = score(oos, Y, multi)
+        s = kind.score(oos, Y)
         evidence[cand.name] = _evidence(s, time.perf_counter() - started, "k-fold")
         scored.append((cand, oos))
-    best, best_oos = max(
-        scored, key=lambda c: (float(correct(c[1], Y, multi).mean()), -scored.index(c))
-    )
+    best, best_oos = max(scored, key=lambda c: (_merit(kind, c[1], Y), -scored.index(c)))
     reason = _reason(best.name, evidence)
     for cand in holdout:
         started = time.perf_counter()
@@ -110,16 +125,16 @@ def choose(
         Xc, poolc = X.only(views), _only(pool, views)
         train, test = splits[0]
         first = cand.clone().fit(Xc.take(train), Y[train], pool=poolc).predict_proba(Xc.take(test))
-        mine = float(correct(first, Y[test], multi).mean())
-        theirs = float(correct(best_oos[test], Y[test], multi).mean())
+        mine = _merit(kind, first, Y[test])
+        theirs = _merit(kind, best_oos[test], Y[test])
         evidence[cand.name] = {
-            **_evidence(score(first, Y[test], multi), time.perf_counter() - started, "one fold"),
+            **_evidence(kind.score(first, Y[test]), time.perf_counter() - started, "one fold"),
             "against": {best.name: round(theirs, 6)},
         }
         if mine > theirs:
             oos = out_of_sample(cand, Xc, Y, poolc, k, seed, splits[1:])
             oos[test] = first
-            s = score(oos, Y, multi)
+            s = kind.score(oos, Y)
             evidence[cand.name] = {
                 **_evidence(s, time.perf_counter() - started, "k-fold"),
                 "first_fold_accuracy": round(mine, 6),
@@ -146,6 +161,7 @@ def _evidence(s: Scores, seconds: float, how: str) -> dict[str, Any]:
     return {
         "cv_accuracy": round(s.accuracy, 6),
         "cv_macro_f1": round(s.macro_f1, 6),
+        **{f"cv_{k}": v for k, v in s.details.items()},
         "scored_on": s.n,
         "evaluation": how,
         "seconds": round(seconds, 3),

@@ -95,8 +95,12 @@ class Policy(BaseModel):
             raise ValueError("two labels share a hotkey")
         return hotkeys
 
-    def training_due(self, n_labels: int, n_classes: int, last_trained: int | None) -> bool:
-        if n_labels < self.min_labels or n_classes < 2:
+    def training_due(
+        self, n_labels: int, n_classes: int, last_trained: int | None, min_classes: int = 2
+    ) -> bool:
+        """Whether the labels call for a training: enough of them, using ``min_classes`` labels
+        between them (the task's kind says how many), and grown by ``growth`` since the last."""
+        if n_labels < self.min_labels or n_classes < min_classes:
             return False
         if last_trained is None:
             return True

@@ -324,8 +324,10 @@ def _prepare(
     ok_ids = [claim.items[i].id for i in batch.ok]
     labelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id in claim.labels]
     labelled_ids = [ok_ids[p] for p in labelled_pos]
-    Y = spec.kind.encode([claim.labels[i] for i in labelled_ids], spec.labels)
-    if len(labelled_ids) < 2 or (not spec.multi_label and len(np.unique(Y.argmax(1))) < 2):
+    values = [claim.labels[i] for i in labelled_ids]
+    Y = spec.kind.encode(values, spec.labels)
+    used = {label for value in values for label in spec.kind.classes(value)}
+    if len(labelled_ids) < 2 or (not spec.multi_label and len(used) < spec.kind.min_classes):
         return None
     X = batch.features.take(labelled_pos)
     refs = {it.id: it for it in claim.items}
@@ -385,7 +387,9 @@ def _fit(
         if isinstance(cand, FineTune):
             cand.set_snapshot_dir(epochs_dir, keep=rt.settings.train_keep_checkpoints)
     X, Y, pool = prepared.X, prepared.Y, prepared.pool
-    choice = choose(candidates, X, Y, pool, spec.policy.cv_folds, seed=claim.revision)
+    choice = choose(
+        candidates, X, Y, pool, spec.policy.cv_folds, seed=claim.revision, kind=spec.kind
+    )
     phases("cross_validate")
     chosen = choice.learner
     if isinstance(chosen, FineTune):
@@ -447,6 +451,8 @@ def _evaluate(
         "learner_choice": {"reason": fitted.reason, "candidates": fitted.candidates},
         "cv_accuracy": round(cv.accuracy, 6),
         "cv_macro_f1": round(cv.macro_f1, 6),
+        # The kind's other held-out scores: entity precision, recall and F1 for text spans.
+        **{f"cv_{k}": v for k, v in cv.details.items()},
         "cv_folds": spec.policy.cv_folds,
         "fit_seconds": phases.seconds.get("fit"),
         "resumed_from_checkpoint": fitted.resumed,
@@ -527,7 +533,9 @@ def _resume(checkpoint: Path, labelled_ids: list[int]) -> Fitted | None:
     if not checkpoint.is_dir():
         return None
     try:
-        with np.load(checkpoint / "oos.npz") as oos:
+        # Span answers are objects (pickled by numpy); the folder is the store's own, like the
+        # model's joblib file beside it.
+        with np.load(checkpoint / "oos.npz", allow_pickle=True) as oos:
             if oos["item_ids"].tolist() != labelled_ids:
                 return None
             scores = oos["scores"]
@@ -568,9 +576,10 @@ def _compare_with_served(
         return evaluation.Decision(True, "the served model cannot be loaded")
     if len(batch.ok) != len(newer):
         return evaluation.Decision(True, "the served model cannot read every newer label")
-    served_ok = spec.kind.correct(served.predict_proba(batch.features), Y[newer])
-    cand_ok = spec.kind.correct(oos[newer], Y[newer])
-    return evaluation.should_promote(cand_ok, served_ok, spec.policy.promotion_confidence)
+    served_answers = served.predict_proba(batch.features)
+    return evaluation.compare(
+        spec.kind, oos[newer], served_answers, Y[newer], spec.policy.promotion_confidence
+    )
 
 
 def _record_items(rt: Runtime, hashes: dict[int, str], failed: dict[int, str]) -> None:
@@ -614,6 +623,9 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             metrics["compared_candidate_correct"] = decision.candidate_correct
             metrics["compared_served_correct"] = decision.served_correct
             metrics["compared_served_version"] = spec.served_version
+        if decision.candidate_score is not None:
+            metrics["compared_candidate_score"] = decision.candidate_score
+            metrics["compared_served_score"] = decision.served_score
         metrics["decision"] = reason
         mv.status, mv.metrics, mv.train_seconds = "ready", metrics, result.train_seconds
         mv.learner = result.learner
