@@ -12,6 +12,7 @@ import pytest
 from labelloop.client import Client
 from labelloop.runtime import Runtime
 from labelloop.store.models import ModelVersion, Prediction, Task
+from tests.span_support import LABELS, corpus
 from tests.support import wait_until
 from tests.web.conftest import on_screen, wait_for_next
 
@@ -235,61 +236,35 @@ def test_pre_labelled_spans_are_accepted_relabelled_and_removed(
     assert [got[i]["annotations"][-1]["shown_version"] for i in (ada, grace)] == [0, 0]
 
 
-def test_the_dashboard_shows_entity_f1_for_a_span_task(
-    live_url: str, page: Any, rt: Runtime
-) -> None:
+def test_the_dashboard_shows_entity_f1_for_a_span_task(live_url: str, page: Any) -> None:
+    data = corpus(48, seed=3)
     with Client(live_url) as ll:
-        task = ll.create_task("ner curves", "text-spans", ["PER", "LOC"])
-        added = ll.add_items(task["id"], [{"data": t} for t in (TEXTS[0], GRACE)])
-        ada, grace = (it["id"] for it in added["items"])
-        ll.annotate(
-            task["id"], [{"item_id": ada, "spans": [{"start": 0, "end": 12, "label": "PER"}]}]
+        task = ll.create_task(
+            "ner curves", "text-spans", LABELS, policy={"min_labels": 40, "cv_folds": 3}
         )
-    with rt.session() as s:
-        for version, (n, f1) in enumerate([(30, 0.41), (60, 0.72)]):
-            s.add(
-                ModelVersion(
-                    task_id=task["id"],
-                    version=version,
-                    job_key=f"stub-{task['id']}-{version}",
-                    learner="spacy-ner",
-                    status="ready",
-                    label_revision=n,
-                    n_labels=n,
-                    promoted=True,
-                    metrics={
-                        "cv_accuracy": f1 / 2,
-                        "cv_entity_precision": f1 + 0.1,
-                        "cv_entity_recall": f1 - 0.1,
-                        "cv_entity_f1": f1,
-                    },
-                )
-            )
-        s.get_one(Task, task["id"]).served_version = 1
-        s.add(
-            Prediction(
-                item_id=grace,
-                task_id=task["id"],
-                version=1,
-                labels=[],
-                scores=[],
-                score=1.0,
-                uncertainty=0.0,
-            )
-        )
+        # Spans that come with the data train the first version (imported human labels).
+        lines = [{"id": n, "text": t, "spans": spans} for n, (t, spans) in enumerate(data[:40])]
+        assert ll.import_jsonl(task["id"], lines)["labelled"] == 40
+        ll.add_items(task["id"], [{"data": t} for t, _ in data[40:]])
+        wait_until(lambda: ll.get_task(task["id"])["served_version"] is not None, timeout=300)
+        ll.wait_for_training(task["id"])
+        served = ll.get_task(task["id"])["served_version"]
+        metrics = next(v for v in ll.models(task["id"]) if v["version"] == served)["metrics"]
+    f1 = metrics["cv_entity_f1"]
     page.goto(f"{live_url}/ui/#task={task['id']}")
-    page.wait_for_selector("[data-testid=version-1]")
+    page.wait_for_selector(f"[data-testid=version-{served}]")
     chart = "[data-testid=chart-accuracy]"
     assert "Held-out entity F1 per version" in page.text_content(chart)
-    assert page.locator(f"{chart} circle.point").count() == 2
     assert page.locator(f"{chart} circle.serving").count() == 1
-    assert "precision 82.0%, recall 62.0%" in page.text_content(f"{chart} circle.serving title")
+    precision = f"precision {100 * metrics['cv_entity_precision']:.1f}%"
+    assert precision in page.text_content(f"{chart} circle.serving title")
     headers = page.text_content("[data-testid=versions] thead")
     assert "entity F1" in headers and "macro-F1" not in headers
-    assert "72.0%" in page.text_content("[data-testid=version-1]")
+    assert f"{100 * f1:.1f}%" in page.text_content(f"[data-testid=version-{served}]")
     assert page.locator("[data-testid=chart-edit-rate] polyline").count() == 1
     # The labelling page's chip names the served version's entity F1.
     page.goto(f"{live_url}/ui/label.html?task={task['id']}")
     page.wait_for_function(
-        "document.querySelector('[data-testid=serving]').textContent.includes('entity F1 72%')"
+        "(text) => document.querySelector('[data-testid=serving]').textContent.includes(text)",
+        arg=f"entity F1 {int(100 * f1 + 0.5)}%",  # as Math.round
     )
