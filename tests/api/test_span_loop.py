@@ -135,3 +135,16 @@ def test_auto_labelling_is_refused_for_spans_with_the_reason(app_client: TestCli
     )
     assert r.status_code == 422
     assert "auto-labelling is off for text-spans tasks" in r.json()["detail"]
+
+
+def test_span_learner_parameters_are_checked_at_creation(app_client: TestClient) -> None:
+    r = app_client.post(
+        "/api/v1/tasks",
+        json={
+            "name": "ner-beam",
+            "category": "text-spans",
+            "labels": LABELS,
+            "policy": {"learner_params": {"beam_width": 1}},
+        },
+    )
+    assert r.status_code == 422 and "beam_width" in r.json()["detail"]

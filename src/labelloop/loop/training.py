@@ -423,7 +423,7 @@ def _evaluate(
     Y, oos, labelled_ids = prepared.Y, fitted.oos, prepared.labelled_ids
     cv = spec.kind.score(oos, Y)
     estimate = None
-    auto = spec.policy.auto_label
+    auto = spec.auto_label
     if auto is not None:
         held = [
             p for p, i in enumerate(labelled_ids) if auto.evidence == "all" or i in claim.audits
@@ -649,7 +649,7 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             if pool_scores is not None:
                 rows = prediction_rows(spec, mv.version, item_ids, pool_scores, weights)
                 upsert_predictions(s, rows)
-            if spec.policy.auto_label is not None:
+            if spec.auto_label is not None:
                 threshold = (metrics.get("auto_label") or {}).get("threshold")
                 applied = autolabel.apply_model_labels(
                     s,
