@@ -78,6 +78,7 @@ def test_a_span_task_learns_in_the_loop_and_serves_span_prelabels(app_client: Te
     assert 0.0 <= version["heldout_entity_precision"] <= 1.0
     model = c.get(f"/api/v1/tasks/{task_id}/models").json()[0]
     assert model["learner"] == "spacy-ner" and "cv_entity_recall" in model["metrics"]
+    assert 1 <= model["metrics"]["epochs_run"] <= 10
 
     # Stored items: span pre-labels with a score each, from version 0, inside their text.
     preds, certainty = [], []

@@ -458,6 +458,8 @@ def _evaluate(
         "resumed_from_checkpoint": fitted.resumed,
         # Distributed fine-tuning: the world size of each attempt of the final fit.
         **({"world_sizes": model.worlds_} if hasattr(model, "worlds_") else {}),
+        # Span NER: the passes its final fit ran (it stops early once the loss settles).
+        **({"epochs_run": model.epochs_run_} if hasattr(model, "epochs_run_") else {}),
         **({"auto_label": estimate.as_dict()} if estimate is not None else {}),
         "phases_seconds": phases.seconds,
     }
