@@ -8,8 +8,10 @@ from sqlalchemy import select
 
 from labelloop.errors import FetchError, InvalidInput, NotFound
 from labelloop.fetch import LinkChecker, text_content
+from labelloop.learners.base import Features
 from labelloop.loop.features import is_text
 from labelloop.loop.scheduling import featurize_jobs
+from labelloop.loop.selection import signatures
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.schemas import MAX_ITEM_DATA_CHARS, ItemCreate
@@ -82,6 +84,11 @@ def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
                 item.content_hash = text_content(spec.data).content_hash
                 item.status = "pending" if costly else "ready"
             new.append(item)
+        cheap = [i for i in new if i.status == "ready"]
+        if cheap:  # texts that no featurize job follows: signed by their words now
+            signed = signatures(Features({"text": [i.data for i in cheap]}))
+            for item, sig in zip(cheap, signed, strict=True):
+                item.signature = sig
         s.add_all(new)
         s.flush()
         out = out + [{"id": i.id, "external_id": i.external_id, "created": True} for i in new]
