@@ -33,12 +33,16 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labelloop.learners.base import Features
 from labelloop.learners.neighbours import knn_graph
 from labelloop.loop.policy import AutoLabelPolicy, Policy
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 # scikit-learn and scipy are imported where a graph or a hashed view is built, not here: the API
 # imports this module, and a cluster's API never scores a pool.
@@ -104,17 +108,23 @@ def graph_degrees(features: Features, k: int = GRAPH_K) -> np.ndarray | None:
 # -- near-copies -----------------------------------------------------------------------------------
 
 
-def similarity_vectors(features: Features) -> np.ndarray:
-    """Unit vectors for comparing items: their numeric views, or hashed words for texts."""
-    parts = []
+def _parts(features: Features) -> list[np.ndarray | sparse.csr_matrix]:
+    """The views as rows of numbers: numeric views as they are, texts as hashed words (sparse)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    parts: list[np.ndarray | sparse.csr_matrix] = []
     for view in features.views.values():
         if isinstance(view, np.ndarray):
             parts.append(np.asarray(view, dtype=np.float64).reshape(len(view), -1))
         else:
-            from sklearn.feature_extraction.text import HashingVectorizer
+            hashing = HashingVectorizer(n_features=2**12, alternate_sign=False)
+            parts.append(hashing.transform(view).tocsr())
+    return parts
 
-            hashed = HashingVectorizer(n_features=2**12, alternate_sign=False).transform(view)
-            parts.append(hashed.toarray())
+
+def similarity_vectors(features: Features) -> np.ndarray:
+    """Unit vectors for comparing items: their numeric views, or hashed words for texts, centred."""
+    parts = [p if isinstance(p, np.ndarray) else p.toarray() for p in _parts(features)]
     if not parts:
         return np.zeros((0, 0))
     v = np.hstack(parts)
@@ -140,14 +150,28 @@ def _hyperplanes(dim: int) -> np.ndarray:
 
 def signatures(features: Features) -> list[bytes]:
     """Each item's near-copy signature: on which side of :data:`SIGNATURE_BITS` random hyperplanes
-    its similarity vector lies (SimHash). Computed once, when the item is featurized, and stored on
-    it, so that ``/next`` tells near-copies apart by comparing bytes, with no features at hand."""
+    its similarity vector (:func:`similarity_vectors`) lies (SimHash). Computed once, when the item
+    is featurized, and stored on it, so that ``/next`` tells near-copies apart by comparing bytes,
+    with no features at hand. Texts stay sparse: centring and scaling are applied to the
+    projection (the sides do not depend on the scale)."""
     out: list[bytes] = []
     for start in range(0, len(features), _SIGNATURE_CHUNK):
-        part = Features({k: v[start : start + _SIGNATURE_CHUNK] for k, v in features.views.items()})
-        v = similarity_vectors(part).astype(np.float32)
-        bits = np.packbits(v @ _hyperplanes(v.shape[1]) > 0, axis=1)
-        out.extend(row.tobytes() for row in bits)
+        chunk = {k: v[start : start + _SIGNATURE_CHUNK] for k, v in features.views.items()}
+        parts = _parts(Features(chunk))
+        if not parts:
+            break
+        dim = sum(p.shape[1] for p in parts)
+        planes = _hyperplanes(dim)
+        proj = np.zeros((parts[0].shape[0], SIGNATURE_BITS))
+        sums = np.zeros(parts[0].shape[0])
+        at = 0
+        for p in parts:
+            proj += np.asarray(p @ planes[at : at + p.shape[1]])
+            sums += np.asarray(p.sum(axis=1)).ravel()
+            at += p.shape[1]
+        if dim > 1:  # centred, as similarity_vectors centres
+            proj -= np.outer(sums / dim, planes.sum(axis=0))
+        out.extend(row.tobytes() for row in np.packbits(proj > 0, axis=1))
     return out
 
 
