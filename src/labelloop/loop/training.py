@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from labelloop.distributed.launch import world_config
 from labelloop.errors import LabelloopError, Unavailable
 from labelloop.jobs.state import claim, fail, finish, is_finished
-from labelloop.learners import Features, Learner, learner_by_name
+from labelloop.learners import Features, Learner, learner_by_name, neighbours
 from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Featurizer
 from labelloop.learners.choice import choose
@@ -233,8 +233,11 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     phases("featurize")
     if prepared is None:
         return _fail(rt, job_id, "fewer than two usable labelled items of different classes")
-    fitted = _fit(rt, job_id, claim, candidates, prepared, phases)
-    result = _evaluate(rt, claim, prepared, fitted, phases)
+    # The pool's neighbour index (density weights, label spreading) is the task's, in its data
+    # folder: built by the first training that needs it, grown by the next ones, in any worker.
+    with neighbours.kept_in(rt.folder(claim.spec.id).preprocess / "neighbours"):
+        fitted = _fit(rt, job_id, claim, candidates, prepared, phases)
+        result = _evaluate(rt, claim, prepared, fitted, phases)
     result.metrics["costly_evaluated_at"] = _costly_evaluated_at(candidates, prepared, previous)
     _write_version(rt, claim, prepared, fitted, result, phases)
     follow = _finish(rt, job_id, claim, result)
