@@ -15,7 +15,7 @@ size, a text task with the cheap featurizer (words only, no embeddings: texts ar
   of each item, one ``POST /annotations`` per item, while the policy trains in the background;
   p50 and p99 of each, the time from the first label to the first served model, and every
   version's training time (the job's wall time, its pool prediction included) until the task is
-  idle or ``--train-wait`` runs out;
+  idle or ``--idle-wait`` runs out (``--train-wait`` for the first model);
 - ``knn``: the density graph of ``size`` 64-dimensional feature rows (``learners/neighbours.py``)
   up to ``--knn-max`` rows, and the brute-force graph it replaces where affordable (≤ 20,000);
 - peak RSS of this process and of the largest worker, the store's and the data folder's size.
@@ -270,7 +270,7 @@ def one(size: int, database_url: str | None, labels: int, args: argparse.Namespa
     first_label, first_model = got.pop("first_label_at"), got.pop("first_model_at")
     if first_model is None and wait(lambda: served(rt, t), args.train_wait):
         first_model = time.perf_counter()
-    idle = wait(lambda: not busy(rt, t), args.train_wait)
+    idle = wait(lambda: not busy(rt, t), args.idle_wait)
     out |= got
     out["idle_after_labels"] = idle
     out["first_model_s"] = (
@@ -323,7 +323,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--labels", type=int, default=300)
     parser.add_argument("--database-url", default=None)
-    parser.add_argument("--train-wait", type=float, default=600.0)
+    parser.add_argument("--train-wait", type=float, default=600.0, help="for the first model")
+    parser.add_argument("--idle-wait", type=float, default=600.0, help="for the last training")
     parser.add_argument("--knn-max", type=int, default=100_000)
     parser.add_argument("--featurize", type=int, default=None)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -342,6 +343,7 @@ def main() -> None:
         for size in args.sizes:
             cmd = [sys.executable, "-m", "bench.scale", "--one", str(size)]
             cmd += ["--labels", str(args.labels), "--train-wait", str(args.train_wait)]
+            cmd += ["--idle-wait", str(args.idle_wait)]
             cmd += ["--knn-max", str(args.knn_max)]
             if args.database_url:
                 cmd += ["--database-url", args.database_url]
