@@ -80,9 +80,10 @@ def test_a_span_task_learns_in_the_loop_and_serves_span_prelabels(app_client: Te
     assert model["learner"] == "spacy-ner" and "cv_entity_recall" in model["metrics"]
 
     # Stored items: span pre-labels with a score each, from version 0, inside their text.
-    preds = []
+    preds, certainty = [], []
     for n in range(40, 60):
         p = c.get(f"/api/v1/tasks/{task_id}/predictions", params={"item_id": items[n]}).json()
+        certainty.append(p["score"])
         assert (p["status"], p["model_version"]) == ("ok", 0), p
         assert "labels" not in p and 0.0 <= p["score"] <= 1.0
         for span in p["spans"]:
@@ -102,6 +103,10 @@ def test_a_span_task_learns_in_the_loop_and_serves_span_prelabels(app_client: Te
         it["prediction"]["model_version"] == 0 and isinstance(it["prediction"]["spans"], list)
         for it in nxt["items"]
     )
+    # Active ordering: the text whose weakest token is least certain comes first (below one half
+    # every text is as unsure as can be).
+    first = nxt["items"][0]["prediction"]["score"]
+    assert max(first, 0.5) == max(min(certainty), 0.5)
 
     # Label Studio's /predict: "labels" results with the text they cover, and scores.
     r = c.post("/labelstudio/predict", json=_predict_body(range(40, 60), texts))
