@@ -94,10 +94,13 @@ def ms(values: list[float]) -> dict[str, float]:
     }
 
 
-def texts(rng: np.random.Generator, n: int, start: int) -> list[str]:
-    """Short synthetic texts; the label follows the first word's group, so models learn."""
+def texts(rng: np.random.Generator, n: int) -> list[str]:
+    """Short synthetic texts: eight common words and one of a long tail of 20,000 (Zipf), so the
+    vocabulary stops growing with the pool as real texts' does. The label follows the first
+    word's group, so models learn. Texts may repeat, as real ones do."""
     picks = rng.integers(0, len(WORDS), (n, 8))
-    return [f"{' '.join(WORDS[p])} {start + i}" for i, p in enumerate(picks)]
+    tail = np.minimum(rng.zipf(1.3, n), 20_000)
+    return [f"{' '.join(WORDS[p])} w{k}" for p, k in zip(picks, tail, strict=True)]
 
 
 def truth(text: str) -> str:
@@ -141,7 +144,7 @@ def import_items(rt: Any, t: int, rng: np.random.Generator, size: int) -> float:
 
     started = time.perf_counter()
     for start in range(0, size, 10_000):
-        batch = texts(rng, min(size, start + 10_000) - start, start)
+        batch = texts(rng, min(size, start + 10_000) - start)
         items.add_items(rt, t, [ItemCreate(data=x) for x in batch])
     return size / (time.perf_counter() - started)
 
@@ -306,11 +309,11 @@ def featurize_rate(n: int, workers: int) -> dict[str, Any]:
                 or 0
             )
 
-    warm = texts(rng, 64 * 2 * workers, 0)
+    warm = texts(rng, 64 * 2 * workers)
     items.add_items(rt, t, [ItemCreate(data=x) for x in warm])
     wait(lambda: pending() == 0, 600)
     started = time.perf_counter()
-    items.add_items(rt, t, [ItemCreate(data=x) for x in texts(rng, n, len(warm))])
+    items.add_items(rt, t, [ItemCreate(data=x) for x in texts(rng, n)])
     done = wait(lambda: pending() == 0, 1200)
     seconds = time.perf_counter() - started
     rt.jobs.stop()

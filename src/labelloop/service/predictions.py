@@ -42,7 +42,7 @@ def current_predictions(
     version = spec.served_version
     if version is None:
         return {}
-    with rt.session() as s:
+    with rt.reading() as s:
         stored = {
             p.item_id: p
             for p in s.scalars(
@@ -78,7 +78,7 @@ def no_model(item_id: int | None = None, spec: TaskSpec | None = None) -> dict[s
 
 
 def get_prediction(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:
-    with rt.session() as s:
+    with rt.reading() as s:
         spec = TaskSpec.of(get_task_row(s, task_id))
         item = s.get(Item, item_id)
         if item is None or item.task_id != task_id:
@@ -139,7 +139,7 @@ def next_items(
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit must be between 1 and 1000")
     now = utcnow()
-    with rt.session() as s:
+    with rt.reading() as s:  # the choice is made from a snapshot, beside any writer
         task = get_task_row(s, task_id)
         if task.archived_at is not None:
             raise Conflict(f"task {task_id} is archived: restore it to label its items")
@@ -249,7 +249,7 @@ def freshest_predictions(
     version = spec.served_version
     if version is None or not item_ids:
         return {}
-    with rt.session() as s:
+    with rt.reading() as s:
         stored = {
             p.item_id: p
             for p in s.scalars(select(Prediction).where(Prediction.item_id.in_(list(item_ids))))
