@@ -21,7 +21,13 @@ from labelloop.config import Settings
 from labelloop.datastore import TaskFolder
 from labelloop.learners import backbones
 from labelloop.loop.cache import ModelCache
-from labelloop.store.db import make_engine, make_sessionmaker, migrate, translate_db_errors
+from labelloop.store.db import (
+    READ_ONLY,
+    make_engine,
+    make_sessionmaker,
+    migrate,
+    translate_db_errors,
+)
 
 if TYPE_CHECKING:
     # Only a type: the backends import the runtime.
@@ -96,6 +102,15 @@ class Runtime:
                 yield session
         finally:
             _depth.n = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A transaction that only reads: with SQLite it takes no write lock, so request paths
+        that only look things up do not queue behind writers. Writing in it may fail with SQLite
+        (another process may have written since it began): use :meth:`session` for that."""
+        with self.session() as session:
+            session.connection(execution_options={READ_ONLY: True})
+            yield session
 
     def folder(self, task_id: int) -> TaskFolder:
         return TaskFolder(self.data_dir, task_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 
 import pytest
 from sqlalchemy import select
@@ -118,3 +119,37 @@ def test_delete_cascades(rt: Runtime) -> None:
         assert s.scalars(select(Annotation).where(Annotation.task_id == t)).all() == []
         assert len(s.scalars(select(Item).where(Item.task_id == other)).all()) == 2
         assert current_labels(s, other) == {kept[0]: ["b"]}
+
+
+def test_a_read_transaction_does_not_wait_for_a_writer(rt: Runtime) -> None:
+    """``reading`` takes no write lock (SQLite: ``BEGIN``, not ``BEGIN IMMEDIATE``), so lookups in
+    request paths do not queue behind a transaction that writes."""
+    task_id = new_task(rt)
+    before = task_name(rt, task_id)
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with rt.session() as s:
+            s.get(Task, task_id).name = "renamed"  # type: ignore[union-attr]
+            s.flush()  # the write lock is held from here until the block ends
+            holding.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        read: list[str] = []
+        reader = threading.Thread(target=lambda: read.append(task_name(rt, task_id)))
+        reader.start()
+        reader.join(10)  # a write transaction would wait for the writer (up to 60 s)
+        assert read == [before], "the read waited for the writer"
+    finally:
+        release.set()
+        thread.join(30)
+    assert task_name(rt, task_id) == "renamed"
+
+
+def task_name(rt: Runtime, task_id: int) -> str:
+    with rt.reading() as s:
+        return s.get(Task, task_id).name  # type: ignore[union-attr]

@@ -44,7 +44,7 @@ def current_predictions(
     version = spec.served_version
     if version is None:
         return {}
-    with rt.session() as s:
+    with rt.reading() as s:
         stored = {
             p.item_id: p
             for p in s.scalars(

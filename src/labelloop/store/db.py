@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from labelloop.errors import Unavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: Execution option of a transaction that only reads (see :func:`make_engine`).
+READ_ONLY = "labelloop_read_only"
 
 
 def make_engine(url: str) -> Engine:
@@ -22,7 +24,9 @@ def make_engine(url: str) -> Engine:
 
     SQLite is shared by the API process and the worker processes, so it runs in WAL mode with a
     busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``: a transaction that reads
-    and then writes never fails half-way because another process wrote in between.
+    and then writes never fails half-way because another process wrote in between. A connection
+    with the :data:`READ_ONLY` execution option begins with a plain ``BEGIN`` instead: it takes no
+    write lock, so it never queues behind writers (in WAL mode readers do not wait).
     PostgreSQL gets a connection pool that checks connections before use.
     """
     if url.startswith("sqlite"):
@@ -43,7 +47,8 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
