@@ -298,6 +298,7 @@ def run(args: argparse.Namespace) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP_")}
         env["LABELLOOP_DATA_DIR"] = str(work / "labelloop")
         env["LABELLOOP_LOCAL_START_TIMEOUT_S"] = "900"  # a crowded machine
+        env.update(dict(kv.split("=", 1) for kv in args.serve_env))
         ll_port, peer_port = free_port(), free_port()
         ll_url, peer_url = f"http://127.0.0.1:{ll_port}", f"http://127.0.0.1:{peer_port}"
         procs.start("labelloop", ["serve", "--port", str(ll_port), *args.serve_args], env)
@@ -322,6 +323,8 @@ def run(args: argparse.Namespace) -> None:
     result["command"] = "python -m bench.labelstudio_peer " + " ".join(sys.argv[1:])
     result["peer_commit"] = (peer / "COMMIT").read_text().strip()
     result["setup"] = {
+        "serve_env": args.serve_env,
+        "serve_args": args.serve_args,
         "labels": args.labels,
         "clients": args.clients,
         "batch": args.batch,
@@ -349,6 +352,7 @@ def main() -> None:
     r.add_argument("--singles", type=int, default=30, help="single-task requests per round")
     r.add_argument("--trec", type=Path, help="TREC's train_5500.label (default: shared)")
     r.add_argument("--trec-test", type=Path, help="TREC_10.label (default: next to --trec)")
+    r.add_argument("--serve-env", nargs="*", default=[], help="KEY=VALUE for `labelloop serve`")
     r.add_argument("--serve-args", nargs="*", default=[], help="more `labelloop serve` options")
     r.add_argument("--out", type=Path, default=Path("bench/results/labelstudio_peer.json"))
     args = parser.parse_args()
