@@ -30,7 +30,7 @@ PAGE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture(scope="package")
-def playwright() -> Iterator[Any]:
+def driver() -> Iterator[Any]:
     """One Playwright driver for the browser tests (starting it is a process of its own)."""
     from playwright.sync_api import sync_playwright
 
@@ -41,16 +41,16 @@ def playwright() -> Iterator[Any]:
         yield pw
 
 
-def _launch(playwright: Any, extra_flags: list[str]) -> Any:
-    return playwright.chromium.launch(
+def _launch(driver: Any, extra_flags: list[str]) -> Any:
+    return driver.chromium.launch(
         executable_path=CHROMIUM, headless=True, args=[*FLAGS, *extra_flags]
     )
 
 
 @pytest.fixture(scope="package")
-def chromium(playwright: Any) -> Iterator[Any]:
+def chromium(driver: Any) -> Iterator[Any]:
     """One Chromium for the browser tests; each test's pages live in contexts of their own."""
-    browser = _launch(playwright, [])
+    browser = _launch(driver, [])
     try:
         yield browser
     finally:
@@ -88,9 +88,9 @@ def two_pages(chromium: Any) -> Iterator[list[Any]]:
 
 
 @pytest.fixture
-def offline_page(playwright: Any) -> Iterator[Any]:
+def offline_page(driver: Any) -> Iterator[Any]:
     """A page whose browser resolves no host name but the loopback: as on a server offline."""
-    browser = _launch(playwright, ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
+    browser = _launch(driver, ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
     try:
         for pages in _pages(browser):
             yield pages[0]
