@@ -897,7 +897,7 @@ class FolderListing(TypedDict):
 
 
 class Skipped(TypedDict):
-    """A file (or a CSV line) an import left out, and why."""
+    """A file (or a line of a CSV or JSON lines file) an import left out, and why."""
 
     file: str
     reason: str
@@ -933,6 +933,17 @@ class CsvImported(TypedDict):
     skipped_rows: list[Skipped]
     text_column: str
     label_column: str | None
+    labelled: int
+    labels_added: list[str]
+
+
+class JsonlImported(TypedDict):
+    created: int
+    existing: int
+    #: How many lines were left out; ``skipped_lines`` says which (the first 1,000) and why.
+    skipped: int
+    skipped_lines: list[Skipped]
+    #: Items whose spans (or labels) were recorded as human labels from ``imported``.
     labelled: int
     labels_added: list[str]
 

@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from labelloop.distributed.launch import world_config
 from labelloop.errors import LabelloopError, Unavailable
 from labelloop.jobs.state import claim, fail, finish, is_finished
-from labelloop.learners import Features, Learner, learner_by_name
+from labelloop.learners import Features, Learner, learner_by_name, neighbours
 from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Featurizer
 from labelloop.learners.choice import choose
@@ -97,13 +97,13 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
         # still waiting for their featurize job join the pool at the next training.
         items = [
             ItemRef(i.id, i.data, i.content_hash)
-            for i in s.scalars(
-                select(Item)
+            for i in s.execute(
+                select(Item.id, Item.data, Item.content_hash, Item.status)
                 .where(Item.task_id == task.id, Item.status != "failed")
                 .order_by(Item.id)
             )
             if i.status == "ready" or i.id in labels
-        ]
+        ]  # plain rows, not ORM objects: a million items cost their ItemRefs only
         audits = frozenset(
             s.scalars(select(AuditPick.item_id).where(AuditPick.task_id == task.id)).all()
         )
@@ -233,8 +233,11 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     phases("featurize")
     if prepared is None:
         return _fail(rt, job_id, "fewer than two usable labelled items of different classes")
-    fitted = _fit(rt, job_id, claim, candidates, prepared, phases)
-    result = _evaluate(rt, claim, prepared, fitted, phases)
+    # The pool's neighbour index (density weights, label spreading) is the task's, in its data
+    # folder: built by the first training that needs it, grown by the next ones, in any worker.
+    with neighbours.kept_in(rt.folder(claim.spec.id).preprocess / "neighbours"):
+        fitted = _fit(rt, job_id, claim, candidates, prepared, phases)
+        result = _evaluate(rt, claim, prepared, fitted, phases)
     result.metrics["costly_evaluated_at"] = _costly_evaluated_at(candidates, prepared, previous)
     _write_version(rt, claim, prepared, fitted, result, phases)
     follow = _finish(rt, job_id, claim, result)
@@ -439,7 +442,7 @@ def _evaluate(
     model = fitted.model
     unlabelled_pos = [p for p, item_id in enumerate(prepared.ok_ids) if item_id not in claim.labels]
     pool = _pool_for(rt, claim, prepared, model)
-    pool_scores = model.predict_proba(pool.take(unlabelled_pos)) if unlabelled_pos else None
+    pool_scores = _predict_in_chunks(model, pool, unlabelled_pos)
     weights = strategy_for(spec.policy).pool_weights(
         _similarity_view(prepared.pool, model), prepared.ok_ids
     )
@@ -473,6 +476,22 @@ def _evaluate(
         pool_scores,
         weights,
     )
+
+
+#: Items the pool is predicted in at a time (the learner's inputs of a chunk, not of the pool).
+PREDICT_CHUNK = 20_000
+
+
+def _predict_in_chunks(model: Learner, pool: Features, positions: list[int]) -> np.ndarray | None:
+    """Scores of the pool's items at ``positions``, a chunk at a time: what a learner derives per
+    item (a sparse matrix of words, a dense copy) is held for one chunk only."""
+    if not positions:
+        return None
+    parts = [
+        model.predict_proba(pool.take(positions[start : start + PREDICT_CHUNK]))
+        for start in range(0, len(positions), PREDICT_CHUNK)
+    ]
+    return np.vstack(parts)
 
 
 def _similarity_view(pool: Features, model: Learner) -> Features:
@@ -648,9 +667,13 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             s.refresh(task)
             mv.promoted, mv.promoted_at = True, utcnow()
             item_ids = result.unlabelled_ids
-            if pool_scores is not None:
-                rows = prediction_rows(spec, mv.version, item_ids, pool_scores, weights)
-                upsert_predictions(s, rows)
+            if pool_scores is not None:  # rows made and written a chunk at a time
+                for start in range(0, len(item_ids), PREDICT_CHUNK):
+                    end = start + PREDICT_CHUNK
+                    rows = prediction_rows(
+                        spec, mv.version, item_ids[start:end], pool_scores[start:end], weights
+                    )
+                    upsert_predictions(s, rows)
             if spec.auto_label is not None:
                 threshold = (metrics.get("auto_label") or {}).get("threshold")
                 applied = autolabel.apply_model_labels(
