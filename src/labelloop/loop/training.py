@@ -491,7 +491,7 @@ def _predict_in_chunks(model: Learner, pool: Features, positions: list[int]) -> 
         model.predict_proba(pool.take(positions[start : start + PREDICT_CHUNK]))
         for start in range(0, len(positions), PREDICT_CHUNK)
     ]
-    return np.vstack(parts)
+    return np.concatenate(parts)  # rows of scores, or a kind's answer objects (text spans)
 
 
 def _similarity_view(pool: Features, model: Learner) -> Features:
