@@ -10,8 +10,15 @@ claim the target. Thresholds are tested in a fixed sequence (highest first, star
 enough evidence is covered, stopping at the first failure), which keeps the stated confidence
 despite scanning many thresholds; the guarantee holds at each promotion. Unlabelled items whose
 confidence clears the threshold get a *model* label (an annotation with source ``model``, the
-version and the score); model labels never overwrite a human label, are re-derived at every
-promotion, and a person can correct them like any pre-label.
+version and the score); model labels never overwrite a human label and a person can correct them
+like any pre-label.
+
+Certification does not restart: a promoted version's labels replace the standing ones only when
+that version is certified *and* leaves no more items to people than they do. A version that cannot
+show the target (a confidently wrong audit among the new ones, say) keeps the last certified
+labelling in place instead of retracting it, so people go on with the items it left uncovered
+rather than gathering the evidence again; the labels that stand are always those of one certified
+version, with its version and score (docs/ARCHITECTURE.md states the risk over a run).
 """
 
 from __future__ import annotations
@@ -127,6 +134,10 @@ class Applied:
     labelled: int
     changed: int
     retracted: int
+    #: The version whose model labels stand: this one, or an earlier certified one kept.
+    version: int | None = None
+    #: Whether the standing labels were kept rather than re-derived from this version.
+    kept: bool = False
 
 
 def apply_model_labels(
@@ -136,12 +147,15 @@ def apply_model_labels(
     item_ids: Sequence[int],
     scores: np.ndarray,
     threshold: float | None,
+    keep_standing: bool = True,
 ) -> Applied:
     """Re-derive the task's model labels from ``version``; only changes are appended.
 
     A model label that ``version`` confirms is appended again when an older version set it, so
     that every model label's version and score are those of the model that now stands behind it
-    (an older score may sit below the new threshold)."""
+    (an older score may sit below the new threshold). With ``keep_standing``, labels of an
+    earlier certified version stay instead when ``version`` would label fewer items (none, when
+    it is not certified): certification never restarts from nothing (module docstring)."""
     human = current_labels(session, spec.id, source="human")
     old_at = labelled_at(session, spec.id, source="model")
     old = {item_id: labels for item_id, (labels, _) in old_at.items()}
@@ -160,6 +174,10 @@ def apply_model_labels(
         for i, item_id in enumerate(item_ids):
             if item_id not in human and conf[i] >= threshold and chosen[i]:
                 new[int(item_id)] = (chosen[i], float(conf[i]))
+    standing = [i for i in old if i not in human]
+    if keep_standing and standing and len(new) < len(standing):
+        kept_by = max((set_by.get(old_at[i][1]) or 0) for i in standing)
+        return Applied(len(standing), 0, 0, kept_by, kept=True)
     rows = []
     changed = 0
     for item_id, (labels, score) in new.items():
@@ -184,7 +202,7 @@ def apply_model_labels(
     session.add_all(rows)
     set_covered(session, [i for i in new if i not in old], True)
     set_covered(session, retracted, False)
-    return Applied(len(new), changed, len(retracted))
+    return Applied(len(new), changed, len(retracted), version if new else None)
 
 
 def run_autolabel_job(rt: Runtime, job_id: int) -> list[int]:
@@ -219,6 +237,9 @@ def run_autolabel_job(rt: Runtime, job_id: int) -> list[int]:
         job = s.get(Job, job_id)
         if task is None or job is None or task.served_version != version:
             return []
-        applied = apply_model_labels(s, spec, version, ids, scores, estimate.get("threshold"))
+        # A version promoted by hand stands for its own labels, whatever stood before.
+        applied = apply_model_labels(
+            s, spec, version, ids, scores, estimate.get("threshold"), keep_standing=False
+        )
         finish(job, asdict(applied))
     return []

@@ -650,6 +650,8 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
                 metrics["auto_label"] = {
                     **metrics["auto_label"],
                     "model_labelled": applied.labelled,
+                    # The certified version whose labels stand (an earlier one when kept).
+                    "labels_from": applied.version,
                 }
                 mv.metrics = dict(metrics)
             # Items that arrived while training ran still need pre-labels from this version.
