@@ -10,15 +10,8 @@ claim the target. Thresholds are tested in a fixed sequence (highest first, star
 enough evidence is covered, stopping at the first failure), which keeps the stated confidence
 despite scanning many thresholds; the guarantee holds at each promotion. Unlabelled items whose
 confidence clears the threshold get a *model* label (an annotation with source ``model``, the
-version and the score); model labels never overwrite a human label and a person can correct them
-like any pre-label.
-
-Certification does not restart: a promoted version's labels replace the standing ones only when
-that version is certified *and* leaves no more items to people than they do. A version that cannot
-show the target (a confidently wrong audit among the new ones, say) keeps the last certified
-labelling in place instead of retracting it, so people go on with the items it left uncovered
-rather than gathering the evidence again; the labels that stand are always those of one certified
-version, with its version and score (docs/ARCHITECTURE.md states the risk over a run).
+version and the score); model labels never overwrite a human label, are re-derived at every
+promotion, and a person can correct them like any pre-label.
 """
 
 from __future__ import annotations
@@ -34,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop.jobs.state import claim, finish, is_finished
+from labelloop.learners.base import Features, Learner
 from labelloop.loop.labels import current_labels, labelled_at, unlabelled_item_ids
 from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import predict_stored
@@ -56,6 +50,41 @@ def clopper_pearson_lower(successes: int, n: int, confidence: float) -> float:
 def min_evidence(target: float, confidence: float) -> int:
     """Fewest held-out labels that could certify ``target`` (all of them right)."""
     return math.ceil(math.log(1.0 - confidence) / math.log(target))
+
+
+def audit_scores(
+    learner: Learner,
+    X: Features,
+    Y: np.ndarray,
+    audits: Sequence[int],
+    pool: Features | None,
+    k: int,
+    seed: int,
+) -> np.ndarray | None:
+    """Out-of-sample scores of the audits (positions in ``X``), each from a model trained on
+    every label except a fold of the audits (``k`` folds of the audits only).
+
+    The task's cross-validation leaves out a fold of *every* label, and with it the uncertain
+    items people labelled to fix the very regions where audits are confusable: its models err on
+    audits that the model which labels the pool (trained on every label) gets right, and each such
+    miss costs 87 audits (docs/BENCHMARKS.md). An audit's own label still never scores it, so the
+    audits stay held-out evidence. None when the audits are too few to fold (or a fold's
+    training set holds one class): the task's cross-validated scores are used then."""
+    held = np.asarray(audits, dtype=int)
+    if len(held) < max(k, 2):
+        return None
+    rng = np.random.default_rng(seed)
+    fold_of = rng.permutation(len(held)) % k
+    classes = Y.argmax(axis=1)
+    scores = np.zeros((len(held), Y.shape[1]))
+    for f in range(k):
+        out = held[fold_of == f]
+        train = np.setdiff1d(np.arange(len(Y)), out)
+        if not learner.multi_label and len(np.unique(classes[train])) < 2:
+            return None
+        model = learner.clone().fit(X.take(train), Y[train], pool=pool)
+        scores[fold_of == f] = model.predict_proba(X.take(out))
+    return scores
 
 
 @dataclass(frozen=True)
@@ -134,10 +163,6 @@ class Applied:
     labelled: int
     changed: int
     retracted: int
-    #: The version whose model labels stand: this one, or an earlier certified one kept.
-    version: int | None = None
-    #: Whether the standing labels were kept rather than re-derived from this version.
-    kept: bool = False
 
 
 def apply_model_labels(
@@ -147,15 +172,12 @@ def apply_model_labels(
     item_ids: Sequence[int],
     scores: np.ndarray,
     threshold: float | None,
-    keep_standing: bool = True,
 ) -> Applied:
     """Re-derive the task's model labels from ``version``; only changes are appended.
 
     A model label that ``version`` confirms is appended again when an older version set it, so
     that every model label's version and score are those of the model that now stands behind it
-    (an older score may sit below the new threshold). With ``keep_standing``, labels of an
-    earlier certified version stay instead when ``version`` would label fewer items (none, when
-    it is not certified): certification never restarts from nothing (module docstring)."""
+    (an older score may sit below the new threshold)."""
     human = current_labels(session, spec.id, source="human")
     old_at = labelled_at(session, spec.id, source="model")
     old = {item_id: labels for item_id, (labels, _) in old_at.items()}
@@ -174,10 +196,6 @@ def apply_model_labels(
         for i, item_id in enumerate(item_ids):
             if item_id not in human and conf[i] >= threshold and chosen[i]:
                 new[int(item_id)] = (chosen[i], float(conf[i]))
-    standing = [i for i in old if i not in human]
-    if keep_standing and standing and len(new) < len(standing):
-        kept_by = max((set_by.get(old_at[i][1]) or 0) for i in standing)
-        return Applied(len(standing), 0, 0, kept_by, kept=True)
     rows = []
     changed = 0
     for item_id, (labels, score) in new.items():
@@ -202,7 +220,7 @@ def apply_model_labels(
     session.add_all(rows)
     set_covered(session, [i for i in new if i not in old], True)
     set_covered(session, retracted, False)
-    return Applied(len(new), changed, len(retracted), version if new else None)
+    return Applied(len(new), changed, len(retracted))
 
 
 def run_autolabel_job(rt: Runtime, job_id: int) -> list[int]:
@@ -237,9 +255,6 @@ def run_autolabel_job(rt: Runtime, job_id: int) -> list[int]:
         job = s.get(Job, job_id)
         if task is None or job is None or task.served_version != version:
             return []
-        # A version promoted by hand stands for its own labels, whatever stood before.
-        applied = apply_model_labels(
-            s, spec, version, ids, scores, estimate.get("threshold"), keep_standing=False
-        )
+        applied = apply_model_labels(s, spec, version, ids, scores, estimate.get("threshold"))
         finish(job, asdict(applied))
     return []

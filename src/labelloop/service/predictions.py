@@ -213,7 +213,7 @@ def _pool(
         ),
         human_labels=human_labels,
         served=served,
-        certified=served and _certified(s, spec),
+        certified=served and _threshold(s, spec) is not None,
         vectors=lambda ids: _vectors(rt, spec, ids),
     )
 
@@ -259,16 +259,14 @@ def freshest_predictions(
     return out
 
 
-def _certified(session: Any, spec: TaskSpec) -> bool:
-    """Whether certified model labels stand: the served version's, or an earlier certified
-    version's that it kept (:func:`labelloop.loop.autolabel.apply_model_labels`)."""
+def _threshold(session: Any, spec: TaskSpec) -> float | None:
     metrics = session.scalar(
         select(ModelVersion.metrics).where(
             ModelVersion.task_id == spec.id, ModelVersion.version == spec.served_version
         )
     )
-    estimate = (metrics or {}).get("auto_label") or {}
-    return estimate.get("threshold") is not None or estimate.get("labels_from") is not None
+    value = ((metrics or {}).get("auto_label") or {}).get("threshold")
+    return None if value is None else float(value)
 
 
 def _vectors(rt: Runtime, spec: TaskSpec, ids: list[int]) -> tuple[list[int], Any, list[int]]:
