@@ -3,6 +3,7 @@
     python -m bench.scale                                  # 10,000 and 100,000 items
     python -m bench.scale --sizes 10000 100000 1000000 --out bench/results/scale.json
     python -m bench.scale --featurize 1024 --workers 1 2   # featurize scale-out (embeddings)
+    python -m bench.scale --sizes 10000 --keep; python -m bench.scale --probe DIR...  # CPU/call
 
 Each size runs in its own process (its peak RSS is its own), on a fresh embedded store (SQLite;
 ``--database-url`` for PostgreSQL), through the service layer (no HTTP: the figures are the
@@ -20,6 +21,10 @@ size, a text task with the cheap featurizer (words only, no embeddings: texts ar
   up to ``--knn-max`` rows, and the brute-force graph it replaces where affordable (≤ 20,000);
 - peak RSS of this process and of the largest worker, the store's and the data folder's size.
 
+``--probe DIR…``: ``/next`` and ``/predictions`` again on stores that runs with ``--keep`` left,
+one after another in one quiet process: wall and CPU time per call (the CPU time does not depend
+on the machine's load).
+
 ``--featurize N --workers 1 2``: featurize throughput of ``N`` texts with sentence embeddings (the
 costly featurizer), per number of bulk workers, after each worker has loaded its model.
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -209,6 +215,38 @@ def label(rt: Any, t: int, labels: int) -> dict[str, Any]:
     }
 
 
+def probe(root: Path, calls: int) -> dict[str, Any]:
+    """``/next`` and ``/predictions`` on a store a size run left (``--keep``), one after another,
+    by a fresh annotator who labels nothing: wall time, and the thread's CPU time (what the
+    request costs, whatever the machine's load)."""
+    from sqlalchemy import func, select
+
+    from labelloop.config import Settings
+    from labelloop.runtime import Runtime
+    from labelloop.service import predictions
+    from labelloop.store.models import Item
+
+    rt = Runtime(Settings(data_dir=root))
+    with rt.session() as s:
+        t, n = s.execute(select(Item.task_id, func.count()).group_by(Item.task_id)).one()
+    wall: dict[str, list[float]] = {"next": [], "predictions": []}
+    cpu: dict[str, list[float]] = {"next": [], "predictions": []}
+    for k in range(calls):
+        w, c = time.perf_counter(), time.thread_time()
+        batch = predictions.next_items(rt, t, 10, f"probe-{k}")["items"]
+        wall["next"].append(time.perf_counter() - w)
+        cpu["next"].append(time.thread_time() - c)
+        w, c = time.perf_counter(), time.thread_time()
+        predictions.get_prediction(rt, t, batch[0]["id"])
+        wall["predictions"].append(time.perf_counter() - w)
+        cpu["predictions"].append(time.thread_time() - c)
+    rt.close()
+    out: dict[str, Any] = {"items": n}
+    for name in wall:
+        out[name] = ms(wall[name]) | {f"cpu_{k}": v for k, v in ms(cpu[name]).items()}
+    return out
+
+
 def trainings(rt: Any, t: int) -> dict[str, Any]:
     from sqlalchemy import select
 
@@ -286,7 +324,12 @@ def one(size: int, database_url: str | None, labels: int, args: argparse.Namespa
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     out["peak_rss_worker_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     rt.close()
-    return out | sizes_on_disk(root, database_url)
+    out |= sizes_on_disk(root, database_url)
+    if args.keep:
+        out["data_dir"] = str(root)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return out
 
 
 def featurize_rate(n: int, workers: int) -> dict[str, Any]:
@@ -318,6 +361,7 @@ def featurize_rate(n: int, workers: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     rt.jobs.stop()
     rt.close()
+    shutil.rmtree(rt.data_dir, ignore_errors=True)
     return {"workers": workers, "texts": n, "done": done, "items_per_s": round(n / seconds, 1)}
 
 
@@ -332,8 +376,15 @@ def main() -> None:
     parser.add_argument("--featurize", type=int, default=None)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep each size's data folder")
+    parser.add_argument("--probe", type=Path, nargs="+", default=None, help="kept data folders")
+    parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe is not None:
+        for root in args.probe:
+            print(json.dumps(probe(root, args.calls)), flush=True)
+        return
     if args.one is not None:
         print(json.dumps(one(args.one, args.database_url, args.labels, args)))
         return
@@ -347,7 +398,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "bench.scale", "--one", str(size)]
             cmd += ["--labels", str(args.labels), "--train-wait", str(args.train_wait)]
             cmd += ["--idle-wait", str(args.idle_wait)]
-            cmd += ["--knn-max", str(args.knn_max)]
+            cmd += ["--knn-max", str(args.knn_max)] + (["--keep"] if args.keep else [])
             if args.database_url:
                 cmd += ["--database-url", args.database_url]
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)

@@ -94,7 +94,8 @@ def label_studio(tmp_path: Path) -> Iterator[tuple[str, str]]:
                 )
             return httpx.get(f"{url}/health", timeout=2).status_code == 200
 
-        wait_until(up, 300, "Label Studio to start", poll=1, ignore=(httpx.HTTPError,))
+        # Label Studio migrates its database first: minutes on a loaded machine.
+        wait_until(up, 600, "Label Studio to start", poll=1, ignore=(httpx.HTTPError,))
         yield url, token
     finally:
         proc.terminate()

@@ -1,7 +1,7 @@
 """The choice of learner by out-of-sample scores, on constructed scores (no model is trained).
 
 Accuracy decides; a near-tie (within one standard error of the paired difference) goes to the
-lower Brier score; a clear accuracy lead is never overruled.
+higher macro F1, then to the lower Brier score; a clear accuracy lead is never overruled.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from labelloop.learners.base import Features, Featurizer, Learner
-from labelloop.learners.choice import brier, choose, near_tie, pick
+from labelloop.learners.choice import brier, choose, near_tie, pick, score
 
 CLASSES = 4
 
@@ -68,13 +68,30 @@ def test_an_accuracy_tie_at_ten_labels_goes_to_the_lower_brier_score() -> None:
     assert (won, tied) == (1, [0, 1])
 
 
+def test_an_accuracy_tie_goes_to_the_candidate_that_answers_every_class() -> None:
+    """Both right on 6 of 10; the first only ever answers class 0 or 1 (and is surer), the
+    second gets some of every class right."""
+    Y = truth(10)  # classes 0 1 2 3 0 1 2 3 0 1
+    y = Y.argmax(axis=1)
+    collapsed = np.full(Y.shape, 0.2)  # hesitant where wrong...
+    collapsed[:, 0] = 0.4  # ...answering 0 for every 2 and 3
+    sure = (y == 0) | (y == 1)  # right on the 0s and 1s (6 of 10), and sure there
+    collapsed[sure] = 0.02
+    collapsed[np.flatnonzero(sure), y[sure]] = 0.94
+    spread = scores(Y, right_on(10, [0, 1, 2, 3, 4, 5]), sure=0.5)  # right on each class
+    assert brier(collapsed, Y) < brier(spread, Y)
+    won, tied = pick([collapsed, spread], Y, multi_label=False)
+    assert (won, tied) == (1, [0, 1])
+
+
 def test_one_label_more_right_is_noise_at_ten_labels() -> None:
     Y = truth(10)
-    more = scores(Y, right_on(10, range(7)), sure=0.35)  # 0.7, barely sure of anything
-    # 0.6, sure where right and hesitant where wrong
-    fewer = scores(Y, right_on(10, [0, 1, 2, 3, 4, 7]), sure=0.9, sure_wrong=0.35)
-    won, _ = pick([more, fewer], Y, multi_label=False)
-    assert won == 1
+    more = scores(Y, right_on(10, range(7)), sure=0.35)  # 0.7
+    fewer = scores(Y, right_on(10, [0, 1, 2, 3, 4, 7]), sure=0.9, sure_wrong=0.35)  # 0.6
+    won, tied = pick([more, fewer], Y, multi_label=False)
+    assert tied == [0, 1]  # the one-label lead does not decide: the macro F1 does
+    f1 = [score(p, Y, multi_label=False).macro_f1 for p in (more, fewer)]
+    assert f1[0] != f1[1] and won == int(np.argmax(f1))
 
 
 def test_a_clear_accuracy_lead_is_never_overruled_by_the_brier_score() -> None:
@@ -172,4 +189,5 @@ def test_choose_says_why_a_near_tie_went_where_it_did(sure_head: float) -> None:
     assert ev["pixels-like"]["cv_accuracy"] == ev["head-like"]["cv_accuracy"] == 0.6
     assert ev[winner]["cv_brier"] < min(e["cv_brier"] for n, e in ev.items() if n != winner)
     assert "Brier" in choice.reason and "within noise" in choice.reason
+    assert ev["pixels-like"]["cv_macro_f1"] == ev["head-like"]["cv_macro_f1"]
     assert np.allclose(choice.oos, np.asarray((head if winner == "head-like" else pixels).table))

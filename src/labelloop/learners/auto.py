@@ -3,10 +3,10 @@
 It is not a model family of its own: it lists the candidates a task could use (pixels always;
 the backbone's learners when a backbone is configured; the fine-tuned backbone once the task has
 ``finetune_min_labels`` labels) and the training job keeps the candidate with the best
-cross-validated accuracy on the task's own labels, near-ties going to the lower Brier score
-(:func:`labelloop.learners.choice.choose`),
-re-deciding at every training as labels grow (fine-tuning, which is costly, competes again only
-once the labels have doubled: see ``loop.training._candidates``). The version it writes is the
+cross-validated accuracy on the task's own labels, near-ties going to the higher macro F1 and
+then the lower Brier score (:func:`labelloop.learners.choice.choose`), re-deciding at every
+training as labels grow (fine-tuning, which is costly, competes again only once the labels have
+doubled: see ``loop.training._candidates``). The version it writes is the
 chosen learner itself, with its own name and featurizers. No candidate is picked by data set name
 or image size.
 
@@ -41,7 +41,7 @@ EMBEDDING = frozenset({EmbeddingLogReg.name, EmbeddingSpread.name, FineTune.name
 
 class AutoImage(Learner):
     """Chooses among ``candidates`` (default: all that apply) by cross-validated accuracy
-    (near-ties: Brier score).
+    (near-ties: macro F1, then Brier score).
 
     ``backbone`` is passed to the backbone learners (default: the server's);
     ``finetune_min_labels``: labels before fine-tuning is a candidate; ``finetune_budget_s``: the

@@ -15,10 +15,12 @@ learner it holds for every label.
 Accuracy is what people's edits count, so it decides; but over a handful of labels it moves in
 steps of one label and two candidates often tie or differ by one item (at a task's first model,
 10 labels, 0.6 against 0.6). Such near-ties — an accuracy difference within one standard error of
-the paired difference, counted on the items where exactly one of the two is right — are broken by
-the Brier score of the same out-of-sample scores: a proper score that also weighs how sure each
-candidate was of the true label, so it separates candidates that accuracy cannot. A clear
-accuracy difference is never overruled.
+the paired difference, counted on the items where exactly one of the two is right — go to the
+higher macro F1 of the same out-of-sample scores, then to the lower Brier score. Macro F1 weighs
+every class alike: with a few labels a candidate can match another's accuracy by answering the
+commonest classes only (label spreading over grey pixels of photos does), and a new task needs
+every class pre-labelled. The Brier score, a proper score, then separates candidates by how sure
+they were of the true label. A clear accuracy difference is never overruled.
 """
 
 from __future__ import annotations
@@ -127,14 +129,16 @@ def near_tie(best: np.ndarray, other: np.ndarray) -> bool:
 
 def pick(oos: Sequence[np.ndarray], Y: np.ndarray, multi_label: bool) -> tuple[int, list[int]]:
     """The winning candidate's index, given each one's out-of-sample scores: the best accuracy;
-    among the candidates in a near-tie with it (:func:`near_tie`), the lowest Brier score; then
-    the earlier candidate (the cheaper). Also the indices of those near-tied candidates."""
+    among the candidates in a near-tie with it (:func:`near_tie`), the highest macro F1, then the
+    lowest Brier score, then the earlier candidate (the cheaper). Also the indices of those
+    near-tied candidates."""
     if not oos:
         raise ValueError("no candidate scores")
     right = [correct(p, Y, multi_label) for p in oos]
     top = max(range(len(oos)), key=lambda i: (float(right[i].mean()), -i))
     tied = [i for i in range(len(oos)) if near_tie(right[top], right[i])]
-    return min(tied, key=lambda i: (brier(oos[i], Y), i)), tied
+    f1 = {i: round(score(oos[i], Y, multi_label).macro_f1, 9) for i in tied}
+    return min(tied, key=lambda i: (-f1[i], brier(oos[i], Y), i)), tied
 
 
 def choose(
@@ -148,8 +152,8 @@ def choose(
 ) -> Choice:
     """The candidate with the best cross-validated promotion score of the task's ``kind``
     (accuracy; entity F1 for text spans). Without ``kind``: classification. For scores that are
-    probabilities, near-ties go to the lowest Brier score (see :func:`pick`); otherwise ties go to
-    the earlier candidate.
+    probabilities, near-ties go to the highest macro F1, then the lowest Brier score (see
+    :func:`pick`); otherwise ties go to the earlier candidate.
 
     Each candidate sees only its own views of ``X`` and ``pool``.
     """
@@ -254,9 +258,12 @@ def _reason(name: str, tied: list[str], evidence: dict[str, dict[str, Any]]) -> 
             f"{name} has the highest cross-validated accuracy on this task's labels "
             f"({mine['cv_accuracy']:.3f}; {others})"
         )
-    briers = ", ".join(f"{n} {evidence[n]['cv_brier']:.3f}" for n in rivals)
+    f1s = ", ".join(f"{n} {evidence[n]['cv_macro_f1']:.3f}" for n in rivals)
+    why = f"the highest macro F1 ({mine['cv_macro_f1']:.3f}; {f1s})"
+    if any(evidence[n]["cv_macro_f1"] >= mine["cv_macro_f1"] for n in rivals):
+        briers = ", ".join(f"{n} {evidence[n]['cv_brier']:.3f}" for n in rivals)
+        why += f" and then the lowest Brier score ({mine['cv_brier']:.3f}; {briers})"
     return (
-        f"{name} has the lowest cross-validated Brier score ({mine['cv_brier']:.3f}; {briers}) "
-        f"of the candidates whose accuracy is within noise of the highest on this task's labels "
-        f"({mine['cv_accuracy']:.3f}; {others})"
+        f"{name}'s cross-validated accuracy is within noise of the highest on this task's labels "
+        f"({mine['cv_accuracy']:.3f}; {others}); of those candidates it has {why}"
     )

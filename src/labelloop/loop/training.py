@@ -29,6 +29,7 @@ from labelloop.learners.finetune import FineTune
 from labelloop.loop import autolabel, evaluation, retention
 from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import labelled_at, unlabelled_item_ids
+from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs
 from labelloop.loop.selection import strategy_for
@@ -417,6 +418,32 @@ def _fit(
     return Fitted(model, choice.oos, choice.candidates, choice.reason, resumed=False)
 
 
+def _audit_scores(
+    rt: Runtime,
+    claim: Claim,
+    prepared: Prepared,
+    fitted: Fitted,
+    auto: AutoLabelPolicy,
+    held: list[int],
+) -> np.ndarray:
+    """The held-out labels' scores for the auto-labelling estimate: audits apart
+    (``auto_label.audit_folds``), else the cross-validated ones."""
+    if auto.audit_folds is not None and auto.evidence == "audits":
+        model = fitted.model
+        apart = autolabel.audit_scores(
+            model,
+            prepared.X.only(model.views()),
+            prepared.Y,
+            held,
+            _pool_for(rt, claim, prepared, model),
+            auto.audit_folds,
+            seed=claim.revision,
+        )
+        if apart is not None:
+            return apart
+    return fitted.oos[held]
+
+
 def _evaluate(
     rt: Runtime, claim: Claim, prepared: Prepared, fitted: Fitted, phases: Phases
 ) -> RunResult:
@@ -431,9 +458,10 @@ def _evaluate(
         held = [
             p for p, i in enumerate(labelled_ids) if auto.evidence == "all" or i in claim.audits
         ]
+        scores = _audit_scores(rt, claim, prepared, fitted, auto, held)
         estimate = autolabel.estimate_threshold(
-            spec.kind.confidence(oos[held]),
-            spec.kind.correct(oos[held], Y[held]),
+            spec.kind.confidence(scores),
+            spec.kind.correct(scores, Y[held]),
             auto,
             autolabel.model_label_target(auto, len(prepared.ok_ids), len(labelled_ids)),
         )

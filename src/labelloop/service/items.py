@@ -52,7 +52,7 @@ def store_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> tuple[dict[st
     ext = [i.external_id for i in items if i.external_id is not None]
     if len(set(ext)) != len(ext):
         raise InvalidInput("external_id repeats within the request")
-    with rt.session() as s:
+    with rt.reading() as s:
         category = get_task_row(s, task_id).category
     if not is_text(category):
         check_links(rt, task_id, items)
