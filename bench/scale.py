@@ -1,21 +1,32 @@
-"""A large task: what ``/next``, ``/predictions`` and the writes behind them cost as the pool grows.
+"""A large task: what importing, training, ``/next`` and ``/predictions`` cost as the pool grows.
 
     python -m bench.scale                                  # 10,000 and 100,000 items
     python -m bench.scale --sizes 10000 100000 1000000 --out bench/results/scale.json
+    python -m bench.scale --featurize 1024 --workers 1 2   # featurize scale-out (embeddings)
+    python -m bench.scale --sizes 10000 --keep; python -m bench.scale --probe DIR...  # CPU/call
 
 Each size runs in its own process (its peak RSS is its own), on a fresh embedded store (SQLite;
-``--database-url`` for PostgreSQL), in-process through the service layer (no HTTP, so the figures
-are the store's and the code's, not the server's). Per size:
+``--database-url`` for PostgreSQL), through the service layer (no HTTP: the figures are the
+store's and the code's, not the server's), with the embedded local workers running the jobs. Per
+size, a text task with the cheap featurizer (words only, no embeddings: texts are ready at import):
 
-- ``import``: items inserted in batches of 5,000 (synthetic texts; the featurizer is skipped:
-  a cheap one is assumed, so this is the store's insert rate, not featurizing);
-- ``rescore``: a prediction for every item written in chunks of 5,000 (what a promotion's
-  background rescoring writes, ranking included), rows/s;
-- then 300 labels as an annotator would: ``/next?limit=10&annotator=…``, then ``/predictions`` of
-  each item and one ``POST /annotations`` per item; p50 and p99 of each;
-- ``knn``: the density graph of ``size`` 64-dimensional feature rows (``learners/neighbours.py``),
-  and the brute-force graph it replaces where that is affordable (≤ 20,000 rows);
-- peak RSS of the process, the store's size on disk.
+- ``import``: synthetic texts through ``add_items`` in requests of 10,000 (near-copy signatures
+  included), items/s;
+- then 300 labels as an annotator gives them: ``/next?limit=10&annotator=…``, ``/predictions``
+  of each item, one ``POST /annotations`` per item, while the policy trains in the background;
+  p50 and p99 of each, the time from the first label to the first served model, and every
+  version's training time (the job's wall time, its pool prediction included) until the task is
+  idle or ``--idle-wait`` runs out (``--train-wait`` for the first model);
+- ``knn``: the density graph of ``size`` 64-dimensional feature rows (``learners/neighbours.py``)
+  up to ``--knn-max`` rows, and the brute-force graph it replaces where affordable (≤ 20,000);
+- peak RSS of this process and of the largest worker, the store's and the data folder's size.
+
+``--probe DIR…``: ``/next`` and ``/predictions`` again on stores that runs with ``--keep`` left,
+one after another in one quiet process: wall and CPU time per call (the CPU time does not depend
+on the machine's load).
+
+``--featurize N --workers 1 2``: featurize throughput of ``N`` texts with sentence embeddings (the
+costly featurizer), per number of bulk workers, after each worker has loaded its model.
 """
 
 from __future__ import annotations
@@ -23,17 +34,58 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 LABELS = ["a", "b", "c"]
+#: The default policy's labels before the first training.
+MIN_LABELS = 10
+WORDS = np.array(
+    [
+        "the",
+        "a",
+        "cat",
+        "dog",
+        "market",
+        "price",
+        "fell",
+        "rose",
+        "team",
+        "won",
+        "lost",
+        "game",
+        "rain",
+        "sun",
+        "city",
+        "road",
+        "car",
+        "train",
+        "film",
+        "song",
+        "book",
+        "phone",
+        "call",
+        "late",
+        "early",
+        "good",
+        "bad",
+        "new",
+        "old",
+        "red",
+        "blue",
+        "big",
+        "small",
+    ]
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -48,74 +100,92 @@ def ms(values: list[float]) -> dict[str, float]:
     }
 
 
-def one(size: int, database_url: str | None, labels: int) -> dict[str, Any]:
-    from sqlalchemy import insert, select
+def texts(rng: np.random.Generator, n: int) -> list[str]:
+    """Short synthetic texts: eight common words and one of a long tail of 20,000 (Zipf), so the
+    vocabulary stops growing with the pool as real texts' does. The label follows the first
+    word's group, so models learn. Texts may repeat, as real ones do."""
+    picks = rng.integers(0, len(WORDS), (n, 8))
+    tail = np.minimum(rng.zipf(1.3, n), 20_000)
+    return [f"{' '.join(WORDS[p])} w{k}" for p, k in zip(picks, tail, strict=True)]
 
+
+def truth(text: str) -> str:
+    return LABELS[int(np.flatnonzero(text.split()[0] == WORDS)[0]) % len(LABELS)]
+
+
+def wait(done: Callable[[], bool], limit_s: float) -> bool:
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        if done():
+            return True
+        time.sleep(0.5)  # a bench polls the store; tests wait on events
+    return done()
+
+
+def runtime(root: Path, database_url: str | None, workers: int) -> Any:
     from labelloop.config import Settings
-    from labelloop.learners.neighbours import knn_graph
+    from labelloop.jobs.local import LocalJobs
     from labelloop.runtime import Runtime
-    from labelloop.schemas import AnnotationCreate, TaskCreate
-    from labelloop.service import labelling, predictions, tasks
-    from labelloop.store.models import Item, ModelVersion, Task
-    from labelloop.store.upsert import upsert_predictions
 
-    root = Path(tempfile.mkdtemp(prefix="labelloop-scale-"))
-    rt = Runtime(Settings(data_dir=root, database_url=database_url), migrate_schema=True)
-    policy = {"learner": "tfidf-svm", "learner_params": {"embeddings": False}, "min_labels": 10**6}
-    t = tasks.create_task(
-        rt, TaskCreate(name="scale", category="text-classification", labels=LABELS, policy=policy)
-    )["id"]
-    rng = np.random.default_rng(0)
-    out: dict[str, Any] = {"items": size}
+    rt = Runtime(
+        Settings(data_dir=root, database_url=database_url, local_workers=workers),
+        migrate_schema=True,
+    )
+    rt.attach_jobs(LocalJobs(rt))
+    rt.jobs.start()
+    return rt
+
+
+def make_task(rt: Any, policy: dict[str, Any]) -> int:
+    from labelloop.schemas import TaskCreate
+    from labelloop.service import tasks
+
+    spec = TaskCreate(name="scale", category="text-classification", labels=LABELS, policy=policy)
+    return int(tasks.create_task(rt, spec)["id"])
+
+
+def import_items(rt: Any, t: int, rng: np.random.Generator, size: int) -> float:
+    from labelloop.schemas import ItemCreate
+    from labelloop.service import items
 
     started = time.perf_counter()
-    for start in range(0, size, 5000):
-        rows = [
-            {"task_id": t, "data": f"synthetic text {i} {rng.integers(1 << 30)}", "status": "ready"}
-            for i in range(start, min(size, start + 5000))
-        ]
-        with rt.session() as s:
-            s.execute(insert(Item), rows)
-    out["import_items_per_s"] = round(size / (time.perf_counter() - started))
+    for start in range(0, size, 10_000):
+        batch = texts(rng, min(size, start + 10_000) - start)
+        items.add_items(rt, t, [ItemCreate(data=x) for x in batch])
+    return size / (time.perf_counter() - started)
+
+
+def busy(rt: Any, t: int) -> bool:
+    from sqlalchemy import func, select
+
+    from labelloop.store.models import ACTIVE_JOB_STATES, Job
 
     with rt.session() as s:
-        ids = list(s.scalars(select(Item.id).where(Item.task_id == t).order_by(Item.id)))
-        s.add(
-            ModelVersion(
-                task_id=t,
-                version=0,
-                job_key="scale",
-                learner="tfidf-svm",
-                status="ready",
-                label_revision=0,
-                metrics={},
+        return bool(
+            s.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.task_id == t, Job.state.in_(ACTIVE_JOB_STATES))
             )
         )
-        s.get_one(Task, t).served_version = 0
-    started = time.perf_counter()
-    for start in range(0, size, 5000):
-        chunk = ids[start : start + 5000]
-        scores = rng.dirichlet(np.ones(len(LABELS)), len(chunk))
-        top2 = np.sort(scores, axis=1)[:, -2:]
-        rows = [
-            {
-                "item_id": i,
-                "task_id": t,
-                "version": 0,
-                "labels": [LABELS[int(sc.argmax())]],
-                "scores": [round(float(v), 6) for v in sc],
-                "score": float(sc.max()),
-                "uncertainty": float(1 - (m[1] - m[0])),
-            }
-            for i, sc, m in zip(chunk, scores, top2, strict=True)
-        ]
-        with rt.session() as s:
-            upsert_predictions(s, rows)
-    out["rescore_rows_per_s"] = round(size / (time.perf_counter() - started))
+
+
+def served(rt: Any, t: int) -> bool:
+    from labelloop.store.models import Task
+
+    with rt.session() as s:
+        return s.get_one(Task, t).served_version is not None
+
+
+def label(rt: Any, t: int, labels: int) -> dict[str, Any]:
+    """``labels`` labels as an annotator gives them; the loop trains meanwhile."""
+    from labelloop.schemas import AnnotationCreate
+    from labelloop.service import labelling, predictions
 
     nxt: list[float] = []
     pre: list[float] = []
     ann: list[float] = []
+    first_label = first_model = None
     given = 0
     while given < labels:
         t0 = time.perf_counter()
@@ -125,27 +195,88 @@ def one(size: int, database_url: str | None, labels: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             p = predictions.get_prediction(rt, t, it["id"])
             pre.append(time.perf_counter() - t0)
+            if first_model is None and p["model_version"] is not None:
+                first_model = time.perf_counter()
             t0 = time.perf_counter()
-            labelling.submit(
-                rt,
-                t,
-                [
-                    AnnotationCreate(
-                        item_id=it["id"],
-                        labels=[LABELS[given % 3]],
-                        shown_version=p["model_version"],
-                    )
-                ],
-                "annotator",
+            one = AnnotationCreate(
+                item_id=it["id"], labels=[truth(it["data"])], shown_version=p["model_version"]
             )
+            labelling.submit(rt, t, [one], "annotator")
             ann.append(time.perf_counter() - t0)
             given += 1
-    out["next"] = ms(nxt)
-    out["predictions"] = ms(pre)
-    out["annotate"] = ms(ann)
+            if given == MIN_LABELS:  # the label that triggers the first training
+                first_label = time.perf_counter()
+    return {
+        "next": ms(nxt),
+        "predictions": ms(pre),
+        "annotate": ms(ann),
+        "first_label_at": first_label,
+        "first_model_at": first_model,
+    }
+
+
+def probe(root: Path, calls: int) -> dict[str, Any]:
+    """``/next`` and ``/predictions`` on a store a size run left (``--keep``), one after another,
+    by a fresh annotator who labels nothing: wall time, and the thread's CPU time (what the
+    request costs, whatever the machine's load)."""
+    from sqlalchemy import func, select
+
+    from labelloop.config import Settings
+    from labelloop.runtime import Runtime
+    from labelloop.service import predictions
+    from labelloop.store.models import Item
+
+    rt = Runtime(Settings(data_dir=root))
+    with rt.session() as s:
+        t, n = s.execute(select(Item.task_id, func.count()).group_by(Item.task_id)).one()
+    wall: dict[str, list[float]] = {"next": [], "predictions": []}
+    cpu: dict[str, list[float]] = {"next": [], "predictions": []}
+    for k in range(calls):
+        w, c = time.perf_counter(), time.thread_time()
+        batch = predictions.next_items(rt, t, 10, f"probe-{k}")["items"]
+        wall["next"].append(time.perf_counter() - w)
+        cpu["next"].append(time.thread_time() - c)
+        w, c = time.perf_counter(), time.thread_time()
+        predictions.get_prediction(rt, t, batch[0]["id"])
+        wall["predictions"].append(time.perf_counter() - w)
+        cpu["predictions"].append(time.thread_time() - c)
+    rt.close()
+    out: dict[str, Any] = {"items": n}
+    for name in wall:
+        out[name] = ms(wall[name]) | {f"cpu_{k}": v for k, v in ms(cpu[name]).items()}
+    return out
+
+
+def trainings(rt: Any, t: int) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from labelloop.store.models import ModelVersion, Task
+
+    with rt.session() as s:
+        rows = s.execute(
+            select(ModelVersion.train_seconds, ModelVersion.metrics, ModelVersion.n_labels).where(
+                ModelVersion.task_id == t, ModelVersion.status == "ready"
+            )
+        ).all()
+        served = s.get_one(Task, t).served_version
+    secs = [float(r.train_seconds) for r in rows if r.train_seconds]
+    pool = [float((r.metrics or {}).get("phases_seconds", {}).get("predict_pool", 0)) for r in rows]
+    return {
+        "versions": len(rows),
+        "served_version": served,
+        "train_s_median": round(statistics.median(secs), 2) if secs else None,
+        "train_s_max": round(max(secs), 2) if secs else None,
+        "predict_pool_s_median": round(statistics.median(pool), 2) if pool else None,
+        "labels_at_versions": [r.n_labels for r in rows],
+    }
+
+
+def knn(size: int, rng: np.random.Generator) -> dict[str, float]:
+    from labelloop.learners.neighbours import knn_graph
 
     X = rng.normal(size=(size, 64)).astype(np.float32)
     X += 4 * rng.normal(size=(100, 64)).astype(np.float32)[rng.integers(0, 100, size)]
+    out: dict[str, float] = {}
     t0 = time.perf_counter()
     knn_graph(X, 5)
     out["knn_graph_s"] = round(time.perf_counter() - t0, 2)
@@ -155,24 +286,83 @@ def one(size: int, database_url: str | None, labels: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         NearestNeighbors(n_neighbors=6).fit(X).kneighbors(X, return_distance=False)
         out["knn_brute_s"] = round(time.perf_counter() - t0, 2)
-
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    rt.close()
-    out["store_mb"] = (
-        round(sum(p.stat().st_size for p in root.rglob("labelloop.db*")) / 2**20, 1)
-        if database_url is None
-        else None
-    )
-    out["datastore_mb"] = round(
-        sum(
-            p.stat().st_size
-            for p in root.rglob("*")
-            if p.is_file() and "labelloop.db" not in p.name
-        )
-        / 2**20,
-        2,
-    )
     return out
+
+
+def sizes_on_disk(root: Path, database_url: str | None) -> dict[str, float | None]:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    db = sum(p.stat().st_size for p in files if "labelloop.db" in p.name)
+    rest = sum(p.stat().st_size for p in files if "labelloop.db" not in p.name)
+    return {
+        "store_mb": round(db / 2**20, 1) if database_url is None else None,
+        "datastore_mb": round(rest / 2**20, 2),
+    }
+
+
+def one(size: int, database_url: str | None, labels: int, args: argparse.Namespace) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="labelloop-scale-"))
+    rt = runtime(root, database_url, workers=1)
+    policy = {"learner": "tfidf-svm", "learner_params": {"embeddings": False}}
+    t = make_task(rt, policy)
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {"items": size}
+    out["import_items_per_s"] = round(import_items(rt, t, rng, size))
+    got = label(rt, t, labels)
+    first_label, first_model = got.pop("first_label_at"), got.pop("first_model_at")
+    if first_model is None and wait(lambda: served(rt, t), args.train_wait):
+        first_model = time.perf_counter()
+    idle = wait(lambda: not busy(rt, t), args.idle_wait)
+    out |= got
+    out["idle_after_labels"] = idle
+    out["first_model_s"] = (
+        round(first_model - first_label, 1) if first_model and first_label else None
+    )
+    out |= trainings(rt, t)
+    rt.jobs.stop()
+    if size <= args.knn_max:
+        out |= knn(size, rng)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    out["peak_rss_worker_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    rt.close()
+    out |= sizes_on_disk(root, database_url)
+    if args.keep:
+        out["data_dir"] = str(root)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def featurize_rate(n: int, workers: int) -> dict[str, Any]:
+    """Texts per second through the featurize jobs (sentence embeddings), ``workers`` bulk workers,
+    each warmed (its model loaded) by a first round of jobs."""
+    from sqlalchemy import func, select
+
+    from labelloop.schemas import ItemCreate
+    from labelloop.service import items
+    from labelloop.store.models import Item
+
+    rt = runtime(Path(tempfile.mkdtemp(prefix="labelloop-fz-")), None, workers)
+    t = make_task(rt, {"learner": "tfidf-svm", "learner_params": {"embeddings": True}})
+    rng = np.random.default_rng(workers)
+
+    def pending() -> int:
+        with rt.session() as s:
+            return int(
+                s.scalar(select(func.count()).where(Item.task_id == t, Item.status == "pending"))
+                or 0
+            )
+
+    warm = texts(rng, 64 * 2 * workers)
+    items.add_items(rt, t, [ItemCreate(data=x) for x in warm])
+    wait(lambda: pending() == 0, 600)
+    started = time.perf_counter()
+    items.add_items(rt, t, [ItemCreate(data=x) for x in texts(rng, n)])
+    done = wait(lambda: pending() == 0, 1200)
+    seconds = time.perf_counter() - started
+    rt.jobs.stop()
+    rt.close()
+    shutil.rmtree(rt.data_dir, ignore_errors=True)
+    return {"workers": workers, "texts": n, "done": done, "items_per_s": round(n / seconds, 1)}
 
 
 def main() -> None:
@@ -180,28 +370,40 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--labels", type=int, default=300)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--train-wait", type=float, default=600.0, help="for the first model")
+    parser.add_argument("--idle-wait", type=float, default=600.0, help="for the last training")
+    parser.add_argument("--knn-max", type=int, default=100_000)
+    parser.add_argument("--featurize", type=int, default=None)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep each size's data folder")
+    parser.add_argument("--probe", type=Path, nargs="+", default=None, help="kept data folders")
+    parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one is not None:
-        print(json.dumps(one(args.one, args.database_url, args.labels)))
+    if args.probe is not None:
+        for root in args.probe:
+            print(json.dumps(probe(root, args.calls)), flush=True)
         return
-    results = []
-    for size in args.sizes:
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.scale",
-            "--one",
-            str(size),
-            "--labels",
-            str(args.labels),
-        ]
-        if args.database_url:
-            cmd += ["--database-url", args.database_url]
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(json.dumps(results[-1]), flush=True)
+    if args.one is not None:
+        print(json.dumps(one(args.one, args.database_url, args.labels, args)))
+        return
+    results: list[dict[str, Any]] = []
+    if args.featurize is not None:
+        for w in args.workers:
+            results.append(featurize_rate(args.featurize, w))
+            print(json.dumps(results[-1]), flush=True)
+    else:
+        for size in args.sizes:
+            cmd = [sys.executable, "-m", "bench.scale", "--one", str(size)]
+            cmd += ["--labels", str(args.labels), "--train-wait", str(args.train_wait)]
+            cmd += ["--idle-wait", str(args.idle_wait)]
+            cmd += ["--knn-max", str(args.knn_max)] + (["--keep"] if args.keep else [])
+            if args.database_url:
+                cmd += ["--database-url", args.database_url]
+            done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -21,7 +21,13 @@ from labelloop.config import Settings
 from labelloop.datastore import TaskFolder
 from labelloop.learners import backbones
 from labelloop.loop.cache import ModelCache
-from labelloop.store.db import make_engine, make_sessionmaker, migrate, translate_db_errors
+from labelloop.store.db import (
+    READ_ONLY,
+    make_engine,
+    make_sessionmaker,
+    migrate,
+    translate_db_errors,
+)
 
 if TYPE_CHECKING:
     # Only a type: the backends import the runtime.
@@ -93,6 +99,21 @@ class Runtime:
         _depth.n = 1
         try:
             with translate_db_errors(), self.sessions() as session, session.begin():
+                yield session
+        finally:
+            _depth.n = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A transaction that only reads: on SQLite it reads a snapshot beside a writer instead of
+        queueing for the write lock (``/next`` and ``/predictions`` while a promotion writes a
+        pool's pre-labels). Writing in it is a bug."""
+        if getattr(_depth, "n", 0):
+            raise RuntimeError("nested store transaction: pass the open session down instead")
+        _depth.n = 1
+        try:
+            with translate_db_errors(), self.sessions() as session, session.begin():
+                session.connection(execution_options={READ_ONLY: True})  # before its BEGIN
                 yield session
         finally:
             _depth.n = 0

@@ -78,11 +78,13 @@ def test_a_span_task_learns_in_the_loop_and_serves_span_prelabels(app_client: Te
     assert 0.0 <= version["heldout_entity_precision"] <= 1.0
     model = c.get(f"/api/v1/tasks/{task_id}/models").json()[0]
     assert model["learner"] == "spacy-ner" and "cv_entity_recall" in model["metrics"]
+    assert 1 <= model["metrics"]["epochs_run"] <= 10
 
     # Stored items: span pre-labels with a score each, from version 0, inside their text.
-    preds = []
+    preds, certainty = [], []
     for n in range(40, 60):
         p = c.get(f"/api/v1/tasks/{task_id}/predictions", params={"item_id": items[n]}).json()
+        certainty.append(p["score"])
         assert (p["status"], p["model_version"]) == ("ok", 0), p
         assert "labels" not in p and 0.0 <= p["score"] <= 1.0
         for span in p["spans"]:
@@ -102,6 +104,10 @@ def test_a_span_task_learns_in_the_loop_and_serves_span_prelabels(app_client: Te
         it["prediction"]["model_version"] == 0 and isinstance(it["prediction"]["spans"], list)
         for it in nxt["items"]
     )
+    # Active ordering: the text whose weakest token is least certain comes first (below one half
+    # every text is as unsure as can be).
+    first = nxt["items"][0]["prediction"]["score"]
+    assert max(first, 0.5) == max(min(certainty), 0.5)
 
     # Label Studio's /predict: "labels" results with the text they cover, and scores.
     r = c.post("/labelstudio/predict", json=_predict_body(range(40, 60), texts))
@@ -135,3 +141,16 @@ def test_auto_labelling_is_refused_for_spans_with_the_reason(app_client: TestCli
     )
     assert r.status_code == 422
     assert "auto-labelling is off for text-spans tasks" in r.json()["detail"]
+
+
+def test_span_learner_parameters_are_checked_at_creation(app_client: TestClient) -> None:
+    r = app_client.post(
+        "/api/v1/tasks",
+        json={
+            "name": "ner-beam",
+            "category": "text-spans",
+            "labels": LABELS,
+            "policy": {"learner_params": {"beam_width": 1}},
+        },
+    )
+    assert r.status_code == 422 and "beam_width" in r.json()["detail"]

@@ -3,6 +3,8 @@ grown in place when the pool grows."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
@@ -60,3 +62,30 @@ def test_duplicates_and_tiny_pools() -> None:
     assert tiny.shape == (3, 5) and (tiny[:, 2:] == -1).all()
     graph = neighbours.knn_graph(X, 3)
     assert (graph != graph.T).nnz == 0 and graph.diagonal().sum() == 0
+
+
+def test_a_large_pools_index_is_built_once_and_shared_through_its_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(neighbours, "EXACT_BELOW", 1000)
+    X = clusters(2500, 20, 3)
+    first = X[:-300]
+    with neighbours.kept_in(tmp_path):
+        found = neighbours.neighbours(first, 5)
+    written = tmp_path / "hnsw-20d.faiss"
+    assert written.is_file() and recall(found, exact(first, 5)) > 0.9
+    stamp = written.stat().st_mtime_ns
+    # Another worker (nothing in memory): it reads the index, adds nothing, writes nothing.
+    monkeypatch.setattr(neighbours, "_SHARED", {})
+    with neighbours.kept_in(tmp_path):
+        again = neighbours.neighbours(first, 5)
+    assert written.stat().st_mtime_ns == stamp
+    assert recall(again, exact(first, 5)) > 0.9
+    # Items arrive: the index on disk grows by their rows only, and answers for them.
+    monkeypatch.setattr(neighbours, "_SHARED", {})
+    with neighbours.kept_in(tmp_path):
+        grown = neighbours.neighbours(X, 5)
+    index = neighbours.GrowingIndex.read(written, 20)
+    assert index.index.ntotal == len(X) and len(index.positions) == len(X)
+    assert recall(grown, exact(X, 5)) > 0.9
+    assert 20 not in neighbours._GROWING  # nothing was built in this process alone

@@ -10,6 +10,8 @@ from labelloop.learners.base import Features
 from labelloop.learners.image import PoolGraph
 from labelloop.loop.policy import AutoLabelPolicy, Policy
 from labelloop.loop.selection import (
+    NEAR_COPY_BITS,
+    SIGNATURE_BITS,
     AuditMixing,
     DensityWeighted,
     DiverseBatch,
@@ -22,7 +24,7 @@ from labelloop.loop.selection import (
     least_confidence,
     margin,
     pick_diverse,
-    similarity_vectors,
+    signatures,
     strategy_for,
 )
 
@@ -31,16 +33,44 @@ def test_near_copies_are_pushed_back() -> None:
     rng = np.random.default_rng(0)
     base = rng.random(16)
     rows = np.vstack([base, base + 1e-4, base + 2e-4, rng.random(16), rng.random(16)])
-    vectors = similarity_vectors(Features({"pixels": rows}))
-    assert pick_diverse(vectors, 3) == [0, 3, 4]
-    assert pick_diverse(vectors, 5) == [0, 3, 4, 1, 2]  # copies only fill what is left
+    signed = signatures(Features({"pixels": rows}))
+    assert pick_diverse(signed, 3) == [0, 3, 4]
+    assert pick_diverse(signed, 5) == [0, 3, 4, 1, 2]  # copies only fill what is left
+    assert pick_diverse([None, *signed[1:]], 3) == [0, 1, 3]  # unsigned: a copy of nothing
 
 
 def test_texts_compare_by_their_words() -> None:
-    vectors = similarity_vectors(
-        Features({"text": ["the cat sat", "the cat sat", "stock prices fell"]})
-    )
-    assert pick_diverse(vectors, 2) == [0, 2]
+    signed = signatures(Features({"text": ["the cat sat", "the cat sat", "stock prices fell"]}))
+    assert pick_diverse(signed, 2) == [0, 2]
+
+
+def test_signatures_are_as_far_apart_as_the_cosine_says() -> None:
+    """The bits two signatures differ in estimate the angle between the similarity vectors: pairs
+    well above the near-copy cosine fall within :data:`NEAR_COPY_BITS`, pairs well below do not."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(200, 64))
+    noise = rng.normal(size=(200, 64))
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    ortho = noise - (noise * unit).sum(axis=1, keepdims=True) * unit
+    ortho /= np.linalg.norm(ortho, axis=1, keepdims=True)
+
+    def at(cos: float) -> np.ndarray:
+        return cos * unit + np.sqrt(1 - cos**2) * ortho
+
+    def apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        sa = signatures(Features({"x": a - a.mean(axis=1, keepdims=True)}))
+        sb = signatures(Features({"x": b - b.mean(axis=1, keepdims=True)}))
+        return np.array(
+            [
+                np.unpackbits(np.frombuffer(x, np.uint8) ^ np.frombuffer(y, np.uint8)).sum()
+                for x, y in zip(sa, sb, strict=True)
+            ]
+        )
+
+    centred = unit - unit.mean(axis=1, keepdims=True)
+    assert (apart(centred, at(0.995)) <= NEAR_COPY_BITS).mean() > 0.95
+    assert (apart(centred, at(0.85)) > NEAR_COPY_BITS).mean() > 0.95
+    assert len(signatures(Features({"x": base}))[0]) * 8 == SIGNATURE_BITS
 
 
 def test_hubs_have_higher_degree_than_outliers() -> None:
@@ -102,23 +132,17 @@ def test_a_diverse_batch_pushes_near_copies_back() -> None:
     rng = np.random.default_rng(0)
     base = rng.random(16)
     rows = {1: base, 2: base + 1e-4, 3: rng.random(16), 4: rng.random(16), 5: base + 2e-4}
-    unreadable: set[int] = set()
-    asked: list[list[int]] = []
-
-    def vectors(ids: list[int]) -> tuple[list[int], np.ndarray, list[int]]:
-        asked.append(ids)
-        readable = [i for i in ids if i not in unreadable]
-        feats = Features({"pixels": np.vstack([rows[i] for i in readable])})
-        return readable, similarity_vectors(feats), [i for i in ids if i in unreadable]
-
-    ranked = pool(open=[1, 2, 5, 3, 4], uncovered=[1, 2, 5, 3, 4], vectors=vectors)
+    signed = dict(
+        zip(rows, signatures(Features({"pixels": np.vstack(list(rows.values()))})), strict=True)
+    )
+    ranked = pool(open=[1, 2, 5, 3, 4], uncovered=[1, 2, 5, 3, 4], signatures=signed)
     s = DiverseBatch(RandomSampling())
     assert s.query(ranked, 2).items == [1, 3]
     assert s.rank(ranked, 3) == [1, 3, 4, 2, 5]  # nothing is lost: the copies follow
-    assert s.query(ranked, 1).items == [1] and len(asked) == 2  # one item: nothing to compare
-    # Items that cannot be read come after the readable ones, copies included.
-    unreadable.update({3, 4})
-    assert s.query(ranked, 4).items == [1, 2, 5, 3]
+    assert s.query(ranked, 1).items == [1]  # one item: nothing to compare
+    # Items not signed yet (not featurized) are near-copies of nothing.
+    unsigned = replace(ranked, signatures={i: signed[i] for i in (1, 2, 5)})
+    assert s.query(unsigned, 4).items == [1, 3, 4, 2]
 
 
 def test_audit_mixing_spreads_random_audits_over_the_batches() -> None:

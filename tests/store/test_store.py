@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 
 import pytest
 from sqlalchemy import select
@@ -118,3 +119,27 @@ def test_delete_cascades(rt: Runtime) -> None:
         assert s.scalars(select(Annotation).where(Annotation.task_id == t)).all() == []
         assert len(s.scalars(select(Item).where(Item.task_id == other)).all()) == 2
         assert current_labels(s, other) == {kept[0]: ["b"]}
+
+
+def test_a_reading_transaction_reads_beside_a_writer(rt: Runtime) -> None:
+    """``/next`` and ``/predictions`` read while a promotion writes a pool's pre-labels: a reading
+    transaction sees the last committed state at once instead of queueing for the write lock."""
+    t = create_task(
+        rt, TaskCreate(name="beside", category="text-classification", labels=["a", "b"])
+    )
+    done = threading.Event()
+    seen: list[str] = []
+
+    def read() -> None:
+        with rt.reading() as s:
+            seen.append(s.get_one(Task, t["id"]).name)
+        done.set()
+
+    with rt.session() as writer:  # holds the write lock until the block ends
+        writer.get_one(Task, t["id"]).name = "renamed"
+        writer.flush()
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert done.wait(20), "the reading transaction waited for the writer"
+    reader.join()
+    assert seen == ["beside"]

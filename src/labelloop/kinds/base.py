@@ -83,8 +83,10 @@ class TaskKind(ABC):
     needs_text: ClassVar[bool] = False
     #: Distinct labels the labelled items must use between them before a model trains.
     min_classes: ClassVar[int] = 2
-    #: What :meth:`promotion_score` measures, in people's words.
+    #: What :meth:`promotion_score` measures, in people's words, and its key in a version's
+    #: metrics (retention keeps the best version by it).
     promotion_metric: ClassVar[str] = "accuracy"
+    promotion_key: ClassVar[str] = "cv_accuracy"
     #: Why tasks of this kind cannot be auto-labelled (None: they can, once certified).
     auto_label_refusal: ClassVar[str | None] = None
 

@@ -75,6 +75,7 @@ class TextSpans(TaskKind):
     labelstudio_type = "labels"
     needs_text = True
     promotion_metric = "entity F1"
+    promotion_key = "cv_entity_f1"
     #: One label is enough to learn from: the text around a span says "no entity" too.
     min_classes = 1
     auto_label_refusal = (

@@ -8,6 +8,12 @@ when the pool grows: rows already in it (known by a hash of their bytes) are not
 training after a few new items adds a few rows instead of rebuilding. Small pools (below
 :data:`EXACT_BELOW` rows) use an exact flat index: no approximation where it costs nothing.
 
+A large pool's index is *shared*: while :func:`kept_in` names a folder (training names the task's
+``Preprocess/neighbours``), the index of each feature space is read from there, grown by the rows it
+lacks and written back (``faiss.write_index``, under a file lock), so it is built once for the task
+and every worker of the data folder, in any process, reads it instead of building its own. A
+process keeps what it read until another one writes a newer index.
+
 Chosen by measurement (docs/BENCHMARKS.md, "Neighbours"): ``faiss-cpu`` installs as a wheel and
 grows in place; ``hnswlib`` has no wheel for this Python (it would
 compile), ``pynndescent`` pulls numba and llvmlite and compiles at first use.
@@ -15,8 +21,14 @@ compile), ``pynndescent`` pulls numba and llvmlite and compiles at first use.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import os
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,6 +52,11 @@ MAX_SHARE = 2.5
 
 _LOCK = threading.Lock()
 _GROWING: dict[int, GrowingIndex] = {}
+#: Where large pools' indexes are kept while :func:`kept_in` runs (None: in this process only).
+_HOME: ContextVar[Path | None] = ContextVar("neighbours_home", default=None)
+#: Shared indexes read by this process, by file, with the file's stamp when read.
+_SHARED: dict[Path, tuple[GrowingIndex, tuple[int, int] | None]] = {}
+_KEY_BYTES = 12
 
 
 def _faiss() -> Any:
@@ -51,7 +68,7 @@ def _faiss() -> Any:
 
 
 def _row_keys(X: np.ndarray) -> list[bytes]:
-    return [hashlib.blake2b(row.tobytes(), digest_size=12).digest() for row in X]
+    return [hashlib.blake2b(row.tobytes(), digest_size=_KEY_BYTES).digest() for row in X]
 
 
 class GrowingIndex:
@@ -86,6 +103,85 @@ class GrowingIndex:
             _, found = self.index.search(np.ascontiguousarray(Q), k)
         return found  # type: ignore[no-any-return]
 
+    def write(self, path: Path) -> None:
+        """The index and its rows' keys (in position order), each replaced whole."""
+        faiss = _faiss()
+        with self.lock:
+            tmp = path.with_name(path.name + ".tmp")
+            faiss.write_index(self.index, str(tmp))
+            keys = b"".join(self.positions)  # positions were handed out in insertion order
+        os.replace(tmp, path)
+        keys_path = path.with_suffix(".keys")
+        keys_path.with_name(keys_path.name + ".tmp").write_bytes(keys)
+        os.replace(keys_path.with_name(keys_path.name + ".tmp"), keys_path)
+
+    @classmethod
+    def read(cls, path: Path, dim: int) -> GrowingIndex:
+        grown = cls(dim)
+        grown.index = _faiss().read_index(str(path))
+        grown.index.hnsw.efSearch = EF_SEARCH
+        keys = path.with_suffix(".keys").read_bytes()
+        grown.positions = {
+            keys[i : i + _KEY_BYTES]: p for p, i in enumerate(range(0, len(keys), _KEY_BYTES))
+        }
+        if len(grown.positions) != grown.index.ntotal:  # a torn pair: build again
+            return cls(dim)
+        return grown
+
+
+@contextlib.contextmanager
+def kept_in(folder: Path) -> Iterator[None]:
+    """Large pools' indexes are read from, and written to, ``folder`` while the block runs."""
+    token = _HOME.set(folder)
+    try:
+        yield
+    finally:
+        _HOME.reset(token)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _shared(folder: Path, X: np.ndarray) -> tuple[GrowingIndex, np.ndarray]:
+    """The folder's index of ``X``'s feature space, grown by the rows it lacks (written back), and
+    each row's position in it. One process at a time reads and grows it (a file lock)."""
+    dim = X.shape[1]
+    path = folder / f"hnsw-{dim}d.faiss"
+    with _file_lock(path.with_suffix(".lock")):
+        stamp = _stamp(path)
+        with _LOCK:
+            held = _SHARED.get(path)
+        if held is not None and held[1] == stamp:
+            grow = held[0]
+        else:  # another process wrote it since (or none was read here yet)
+            grow = GrowingIndex.read(path, dim) if stamp is not None else GrowingIndex(dim)
+        if grow.index.ntotal > MAX_SHARE * len(X):  # mostly rows of a former pool: afresh
+            grow = GrowingIndex(dim)
+        before = grow.index.ntotal
+        pos = grow.add(X)
+        if grow.index.ntotal != before or stamp is None:
+            grow.write(path)
+            stamp = _stamp(path)
+        with _LOCK:
+            _SHARED[path] = (grow, stamp)
+    return grow, pos
+
 
 def _growing(dim: int) -> GrowingIndex:
     with _LOCK:
@@ -106,10 +202,14 @@ def neighbours(X: np.ndarray, k: int) -> np.ndarray:
         _, found = flat.search(X, min(k + 1, n))
         rows = found
     else:
-        grow = _growing(X.shape[1])
-        if grow.index.ntotal > MAX_SHARE * n:  # mostly other pools' rows: a fresh index
-            grow = GrowingIndex(X.shape[1])
-        pos = grow.add(X)
+        home = _HOME.get()
+        if home is not None:
+            grow, pos = _shared(home, X)
+        else:
+            grow = _growing(X.shape[1])
+            if grow.index.ntotal > MAX_SHARE * n:  # mostly other pools' rows: a fresh index
+                grow = GrowingIndex(X.shape[1])
+            pos = grow.add(X)
         inverse = np.full(grow.index.ntotal, -1, dtype=np.int64)
         inverse[pos[::-1]] = np.arange(n)[::-1]  # a duplicated row answers for the first copy
         # Ask deeper than k: rows of other pools that this pool lacks are dropped.

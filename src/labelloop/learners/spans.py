@@ -3,7 +3,7 @@
 Nothing is downloaded: ``spacy.blank("en")`` is spaCy's rule-based English tokenizer and the NER
 component starts from random weights, small enough (a 64-wide, 2-deep CNN over hashed word
 features) that a few hundred sentences train in seconds. Training stops after ``epochs`` passes,
-or earlier once an epoch's loss has fallen below ``tol`` times the first epoch's.
+or earlier once two epochs in a row have a loss below ``tol`` times the first epoch's.
 
 **Offsets.** Texts are read exactly as stored (no whitespace normalisation), so the tokens' offsets
 are the annotation's. A labelled span that does not fall on token boundaries is kept as given in
@@ -107,9 +107,14 @@ class SpacyNER(Learner):
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
-        for key in ("epochs", "batch_size", "width", "depth", "beam_width"):
+        for key in ("epochs", "batch_size", "width", "depth"):
             if key in params and params[key] < 1:
                 raise InvalidInput(f"learner parameter {key!r} of {cls.name!r} must be at least 1")
+        if params.get("beam_width", 2) < 2:
+            raise InvalidInput(
+                f"learner parameter 'beam_width' of {cls.name!r} must be at least 2: "
+                "span scores come from the beam's other parses"
+            )
         if not 0.0 <= params.get("dropout", 0.0) < 1.0:
             raise InvalidInput(f"learner parameter 'dropout' of {cls.name!r} must be in [0, 1)")
 
@@ -168,6 +173,7 @@ class SpacyNER(Learner):
         optimizer = nlp.initialize(lambda: examples)
         order = random.Random(self.seed)
         first: float | None = None
+        low = 0  # consecutive epochs under tol x the first one's loss (the beam's loss jumps)
         self.epochs_run_ = 0
         for _ in range(self.epochs):
             order.shuffle(examples)
@@ -177,7 +183,8 @@ class SpacyNER(Learner):
             self.epochs_run_ += 1
             loss = float(losses.get("beam_ner", 0.0))
             first = loss if first is None else first
-            if loss <= self.tol * first:
+            low = low + 1 if loss <= self.tol * first else 0
+            if low == 2:
                 break
         self.nlp_ = nlp
         return self

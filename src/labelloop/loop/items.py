@@ -6,6 +6,7 @@ from sqlalchemy import select, update
 
 from labelloop.jobs.state import claim, fail, finish
 from labelloop.loop.features import ItemRef, featurize, pool_featurizers
+from labelloop.loop.selection import signatures
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.store.models import Item, Job, Task
@@ -29,6 +30,8 @@ def run_featurize_job(rt: Runtime, job_id: int) -> list[int]:
         featurizers = pool_featurizers(s, spec)
     batch = featurize(rt, spec.id, spec.category, featurizers, refs)
     ok_ids = [refs[i].id for i in batch.ok]
+    # Near-copy signatures now, while the features are at hand: /next compares them, not features.
+    signed = dict(zip(ok_ids, signatures(batch.features), strict=True))
     rows: list[dict[str, object]] = []
     for ref in refs:
         if ref.id in batch.failed:
@@ -36,6 +39,7 @@ def run_featurize_job(rt: Runtime, job_id: int) -> list[int]:
         else:
             row: dict[str, object] = {"id": ref.id, "status": "ready", "error": None}
             row["content_hash"] = batch.hashes.get(ref.id, ref.content_hash)
+            row["signature"] = signed.get(ref.id)
             rows.append(row)
     with rt.session() as s:
         if rows:

@@ -195,7 +195,7 @@ def predict_stored(
     rt: Runtime, spec: TaskSpec, version: int, item_ids: Sequence[int]
 ) -> ItemPredictions:
     """Prediction rows (as :func:`prediction_rows` makes them) for stored items."""
-    with rt.session() as s:
+    with rt.reading() as s:
         items = {
             i.id: i
             for i in s.scalars(

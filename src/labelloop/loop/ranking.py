@@ -36,17 +36,31 @@ def window(
 ) -> list[int]:
     """The first ``n`` readable items of the task in ``order`` (only those without a model label
     when ``uncovered``), leaving out ``skip``."""
+    return list(signed_window(session, task_id, n, order=order, uncovered=uncovered, skip=skip))
+
+
+def signed_window(
+    session: Session,
+    task_id: int,
+    n: int,
+    *,
+    order: Order = "lottery",
+    uncovered: bool = False,
+    skip: Collection[int] = (),
+) -> dict[int, bytes | None]:
+    """:func:`window` with each item's near-copy signature, read by the same statement (in
+    order: the keys are the window)."""
     if n <= 0:
-        return []
-    query = select(Item.id).where(Item.task_id == task_id, Item.status != "failed")
+        return {}
+    query = select(Item.id, Item.signature).where(Item.task_id == task_id, Item.status != "failed")
     if uncovered:
         query = query.where(Item.covered == false())
     if order == "rank":
         query = query.order_by(Item.rank, Item.lottery)
     else:
         query = query.order_by(Item.lottery)
-    rows = session.scalars(query.limit(n + len(skip)))
-    return [i for i in rows if i not in skip][:n]
+    rows = session.execute(query.limit(n + len(skip))).all()
+    return dict([(r.id, r.signature) for r in rows if r.id not in skip][:n])
 
 
 def lottery_order(session: Session, item_ids: Iterable[int]) -> list[int]:

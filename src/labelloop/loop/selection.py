@@ -17,7 +17,9 @@ The strategies (after small-text's query strategies and modAL's uncertainty meas
 - :class:`DensityWeighted` wraps one: its priority times the item's degree in the pool's k-NN graph
   (:func:`~labelloop.learners.neighbours.knn_graph`: approximate, grown in place, shared with the
   image learner);
-- :class:`DiverseBatch` wraps one: a batch skips near-copies of items already in it;
+- :class:`DiverseBatch` wraps one: a batch skips near-copies of items already in it, told apart by
+  the :func:`signatures` stored with the items when they are featurized (a request reads no
+  features);
 - :class:`AuditMixing` wraps one: a share of every batch is random audits, the unbiased evidence
   auto-labelling certifies its accuracy with.
 
@@ -26,16 +28,21 @@ The strategies (after small-text's query strategies and modAL's uncertainty meas
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labelloop.learners.base import Features
 from labelloop.learners.neighbours import knn_graph
 from labelloop.loop.policy import AutoLabelPolicy, Policy
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 # scikit-learn and scipy are imported where a graph or a hashed view is built, not here: the API
 # imports this module, and a cluster's API never scores a pool.
@@ -101,17 +108,23 @@ def graph_degrees(features: Features, k: int = GRAPH_K) -> np.ndarray | None:
 # -- near-copies -----------------------------------------------------------------------------------
 
 
-def similarity_vectors(features: Features) -> np.ndarray:
-    """Unit vectors for comparing items: their numeric views, or hashed words for texts."""
-    parts = []
+def _parts(features: Features) -> list[np.ndarray | sparse.csr_matrix]:
+    """The views as rows of numbers: numeric views as they are, texts as hashed words (sparse)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    parts: list[np.ndarray | sparse.csr_matrix] = []
     for view in features.views.values():
         if isinstance(view, np.ndarray):
             parts.append(np.asarray(view, dtype=np.float64).reshape(len(view), -1))
         else:
-            from sklearn.feature_extraction.text import HashingVectorizer
+            hashing = HashingVectorizer(n_features=2**12, alternate_sign=False)
+            parts.append(hashing.transform(view).tocsr())
+    return parts
 
-            hashed = HashingVectorizer(n_features=2**12, alternate_sign=False).transform(view)
-            parts.append(hashed.toarray())
+
+def similarity_vectors(features: Features) -> np.ndarray:
+    """Unit vectors for comparing items: their numeric views, or hashed words for texts, centred."""
+    parts = [p if isinstance(p, np.ndarray) else p.toarray() for p in _parts(features)]
     if not parts:
         return np.zeros((0, 0))
     v = np.hstack(parts)
@@ -120,20 +133,74 @@ def similarity_vectors(features: Features) -> np.ndarray:
     return v / np.where(norms == 0, 1.0, norms)
 
 
-def pick_diverse(vectors: np.ndarray, limit: int, near_copy: float = NEAR_COPY) -> list[int]:
-    """Positions (in ranking order) of up to ``limit`` items, skipping near-copies of chosen ones.
+#: Bits of an item's near-copy signature (:func:`signatures`): 32 bytes an item in the store.
+SIGNATURE_BITS = 256
+#: Two signatures this many bits apart or fewer are near-copies: the bits a cosine of
+#: :data:`NEAR_COPY` flips on average (a random hyperplane splits two vectors at an angle a with
+#: probability a / pi).
+NEAR_COPY_BITS = round(SIGNATURE_BITS * math.acos(NEAR_COPY) / math.pi)
+_SIGNATURE_CHUNK = 1000
+
+
+@functools.lru_cache(maxsize=8)
+def _hyperplanes(dim: int) -> np.ndarray:
+    """The same random hyperplanes for every process and every run (a fixed seed per dimension)."""
+    return np.random.default_rng(dim).standard_normal((dim, SIGNATURE_BITS)).astype(np.float32)
+
+
+def signatures(features: Features) -> list[bytes]:
+    """Each item's near-copy signature: on which side of :data:`SIGNATURE_BITS` random hyperplanes
+    its similarity vector (:func:`similarity_vectors`) lies (SimHash). Computed once, when the item
+    is featurized, and stored on it, so that ``/next`` tells near-copies apart by comparing bytes,
+    with no features at hand. Texts stay sparse: centring and scaling are applied to the
+    projection (the sides do not depend on the scale)."""
+    out: list[bytes] = []
+    for start in range(0, len(features), _SIGNATURE_CHUNK):
+        chunk = {k: v[start : start + _SIGNATURE_CHUNK] for k, v in features.views.items()}
+        parts = _parts(Features(chunk))
+        if not parts:
+            break
+        dim = sum(p.shape[1] for p in parts)
+        planes = _hyperplanes(dim)
+        proj = np.zeros((parts[0].shape[0], SIGNATURE_BITS))
+        sums = np.zeros(parts[0].shape[0])
+        at = 0
+        for p in parts:
+            proj += np.asarray(p @ planes[at : at + p.shape[1]])
+            sums += np.asarray(p.sum(axis=1)).ravel()
+            at += p.shape[1]
+        if dim > 1:  # centred, as similarity_vectors centres
+            proj -= np.outer(sums / dim, planes.sum(axis=0))
+        out.extend(row.tobytes() for row in np.packbits(proj > 0, axis=1))
+    return out
+
+
+def pick_diverse(
+    signed: Sequence[bytes | None], limit: int, near_copy_bits: int = NEAR_COPY_BITS
+) -> list[int]:
+    """Positions (in ranking order) of up to ``limit`` items, skipping near-copies of chosen ones
+    (signatures at most ``near_copy_bits`` apart; an item without one is a near-copy of nothing).
 
     If the ranking holds fewer distinct items than ``limit``, the skipped ones fill the rest.
     """
+    width = SIGNATURE_BITS // 8
+    known = np.zeros((len(signed), width), dtype=np.uint8)
+    has = np.array([s is not None and len(s) == width for s in signed], dtype=bool)
+    for pos, sig in enumerate(signed):
+        if sig is not None and has[pos]:
+            known[pos] = np.frombuffer(sig, dtype=np.uint8)
     chosen: list[int] = []
     skipped: list[int] = []
-    for pos in range(len(vectors)):
+    for pos in range(len(signed)):
         if len(chosen) == limit:
             break
-        if chosen and float(np.max(vectors[chosen] @ vectors[pos])) > near_copy:
-            skipped.append(pos)
-        else:
-            chosen.append(pos)
+        mine = [c for c in chosen if has[c]]
+        if has[pos] and mine:
+            apart = np.unpackbits(known[mine] ^ known[pos], axis=1).sum(axis=1)
+            if int(apart.min()) <= near_copy_bits:
+                skipped.append(pos)
+                continue
+        chosen.append(pos)
     return chosen + skipped[: limit - len(chosen)]
 
 
@@ -142,9 +209,6 @@ def candidates_depth(limit: int, available: int) -> int:
 
 
 # -- the contract ----------------------------------------------------------------------------------
-
-#: Items -> (the ones that could be read, their similarity vectors, the ones that could not).
-VectorsOf = Callable[[list[int]], tuple[list[int], np.ndarray, list[int]]]
 
 
 @dataclass(frozen=True)
@@ -155,7 +219,8 @@ class Pool:
     the head of each order, deep enough for a batch and its replacements, never the whole pool.
     """
 
-    #: Items without a human label, in the task's stable random order (audits draw from these).
+    #: Items without a human label, in the task's stable random order (audits draw from these;
+    #: left empty for a strategy that draws no audits).
     open: Sequence[int]
     #: Open items without a model label either (what people should label), same order.
     uncovered: Sequence[int]
@@ -169,8 +234,9 @@ class Pool:
     #: Whether a model serves, and whether its auto-labelling threshold is certified.
     served: bool = False
     certified: bool = False
-    #: Similarity vectors of items, for strategies that keep near-copies out of a batch.
-    vectors: VectorsOf | None = None
+    #: Near-copy signatures (:func:`signatures`) of the items read, stored with them: what keeps
+    #: near-copies out of a batch. An item missing here is a near-copy of nothing.
+    signatures: Mapping[int, bytes | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -279,20 +345,17 @@ class DensityWeighted(Wrapper):
 class DiverseBatch(Wrapper):
     """The inner ranking, with near-copies of an item already in the batch pushed back."""
 
-    def __init__(self, inner: QueryStrategy, near_copy: float = NEAR_COPY) -> None:
+    def __init__(self, inner: QueryStrategy, near_copy_bits: int = NEAR_COPY_BITS) -> None:
         super().__init__(inner)
-        self.near_copy = near_copy
+        self.near_copy_bits = near_copy_bits
 
     def rank(self, pool: Pool, limit: int) -> list[int]:
         ranked = self.inner.rank(pool, limit)
-        if limit <= 1 or len(ranked) <= limit or pool.vectors is None:
+        if limit <= 1 or len(ranked) <= limit or pool.signatures is None:
             return ranked
         depth = ranked[: candidates_depth(limit, len(ranked))]
-        ok, vectors, failed = pool.vectors(depth)
-        chosen = [ok[p] for p in pick_diverse(vectors, limit, self.near_copy)]
-        # Items that could not be read keep their place at the end (their failure shows there).
-        unreadable = set(failed)
-        head = chosen + [i for i in depth if i in unreadable][: limit - len(chosen)]
+        signed = [pool.signatures.get(i) for i in depth]
+        head = [depth[p] for p in pick_diverse(signed, limit, self.near_copy_bits)]
         taken = set(head)
         return head + [i for i in ranked if i not in taken]
 

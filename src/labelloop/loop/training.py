@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from labelloop.distributed.launch import world_config
 from labelloop.errors import LabelloopError, Unavailable
 from labelloop.jobs.state import claim, fail, finish, is_finished
-from labelloop.learners import Features, Learner, learner_by_name
+from labelloop.learners import Features, Learner, learner_by_name, neighbours
 from labelloop.learners.auto import AutoImage
 from labelloop.learners.base import Featurizer
 from labelloop.learners.choice import choose
@@ -29,6 +29,7 @@ from labelloop.learners.finetune import FineTune
 from labelloop.loop import autolabel, evaluation, retention
 from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import labelled_at, unlabelled_item_ids
+from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs
 from labelloop.loop.selection import strategy_for
@@ -97,13 +98,13 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
         # still waiting for their featurize job join the pool at the next training.
         items = [
             ItemRef(i.id, i.data, i.content_hash)
-            for i in s.scalars(
-                select(Item)
+            for i in s.execute(
+                select(Item.id, Item.data, Item.content_hash, Item.status)
                 .where(Item.task_id == task.id, Item.status != "failed")
                 .order_by(Item.id)
             )
             if i.status == "ready" or i.id in labels
-        ]
+        ]  # plain rows, not ORM objects: a million items cost their ItemRefs only
         audits = frozenset(
             s.scalars(select(AuditPick.item_id).where(AuditPick.task_id == task.id)).all()
         )
@@ -233,8 +234,11 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     phases("featurize")
     if prepared is None:
         return _fail(rt, job_id, "fewer than two usable labelled items of different classes")
-    fitted = _fit(rt, job_id, claim, candidates, prepared, phases)
-    result = _evaluate(rt, claim, prepared, fitted, phases)
+    # The pool's neighbour index (density weights, label spreading) is the task's, in its data
+    # folder: built by the first training that needs it, grown by the next ones, in any worker.
+    with neighbours.kept_in(rt.folder(claim.spec.id).preprocess / "neighbours"):
+        fitted = _fit(rt, job_id, claim, candidates, prepared, phases)
+        result = _evaluate(rt, claim, prepared, fitted, phases)
     result.metrics["costly_evaluated_at"] = _costly_evaluated_at(candidates, prepared, previous)
     _write_version(rt, claim, prepared, fitted, result, phases)
     follow = _finish(rt, job_id, claim, result)
@@ -414,6 +418,32 @@ def _fit(
     return Fitted(model, choice.oos, choice.candidates, choice.reason, resumed=False)
 
 
+def _audit_scores(
+    rt: Runtime,
+    claim: Claim,
+    prepared: Prepared,
+    fitted: Fitted,
+    auto: AutoLabelPolicy,
+    held: list[int],
+) -> np.ndarray:
+    """The held-out labels' scores for the auto-labelling estimate: audits apart
+    (``auto_label.audit_folds``), else the cross-validated ones."""
+    if auto.audit_folds is not None and auto.evidence == "audits":
+        model = fitted.model
+        apart = autolabel.audit_scores(
+            model,
+            prepared.X.only(model.views()),
+            prepared.Y,
+            held,
+            _pool_for(rt, claim, prepared, model),
+            auto.audit_folds,
+            seed=claim.revision,
+        )
+        if apart is not None:
+            return apart
+    return fitted.oos[held]
+
+
 def _evaluate(
     rt: Runtime, claim: Claim, prepared: Prepared, fitted: Fitted, phases: Phases
 ) -> RunResult:
@@ -423,14 +453,15 @@ def _evaluate(
     Y, oos, labelled_ids = prepared.Y, fitted.oos, prepared.labelled_ids
     cv = spec.kind.score(oos, Y)
     estimate = None
-    auto = spec.policy.auto_label
+    auto = spec.auto_label
     if auto is not None:
         held = [
             p for p, i in enumerate(labelled_ids) if auto.evidence == "all" or i in claim.audits
         ]
+        scores = _audit_scores(rt, claim, prepared, fitted, auto, held)
         estimate = autolabel.estimate_threshold(
-            spec.kind.confidence(oos[held]),
-            spec.kind.correct(oos[held], Y[held]),
+            spec.kind.confidence(scores),
+            spec.kind.correct(scores, Y[held]),
             auto,
             autolabel.model_label_target(auto, len(prepared.ok_ids), len(labelled_ids)),
         )
@@ -439,7 +470,7 @@ def _evaluate(
     model = fitted.model
     unlabelled_pos = [p for p, item_id in enumerate(prepared.ok_ids) if item_id not in claim.labels]
     pool = _pool_for(rt, claim, prepared, model)
-    pool_scores = model.predict_proba(pool.take(unlabelled_pos)) if unlabelled_pos else None
+    pool_scores = _predict_in_chunks(model, pool, unlabelled_pos)
     weights = strategy_for(spec.policy).pool_weights(
         _similarity_view(prepared.pool, model), prepared.ok_ids
     )
@@ -458,6 +489,8 @@ def _evaluate(
         "resumed_from_checkpoint": fitted.resumed,
         # Distributed fine-tuning: the world size of each attempt of the final fit.
         **({"world_sizes": model.worlds_} if hasattr(model, "worlds_") else {}),
+        # Span NER: the passes its final fit ran (it stops early once the loss settles).
+        **({"epochs_run": model.epochs_run_} if hasattr(model, "epochs_run_") else {}),
         **({"auto_label": estimate.as_dict()} if estimate is not None else {}),
         "phases_seconds": phases.seconds,
     }
@@ -471,6 +504,22 @@ def _evaluate(
         pool_scores,
         weights,
     )
+
+
+#: Items the pool is predicted in at a time (the learner's inputs of a chunk, not of the pool).
+PREDICT_CHUNK = 20_000
+
+
+def _predict_in_chunks(model: Learner, pool: Features, positions: list[int]) -> np.ndarray | None:
+    """Scores of the pool's items at ``positions``, a chunk at a time: what a learner derives per
+    item (a sparse matrix of words, a dense copy) is held for one chunk only."""
+    if not positions:
+        return None
+    parts = [
+        model.predict_proba(pool.take(positions[start : start + PREDICT_CHUNK]))
+        for start in range(0, len(positions), PREDICT_CHUNK)
+    ]
+    return np.concatenate(parts)  # rows of scores, or a kind's answer objects (text spans)
 
 
 def _similarity_view(pool: Features, model: Learner) -> Features:
@@ -646,10 +695,14 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             s.refresh(task)
             mv.promoted, mv.promoted_at = True, utcnow()
             item_ids = result.unlabelled_ids
-            if pool_scores is not None:
-                rows = prediction_rows(spec, mv.version, item_ids, pool_scores, weights)
-                upsert_predictions(s, rows)
-            if spec.policy.auto_label is not None:
+            if pool_scores is not None:  # rows made and written a chunk at a time
+                for start in range(0, len(item_ids), PREDICT_CHUNK):
+                    end = start + PREDICT_CHUNK
+                    rows = prediction_rows(
+                        spec, mv.version, item_ids[start:end], pool_scores[start:end], weights
+                    )
+                    upsert_predictions(s, rows)
+            if spec.auto_label is not None:
                 threshold = (metrics.get("auto_label") or {}).get("threshold")
                 applied = autolabel.apply_model_labels(
                     s,

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from labelloop.errors import FetchError, InvalidInput, NotFound
 from labelloop.fetch import LinkChecker, text_content
+from labelloop.learners.base import Features
 from labelloop.loop.features import is_text
 from labelloop.loop.scheduling import featurize_jobs
+from labelloop.loop.selection import signatures
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.schemas import MAX_ITEM_DATA_CHARS, ItemCreate
 from labelloop.service.common import enqueue, get_task_row
-from labelloop.store.models import Annotation, Item, Job, Prediction
+from labelloop.store.models import Annotation, Item, Job, Prediction, lottery_of
 
 #: One item to add; the shape (and its checks) is :class:`labelloop.schemas.ItemCreate`.
 ItemIn = ItemCreate
@@ -35,12 +37,22 @@ def check_links(rt: Runtime, task_id: int, items: list[ItemIn]) -> None:
 
 def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
     """Store items (idempotent by ``external_id``) and queue their featurization."""
+    added, jobs = store_items(rt, task_id, items)
+    enqueue(rt, jobs)
+    return added
+
+
+def store_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> tuple[dict[str, Any], list[Job]]:
+    """Store items as :func:`add_items` does, but hand back their featurize jobs (committed,
+    not yet given to the backend) instead of queueing them: a caller that computes the items'
+    features itself right away queues them after, so that a worker does not compute the same
+    features at the same time (the job then finds them cached)."""
     if len(items) > rt.settings.max_items_per_request:
         raise InvalidInput(f"at most {rt.settings.max_items_per_request} items per request")
     ext = [i.external_id for i in items if i.external_id is not None]
     if len(set(ext)) != len(ext):
         raise InvalidInput("external_id repeats within the request")
-    with rt.session() as s:
+    with rt.reading() as s:
         category = get_task_row(s, task_id).category
     if not is_text(category):
         check_links(rt, task_id, items)
@@ -64,7 +76,7 @@ def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
                     ).all()
                 )
         out: list[dict[str, Any]] = []
-        new: list[Item] = []
+        new: list[dict[str, Any]] = []
         for spec in items:
             if spec.external_id is not None and spec.external_id in known:
                 out.append(
@@ -75,21 +87,38 @@ def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
                     }
                 )
                 continue
-            item = Item(task_id=task_id, external_id=spec.external_id, data=spec.data)
-            if text:
-                # A text is its own content; it still waits for featurizing if that is costly
-                # (sentence embeddings), so that training never embeds the whole pool at once.
-                item.content_hash = text_content(spec.data).content_hash
-                item.status = "pending" if costly else "ready"
-            new.append(item)
-        s.add_all(new)
-        s.flush()
-        out = out + [{"id": i.id, "external_id": i.external_id, "created": True} for i in new]
-        pending = [i.id for i in new if i.status == "pending"]
+            new.append(
+                {
+                    "task_id": task_id,
+                    "external_id": spec.external_id,
+                    "data": spec.data,
+                    # A text is its own content; it still waits for featurizing if that is costly
+                    # (sentence embeddings), so that training never embeds the whole pool at once.
+                    "content_hash": text_content(spec.data).content_hash if text else None,
+                    "status": "ready" if text and not costly else "pending",
+                    "lottery": lottery_of(task_id, spec.external_id, spec.data),
+                    "signature": None,
+                }
+            )
+        cheap = [row for row in new if row["status"] == "ready"]
+        if cheap:  # texts that no featurize job follows: signed by their words now
+            signed = signatures(Features({"text": [row["data"] for row in cheap]}))
+            for row, sig in zip(cheap, signed, strict=True):
+                row["signature"] = sig
+        # One bulk statement (no ORM object per item): imports of 10,000 items at a time.
+        ids = (
+            list(s.scalars(insert(Item).returning(Item.id, sort_by_parameter_order=True), new))
+            if new
+            else []
+        )
+        out += [
+            {"id": i, "external_id": row["external_id"], "created": True}
+            for i, row in zip(ids, new, strict=True)
+        ]
+        pending = [i for i, row in zip(ids, new, strict=True) if row["status"] == "pending"]
         if pending:
             jobs = featurize_jobs(s, task_id, pending)
-    enqueue(rt, jobs)
-    return {"created": len(new), "existing": len(items) - len(new), "items": out}
+    return {"created": len(new), "existing": len(items) - len(new), "items": out}, jobs
 
 
 def get_item(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:

@@ -6,15 +6,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 from sqlalchemy import select
 
 from labelloop.errors import Conflict, InvalidInput, NotFound
 from labelloop.loop import ranking
-from labelloop.loop.features import ItemRef, featurize, pool_featurizers
 from labelloop.loop.prediction import store_predictions
 from labelloop.loop.scheduling import lock_task
-from labelloop.loop.selection import DEPTH, Pool, Query, similarity_vectors, strategy_for
+from labelloop.loop.selection import DEPTH, Pool, Query, strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.service import reservations
@@ -44,7 +42,7 @@ def current_predictions(
     version = spec.served_version
     if version is None:
         return {}
-    with rt.session() as s:
+    with rt.reading() as s:
         stored = {
             p.item_id: p
             for p in s.scalars(
@@ -80,7 +78,7 @@ def no_model(item_id: int | None = None, spec: TaskSpec | None = None) -> dict[s
 
 
 def get_prediction(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:
-    with rt.session() as s:
+    with rt.reading() as s:
         spec = TaskSpec.of(get_task_row(s, task_id))
         item = s.get(Item, item_id)
         if item is None or item.task_id != task_id:
@@ -135,13 +133,13 @@ def next_items(
     recorded. Items other annotators hold are left out. With ``annotator``, what is handed out is
     reserved for them for a lease, and the items they hold already come first
     (:mod:`labelloop.service.reservations`); with an overlap above 1, items that some but too few
-    people labelled come next. Nothing is featurized here: near-copies are told apart by the
-    features already cached.
+    people labelled come next. Nothing is featurized and no feature is read here: near-copies are
+    told apart by the signatures stored with the items.
     """
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit must be between 1 and 1000")
     now = utcnow()
-    with rt.session() as s:
+    with rt.reading() as s:  # the choice is made from a snapshot, beside any writer
         task = get_task_row(s, task_id)
         if task.archived_at is not None:
             raise Conflict(f"task {task_id} is archived: restore it to label its items")
@@ -160,7 +158,7 @@ def next_items(
         skip = set(people) | set(ahead)
         skip |= {i for i in holdings.holders if not holdings.free(i)}
         need = limit - len(ahead)
-        pool = _pool(rt, s, spec, need * DEPTH, skip, len(people)) if need > 0 else None
+        pool = _pool(s, spec, need * DEPTH, skip, len(people)) if need > 0 else None
     picked = Query([]) if pool is None else strategy_for(spec.policy).query(pool, need)
     audits = set(picked.audits) | (set(picked.rest) if picked.rest_are_audits else set())
     candidates = [*ahead, *picked.items, *picked.rest]
@@ -198,23 +196,33 @@ def next_items(
     }
 
 
-def _pool(
-    rt: Runtime, s: Any, spec: TaskSpec, depth: int, skip: set[int], human_labels: int
-) -> Pool:
-    """What the query strategy chooses from: windows of the stored ranking, ``depth`` deep."""
+def _pool(s: Any, spec: TaskSpec, depth: int, skip: set[int], human_labels: int) -> Pool:
+    """What the query strategy chooses from: windows of the stored ranking, ``depth`` deep, with
+    the near-copy signatures stored on their items (no features are read in a request). A window
+    the task's strategy never reads is not read: the stored priorities once a model serves, the
+    draw of audits only with auto-labelling."""
     served = spec.served_version is not None
+    ranks = served and spec.policy.selection != "random"
+    audits = spec.policy.auto_label is not None
+    signed: dict[int, bytes | None] = {}
+    uncovered: list[int] = []
+    if not ranks or audits:
+        got = ranking.signed_window(s, spec.id, depth, uncovered=True, skip=skip)
+        signed.update(got)
+        uncovered = list(got)
+    ranked = None
+    if ranks:
+        got = ranking.signed_window(s, spec.id, depth, order="rank", uncovered=True, skip=skip)
+        signed.update(got)
+        ranked = list(got)
     return Pool(
-        open=ranking.window(s, spec.id, depth, skip=skip),
-        uncovered=ranking.window(s, spec.id, depth, uncovered=True, skip=skip),
-        ranked=(
-            ranking.window(s, spec.id, depth, order="rank", uncovered=True, skip=skip)
-            if served
-            else None
-        ),
+        open=ranking.window(s, spec.id, depth, skip=skip) if audits and served else [],
+        uncovered=uncovered,
+        ranked=ranked,
         human_labels=human_labels,
         served=served,
-        certified=served and _threshold(s, spec) is not None,
-        vectors=lambda ids: _vectors(rt, spec, ids),
+        certified=served and audits and _threshold(s, spec) is not None,
+        signatures=signed,
     )
 
 
@@ -241,7 +249,7 @@ def freshest_predictions(
     version = spec.served_version
     if version is None or not item_ids:
         return {}
-    with rt.session() as s:
+    with rt.reading() as s:
         stored = {
             p.item_id: p
             for p in s.scalars(select(Prediction).where(Prediction.item_id.in_(list(item_ids))))
@@ -267,20 +275,3 @@ def _threshold(session: Any, spec: TaskSpec) -> float | None:
     )
     value = ((metrics or {}).get("auto_label") or {}).get("threshold")
     return None if value is None else float(value)
-
-
-def _vectors(rt: Runtime, spec: TaskSpec, ids: list[int]) -> tuple[list[int], Any, list[int]]:
-    """Similarity vectors of items from the features already cached, for near-copy checks; an
-    item whose features are not cached yet gets a zero vector (a near-copy of nothing)."""
-    with rt.session() as s:
-        rows = _readable(s, spec.id, ids)
-        featurizers = pool_featurizers(s, spec)
-    order = [i for i in ids if i in rows]
-    refs = [ItemRef(i, rows[i].data, rows[i].content_hash) for i in order]
-    batch = featurize(rt, spec.id, spec.category, featurizers, refs, cached_only=True)
-    if not batch.ok:
-        return order, np.zeros((len(order), 1)), [i for i in ids if i not in rows]
-    found = similarity_vectors(batch.features)
-    vectors = np.zeros((len(order), found.shape[1]))
-    vectors[batch.ok] = found
-    return order, vectors, [i for i in ids if i not in rows]

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from labelloop.errors import Unavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: Execution option of a transaction that only reads (see :meth:`labelloop.runtime.Runtime.reading`).
+READ_ONLY = "labelloop_read_only"
 
 
 def make_engine(url: str) -> Engine:
@@ -22,7 +24,8 @@ def make_engine(url: str) -> Engine:
 
     SQLite is shared by the API process and the worker processes, so it runs in WAL mode with a
     busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``: a transaction that reads
-    and then writes never fails half-way because another process wrote in between.
+    and then writes never fails half-way because another process wrote in between. One that only
+    reads (marked :data:`READ_ONLY`) starts with a plain ``BEGIN`` and does not wait for writers.
     PostgreSQL gets a connection pool that checks connections before use.
     """
     if url.startswith("sqlite"):
@@ -43,7 +46,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A transaction that only reads (Runtime.reading) reads a snapshot and never waits
+            # for a writer: WAL lets it run beside one.
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

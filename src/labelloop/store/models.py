@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -134,6 +135,9 @@ class Item(Base):
     rank: Mapped[float] = mapped_column(Float, default=UNSCORED)
     #: Whether a model label stands for the item (auto-labelling): no longer ranked for people.
     covered: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Its near-copy signature (:func:`labelloop.loop.selection.signatures`), set when it is
+    #: featurized: ``/next`` keeps near-copies out of a batch with it, reading no features.
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class Annotation(Base):
