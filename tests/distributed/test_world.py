@@ -66,12 +66,15 @@ def one_thread_per_rank(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def distributed(
-    folder: Path, ranks: int, epochs: int, on_world: Any = None, run: str = "task-1/job-1"
+    folder: Path, ranks: int, epochs: int, on_world: Any = None, every_steps: int = 0
 ) -> FineTune:
     learner = FineTune(NAMES, epochs=epochs, **PARAMS)
     learner.set_snapshot_dir(folder)
+    ports = worlds.parse_ports("29400-29499")
     learner.set_world(
-        WorldConfig(LocalLauncher(ranks), run, worlds.parse_ports("29400-29499"), on_world=on_world)
+        WorldConfig(
+            LocalLauncher(ranks), "task-1/job-1", ports, on_world=on_world, every_steps=every_steps
+        )
     )
     return learner
 
@@ -108,16 +111,20 @@ def test_a_killed_rank_is_left_out_and_the_rest_resume_from_the_checkpoint(
     def on_world(world: World, handles: list[RankHandle]) -> None:
         started.append((world, handles))
 
-    def kill_rank_1_after_epoch_1() -> None:
-        wait_until(lambda: any(tmp_path.glob("*/epoch-1.ckpt")), 300, "no first checkpoint")
+    def kill_rank_1_in_epoch_1() -> None:
+        # 72 photos to train: 9 steps an epoch; a checkpoint every 3 and at each epoch's end.
+        wait_until(lambda: any(tmp_path.glob("*/epoch-1-step-3.ckpt")), 300, "no checkpoint")
         _world, handles = started[0]
         os.kill(handles[1].pid, signal.SIGKILL)
 
-    killer = threading.Thread(target=kill_rank_1_after_epoch_1, daemon=True)
+    killer = threading.Thread(target=kill_rank_1_in_epoch_1, daemon=True)
     killer.start()
-    learner = distributed(tmp_path, 2, epochs=8, on_world=on_world).fit(X, Y)
+    learner = distributed(tmp_path, 2, epochs=8, on_world=on_world, every_steps=3).fit(X, Y)
     killer.join(1)
     assert learner.worlds_ == [2, 1]  # re-formed without the lost rank
-    assert learner.resumed_from_ is not None and learner.resumed_from_ >= 1
-    assert learner.epochs_ == 8
+    [final] = tmp_path.glob(f"*/{worlds.FINAL_FILE}")
+    resumed = torch.load(final, weights_only=False)
+    # From the checkpoint it had reached (epoch 1 step 3 or later), not from scratch.
+    assert (resumed["resumed_from"], resumed["resumed_step"]) >= (1, 3)
+    assert learner.resumed_from_ == resumed["resumed_from"] and learner.epochs_ == 8
     assert correct(learner, X_test, Y_test) >= 0.9 * len(Y_test)
