@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from labelloop.distributed import world as worlds
 from labelloop.distributed.trainer import TrainParams, build_tail
@@ -47,8 +48,6 @@ def run(ranks: int, maps: np.ndarray, y: np.ndarray, params: TrainParams) -> dic
         started = time.perf_counter()
         worlds.run_world(folder, f"bench/{ranks}", config)
         wall = time.perf_counter() - started
-        import torch
-
         final = torch.load(folder / worlds.FINAL_FILE, weights_only=False)
     seconds = final["epoch_seconds"]
     return {
@@ -74,12 +73,15 @@ def main() -> None:
     )
     tail = build_tail(CUT, 2)
     n_params = sum(p.numel() for p in tail.parameters() if p.requires_grad)
+    # DDP also broadcasts rank 0's buffers (batch norm's statistics) before every step.
+    buffer_bytes = sum(b.numel() * b.element_size() for b in tail.buffers())
     rows = []
     for ranks in args.ranks:
         row = run(ranks, maps, y, params)
         # DDP all-reduces every gradient once per step (fp32); gloo's ring sends each rank
         # 2 (N - 1) / N of it.
         row["bytes_per_step_per_rank"] = int(2 * (ranks - 1) / ranks * 4 * n_params)
+        row["buffer_bytes_per_step"] = buffer_bytes if ranks > 1 else 0
         rows.append(row)
         print(json.dumps(row), flush=True)
     base = rows[0]["median_epoch_s"]
@@ -89,6 +91,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "trainable_params": n_params,
         "gradient_bytes": 4 * n_params,
+        "buffer_bytes": buffer_bytes,
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "runs": rows,

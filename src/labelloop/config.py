@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     train_keep_checkpoints: int = Field(default=2, ge=1, le=1000)
     train_world_restarts: int = Field(default=3, ge=0, le=100)
     train_rank_timeout_s: float = Field(default=120.0, gt=0)
+    #: A checkpoint every this many training steps besides each epoch's end (0: at each epoch's
+    #: end only), with the sampler's position: a resumed fit goes on from the middle of an epoch.
+    train_checkpoint_steps: int = Field(default=0, ge=0, le=1_000_000)
 
     api_token: SecretStr | None = None
     #: Only the agent, the coordinator and ``labelloop cluster`` need it (labelloop.cluster.security

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,32 +41,47 @@ PARAMS: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def photos() -> tuple[Features, np.ndarray, Features, np.ndarray]:
-    """40 photos to train on and 200 others to score (one point of accuracy is two photos)."""
-    raws, labels = colour_squares(240, seed=3)
+    """80 photos to train on and 200 others to score (one point of accuracy is two photos).
+
+    With 80 labels one rank scores 0.995-1.0 whatever the seed (seeds 0-11, docs/BENCHMARKS.md);
+    with 40, its seeds spread over several points, and one point would measure their lottery."""
+    raws, labels = colour_squares(280, seed=3)
     X = featurize(FineTune(NAMES, **PARAMS), raws)
     Y = indicator([[x] for x in labels], NAMES)
-    train, test = np.arange(40), np.arange(40, 240)
+    train, test = np.arange(80), np.arange(80, 280)
     return X.take(train), Y[train], X.take(test), Y[test]
 
 
 @pytest.fixture(autouse=True)
-def one_thread_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+def one_thread_per_rank(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One PyTorch thread in every rank and in this process (the one-rank fit): on a loaded
+    machine, threads of tiny steps wait on each other."""
     monkeypatch.setenv("LABELLOOP_TORCH_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def distributed(
-    folder: Path, ranks: int, epochs: int, on_world: Any = None, run: str = "task-1/job-1"
+    folder: Path, ranks: int, epochs: int, on_world: Any = None, every_steps: int = 0
 ) -> FineTune:
     learner = FineTune(NAMES, epochs=epochs, **PARAMS)
     learner.set_snapshot_dir(folder)
+    ports = worlds.parse_ports("29400-29499")
     learner.set_world(
-        WorldConfig(LocalLauncher(ranks), run, worlds.parse_ports("29400-29499"), on_world=on_world)
+        WorldConfig(
+            LocalLauncher(ranks), "task-1/job-1", ports, on_world=on_world, every_steps=every_steps
+        )
     )
     return learner
 
 
-def accuracy(learner: FineTune, X: Features, Y: np.ndarray) -> float:
-    return float((learner.predict_proba(X).argmax(1) == Y.argmax(1)).mean())
+def correct(learner: FineTune, X: Features, Y: np.ndarray) -> int:
+    """How many of the photos the learner names right."""
+    return int((learner.predict_proba(X).argmax(1) == Y.argmax(1)).sum())
 
 
 def test_two_ranks_train_as_well_as_one(
@@ -77,17 +93,13 @@ def test_two_ranks_train_as_well_as_one(
     assert two.worlds_ == [2] and two.epochs_ == 10
     [folder] = tmp_path.iterdir()
     # Rank 0 kept the newest two epoch checkpoints, each whole.
-    assert [k for k, _ in checkpoints(folder)] == [9, 10]
+    assert [k for k, _ in checkpoints(folder)] == [(9, 0), (10, 0)]
     saved = torch.load(folder / "epoch-10.ckpt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "sampler", "torch_rng", "global_rng"} <= set(saved)
     assert saved["sampler"] == {"epoch": 10, "offset": 0, "world": 2}
-    assert len(saved["torch_rng"]) == 2  # every rank's augmentation generator
-    a1, a2 = accuracy(one, X_test, Y_test), accuracy(two, X_test, Y_test)
-    assert a1 >= 0.9 and a2 >= 0.9, (a1, a2)  # both learn the task
-    if abs(a1 - a2) > 0.01:
-        # Measured: 1.0 against 0.97-1.0. Each rank's batch norm sees batch_size / world items
-        # (4 here), not the whole batch; SyncBatchNorm or frozen statistics would close the gap.
-        pytest.xfail(f"two ranks {a2:.3f} against one {a1:.3f}: more than one point apart")
+    right1, right2 = correct(one, X_test, Y_test), correct(two, X_test, Y_test)
+    assert right1 >= 0.9 * len(Y_test), right1  # the task is learnt
+    assert abs(right1 - right2) <= len(Y_test) // 100, (right1, right2)  # one point
 
 
 def test_a_killed_rank_is_left_out_and_the_rest_resume_from_the_checkpoint(
@@ -99,16 +111,20 @@ def test_a_killed_rank_is_left_out_and_the_rest_resume_from_the_checkpoint(
     def on_world(world: World, handles: list[RankHandle]) -> None:
         started.append((world, handles))
 
-    def kill_rank_1_after_epoch_1() -> None:
-        wait_until(lambda: any(tmp_path.glob("*/epoch-1.ckpt")), 300, "no first checkpoint")
+    def kill_rank_1_in_epoch_1() -> None:
+        # 72 photos to train: 9 steps an epoch; a checkpoint every 3 and at each epoch's end.
+        wait_until(lambda: any(tmp_path.glob("*/epoch-1-step-3.ckpt")), 300, "no checkpoint")
         _world, handles = started[0]
         os.kill(handles[1].pid, signal.SIGKILL)
 
-    killer = threading.Thread(target=kill_rank_1_after_epoch_1, daemon=True)
+    killer = threading.Thread(target=kill_rank_1_in_epoch_1, daemon=True)
     killer.start()
-    learner = distributed(tmp_path, 2, epochs=8, on_world=on_world).fit(X, Y)
+    learner = distributed(tmp_path, 2, epochs=8, on_world=on_world, every_steps=3).fit(X, Y)
     killer.join(1)
     assert learner.worlds_ == [2, 1]  # re-formed without the lost rank
-    assert learner.resumed_from_ is not None and learner.resumed_from_ >= 1
-    assert learner.epochs_ == 8
-    assert accuracy(learner, X_test, Y_test) >= 0.9
+    [final] = tmp_path.glob(f"*/{worlds.FINAL_FILE}")
+    resumed = torch.load(final, weights_only=False)
+    # From the checkpoint it had reached (epoch 1 step 3 or later), not from scratch.
+    assert (resumed["resumed_from"], resumed["resumed_step"]) >= (1, 3)
+    assert learner.resumed_from_ == resumed["resumed_from"] and learner.epochs_ == 8
+    assert correct(learner, X_test, Y_test) >= 0.9 * len(Y_test)

@@ -1,29 +1,39 @@
-"""Checkpoint files of a fit: ``epoch-<k>.ckpt`` in the fit's ``Snapshot/`` folder, written whole
-(a temporary sibling and a rename) and pruned by the retention setting. Used by the trainer (rank
-0 writes them) and by the world (it resumes from the newest)."""
+"""Checkpoint files of a fit in its ``Snapshot/`` folder, written whole (a temporary sibling and a
+rename) and pruned by the retention setting. Used by the trainer (rank 0 writes them) and by the
+world (it resumes from the newest).
+
+``epoch-<k>.ckpt`` is written after epoch ``k`` (k epochs done); with every-N-steps checkpoints,
+``epoch-<k>-step-<s>.ckpt`` after ``s`` steps of the epoch that follows (k epochs and s steps
+done). Both sort by ``(k, s)``: the newest is the furthest on."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 CHECKPOINT_GLOB = "epoch-*.ckpt"
+_NAME = re.compile(r"epoch-(\d+)(?:-step-(\d+))?")
+
+#: Where a checkpoint stands: epochs done, and steps done of the next epoch.
+Position = tuple[int, int]
 
 
-def checkpoint_name(epoch: int) -> str:
-    return f"epoch-{epoch}.ckpt"
+def checkpoint_name(epoch: int, step: int = 0) -> str:
+    return f"epoch-{epoch}-step-{step}.ckpt" if step else f"epoch-{epoch}.ckpt"
 
 
-def checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """The fit's epoch checkpoints, oldest first."""
+def checkpoints(folder: Path) -> list[tuple[Position, Path]]:
+    """The fit's checkpoints, oldest first."""
     out = []
     for path in folder.glob(CHECKPOINT_GLOB):
-        with contextlib.suppress(ValueError):
-            out.append((int(path.stem.split("-", 1)[1]), path))
+        match = _NAME.fullmatch(path.stem)
+        if match is not None:
+            out.append(((int(match[1]), int(match[2] or 0)), path))
     return sorted(out)
 
 

@@ -123,6 +123,7 @@ def world_config(rt: Runtime, job_id: int, task_id: int) -> WorldConfig | None:
         f"task-{task_id}/job-{job_id}",
         parse_ports(settings.train_rdzv_ports),
         keep=settings.train_keep_checkpoints,
+        every_steps=settings.train_checkpoint_steps,
         restarts=settings.train_world_restarts,
         timeout_s=settings.train_rank_timeout_s,
         on_world=on_world,

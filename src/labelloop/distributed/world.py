@@ -8,8 +8,9 @@ ranks through a :class:`Launcher`: rank 0 is always a process of its own machine
 processes on this machine (:class:`LocalLauncher`) or on the other train machines, asked to join
 by a Celery control command (:mod:`labelloop.jobs.celery_worker`, ``labelloop_train_join``).
 
-Every rank trains the same :class:`~labelloop.learners.finetune.Trainer` loop; rank 0 writes
-``epoch-<k>.ckpt`` atomically after every epoch and ``final.pt`` at the end. When a rank is lost
+Every rank trains the same :class:`~labelloop.distributed.trainer.Trainer` loop; rank 0 writes
+``epoch-<k>.ckpt`` atomically after every epoch (and ``epoch-<k>-step-<s>.ckpt`` every
+``LABELLOOP_TRAIN_CHECKPOINT_STEPS`` steps) and ``final.pt`` at the end. When a rank is lost
 (its process killed, its machine stopped), the collectives of the others fail, the leader sees rank
 0 end without ``final.pt``, and re-forms the world with the ranks that can still join (a new
 attempt: a new store prefix, a new world size), which resumes from the newest checkpoint. When the
@@ -77,6 +78,8 @@ class World:
     folder: str
     keep: int = 2
     timeout_s: float = 120.0
+    #: A checkpoint every this many steps besides each epoch's (0: each epoch's only).
+    every_steps: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -258,6 +261,7 @@ class WorldConfig:
     keep: int = 2
     restarts: int = 3
     timeout_s: float = 120.0
+    every_steps: int = 0
     #: Called with each attempt's world and its ranks (the job records them for people to see).
     on_world: Callable[[World, list[RankHandle]], None] | None = None
     #: Called when a fit is done: its rendezvous id, each attempt's world size, the epoch the
@@ -296,6 +300,7 @@ def run_world(folder: Path, run: str, config: WorldConfig) -> Outcome:
                 str(folder),
                 config.keep,
                 config.timeout_s,
+                config.every_steps,
             )
             handles = []
             try:
@@ -413,7 +418,7 @@ def rank_main(world: World, rank: int) -> int:
         world=world.size,
         device=device,
     )
-    trainer.fit_folder(folder, keep=world.keep)
+    trainer.fit_folder(folder, keep=world.keep, every_steps=world.every_steps)
     if rank == 0:
         trainer.save_final(folder / FINAL_FILE)
     dist.barrier()

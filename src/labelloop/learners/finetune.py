@@ -142,11 +142,13 @@ class FineTune(Learner):
             raise InvalidInput("fine-tuning needs an image backbone; none is configured")
         return [MapsFeaturizer(self.cut, **spec.model_dump())]
 
-    def set_snapshot_dir(self, folder: Path | None, keep: int = 2) -> None:
-        """Where each epoch's checkpoint goes (not a parameter: a training job's own folder), and
-        how many of the newest checkpoints are kept."""
+    def set_snapshot_dir(self, folder: Path | None, keep: int = 2, every_steps: int = 0) -> None:
+        """Where each epoch's checkpoint goes (not a parameter: a training job's own folder), how
+        many of the newest checkpoints are kept, and every how many steps one is written besides
+        (0: at each epoch's end only)."""
         self._snapshot_dir = folder
         self._keep = keep
+        self._every_steps = every_steps
 
     def set_world(self, world: WorldConfig | None) -> None:
         """Fit data-parallel over the ranks this launcher starts (needs a snapshot folder)."""
@@ -156,6 +158,7 @@ class FineTune(Learner):
         twin = super().clone()
         twin._snapshot_dir = getattr(self, "_snapshot_dir", None)
         twin._keep = getattr(self, "_keep", 2)
+        twin._every_steps = getattr(self, "_every_steps", 0)
         twin._world = getattr(self, "_world", None)
         return twin
 
@@ -190,7 +193,11 @@ class FineTune(Learner):
             torch.manual_seed(int(self.seed))
             model = _tail(self.cut, int(cls.max()) + 1, pretrained=True, seed=int(self.seed))
             trainer = Trainer(TrainParams.of(self), maps, cls, self.shape_, model)
-            trainer.fit_folder(folder, keep=getattr(self, "_keep", 2))
+            trainer.fit_folder(
+                folder,
+                keep=getattr(self, "_keep", 2),
+                every_steps=getattr(self, "_every_steps", 0),
+            )
         self.model_ = trainer.model
         self.epochs_ = trainer.state.epoch
         self.resumed_from_ = trainer.resumed_from

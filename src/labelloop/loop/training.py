@@ -389,7 +389,11 @@ def _fit(
     epochs_dir = folder.checkpoint_dir(f"{checkpoint}-epochs")
     for cand in candidates:
         if isinstance(cand, FineTune):
-            cand.set_snapshot_dir(epochs_dir, keep=rt.settings.train_keep_checkpoints)
+            cand.set_snapshot_dir(
+                epochs_dir,
+                keep=rt.settings.train_keep_checkpoints,
+                every_steps=rt.settings.train_checkpoint_steps,
+            )
     X, Y, pool = prepared.X, prepared.Y, prepared.pool
     choice = choose(
         candidates, X, Y, pool, spec.policy.cv_folds, seed=claim.revision, kind=spec.kind
