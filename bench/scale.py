@@ -222,11 +222,13 @@ def probe(root: Path, calls: int) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from labelloop.config import Settings
+    from labelloop.jobs.local import LocalJobs
     from labelloop.runtime import Runtime
     from labelloop.service import predictions
     from labelloop.store.models import Item
 
     rt = Runtime(Settings(data_dir=root))
+    rt.attach_jobs(LocalJobs(rt, workers=1, threads=True))  # pre-labels missing: scored here
     with rt.session() as s:
         t, n = s.execute(select(Item.task_id, func.count()).group_by(Item.task_id)).one()
     wall: dict[str, list[float]] = {"next": [], "predictions": []}
