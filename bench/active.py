@@ -39,9 +39,14 @@ def load(name: str, work: Path) -> datasets.Dataset:
 
 
 def setup(client: Client, ds: datasets.Dataset, policy: dict[str, Any]) -> tuple[int, list[int]]:
+    """A task with every item; with ``policy.seed``, external ids carry the seed: the task's
+    stable random order is a hash of the task, the external id and the data
+    (``store.models.lottery_of``), so without it every seed would give the first task of a fresh
+    server the same order, the same audits and the same run."""
     task = client.create_task(ds.name, ds.category, ds.labels, policy=policy)
+    prefix = f"seed{policy['seed']}-" if policy.get("seed") is not None else ""
     added = client.add_items(
-        task["id"], [{"data": d, "external_id": str(i)} for i, d in enumerate(ds.data)]
+        task["id"], [{"data": d, "external_id": f"{prefix}{i}"} for i, d in enumerate(ds.data)]
     )
     while client.get_task(task["id"])["counts"]["pending"]:
         time.sleep(0.5)

@@ -2,11 +2,12 @@
 
     python -m bench.load                                   # 30 annotators, 10 minutes, 6 tasks
     python -m bench.load --annotators 30 --minutes 10 --out bench/results/load.json
+    python -m bench.load --tasks 1 --items 7188 --minutes 3   # issue 15: one task of 7,188 images
 
 Each annotator loops on one task: ``GET /next`` (one item), ``GET`` the item's prediction,
 ``POST`` the true label with the version it was shown. Labels keep models training and promoting
 the whole time (each task has all 1,797 digits). The result has p50/p99 latency and errors per
-route, and the resident memory of the server and of its worker processes over time: at the start,
+route, the loops (next, prediction, annotate) per second, and the resident memory of the server and of its worker processes over time: at the start,
 after the warm-up (the first fifth of the run) and at the end. docs/RELIABILITY.md quotes it.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -103,8 +105,10 @@ def rss(pid: int) -> dict[str, float]:
     }
 
 
-def run(work: Path, annotators: int, minutes: float, tasks: int) -> dict[str, Any]:
-    images = write_digits(work / "digits")
+def run(work: Path, annotators: int, minutes: float, tasks: int, items: int) -> dict[str, Any]:
+    digits = write_digits(work / "digits")
+    # Each task holds ``items`` images: the digits, again and again when more are asked for.
+    images = [digits[k % len(digits)] for k in range(items)]
     with running_server(
         work / "data", free_port(), ["--import-root", str(work)], log=work / "serve.log"
     ) as server:
@@ -112,8 +116,13 @@ def run(work: Path, annotators: int, minutes: float, tasks: int) -> dict[str, An
             truths: list[tuple[int, dict[int, str]]] = []
             for n in range(tasks):
                 task = client.create_task(f"digits-{n}", "image-classification", DIGITS)
-                added = client.add_items(task["id"], [{"data": str(p)} for p, _ in images])
-                truth = {it["id"]: y for it, (_, y) in zip(added["items"], images, strict=True)}
+                truth = {}
+                for start in range(0, len(images), 1000):  # the API takes 1,000 per request
+                    part = images[start : start + 1000]
+                    added = client.add_items(task["id"], [{"data": str(p)} for p, _ in part])
+                    truth.update(
+                        {it["id"]: y for it, (_, y) in zip(added["items"], part, strict=True)}
+                    )
                 truths.append((task["id"], truth))
             for task_id, _ in truths:
                 while client.get_task(task_id)["counts"]["pending"]:
@@ -138,6 +147,7 @@ def run(work: Path, annotators: int, minutes: float, tasks: int) -> dict[str, An
             time.sleep(min(10.0, max(0.0, end - time.monotonic())))
             series.append({"t_s": round(time.monotonic() - started, 1), **rss(server.pid)})
         stop.set()
+        elapsed = time.monotonic() - started
         for t in threads:
             t.join(timeout=120)
         with Client(server.url, timeout=120) as client:
@@ -151,6 +161,8 @@ def run(work: Path, annotators: int, minutes: float, tasks: int) -> dict[str, An
         "tasks": tasks,
         "items_per_task": len(images),
         "routes": rec.summary(),
+        "load_average_end": [round(v, 1) for v in os.getloadavg()],
+        "loops_per_s": round(len(rec.latency.get("POST /annotations", [])) / elapsed, 2),
         "labels_given": sum(t["counts"]["human_labelled"] for t in per_task),
         "model_versions_trained": versions,
         "rss_start": series[0],
@@ -170,10 +182,11 @@ def main() -> None:
     parser.add_argument("--annotators", type=int, default=30)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--tasks", type=int, default=6)
+    parser.add_argument("--items", type=int, default=1797, help="images per task")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="labelloop-load-") as tmp:
-        result = run(Path(tmp), args.annotators, args.minutes, args.tasks)
+        result = run(Path(tmp), args.annotators, args.minutes, args.tasks, args.items)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -222,7 +222,10 @@ class RabbitNode:
             capture_output=True,
             timeout=60,
         )
-        # `await_startup` waits for the node's boot; it needs the node's VM to be up first.
+        # `await_startup` waits for the node's boot; it needs the node's VM to be up first. Each
+        # rabbitmqctl call starts an Erlang VM of its own (a second of CPU on a busy machine), so
+        # it is asked once the node's VM listens on its distribution port, not every second before.
+        wait_until(lambda: self._listens(self.dist_port), 120, f"{self.node} VM to start")
         wait_until(
             lambda: self.ctl("await_startup", timeout=120).returncode == 0, 120, self.node, 1
         )
@@ -231,9 +234,13 @@ class RabbitNode:
         self.ctl("stop")
 
     def accepting(self) -> bool:
+        return self._listens(self.port)
+
+    @staticmethod
+    def _listens(port: int) -> bool:
         with socket.socket() as s:
             s.settimeout(0.5)
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+            return s.connect_ex(("127.0.0.1", port)) == 0
 
     def cleanup(self) -> None:
         """Stop the node, and the Erlang port mapper if this node started it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,12 @@ from labelloop.demo import free_port
 from labelloop.jobs.local import LocalJobs
 from labelloop.loop.cache import FEATURES
 from labelloop.runtime import Runtime
-from tests.support import pg_database, wait_until
+from tests.support import (
+    migrated_pg_template,
+    migrated_sqlite_template,
+    pg_database,
+    wait_until,
+)
 
 # Image tasks in the general tests choose among pixel learners only, so that they never push
 # hundreds of digits through EfficientNet; tests/learners and tests/loop/test_training.py turn the
@@ -33,10 +39,23 @@ def fresh_feature_cache() -> None:
     FEATURES.clear()
 
 
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """The migrated PostgreSQL database that each test's own database is a copy of."""
+    with migrated_pg_template() as name:
+        yield name
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite store file that each test's runtime starts from (a copy of its own)."""
+    return migrated_sqlite_template(tmp_path_factory.mktemp("sqlite-template"))
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
-    with pg_database() as url:
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (schema migrated), dropped afterwards."""
+    with pg_database(template=pg_template) as url:
         yield url
 
 
@@ -70,7 +89,10 @@ def rt_data(settings: Settings) -> Path:
 
 
 @pytest.fixture
-def rt(settings: Settings) -> Iterator[Runtime]:
+def rt(settings: Settings, sqlite_template: Path) -> Iterator[Runtime]:
+    if settings.database_url is None:  # a copy of the migrated store, as after a first start
+        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sqlite_template, settings.resolved_data_dir / "labelloop.db")
     runtime = Runtime(settings, migrate_schema=True)
     yield runtime
     runtime.close()

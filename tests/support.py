@@ -39,16 +39,45 @@ def _pg_admin_connect() -> Any:
 
 
 @contextmanager
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards; yields its URL."""
+def pg_database(template: str | None = None) -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards; yields its URL.
+
+    ``template`` names a database to copy (an already migrated one: see
+    :func:`migrated_pg_template`); without it the database is empty.
+    """
     name = f"labelloop_test_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with _pg_admin_connect() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
     try:
         yield f"{PG_SERVER}/{name}"
     finally:
         with _pg_admin_connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def migrated_pg_template() -> Iterator[str]:
+    """A PostgreSQL database at the newest schema, to copy (``CREATE DATABASE ... TEMPLATE``):
+    the tests that take a store copy it instead of running every migration again. Yields its name.
+
+    The migrations themselves run here, and from an empty database in tests/store/test_migrations.py.
+    """
+    from labelloop.store.db import migrate
+
+    with pg_database() as url:
+        migrate(url)  # disposes of its engine: a template must have no open connection
+        yield url.rsplit("/", 1)[-1]
+
+
+def migrated_sqlite_template(folder: Path) -> Path:
+    """A SQLite store file at the newest schema in ``folder``, to copy into a test's data folder
+    (what :func:`migrated_pg_template` is for PostgreSQL)."""
+    from labelloop.store.db import migrate
+
+    path = folder / "labelloop.db"
+    migrate(f"sqlite:///{path}")
+    return path
 
 
 def wait_until(

@@ -89,6 +89,8 @@ def test_every_endpoint(
 
         text = ll.create_task("texts", "text-classification", ["pos", "neg"])
         assert ll.import_csv(text["id"], "text\ngood\nbad\n")["created"] == 2
+        lines = [{"id": "j1", "text": "fine", "labels": ["pos"]}, {"text": "so-so"}]
+        assert ll.import_jsonl(text["id"], lines)["labelled"] == 1
         png = Path(digit_files[0][0])
         up = ll.create_task("uploads", "image-classification", ["a", "b"])
         assert ll.upload_images(up["id"], [png, ("copy.png", png.read_bytes())])["created"] == 1

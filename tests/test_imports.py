@@ -597,3 +597,171 @@ def test_task_names_are_unique(app_client: TestClient) -> None:
     assert r.status_code == 409
     assert c.patch(f"/api/v1/tasks/{first['id']}", json={"name": "cats"}).status_code == 200
     assert len(c.get("/api/v1/tasks").json()) == 2
+
+
+# --- JSON lines of texts with their spans ---------------------------------------------------------
+
+ADA = "Ada Lovelace met Charles Babbage in London."
+ADA_SPANS = [
+    {"start": 0, "end": 12, "label": "PER"},
+    {"start": 17, "end": 32, "label": "PER"},
+    {"start": 36, "end": 42, "label": "LOC"},
+]
+
+
+def import_jsonl(c: TestClient, task_id: int, raw: str, **form: str) -> Any:
+    return c.post(
+        f"/api/v1/tasks/{task_id}/import/jsonl",
+        files={"file": ("t.jsonl", raw.encode(), "application/jsonl")},
+        data=form,
+    )
+
+
+def text_id(text: str) -> str:
+    return f"csv:text:{hashlib.sha256(text.encode()).hexdigest()}"
+
+
+def human_labels(c: TestClient, task_id: int) -> dict[str | None, list[Any] | None]:
+    """External id -> the item's labels (spans), for every item of the task."""
+    items = c.get(f"/api/v1/tasks/{task_id}/items", params={"limit": 100}).json()["items"]
+    out = {}
+    for it in items:
+        full = c.get(f"/api/v1/tasks/{task_id}/items/{it['id']}").json()
+        assert all(a["annotator"] == "imported" for a in full["annotations"])
+        out[it["external_id"]] = full["labels"]
+    return out
+
+
+def test_jsonl_spans_are_imported_as_human_labels_each_bad_line_named(
+    app_client: TestClient,
+) -> None:
+    c = app_client
+    task_id = new_task(c, "text-spans", ["PER", "LOC"])
+    studio = {
+        "id": 7,
+        "data": {"text": "Paris in spring."},
+        "annotations": [
+            {"was_cancelled": True, "result": []},
+            {
+                "result": [
+                    {
+                        "from_name": "label",
+                        "to_name": "text",
+                        "type": "labels",
+                        "value": {"start": 0, "end": 5, "text": "Paris", "labels": ["LOC"]},
+                    }
+                ]
+            },
+        ],
+    }
+    lines = [
+        json.dumps({"id": "a", "text": ADA, "spans": ADA_SPANS[::-1], "answer": "accept"}),
+        json.dumps({"text": "Grace Hopper", "label": [[0, 12, "PER"]]}),  # doccano
+        json.dumps(studio),
+        "",  # blank lines are not lines of data
+        json.dumps({"text": "Nothing here.", "spans": []}),  # an answer: no entity
+        json.dumps({"text": "Not labelled yet."}),
+        "{not json",
+        json.dumps({"spans": []}),
+        json.dumps({"text": "Short", "spans": [{"start": 0, "end": 9, "label": "PER"}]}),
+        json.dumps({"text": ADA, "spans": [ADA_SPANS[0], {**ADA_SPANS[0], "end": 20}]}),
+        json.dumps({"text": "Rejected", "spans": [], "answer": "reject"}),
+        json.dumps({"id": "a", "text": ADA, "spans": []}),
+        json.dumps({"text": "Bad", "spans": [{"start": "0", "end": 3, "label": "PER"}]}),
+        json.dumps(["a list"]),
+    ]
+    r = import_jsonl(c, task_id, "\n".join(lines) + "\n")
+    assert r.status_code == 201, r.text
+    got = r.json()
+    assert (got["created"], got["existing"], got["labelled"]) == (5, 0, 4)
+    assert got["skipped"] == 8
+    reasons = {x["file"]: x["reason"] for x in got["skipped_lines"]}
+    assert list(reasons) == [f"line {n}" for n in (7, 8, 9, 10, 11, 12, 13, 14)]
+    assert reasons["line 7"].startswith("not JSON")
+    assert reasons["line 8"].startswith("no text")
+    assert "ends after the text, which has 5 characters" in reasons["line 9"]
+    assert "overlaps span 0-12" in reasons["line 10"]
+    assert "'reject'" in reasons["line 11"]
+    assert reasons["line 12"] == "the same item as line 1"
+    assert "whole numbers" in reasons["line 13"]
+    assert reasons["line 14"] == "not a JSON object"
+    labels = human_labels(c, task_id)
+    assert labels["jsonl:a"] == ADA_SPANS  # in order of position
+    assert labels["jsonl:7"] == [{"start": 0, "end": 5, "label": "LOC"}]
+    # Without an id, the text names the item (as a CSV's): the same text is not added twice.
+    assert labels[text_id("Grace Hopper")] == [{"start": 0, "end": 12, "label": "PER"}]
+    assert labels[text_id("Nothing here.")] == []
+    assert labels[text_id("Not labelled yet.")] is None  # an item to label
+    # Append-only: the same file again adds nothing, and records no label twice.
+    again = import_jsonl(c, task_id, "\n".join(lines)).json()
+    assert (again["created"], again["existing"], again["labelled"]) == (0, 5, 0)
+    first = c.get(f"/api/v1/tasks/{task_id}/items", params={"limit": 100}).json()["items"]
+    history = [c.get(f"/api/v1/tasks/{task_id}/items/{it['id']}").json() for it in first]
+    assert sum(len(h["annotations"]) for h in history) == 4
+
+
+def test_jsonl_labels_the_task_lacks_are_refused_unless_added(app_client: TestClient) -> None:
+    c = app_client
+    task_id = new_task(c, "text-spans", ["PER"])
+    raw = json.dumps({"id": "a", "text": ADA, "spans": ADA_SPANS}) + "\n"
+    r = import_jsonl(c, task_id, raw)
+    assert r.status_code == 422 and '"LOC"' in r.json()["detail"], r.text
+    assert c.get(f"/api/v1/tasks/{task_id}/items").json()["items"] == []  # nothing stored
+    r = import_jsonl(c, task_id, raw, add_labels="true")
+    assert r.status_code == 201 and r.json()["labels_added"] == ["LOC"], r.text
+    assert c.get(f"/api/v1/tasks/{task_id}").json()["labels"] == ["PER", "LOC"]
+    assert human_labels(c, task_id)["jsonl:a"] == ADA_SPANS
+    # An item the task has under that id with another text keeps its text; the line's spans,
+    # which point into the line's text, are not recorded.
+    other = json.dumps({"id": "b", "text": "Bob"}) + "\n"
+    import_jsonl(c, task_id, other)
+    r = import_jsonl(
+        c,
+        task_id,
+        json.dumps({"id": "b", "text": "London", "spans": [ADA_SPANS[2] | {"start": 0, "end": 6}]}),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["skipped_lines"] == [
+        {"file": "line 1", "reason": "the task's item 'jsonl:b' has another text"}
+    ]
+    assert human_labels(c, task_id)["jsonl:b"] is None
+
+
+def test_jsonl_round_trips_an_export_and_reads_label_studio_arrays(app_client: TestClient) -> None:
+    c = app_client
+    source = new_task(c, "text-spans", ["PER", "LOC"])
+    import_jsonl(c, source, json.dumps({"id": "a", "text": ADA, "spans": ADA_SPANS}))
+    exported = c.get(f"/api/v1/tasks/{source}/export").text
+    target = new_task(c, "text-spans", ["PER", "LOC"])
+    r = import_jsonl(c, target, exported)
+    assert r.status_code == 201 and r.json()["labelled"] == 1, r.text
+    assert human_labels(c, target) == {"jsonl:a": ADA_SPANS}  # its own id, as exported
+    # Label Studio exports a JSON array of tasks.
+    array = json.dumps([{"data": {"text": "Oslo"}, "annotations": []}, {"data": {}}])
+    r = import_jsonl(c, target, array)
+    assert r.status_code == 201, r.text
+    assert (r.json()["created"], r.json()["labelled"]) == (1, 0)
+    assert r.json()["skipped_lines"][0]["file"] == "entry 2"
+    # A file without a single text is refused as a whole, naming why.
+    r = import_jsonl(c, target, '{"spans": []}\n')
+    assert r.status_code == 422 and "line 1: no text" in r.json()["detail"]
+    r = c.post(
+        f"/api/v1/tasks/{target}/import/jsonl", files={"file": ("t.jsonl", b"\xff\n", "text/plain")}
+    )
+    assert r.status_code == 422 and "not UTF-8" in r.json()["detail"]
+
+
+def test_jsonl_labels_of_a_classification_task(app_client: TestClient) -> None:
+    c = app_client
+    task_id = new_task(c, "text-classification", ["pos", "neg"])
+    raw = "\n".join(
+        [
+            json.dumps({"id": 1, "text": "great", "labels": ["pos"]}),
+            json.dumps({"id": 2, "text": "awful", "label": "neg"}),  # doccano's field
+            json.dumps({"id": 3, "text": "both", "labels": ["pos", "neg"]}),
+        ]
+    )
+    got = import_jsonl(c, task_id, raw).json()
+    assert (got["created"], got["labelled"]) == (2, 2)
+    assert "exactly one label" in got["skipped_lines"][0]["reason"]
+    assert human_labels(c, task_id) == {"jsonl:1": ["pos"], "jsonl:2": ["neg"]}

@@ -15,8 +15,9 @@ drawn there) and are importable from here.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from labelloop.schemas import (
     ItemsAdded,
     ItemsPage,
     JobPublic,
+    JsonlImported,
     LabelStudioEvent,
     LabelStudioHealth,
     LabelStudioPredictions,
@@ -368,6 +370,30 @@ class Client:
             f"/api/v1/tasks/{task_id}/import/csv",
             files={"file": ("texts.csv", raw, "text/csv")},
             data=form,
+        )
+        return result
+
+    def import_jsonl(
+        self,
+        task_id: int,
+        lines: bytes | str | Path | Iterable[Mapping[str, Any]],
+        add_labels: bool = False,
+    ) -> JsonlImported:
+        """Add texts with their spans (or labels) from JSON lines (bytes, text, a file path, or
+        the lines as dicts: ``{"text": …, "spans": [{"start", "end", "label"}]}``); the spans are
+        recorded as imported human labels."""
+        if isinstance(lines, Path):
+            raw: bytes | str = lines.read_bytes()
+        elif isinstance(lines, bytes | str):
+            raw = lines
+        else:
+            raw = "".join(json.dumps(line) + "\n" for line in lines)
+        raw = raw.encode("utf-8") if isinstance(raw, str) else raw
+        result: JsonlImported = self._request(
+            "POST",
+            f"/api/v1/tasks/{task_id}/import/jsonl",
+            files={"file": ("texts.jsonl", raw, "application/jsonl")},
+            data={"add_labels": "true"} if add_labels else {},
         )
         return result
 

@@ -8,9 +8,9 @@ task's kind can show: an image of a known format with its own type, or text.
 
 Nothing is guessed and nothing is dropped silently: a CSV names its text column (``text``, or the
 one the person picks), every file or line an import leaves out is reported by name with the
-reason, and labels that come with the data (one folder per class, a label column) are recorded as
-human labels from ``imported`` only when they are labels of the task, or when the person asked for
-them to be added (before the task has a model).
+reason, and labels that come with the data (one folder per class, a label column, the spans or
+labels of a JSON line) are recorded as human labels from ``imported`` only when they are labels of
+the task, or when the person asked for them to be added (before the task has a model).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from labelloop.config import Settings
 from labelloop.datastore import write_bytes_atomic
 from labelloop.errors import Conflict, FetchError, ForbiddenPath, InvalidInput, NotFound
 from labelloop.fetch import UPLOAD_PREFIX, identify_image, local_allowed, read_link
+from labelloop.kinds.base import TaskKind, Value
+from labelloop.kinds.registry import kind_for
 from labelloop.loop.features import is_text
 from labelloop.loop.scheduling import active_training, lock_task
 from labelloop.runtime import Runtime
@@ -160,6 +163,13 @@ def _external_id(prefix: str, value: str) -> str:
     )
 
 
+def _text_id(text: str) -> str:
+    """Without an id, the text names the item: another file (CSV or JSON lines, or the same one
+    again) adds only texts the task does not have (a row number would clash with an earlier
+    file's rows)."""
+    return _external_id("csv:", f"text:{hashlib.sha256(text.encode('utf-8')).hexdigest()}")
+
+
 # --- labels that come with the data -------------------------------------------------------------
 
 
@@ -200,11 +210,16 @@ def _new_labels(
 
 
 def _record_labels(
-    rt: Runtime, task_id: int, labelled: dict[str, list[str]], ids: dict[str, int], new: list[str]
+    rt: Runtime,
+    task_id: int,
+    labelled: dict[str, Value],
+    ids: dict[str, int],
+    new: list[str],
+    field: str = "labels",
 ) -> int:
-    """Add ``new`` labels to the task, then record each item's labels (by external id) as human
-    labels from ``imported``: once, for items that no person has labelled yet (an import run again
-    adds nothing)."""
+    """Add ``new`` labels to the task, then record each item's value (by external id; in the
+    kind's ``field``: labels, or spans) as a human label from ``imported``: once, for items that
+    no person has labelled yet (an import run again adds nothing)."""
     if new:
         with rt.session() as s:
             task = lock_task(s, task_id)
@@ -225,8 +240,10 @@ def _record_labels(
             )
         )
     todo = [
-        AnnotationIn(item_id=i, labels=labels, annotator=IMPORTED, shown_none=True)
-        for i, labels in by_item.items()
+        AnnotationIn.model_validate(
+            {"item_id": i, field: value, "annotator": IMPORTED, "shown_none": True}
+        )
+        for i, value in by_item.items()
         if i not in done
     ]
     step = rt.settings.max_items_per_request
@@ -461,10 +478,7 @@ def import_csv(
                 skipped.append({"file": f"line {n}", "reason": "no text"})
             continue
         ext = row[id_at].strip() if id_at is not None and id_at < len(row) else ""
-        # Without an id, the text names the item: another CSV (or the same one again) adds only
-        # texts the task does not have (a row number would clash with an earlier file's rows).
-        key = ext or f"text:{hashlib.sha256(text.encode('utf-8')).hexdigest()}"
-        spec = ItemIn(data=text, external_id=_external_id("csv:", key))
+        spec = ItemIn(data=text, external_id=_external_id("csv:", ext) if ext else _text_id(text))
         specs.append(spec)
         cell = row[label_at].strip() if label_at is not None and label_at < len(row) else ""
         if cell and spec.external_id is not None:
@@ -492,6 +506,229 @@ def import_csv(
         "skipped_rows": skipped,
         "text_column": header[text_at],
         "label_column": None if label_at is None else header[label_at],
+        "labelled": n_labelled,
+        "labels_added": new,
+    }
+
+
+# --- JSON lines -------------------------------------------------------------------------------
+
+#: Fields a line's text is read from, in order: ``text`` (Prodigy, doccano and most tools),
+#: ``data`` (labelloop's own export: a string; Label Studio's tasks: ``{"text": ...}``).
+TEXT_FIELDS = ("text", "data")
+#: Prodigy's answers that are not labels: such lines are left out (with the reason).
+NOT_ANSWERS = ("reject", "ignore")
+
+
+class _Skip(Exception):
+    """A line left out, with the reason in people's words."""
+
+
+def _line_text(obj: dict[str, Any]) -> str:
+    for field in TEXT_FIELDS:
+        value = obj.get(field)
+        if isinstance(value, dict):  # Label Studio's task: {"data": {"text": ...}}
+            texts = [v for v in value.values() if isinstance(v, str)]
+            value = value.get("text", texts[0] if len(texts) == 1 else None)
+        if isinstance(value, str):
+            if not value.strip():
+                raise _Skip("the text is empty")
+            if "\x00" in value:
+                raise _Skip("the text holds a NUL character; texts cannot hold one")
+            if len(value) > MAX_TEXT:
+                raise _Skip(f"the text is longer than {MAX_TEXT:,} characters")
+            return value
+    raise _Skip('no text: give it as "text" (or Label Studio\'s "data": {"text": ...})')
+
+
+def _line_id(obj: dict[str, Any], text: str) -> str:
+    """The item's external id: labelloop's own (``external_id``, as exported), another tool's
+    ``id`` or ``key`` (prefixed), else the text's."""
+    own = obj.get("external_id")
+    if isinstance(own, str | int) and not isinstance(own, bool) and str(own).strip():
+        return _external_id("", str(own).strip())
+    for field in ("id", "key"):
+        other = obj.get(field)
+        if isinstance(other, str | int) and not isinstance(other, bool) and str(other).strip():
+            return _external_id("jsonl:", str(other).strip())
+    return _text_id(text)
+
+
+def _span(raw: Any) -> dict[str, Any]:
+    """One span: ``{"start", "end", "label"}`` (labelloop, Prodigy) or ``[start, end, label]``
+    (doccano)."""
+    if isinstance(raw, list | tuple) and len(raw) == 3:
+        raw = dict(zip(("start", "end", "label"), raw, strict=True))
+    if not isinstance(raw, dict):
+        raise _Skip('a span must be {"start": …, "end": …, "label": …}')
+    start, end, label = raw.get("start"), raw.get("end"), raw.get("label")
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end)):
+        raise _Skip("a span's start and end must be whole numbers (character offsets)")
+    if not isinstance(label, str):
+        raise _Skip("a span needs its label as text")
+    return {"start": start, "end": end, "label": _label(label, "a span's label")}
+
+
+def _labelstudio_results(obj: dict[str, Any]) -> list[Any] | None:
+    """The result of a Label Studio task's last annotation that was not cancelled."""
+    done = [
+        a
+        for a in obj.get("annotations") or []
+        if isinstance(a, dict) and not a.get("was_cancelled") and isinstance(a.get("result"), list)
+    ]
+    return done[-1]["result"] if done else None
+
+
+#: Other tools' fields for a kind's value: doccano's ``label`` (a label, or ``[start, end, label]``
+#: triples), spaCy-style ``entities``.
+VALUE_ALIASES = {"spans": ("entities", "label"), "labels": ("label",)}
+
+
+def _line_value(obj: dict[str, Any], kind: TaskKind) -> Value | None:
+    """The value a line gives (``None``: the line is an item without one): the kind's field
+    (``spans``, ``labels``), another tool's name for it, or a Label Studio task's last
+    annotation."""
+    if obj.get("answer") in NOT_ANSWERS:
+        raise _Skip(f"answered {obj['answer']!r} in Prodigy: not a label")
+    field = kind.value_field
+    raw = next(
+        (obj[k] for k in (field, *VALUE_ALIASES.get(field, ())) if obj.get(k) is not None), None
+    )
+    if raw is None and isinstance(obj.get("annotations"), list):
+        results = _labelstudio_results(obj) or []
+        control = next((r.get("from_name") for r in results if isinstance(r, dict)), None)
+        return None if control is None else kind.labelstudio_value(results, str(control))
+    if raw is None:
+        return None
+    if field == "spans":
+        if not isinstance(raw, list):
+            raise _Skip("spans must be a list")
+        return [_span(x) for x in raw]
+    labels = [raw] if isinstance(raw, str) else raw
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise _Skip("labels must be a label or a list of labels")
+    return [_label(x, "a label") for x in labels]
+
+
+def _json_entries(raw: bytes) -> tuple[str, list[tuple[int, str]]]:
+    """The entries of a JSON lines file (one object a line), or of a JSON array (as Label Studio
+    exports): what an entry is called, and each entry's number and JSON text."""
+    try:
+        decoded = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInput("the file is not UTF-8 text") from None
+    if decoded.lstrip().startswith("["):
+        try:
+            array = json.loads(decoded)
+        except ValueError as exc:
+            raise InvalidInput(f"the file is not a JSON array nor JSON lines: {exc}") from None
+        return "entry", [(n, json.dumps(x)) for n, x in enumerate(array, start=1)]
+    return "line", [(n, t) for n, t in enumerate(decoded.splitlines(), start=1) if t.strip()]
+
+
+@dataclass
+class _Parsed:
+    """What a JSON lines file holds: items, their values by external id (and the entry that
+    gave each), and the entries left out."""
+
+    specs: dict[str, ItemIn]
+    values: dict[str, tuple[str, Value]]
+    skipped: list[Skipped]
+    n_skipped: int = 0
+
+    def skip(self, where: str, reason: str) -> None:
+        self.n_skipped += 1
+        if len(self.skipped) < MAX_REPORTED:
+            self.skipped.append({"file": where, "reason": reason})
+
+
+def _parse_jsonl(raw: bytes, kind: TaskKind, labels: list[str]) -> _Parsed:
+    """Each entry checked on its own: one that cannot be read, has no text or a value the kind
+    refuses (offsets out of the text, overlapping spans, ...) is left out with the reason."""
+    what, entries = _json_entries(raw)
+    out = _Parsed({}, {}, [])
+    first: dict[str, str] = {}
+    for n, line in entries:
+        where = f"{what} {n}"
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise _Skip("not a JSON object")
+            text = _line_text(obj)
+            ext = _line_id(obj, text)
+            if ext in first:
+                raise _Skip(f"the same item as {first[ext]}")
+            value = _line_value(obj, kind)
+            if value is not None:  # labels are checked against the task once all are read
+                kind.validate(value, [*labels, *kind.classes(value)], where, text)
+                value = kind.normalize(value)
+        except json.JSONDecodeError as exc:
+            out.skip(where, f"not JSON ({exc.msg} at character {exc.pos + 1})")
+            continue
+        except _Skip as exc:
+            out.skip(where, str(exc))
+            continue
+        except InvalidInput as exc:
+            out.skip(where, exc.message.removeprefix(f"{where}: "))
+            continue
+        first[ext] = where
+        out.specs[ext] = ItemIn(data=text, external_id=ext)
+        if value is not None:
+            out.values[ext] = (where, value)
+    return out
+
+
+def _other_texts(rt: Runtime, parsed: _Parsed, ids: dict[str, int]) -> None:
+    """Values whose item the task already had with another text are left out: their offsets
+    point into the text of the line, not the item's."""
+    wanted = {ids[ext]: ext for ext in parsed.values if ext in ids}
+    with rt.session() as s:
+        for start in range(0, len(wanted), 500):
+            chunk = list(wanted)[start : start + 500]
+            for item_id, data in s.execute(
+                select(Item.id, Item.data).where(Item.id.in_(chunk))
+            ).all():
+                ext = wanted[int(item_id)]
+                if data != parsed.specs[ext].data:
+                    where, _ = parsed.values.pop(ext)
+                    parsed.skip(where, f"the task's item {ext!r} has another text")
+
+
+def import_jsonl(rt: Runtime, task_id: int, raw: bytes, add_labels: bool = False) -> dict[str, Any]:
+    """Each line of a JSON lines file (or entry of a JSON array) becomes a text item, and its
+    value, when it has one, a human label from ``imported``: spans (``{"text", "spans": [{"start",
+    "end", "label"}]}``, as labelloop exports and Prodigy writes; doccano's ``[start, end,
+    label]`` triples; a Label Studio task's last annotation) or, for a classification task, its
+    ``labels``. Entries left out are in ``skipped_lines``, each with the reason."""
+    _require(rt, task_id, text=True)
+    with rt.session() as s:
+        task = get_task_row(s, task_id)
+        kind, labels = kind_for(task.category, task.extra), list(task.labels)
+    parsed = _parse_jsonl(raw, kind, labels)
+    if not parsed.specs:
+        why = (
+            f": {parsed.skipped[0]['file']}: {parsed.skipped[0]['reason']}"
+            if parsed.skipped
+            else ""
+        )
+        raise InvalidInput(f"the file has no texts to add{why}")
+    new = _new_labels(
+        rt,
+        task_id,
+        (x for _, value in parsed.values.values() for x in sorted(kind.classes(value))),
+        add_labels,
+        "the file's spans" if kind.value_field == "spans" else "the file's labels",
+    )
+    added = _add_in_batches(rt, task_id, list(parsed.specs.values()))
+    if kind.needs_text:
+        _other_texts(rt, parsed, added["ids"])
+    values = {ext: value for ext, (_, value) in parsed.values.items()}
+    n_labelled = _record_labels(rt, task_id, values, added["ids"], new, kind.value_field)
+    return {
+        "created": added["created"],
+        "existing": added["existing"],
+        "skipped": parsed.n_skipped,
+        "skipped_lines": parsed.skipped,
         "labelled": n_labelled,
         "labels_added": new,
     }

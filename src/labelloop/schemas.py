@@ -837,6 +837,10 @@ class VersionMetrics(TypedDict):
     n_labels: int
     heldout_accuracy: float | None
     heldout_macro_f1: float | None
+    #: Text spans: entity-level precision, recall and F1 on held-out labels (null otherwise).
+    heldout_entity_precision: float | None
+    heldout_entity_recall: float | None
+    heldout_entity_f1: float | None
     train_seconds: float | None
     live_accuracy: float | None
     live_n: int
@@ -853,8 +857,9 @@ class Suspect(TypedDict):
     item_id: int
     external_id: str | None
     data: str
-    given: list[str]
-    suggested: list[str]
+    #: The labels given and the model's; for text-spans tasks, spans ``{start, end, label}``.
+    given: list[Any]
+    suggested: list[Any]
     score: float
     annotators: list[str]
 
@@ -892,7 +897,7 @@ class FolderListing(TypedDict):
 
 
 class Skipped(TypedDict):
-    """A file (or a CSV line) an import left out, and why."""
+    """A file (or a line of a CSV or JSON lines file) an import left out, and why."""
 
     file: str
     reason: str
@@ -928,6 +933,17 @@ class CsvImported(TypedDict):
     skipped_rows: list[Skipped]
     text_column: str
     label_column: str | None
+    labelled: int
+    labels_added: list[str]
+
+
+class JsonlImported(TypedDict):
+    created: int
+    existing: int
+    #: How many lines were left out; ``skipped_lines`` says which (the first 1,000) and why.
+    skipped: int
+    skipped_lines: list[Skipped]
+    #: Items whose spans (or labels) were recorded as human labels from ``imported``.
     labelled: int
     labels_added: list[str]
 

@@ -1,6 +1,5 @@
 """Text spans through the API: the task, the annotation body's ``spans``, their checks (422
-naming the problem), the item's history, the export; labelled without a model until a span
-learner serves the kind."""
+naming the problem), the item's history, the export. The model in the loop: test_span_loop."""
 
 from __future__ import annotations
 
@@ -68,8 +67,6 @@ def test_spans_are_checked_stored_and_exported(app_client: TestClient) -> None:
 
     pred = c.get(f"/api/v1/tasks/{task_id}/predictions", params={"item_id": first}).json()
     assert (pred["status"], pred["spans"], pred["model_version"]) == ("no_model", None, None)
-    r = c.post(f"/api/v1/tasks/{task_id}/train")
-    assert r.status_code == 422 and "no learner serves text-spans" in r.json()["detail"]
 
 
 def test_bad_spans_get_a_422_naming_the_problem(app_client: TestClient) -> None:

@@ -137,3 +137,36 @@ def test_spans_as_bio_lines() -> None:
     ]
     with pytest.raises(InvalidInput, match="conll format is for text-spans"):
         kind_for("text-classification").conll_lines("a", ["a"])
+
+
+def _answers(*texts: tuple[list[tuple[int, int, str, float]], float]) -> np.ndarray:
+    """Span learners' answers: spans with scores, and the weakest token's certainty."""
+    out = np.empty(len(texts), dtype=object)
+    for i, (spans, certainty) in enumerate(texts):
+        out[i] = {
+            "spans": [{"start": a, "end": b, "label": lab, "score": p} for a, b, lab, p in spans],
+            "certainty": certainty,
+        }
+    return out
+
+
+def test_span_answers_are_decided_scored_and_ranked_by_the_kind() -> None:
+    kind = kind_for("text-spans")
+    Y = kind.encode([[{"start": 0, "end": 3, "label": "PER"}], []], ["PER"])
+    assert Y.dtype == object and Y.shape == (2,)
+    answers = _answers(([(4, 8, "PER", 0.6), (0, 3, "PER", 0.9)], 0.6), ([], 0.3))
+    assert kind.decide(answers, ["PER"])[0] == [
+        {"start": 0, "end": 3, "label": "PER"},
+        {"start": 4, "end": 8, "label": "PER"},
+    ]
+    assert kind.stored_scores(answers) == [[0.9, 0.6], []]  # in the order of the spans
+    assert kind.correct(answers, Y).tolist() == [False, True]
+    assert kind.errors(answers, Y).tolist() == [1, 0]  # one span too many
+    s = kind.score(answers, Y)
+    assert (s.accuracy, s.n) == (0.5, 2)
+    assert s.details == {"entity_precision": 0.5, "entity_recall": 1.0, "entity_f1": 0.666667}
+    assert kind.promotion_score(s) == s.macro_f1
+    # Ranked by the weakest token: below one half counts as one half (the least certain).
+    ranked = kind.ranked_scores(_answers(([], 0.99), ([], 0.7), ([], 0.2)))
+    assert ranked.tolist() == [[0.99, pytest.approx(0.01)], [0.7, pytest.approx(0.3)], [0.5, 0.5]]
+    assert kind.confidence(answers).tolist() == [0.6, 0.3]

@@ -5,11 +5,14 @@ project is created and connected to a live labelloop at ``/labelstudio``; annota
 through Label Studio's API (its webhooks feed labelloop); then Label Studio is asked to retrieve
 predictions, and must show labelloop's pre-labels, with their model version, for the other tasks.
 The images are uploaded to Label Studio, so labelloop fetches them back with the setup token.
+A second project marks spans (``<Labels>`` on ``<Text>``): labelloop makes it a text-spans task,
+takes its span annotations and answers spans Label Studio shows as its own.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ import pytest
 
 from labelloop.client import Client
 from labelloop.demo import free_port
+from labelloop.kinds.spans import entity_scores
 from tests.support import wait_until
 
 pytestmark = pytest.mark.labelstudio
@@ -90,7 +94,8 @@ def label_studio(tmp_path: Path) -> Iterator[tuple[str, str]]:
                 )
             return httpx.get(f"{url}/health", timeout=2).status_code == 200
 
-        wait_until(up, 300, "Label Studio to start", poll=1, ignore=(httpx.HTTPError,))
+        # Label Studio migrates its database first: minutes on a loaded machine.
+        wait_until(up, 600, "Label Studio to start", poll=1, ignore=(httpx.HTTPError,))
         yield url, token
     finally:
         proc.terminate()
@@ -204,3 +209,126 @@ def test_label_studio_shows_labelloop_prelabels(
         for ps in predictions_of(ls, rest).values():
             assert all(p["model_version"].startswith("model-time") for p in ps)
             assert all(p["score"] is not None for p in ps)
+
+
+SPANS_CONFIG = """<View>
+  <Labels name="ner" toName="text">
+    <Label value="PER"/><Label value="LOC"/>
+  </Labels>
+  <Text name="text" value="$text"/>
+</View>"""
+PEOPLE = [
+    "Ada Lovelace",
+    "Alan Turing",
+    "Grace Hopper",
+    "Emmy Noether",
+    "Kurt Godel",
+    "Marie Curie",
+]
+PLACES = ["London", "Paris", "Vienna", "Berlin", "Madrid", "Oslo", "Lisbon", "Prague"]
+FORMS = [
+    "{p} flew to {l} on Monday.",
+    "Yesterday {p} gave a talk in {l}.",
+    "In {l}, {p} met the committee.",
+    "{p} said the weather in {l} was fine.",
+    "Nobody expected {n} millimetres of rain.",
+]
+
+
+def span_texts(n: int, seed: int = 0) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``n`` different sentences with a person and a place (or neither), and their spans."""
+    rng = random.Random(seed)
+    out: dict[str, list[dict[str, Any]]] = {}
+    while len(out) < n:
+        form, person, place = rng.choice(FORMS), rng.choice(PEOPLE), rng.choice(PLACES)
+        text = form.format(p=person, l=place, n=rng.randrange(100))
+        spans = []
+        for name, label in ((person, "PER"), (place, "LOC")):
+            if name in text:
+                spans.append(
+                    {"start": text.index(name), "end": text.index(name) + len(name), "label": label}
+                )
+        out[text] = sorted(spans, key=lambda x: x["start"])
+    return list(out.items())
+
+
+def test_label_studio_span_project_round_trip(label_studio: tuple[str, str], live_url: str) -> None:
+    url, token = label_studio
+    examples = span_texts(60)
+    with (
+        httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=120) as ls,
+        Client(live_url) as ll,
+    ):
+        project = ls.post("/api/projects", json={"title": "ner", "label_config": SPANS_CONFIG})
+        assert project.status_code == 201, project.text
+        pid = project.json()["id"]
+        imported = ls.post(f"/api/projects/{pid}/import", json=[{"text": t} for t, _ in examples])
+        assert imported.status_code == 201, imported.text
+        tasks = ls.get("/api/tasks", params={"project": pid, "page_size": 1000}).json()["tasks"]
+        truth = {t["id"]: dict(examples)[t["data"]["text"]] for t in tasks}
+        texts = {t["id"]: t["data"]["text"] for t in tasks}
+
+        ml = ls.post(
+            "/api/ml", json={"url": f"{live_url}/labelstudio", "project": pid, "title": "labelloop"}
+        )
+        assert ml.status_code == 201, ml.text
+        task = next(t for t in ll.list_tasks() if t["name"] == f"Label Studio project {pid}")
+        assert (task["category"], task["labels"]) == ("text-spans", ["PER", "LOC"])
+
+        ids = sorted(truth)
+        labelled, rest = ids[:30], ids[30:]
+        for tid in labelled:
+            result = [
+                {
+                    "from_name": "ner",
+                    "to_name": "text",
+                    "type": "labels",
+                    "value": {
+                        "start": x["start"],
+                        "end": x["end"],
+                        "text": texts[tid][x["start"] : x["end"]],
+                        "labels": [x["label"]],
+                    },
+                }
+                for x in truth[tid]
+            ]
+            r = ls.post(f"/api/tasks/{tid}/annotations", json={"result": result})
+            assert r.status_code == 201, r.text
+        # The webhooks carried the spans back as human labels.
+        wait_until(lambda: ll.get_task(task["id"])["counts"]["human_labelled"] == 30, timeout=60)
+        items = {it["data"]: it for it in ll.list_items(task["id"], limit=100)["items"]}
+        first = items[texts[labelled[0]]]
+        assert ll.get_item(task["id"], first["id"])["labels"] == truth[labelled[0]]
+
+        ll.train(task["id"])
+        ll.wait_for_training(task["id"])
+        served = ll.get_task(task["id"])["served_version"]
+        assert served is not None
+        version = f"model-time{served}"
+        r = ls.post(
+            "/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": pid},
+            json={"selectedItems": {"all": True, "excluded": []}},
+        )
+        assert r.status_code == 200, r.text
+        shown: dict[int, list[dict[str, Any]]] = {}
+        for tid, preds in predictions_of(ls, rest).items():
+            mine = [p for p in preds if p["model_version"] == version]
+            assert mine, f"Label Studio shows no prediction of {version} for task {tid}"
+            results = mine[-1]["result"]
+            for res in results:
+                assert (res["from_name"], res["to_name"], res["type"]) == ("ner", "text", "labels")
+                value = res["value"]
+                assert value["text"] == texts[tid][value["start"] : value["end"]]
+                assert res["score"] is not None
+            shown[tid] = [
+                {
+                    "start": x["value"]["start"],
+                    "end": x["value"]["end"],
+                    "label": x["value"]["labels"][0],
+                }
+                for x in results
+            ]
+        f1 = entity_scores([shown[t] for t in rest], [truth[t] for t in rest])["f1"]
+        print(f"\nLabel Studio spans e2e: {version} entity F1 {f1:.0%} on {len(rest)} texts")
+        assert f1 >= 0.8

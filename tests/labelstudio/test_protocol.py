@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from labelloop.demo import free_port
 from labelloop.runtime import Runtime
+from labelloop.store.models import Job
 from tests.support import wait_until
 
 TOKEN = "ls-secret-token-0123456789"
@@ -197,11 +198,31 @@ def test_health(app_client: TestClient) -> None:
         assert r.status_code == 200 and r.json()["status"] == "UP"
 
 
+def record_job_calls(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[int]]]:
+    """What the request hands the job backend, in order: item predictions and queued job ids."""
+    calls: list[tuple[str, list[int]]] = []
+    jobs = rt.jobs
+    enqueue, predict_items = jobs.enqueue, jobs.predict_items
+
+    def recorded_enqueue(ids: Any) -> Any:
+        calls.append(("enqueue", list(ids)))
+        return enqueue(ids)
+
+    def recorded_predict(spec: Any, version: int, item_ids: Any) -> Any:
+        calls.append(("predict_items", list(item_ids)))
+        return predict_items(spec, version, item_ids)
+
+    monkeypatch.setattr(jobs, "enqueue", recorded_enqueue)
+    monkeypatch.setattr(jobs, "predict_items", recorded_predict)
+    return calls
+
+
 def test_a_project_learns_from_its_annotations(
     app_client: TestClient,
     rt: Runtime,
     fake_ls: tuple[FakeLabelStudio, list[dict[str, Any]]],
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     c = app_client
@@ -253,8 +274,16 @@ def test_a_project_learns_from_its_annotations(
 
     # Predictions for the other tasks, in Label Studio's format, with the model version.
     others = tasks[15:]
+    calls = record_job_calls(rt, monkeypatch)
     r = c.post("/labelstudio/predict", json=predict_body(others))
     assert r.status_code == 200, r.text
+    # The new items' featurize jobs were queued only after the request computed their features
+    # (to predict them): a worker finds them cached instead of computing them at the same time.
+    assert [what for what, _ in calls][:1] == ["predict_items"], calls
+    queued = [j for what, ids in calls if what == "enqueue" for j in ids]
+    with rt.session() as s:
+        kinds = {s.get(Job, j).kind for j in queued}  # type: ignore[union-attr]
+    assert kinds == {"featurize"}, calls
     body = r.json()
     version = f"model-time{task['served_version']}"
     assert body["model_version"] == version

@@ -1,7 +1,7 @@
 """One conformance test that every registered learner passes, for every category and extra it serves:
 the constructor only stores parameters (explicit keywords, read back by get_params), fit returns
-self, scores have the task's shape, and fit -> predict -> save -> load -> predict gives identical
-output.
+self, answers have the task's shape (a score per label, or for text spans one answer per text whose
+spans point into it), and fit -> predict -> save -> load -> predict gives identical output.
 
 Backbone learners run on a tiny TorchScript backbone the tests build themselves (and fine-tuning on
 EfficientNet-Lite0 at 32x32 pixels for two epochs), so the suite stays fast.
@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from labelloop.errors import InvalidInput
-from labelloop.kinds.classification import indicator
+from labelloop.kinds import kind_for
 from labelloop.learners import REGISTRY, Features, Learner
+from tests.span_support import LABELS, corpus
 
 CASES = [
     (category, extra, cls) for (category, extra), classes in REGISTRY.items() for cls in classes
@@ -38,7 +39,10 @@ TEXTS = {
 
 def raw_items(
     category: str, digits: tuple[np.ndarray, np.ndarray]
-) -> tuple[list[bytes], list[list[str]]]:
+) -> tuple[list[bytes], list[list[object]]]:
+    if category == "text-spans":
+        texts = corpus(48)
+        return [t.encode() for t, _ in texts], [spans for _, spans in texts]
     if category == "image-classification":
         images, target = digits
         raws, labels = [], []
@@ -57,7 +61,7 @@ def raw_items(
     return raws, labels_as_sets(labels)
 
 
-def labels_as_sets(labels: list[str]) -> list[list[str]]:
+def labels_as_sets(labels: list[str]) -> list[list[object]]:
     return [[label] for label in labels]
 
 
@@ -86,7 +90,12 @@ def test_learner_conformance(
     tiny_backbone_params: dict[str, object],
 ) -> None:
     raws, label_sets = raw_items(category, digits)
-    names = [*sorted({label for ls in label_sets for label in ls}), "never-seen"]
+    kind = kind_for(category, extra)
+    spans = category == "text-spans"
+    names = [
+        *(LABELS if spans else sorted({str(v) for ls in label_sets for v in ls})),
+        "never-seen",
+    ]
     if extra == "multi-label":
         # Give every item a second label on a pattern, so labels co-occur.
         label_sets = [
@@ -110,16 +119,19 @@ def test_learner_conformance(
     learner = cls(names, multi_label=multi, **params)
 
     X = featurize(learner, raws)
-    Y = indicator(label_sets, names)
+    Y = kind.encode(label_sets, names)
     train = np.arange(len(raws)) % 4 != 0
     test = ~train
     fitted = learner.fit(X.take(np.flatnonzero(train)), Y[train], pool=X)
     assert fitted is learner
 
     scores = learner.predict_proba(X.take(np.flatnonzero(test)))
-    assert scores.shape == (int(test.sum()), len(names))
-    assert np.all(np.isfinite(scores)) and scores.min() >= 0.0 and scores.max() <= 1.0
-    if not multi:
+    if spans:
+        check_span_answers(kind, scores, [raws[i].decode() for i in np.flatnonzero(test)], Y[test])
+    else:
+        assert scores.shape == (int(test.sum()), len(names))
+        assert np.all(np.isfinite(scores)) and scores.min() >= 0.0 and scores.max() <= 1.0
+    if not multi and not spans:
         np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-6)
         assert scores[:, names.index("never-seen")].max() < 0.5
         accuracy = (scores.argmax(1) == Y[test].argmax(1)).mean()
@@ -135,10 +147,33 @@ def test_learner_conformance(
 
     # Refitting a clone on the same data gives the same model (training is deterministic).
     again = learner.clone().fit(X.take(np.flatnonzero(train)), Y[train], pool=X)
-    np.testing.assert_allclose(again.predict_proba(X.take(np.flatnonzero(test))), scores, atol=1e-9)
+    if spans:
+        assert kind.decide(again.predict_proba(X.take(np.flatnonzero(test))), names) == (
+            kind.decide(scores, names)
+        )
+    else:
+        np.testing.assert_allclose(
+            again.predict_proba(X.take(np.flatnonzero(test))), scores, atol=1e-9
+        )
+
+
+def check_span_answers(kind: object, answers: np.ndarray, texts: list[str], Y: np.ndarray) -> None:
+    """One answer per text: valid spans inside it with scores in [0, 1], a certainty, and a model
+    that learned the easy corpus (entity F1 on held-out texts)."""
+    from labelloop.kinds.spans import TextSpans
+
+    assert isinstance(kind, TextSpans)
+    assert answers.shape == (len(texts),)
+    for answer, text in zip(answers, texts, strict=True):
+        kind.validate(kind.decide(np.array([answer]), LABELS)[0], LABELS, "answer", text)
+        assert all(0.0 <= s["score"] <= 1.0 for s in answer["spans"])
+        assert 0.0 <= answer["certainty"] <= 1.0
+    f1 = kind.score(answers, Y).macro_f1
+    assert f1 >= 0.5, f"the span learner learns nothing on an easy corpus (entity F1 {f1:.2f})"
 
 
 def test_every_category_and_extra_has_a_learner() -> None:
     for category in ("image-classification", "text-classification"):
         for extra in ("multi-class", "multi-label"):
             assert REGISTRY[(category, extra)], (category, extra)
+    assert REGISTRY[("text-spans", "multi-class")]

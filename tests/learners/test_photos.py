@@ -330,7 +330,7 @@ def test_colour_photos_choose_the_backbone_and_grey_layouts_choose_pixels(
     raws, labels = halves(40)
     choice = choice_on(raws, labels, tiny_backbone_params)
     assert choice.learner.name == "pool-svm"
-    # Pixels measure best (a tie goes to the earlier, cheaper candidate).
+    # Pixels measure best (a near-tie would go to the lower Brier score, then the earlier one).
     best = max(e["cv_accuracy"] for e in choice.candidates.values())
     assert choice.candidates["pool-svm"]["cv_accuracy"] == best == 1.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from labelloop.kinds.classification import indicator
-from labelloop.loop.suspects import annotator_agreement, find_suspects
+from labelloop.loop.suspects import annotator_agreement, find_span_suspects, find_suspects
 
 LABELS = ["a", "b", "c"]
 
@@ -61,3 +61,24 @@ def test_no_flags_while_labels_are_too_few_to_judge() -> None:
     scores = np.where(Y == 1, 0.8, 0.1)
     scores[0] = [0.05, 0.9, 0.05]
     assert find_suspects(scores, Y, LABELS, False) == []
+
+
+def test_span_suspects_are_texts_the_model_is_sure_differ() -> None:
+    """A labelled text whose out-of-sample spans differ, the model sure of it, is flagged with the
+    spans it suggests; an unsure difference and an agreement are not."""
+    per = {"start": 0, "end": 5, "label": "PER"}
+    org = {"start": 0, "end": 5, "label": "ORG"}
+    given = [[per]] * 12 + [[per], [per], []]
+    answers = np.empty(len(given), dtype=object)
+    for i in range(12):
+        answers[i] = {"spans": [{**per, "score": 0.95}], "certainty": 0.95}
+    answers[12] = {"spans": [{**org, "score": 0.92}], "certainty": 0.92}  # sure: another label
+    answers[13] = {"spans": [{**org, "score": 0.55}], "certainty": 0.55}  # unsure
+    answers[14] = {"spans": [{**per, "score": 0.85}], "certainty": 0.85}  # a name left out
+    flagged = find_span_suspects(answers, given)
+    assert [(f.position, f.given, f.suggested) for f in flagged] == [
+        (12, [per], [org]),
+        (14, [], [per]),
+    ]
+    assert flagged[0].score == 0.92
+    assert find_span_suspects(answers[:5], given[:5]) == []  # too few labels to judge

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.browser
+from tests.web.conftest import PAGE_ONLY
+
+pytestmark = [pytest.mark.browser, PAGE_ONLY]
 
 
 def test_the_api_docs_work_without_the_internet(live_url: str, offline_page: Any) -> None:

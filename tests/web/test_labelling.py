@@ -13,9 +13,9 @@ import pytest
 
 from labelloop.client import Client, InvalidRequestError
 from tests.support import wait_until
-from tests.web.conftest import ARTIFACTS, on_screen, wait_for_next
+from tests.web.conftest import ARTIFACTS, PAGE_ONLY, on_screen, wait_for_next
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, PAGE_ONLY]
 
 TOPICS = {
     "sport": "football goal match team referee league striker score stadium",

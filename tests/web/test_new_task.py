@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from labelloop.client import Client
+from tests.web.conftest import PAGE_ONLY
 
 pytestmark = pytest.mark.browser
 
@@ -23,6 +24,7 @@ def _task_named(live_url: str, name: str) -> dict[str, Any] | None:
         return next((t for t in ll.list_tasks() if t["name"] == name), None)
 
 
+@PAGE_ONLY
 def test_a_csv_without_a_text_column_asks_for_it(live_url: str, page: Any) -> None:
     page.goto(f"{live_url}/ui/")
     page.click("[data-testid=new-task]")
@@ -94,6 +96,7 @@ def test_a_task_whose_data_cannot_be_imported_is_not_left_behind(live_url: str, 
     assert _task_named(live_url, "no texts") is None
 
 
+@PAGE_ONLY
 def test_a_folder_per_class_names_the_labels(live_url: str, page: Any, image_root: Path) -> None:
     for name, shade in (("cat", 30), ("dog", 220)):
         (image_root / "pets" / name).mkdir(parents=True)

@@ -12,7 +12,7 @@ import pytest
 
 from labelloop.client import Client
 from tests.support import wait_until
-from tests.web.conftest import ARTIFACTS, on_screen, wait_for_next
+from tests.web.conftest import ARTIFACTS, PAGE_ONLY, on_screen, wait_for_next
 
 pytestmark = pytest.mark.browser
 LABELS = [str(d) for d in range(10)]
@@ -25,6 +25,7 @@ def image_task(ll: Client, files: list[tuple[str, str]], name: str) -> tuple[int
     return task["id"], truth
 
 
+@PAGE_ONLY
 def test_dashboard_shows_versions_and_chart(
     live_url: str, page: Any, digit_files: list[tuple[str, str]]
 ) -> None:
@@ -134,6 +135,7 @@ def test_labelling_by_keyboard_until_the_model_takes_over(
         assert ll.metrics(task_id)["edit_rate"]["submitted"] == labelled + 5
 
 
+@PAGE_ONLY
 def test_a_newcomer_creates_tasks_from_a_folder_and_from_a_csv(
     live_url: str, page: Any, digit_files: list[tuple[str, str]], image_root: Any, tmp_path: Any
 ) -> None:
@@ -174,6 +176,7 @@ def test_a_newcomer_creates_tasks_from_a_folder_and_from_a_csv(
         wait_until(lambda: ll.get_task(reviews["id"])["counts"]["human_labelled"] == 1)
 
 
+@PAGE_ONLY
 def test_a_single_server_is_asked_its_mode_once_not_polled_for_a_cluster(
     live_url: str, page: Any
 ) -> None:

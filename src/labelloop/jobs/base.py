@@ -12,9 +12,10 @@ from labelloop.loop.spec import TaskSpec
 
 @dataclass
 class DataPrediction:
-    """The answer for one data link: labels with scores, or the reason it could not be read."""
+    """The answer for one data link: its value (labels, or spans) with the kind's stored scores,
+    or the reason it could not be read."""
 
-    labels: list[str] | None = None
+    labels: list[Any] | None = None
     scores: list[float] | None = None
     score: float | None = None
     error: str | None = None

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from typing_extensions import TypedDict
 
 from labelloop.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from labelloop.loop.suspects import Suspect
 
 
 class TaskKindPublic(TypedDict):
@@ -52,11 +55,13 @@ Value = list[Any]
 @dataclass(frozen=True)
 class Scores:
     """A version's out-of-sample scores: ``accuracy`` is the per-item exact-match rate and
-    ``macro_f1`` the kind's F1 (per class for classification, per entity for spans)."""
+    ``macro_f1`` the kind's F1 (per class for classification, per entity for spans);
+    ``details`` what else the kind measures (entity precision and recall)."""
 
     accuracy: float
     macro_f1: float
     n: int
+    details: dict[str, float] = field(default_factory=dict)
 
 
 def quoted(labels: Sequence[str]) -> str:
@@ -76,6 +81,14 @@ class TaskKind(ABC):
     labelstudio_type: ClassVar[str]
     #: Values point into the item's text: :meth:`validate` needs it.
     needs_text: ClassVar[bool] = False
+    #: Distinct labels the labelled items must use between them before a model trains.
+    min_classes: ClassVar[int] = 2
+    #: What :meth:`promotion_score` measures, in people's words, and its key in a version's
+    #: metrics (retention keeps the best version by it).
+    promotion_metric: ClassVar[str] = "accuracy"
+    promotion_key: ClassVar[str] = "cv_accuracy"
+    #: Why tasks of this kind cannot be auto-labelled (None: they can, once certified).
+    auto_label_refusal: ClassVar[str | None] = None
 
     def __init__(self, category: str, extra: str, media: str) -> None:
         self.category = category
@@ -139,6 +152,14 @@ class TaskKind(ABC):
     def confidence(self, scores: np.ndarray) -> np.ndarray:
         """How sure the model is of each proposed value (auto-labelling thresholds)."""
 
+    def stored_scores(self, scores: np.ndarray) -> list[list[float]]:
+        """Each item's scores as a pre-label keeps them (``predictions.scores``): one per label."""
+        return [[round(float(v), 6) for v in row] for row in scores]
+
+    def ranked_scores(self, scores: np.ndarray) -> np.ndarray:
+        """The score matrix (items x choices) the query strategies measure a model's doubt on."""
+        return scores
+
     def prediction_fields(
         self, value: Value | None, scores: Sequence[float] | None, labels: Sequence[str]
     ) -> dict[str, Any]:
@@ -155,7 +176,22 @@ class TaskKind(ABC):
 
     @abstractmethod
     def correct(self, proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
-        """Per item: was the proposed value exactly the labelled one (promotion, auto-labelling)."""
+        """Per item: was the proposed value exactly the labelled one (auto-labelling)."""
+
+    def errors(self, proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        """Per item: how many mistakes the proposed value makes (the paired promotion test
+        compares these): 0 or 1 for a label set."""
+        wrong: np.ndarray = ~self.correct(proba, Y)
+        return wrong.astype(int)
+
+    def promotion_score(self, scores: Scores) -> float:
+        """The score promotion and the choice of learner guard: exact-match accuracy."""
+        return scores.accuracy
+
+    @abstractmethod
+    def suspects(self, proba: np.ndarray, Y: np.ndarray, labels: Sequence[str]) -> list[Suspect]:
+        """Labelled items whose out-of-sample answers ``proba`` disagree with their labels ``Y``,
+        most suspicious first."""
 
     # -- Label Studio -------------------------------------------------------------------------
     @abstractmethod

@@ -8,12 +8,15 @@ indicator targets (:func:`indicator`), and scores them (:func:`score`, :func:`co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from labelloop.errors import InvalidInput
 from labelloop.kinds.base import Scores, TaskKind, Value, quoted
+
+if TYPE_CHECKING:
+    from labelloop.loop.suspects import Suspect
 
 
 def indicator(label_sets: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
@@ -126,6 +129,11 @@ class Classification(TaskKind):
 
     def correct(self, proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
         return correct(proba, Y, self.multi_label)
+
+    def suspects(self, proba: np.ndarray, Y: np.ndarray, labels: Sequence[str]) -> list[Suspect]:
+        from labelloop.loop.suspects import find_suspects  # (the loop imports the kinds)
+
+        return find_suspects(proba, Y, labels, self.multi_label)
 
     # -- Label Studio -------------------------------------------------------------------------
     def labelstudio_result(

@@ -3,18 +3,28 @@
 The value is a list of spans ``{"start", "end", "label"}``: character offsets into the item's
 text (end exclusive), one label each from the task's set, not overlapping; an empty list is an
 answer too ("no entity here"). Stored sorted by position, so equal answers are equal values.
+
+Models answer one object per text, not a score per label (:mod:`labelloop.learners.spans`):
+``{"spans": [{"start", "end", "label", "score"}], "certainty": float}``, in an object array; the
+labels a learner trains on are the values themselves (:meth:`TextSpans.encode`). A version is
+scored and promoted on entity F1 (a span counts when offsets and label match exactly), ranked for
+active ordering by its weakest token's certainty, and never auto-labels (see
+:attr:`TextSpans.auto_label_refusal`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from labelloop.errors import InvalidInput, NotSupported
+from labelloop.errors import InvalidInput
 from labelloop.kinds.base import Scores, TaskKind, Value, quoted
+
+if TYPE_CHECKING:
+    from labelloop.loop.suspects import Suspect
 
 Span = tuple[int, int, str]
 TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -64,6 +74,14 @@ class TextSpans(TaskKind):
     labelstudio_control = "Labels"
     labelstudio_type = "labels"
     needs_text = True
+    promotion_metric = "entity F1"
+    promotion_key = "cv_entity_f1"
+    #: One label is enough to learn from: the text around a span says "no entity" too.
+    min_classes = 1
+    auto_label_refusal = (
+        "auto-labelling is off for text-spans tasks: a model's spans are only ever pre-labels, "
+        "since no certification of per-text exact-match accuracy exists for them yet"
+    )
 
     @property
     def widget(self) -> str:
@@ -108,21 +126,68 @@ class TextSpans(TaskKind):
     def classes(self, value: Value) -> set[str]:
         return {label for _, _, label in span_set(value)}
 
-    # -- models' answers: span learners answer spans, not a score per label ---------------------
+    # -- models' answers: one object per text (see the module docstring) ------------------------
     def encode(self, values: Sequence[Value], labels: Sequence[str]) -> np.ndarray:
-        raise NotSupported("text spans are not learned from a score matrix")
+        """The values themselves (normalized), one per row of an object array."""
+        out = np.empty(len(values), dtype=object)
+        for i, value in enumerate(values):
+            out[i] = normalized(value)
+        return out
 
     def decide(self, scores: np.ndarray, labels: Sequence[str]) -> list[Value]:
-        raise NotSupported("text spans are not learned from a score matrix")
+        return [normalized(answer["spans"]) for answer in scores]
 
     def confidence(self, scores: np.ndarray) -> np.ndarray:
-        raise NotSupported("text spans are not learned from a score matrix")
+        """The certainty of each text's weakest token."""
+        return np.array([float(answer["certainty"]) for answer in scores], dtype=np.float64)
+
+    def stored_scores(self, scores: np.ndarray) -> list[list[float]]:
+        """One score per proposed span, in the order of the spans."""
+        return [
+            [float(s["score"]) for s in sorted(a["spans"], key=lambda s: (s["start"], s["end"]))]
+            for a in scores
+        ]
+
+    def ranked_scores(self, scores: np.ndarray) -> np.ndarray:
+        """Each text as a two-way choice for its weakest token: right with its certainty ``c``
+        or not. Below one half the model's own choice is a coin toss at best, so ``c`` counts as
+        one half there: every query measure (margin, entropy, least confidence) then ranks the
+        least certain text first."""
+        c = np.maximum(self.confidence(scores), 0.5)
+        return np.column_stack([c, 1.0 - c]) if len(c) else np.zeros((0, 2))
 
     def score(self, proba: np.ndarray, Y: np.ndarray) -> Scores:
-        raise NotSupported("text spans are scored by entity_scores")
+        """Entity-level scores: ``accuracy`` is the share of texts whose spans match exactly,
+        ``macro_f1`` the entity F1, ``details`` entity precision and recall."""
+        got = entity_scores(self.decide(proba, ()), list(Y))
+        details = {f"entity_{k}": round(got[k], 6) for k in ("precision", "recall", "f1")}
+        return Scores(got["exact"], got["f1"], len(Y), details)
 
     def correct(self, proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
-        raise NotSupported("text spans are scored by entity_scores")
+        return np.array(
+            [span_set(p) == span_set(g) for p, g in zip(self.decide(proba, ()), Y, strict=True)],
+            dtype=bool,
+        )
+
+    def errors(self, proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        """Spans proposed but not labelled plus spans labelled but not proposed, per text: what
+        entity F1 counts against a model."""
+        return np.array(
+            [
+                len(span_set(p) ^ span_set(g))
+                for p, g in zip(self.decide(proba, ()), Y, strict=True)
+            ],
+            dtype=np.int64,
+        )
+
+    def promotion_score(self, scores: Scores) -> float:
+        """Entity F1."""
+        return scores.macro_f1
+
+    def suspects(self, proba: np.ndarray, Y: np.ndarray, labels: Sequence[str]) -> list[Suspect]:
+        from labelloop.loop.suspects import find_span_suspects  # (the loop imports the kinds)
+
+        return find_span_suspects(proba, list(Y))
 
     def prediction_fields(
         self, value: Value | None, scores: Sequence[float] | None, labels: Sequence[str]

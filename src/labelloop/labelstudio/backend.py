@@ -30,9 +30,9 @@ from labelloop.runtime import Runtime
 from labelloop.schemas import TaskPublic
 from labelloop.service import items as item_service
 from labelloop.service import labelling, models, tasks
-from labelloop.service.common import task_spec
+from labelloop.service.common import enqueue, task_spec
 from labelloop.service.predictions import current_predictions
-from labelloop.store.models import Item, LabelStudioAnnotation, LabelStudioProject, Task
+from labelloop.store.models import Item, Job, LabelStudioAnnotation, LabelStudioProject, Task
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,16 @@ def _connect(
     """
     config = parse_label_config(label_config)
     base = links.normalize_url(url) if url else None
+    with rt.reading() as s:  # the common case, on every call: connected, nothing to change
+        row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project == project))
+        if (
+            row is not None
+            and (uid is None or row.uid == uid)
+            and (base is None or row.url == base)
+            and LabelConfig.from_dict(row.config) == config
+            and s.get(Task, row.task_id) is not None
+        ):
+            return _row_link(row)
     with rt.session() as s:
         row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project == project))
         if row is not None and s.get(Task, row.task_id) is not None:
@@ -191,9 +201,11 @@ def ingest(
     link: Link,
     ls_tasks: list[dict[str, Any]],
     refused: dict[int, str] | None = None,
+    deferred: list[Job] | None = None,
 ) -> dict[int, int]:
     """Store Label Studio tasks as items (idempotent); Label Studio task id -> item id. Tasks
-    whose link labelloop may not read are left out (with the reason in ``refused``)."""
+    whose link labelloop may not read are left out (with the reason in ``refused``). With
+    ``deferred``, the new items' featurize jobs are put there for the caller to queue."""
     specs: list[item_service.ItemIn] = []
     seen: set[int] = set()
     checker = (
@@ -222,7 +234,11 @@ def ingest(
         specs.append(item_service.ItemIn(data=data, external_id=f"{EXTERNAL_PREFIX}{tid}"))
     if not specs:
         return {}
-    added = item_service.add_items(rt, link.task_id, specs)
+    added, jobs = item_service.store_items(rt, link.task_id, specs)
+    if deferred is None:
+        enqueue(rt, jobs)
+    else:
+        deferred.extend(jobs)
     return {int(it["external_id"][len(EXTERNAL_PREFIX) :]): int(it["id"]) for it in added["items"]}
 
 
@@ -247,10 +263,16 @@ def predict(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput("tasks must be a list of Label Studio tasks")
     link = connect(rt, project, uid, str(body.get("label_config") or ""))
     refused: dict[int, str] = {}
-    ids = ingest(rt, link, ls_tasks, refused)
-    spec = task_spec(rt, link.task_id)
-    name = version_name(spec.served_version)
-    preds = current_predictions(rt, spec, list(ids.values())) if name is not None else {}
+    # The new items' featurize jobs wait until this request has computed their features (to
+    # predict them), so that a worker does not compute the same embeddings at the same time.
+    deferred: list[Job] = []
+    try:
+        ids = ingest(rt, link, ls_tasks, refused, deferred)
+        spec = task_spec(rt, link.task_id)
+        name = version_name(spec.served_version)
+        preds = current_predictions(rt, spec, list(ids.values())) if name is not None else {}
+    finally:
+        enqueue(rt, deferred)
     if ls_tasks and link.config.object_type == "Image":
         _readable_or_raise(rt, link, list(ids.values()), preds, refused)
     results: list[Any] = []

@@ -3,9 +3,10 @@
 It is not a model family of its own: it lists the candidates a task could use (pixels always;
 the backbone's learners when a backbone is configured; the fine-tuned backbone once the task has
 ``finetune_min_labels`` labels) and the training job keeps the candidate with the best
-cross-validated accuracy on the task's own labels (:func:`labelloop.learners.choice.choose`),
-re-deciding at every training as labels grow (fine-tuning, which is costly, competes again only
-once the labels have doubled: see ``loop.training._candidates``). The version it writes is the
+cross-validated accuracy on the task's own labels, near-ties going to the higher macro F1 and
+then the lower Brier score (:func:`labelloop.learners.choice.choose`), re-deciding at every
+training as labels grow (fine-tuning, which is costly, competes again only once the labels have
+doubled: see ``loop.training._candidates``). The version it writes is the
 chosen learner itself, with its own name and featurizers. No candidate is picked by data set name
 or image size.
 
@@ -31,7 +32,7 @@ from labelloop.learners.embedding import BackboneParam, EmbeddingLogReg, Embeddi
 from labelloop.learners.finetune import FineTune
 from labelloop.learners.image import PoolSVM
 
-#: The candidates, in order of preference on a tie.
+#: The candidates, in order of preference when their scores are equal (the cheaper first).
 CANDIDATES: dict[str, type[Learner]] = {
     c.name: c for c in (PoolSVM, EmbeddingLogReg, EmbeddingSpread, FineTune)
 }
@@ -39,7 +40,8 @@ EMBEDDING = frozenset({EmbeddingLogReg.name, EmbeddingSpread.name, FineTune.name
 
 
 class AutoImage(Learner):
-    """Chooses among ``candidates`` (default: all that apply) by cross-validated accuracy.
+    """Chooses among ``candidates`` (default: all that apply) by cross-validated accuracy
+    (near-ties: macro F1, then Brier score).
 
     ``backbone`` is passed to the backbone learners (default: the server's);
     ``finetune_min_labels``: labels before fine-tuning is a candidate; ``finetune_budget_s``: the

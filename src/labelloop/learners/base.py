@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 View = np.ndarray | list[str]
 
 #: Libraries whose versions are recorded with every saved model (a warning on load if they differ).
-RECORDED_LIBRARIES = ("labelloop", "numpy", "scikit-learn", "scipy", "torch")
+RECORDED_LIBRARIES = ("labelloop", "numpy", "scikit-learn", "scipy", "spacy", "torch")
 
 
 class Featurizer(ABC):
@@ -107,6 +107,7 @@ FEATURIZER_MODULES = {
     "backbone-maps": "labelloop.learners.finetune",
     "text": "labelloop.learners.text",
     "minilm": "labelloop.learners.text",
+    "text-raw": "labelloop.learners.spans",
 }
 
 
@@ -194,10 +195,12 @@ def library_versions() -> dict[str, str]:
 class Learner(ABC):
     """One model family for one category of task.
 
-    ``labels`` is the task's full label set; targets are always an indicator matrix with one column
-    per label (exactly one 1 per row for multi-class tasks), and ``predict_proba`` answers with one
-    column per label: a distribution for multi-class tasks, independent probabilities for
-    multi-label ones.
+    ``labels`` is the task's full label set; for classification, targets are an indicator matrix
+    with one column per label (exactly one 1 per row for multi-class tasks), and ``predict_proba``
+    answers with one column per label: a distribution for multi-class tasks, independent
+    probabilities for multi-label ones. A kind whose values are not label sets (text spans) gives
+    its learners the values as targets and reads one answer object per item back (an object
+    array): the task's kind (:mod:`labelloop.kinds`) says how.
 
     Subclasses declare their parameters as keyword-only arguments of ``__init__`` with type hints
     and defaults, and store each under its own name; nothing else happens in the constructor.

@@ -28,6 +28,7 @@ LEARNERS: dict[str, str] = {
     "embedding-spread": "labelloop.learners.embedding:EmbeddingSpread",
     "finetune": "labelloop.learners.finetune:FineTune",
     "tfidf-svm": "labelloop.learners.text:TfidfSVM",
+    "spacy-ner": "labelloop.learners.spans:SpacyNER",
 }
 
 #: (category, extra) -> names of the learners that can serve it; the first is the default.
@@ -47,6 +48,7 @@ OPTIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("text-classification", "multi-class"): ("tfidf-svm",),
     ("text-classification", "multi-label"): ("tfidf-svm",),
+    ("text-spans", "multi-class"): ("spacy-ner",),
 }
 
 

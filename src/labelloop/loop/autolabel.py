@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelloop.jobs.state import claim, finish, is_finished
+from labelloop.learners.base import Features, Learner
 from labelloop.loop.labels import current_labels, labelled_at, unlabelled_item_ids
 from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import predict_stored
@@ -49,6 +50,41 @@ def clopper_pearson_lower(successes: int, n: int, confidence: float) -> float:
 def min_evidence(target: float, confidence: float) -> int:
     """Fewest held-out labels that could certify ``target`` (all of them right)."""
     return math.ceil(math.log(1.0 - confidence) / math.log(target))
+
+
+def audit_scores(
+    learner: Learner,
+    X: Features,
+    Y: np.ndarray,
+    audits: Sequence[int],
+    pool: Features | None,
+    k: int,
+    seed: int,
+) -> np.ndarray | None:
+    """Out-of-sample scores of the audits (positions in ``X``), each from a model trained on
+    every label except a fold of the audits (``k`` folds of the audits only).
+
+    The task's cross-validation leaves out a fold of *every* label, and with it the uncertain
+    items people labelled to fix the very regions where audits are confusable: its models err on
+    audits that the model which labels the pool (trained on every label) gets right, and each such
+    miss costs 87 audits (docs/BENCHMARKS.md). An audit's own label still never scores it, so the
+    audits stay held-out evidence. None when the audits are too few to fold (or a fold's
+    training set holds one class): the task's cross-validated scores are used then."""
+    held = np.asarray(audits, dtype=int)
+    if len(held) < max(k, 2):
+        return None
+    rng = np.random.default_rng(seed)
+    fold_of = rng.permutation(len(held)) % k
+    classes = Y.argmax(axis=1)
+    scores = np.zeros((len(held), Y.shape[1]))
+    for f in range(k):
+        out = held[fold_of == f]
+        train = np.setdiff1d(np.arange(len(Y)), out)
+        if not learner.multi_label and len(np.unique(classes[train])) < 2:
+            return None
+        model = learner.clone().fit(X.take(train), Y[train], pool=pool)
+        scores[fold_of == f] = model.predict_proba(X.take(out))
+    return scores
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labelloop.kinds.base import TaskKind
 from labelloop.learners.choice import Scores, correct, folds, out_of_sample, score
 
 __all__ = [
     "Decision",
     "Scores",
+    "compare",
     "correct",
     "folds",
     "out_of_sample",
@@ -52,6 +54,10 @@ class Decision:
     n: int = 0
     candidate_correct: int = 0
     served_correct: int = 0
+    #: Both models' promotion scores there (the kind's: entity F1 for text spans); None for
+    #: kinds promoted on accuracy, which the counts above already say.
+    candidate_score: float | None = None
+    served_score: float | None = None
 
 
 def should_promote(candidate_ok: np.ndarray, served_ok: np.ndarray, confidence: float) -> Decision:
@@ -79,3 +85,43 @@ def should_promote(candidate_ok: np.ndarray, served_ok: np.ndarray, confidence: 
         f"(sign test p={p:.3g})"
     )
     return Decision(not worse, reason, n, cand, served)
+
+
+def compare(
+    kind: TaskKind, candidate: np.ndarray, served: np.ndarray, Y: np.ndarray, confidence: float
+) -> Decision:
+    """:func:`should_promote` for any kind, on the same newer labels: a sign test on the items
+    where one model makes fewer mistakes (:meth:`~labelloop.kinds.base.TaskKind.errors`: a wrong
+    label set; for text spans, spans wrongly proposed or missed). The served model keeps its place
+    only when the test says it is better *and* its promotion score there (accuracy; entity F1)
+    is higher, so a text-spans version is gated on entity F1."""
+    if kind.promotion_metric == "accuracy":
+        return should_promote(kind.correct(candidate, Y), kind.correct(served, Y), confidence)
+    n = len(Y)
+    if n == 0:
+        return Decision(True, "no labels newer than the served model to compare on")
+    cand_err, served_err = kind.errors(candidate, Y), kind.errors(served, Y)
+    only_served, only_cand = int((served_err < cand_err).sum()), int((cand_err < served_err).sum())
+    c_score = kind.promotion_score(kind.score(candidate, Y))
+    s_score = kind.promotion_score(kind.score(served, Y))
+    from scipy.stats import binomtest
+
+    discordant = only_served + only_cand
+    p = 1.0 if discordant == 0 else binomtest(only_served, discordant, 0.5, "greater").pvalue
+    worse = p < 1.0 - confidence and s_score > c_score
+    verdict = "served model is better" if worse else "candidate is not worse"
+    reason = (
+        f"{verdict} on {n} newer labels: {kind.promotion_metric} candidate {c_score:.3f}, "
+        f"served {s_score:.3f}; fewer mistakes on {only_cand} items for the candidate, "
+        f"{only_served} for the served model (sign test p={p:.3g})"
+    )
+    cand_ok, served_ok = kind.correct(candidate, Y), kind.correct(served, Y)
+    return Decision(
+        not worse,
+        reason,
+        n,
+        int(cand_ok.sum()),
+        int(served_ok.sum()),
+        round(c_score, 6),
+        round(s_score, 6),
+    )

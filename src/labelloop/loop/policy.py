@@ -33,6 +33,11 @@ class AutoLabelPolicy(BaseModel):
     #: audits (without waiting for ``growth``), so that a threshold is certified as soon as the
     #: evidence allows rather than up to 10% of the labels later.
     evidence_step: int | None = Field(default=8, ge=1)
+    #: Audits are scored by models trained on every label but a fold of the audits (this many
+    #: folds; ``k`` more fits per training), not by the task's cross-validation, which also
+    #: leaves out the uncertain items that teach the model the audits' confusable regions.
+    #: None: the task's cross-validated scores.
+    audit_folds: int | None = Field(default=5, ge=2, le=20)
 
     def evidence_due(self, audits: int, audits_last: int | None, need: int) -> bool:
         """Whether ``audits`` labelled audits call for a training (``need``: the fewest that
@@ -95,8 +100,12 @@ class Policy(BaseModel):
             raise ValueError("two labels share a hotkey")
         return hotkeys
 
-    def training_due(self, n_labels: int, n_classes: int, last_trained: int | None) -> bool:
-        if n_labels < self.min_labels or n_classes < 2:
+    def training_due(
+        self, n_labels: int, n_classes: int, last_trained: int | None, min_classes: int = 2
+    ) -> bool:
+        """Whether the labels call for a training: enough of them, using ``min_classes`` labels
+        between them (the task's kind says how many), and grown by ``growth`` since the last."""
+        if n_labels < self.min_labels or n_classes < min_classes:
             return False
         if last_trained is None:
             return True

@@ -70,8 +70,9 @@ def prediction_rows(
     task's query strategy's, with the per-item weights the version was trained with)."""
     chosen = spec.kind.decide(scores, spec.labels)
     conf = spec.kind.confidence(scores)
+    stored = spec.kind.stored_scores(scores)
     w = np.array([weights.get(int(i), 1.0) for i in item_ids]) if weights else None
-    unc = strategy_for(spec.policy).priority(scores, spec.multi_label, w)
+    unc = strategy_for(spec.policy).priority(spec.kind.ranked_scores(scores), spec.multi_label, w)
     now = utcnow()
     return [
         {
@@ -79,7 +80,7 @@ def prediction_rows(
             "task_id": spec.id,
             "version": version,
             "labels": chosen[i],
-            "scores": [round(float(v), 6) for v in scores[i]],
+            "scores": stored[i],
             "score": float(conf[i]),
             "uncertainty": float(unc[i]),
             "created_at": now,
@@ -184,10 +185,9 @@ def predict_data(
     scores = model.predict_proba(feats)
     chosen = spec.kind.decide(scores, spec.labels)
     conf = spec.kind.confidence(scores)
+    stored = spec.kind.stored_scores(scores)
     for k, i in enumerate(good):
-        out[i] = DataPrediction(
-            labels=chosen[k], scores=[float(v) for v in scores[k]], score=float(conf[k])
-        )
+        out[i] = DataPrediction(labels=chosen[k], scores=stored[k], score=float(conf[k]))
     return out
 
 
@@ -195,7 +195,7 @@ def predict_stored(
     rt: Runtime, spec: TaskSpec, version: int, item_ids: Sequence[int]
 ) -> ItemPredictions:
     """Prediction rows (as :func:`prediction_rows` makes them) for stored items."""
-    with rt.session() as s:
+    with rt.reading() as s:
         items = {
             i.id: i
             for i in s.scalars(

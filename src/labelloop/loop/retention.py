@@ -1,5 +1,5 @@
 """Which model versions stay on disk: the served one, the newest ``LABELLOOP_KEEP_VERSIONS`` and
-the best by cross-validated accuracy. The others are pruned after each training: their rows stay
+the best by cross-validated accuracy (by the task kind's promotion score: entity F1 for spans). The others are pruned after each training: their rows stay
 (with their metrics, status ``pruned``), their folders go. A 300-label session trains ~32 versions
 of up to 1.7 MB each at 100k items (issue 17); kept whole, that is the datastore's growth."""
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from labelloop.kinds import kind_for
 from labelloop.runtime import Runtime
 from labelloop.store.models import ModelVersion, Task
 
@@ -43,7 +44,8 @@ def prune_versions(rt: Runtime, task_id: int) -> list[int]:
                 )
             )
         )
-        versions = [Version(r.version, (r.metrics or {}).get("cv_accuracy")) for r in rows]
+        key = kind_for(task.category, task.extra).promotion_key
+        versions = [Version(r.version, (r.metrics or {}).get(key)) for r in rows]
         keep = retained(versions, task.served_version, rt.settings.keep_versions)
         pruned = [r for r in rows if r.version not in keep]
         for r in pruned:

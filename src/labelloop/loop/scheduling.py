@@ -92,13 +92,18 @@ def request_training(session: Session, task: Task, *, force: bool = False) -> Jo
         n_classes = max(n_classes, 2 if labels else 0)
     policy = Policy.model_validate(task.policy)
     last = last_training_size(session, task.id)
-    due = policy.training_due(len(labels), n_classes, last)
-    if not due and n_classes >= 2 and len(labels) >= policy.min_labels:
+    enough = n_classes >= kind.min_classes
+    due = policy.training_due(len(labels), n_classes, last, kind.min_classes)
+    if not due and enough and len(labels) >= policy.min_labels:
         due = _evidence_due(session, task, policy, labels)
     if not (due or force):
         return None
-    if len(labels) < 2 or n_classes < 2:
-        raise InvalidInput("training needs labelled items of at least two classes")
+    if len(labels) < 2 or not enough:
+        raise InvalidInput(
+            "training needs labelled items of at least two classes"
+            if kind.min_classes > 1
+            else "training needs at least two labelled items"
+        )
     if active_training(session, task.id) is not None:
         task.train_pending = True
         return None

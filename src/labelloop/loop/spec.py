@@ -8,7 +8,7 @@ from functools import cached_property
 from labelloop.kinds import TaskKind, kind_for
 from labelloop.learners import Learner, make_learner
 from labelloop.learners.registry import has_learner
-from labelloop.loop.policy import Policy
+from labelloop.loop.policy import AutoLabelPolicy, Policy
 from labelloop.store.models import Task
 
 
@@ -44,6 +44,12 @@ class TaskSpec:
             salt=task.salt,
             served_version=task.served_version,
         )
+
+    @property
+    def auto_label(self) -> AutoLabelPolicy | None:
+        """The policy's auto-labelling, unless the task's kind refuses it (text spans; a policy
+        that asks for it is refused when it is set, this covers tasks stored before)."""
+        return None if self.kind.auto_label_refusal is not None else self.policy.auto_label
 
     @property
     def has_learner(self) -> bool:

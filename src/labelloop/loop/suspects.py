@@ -6,6 +6,11 @@ items labelled with it (its self-confidence). Counting, for each given label, th
 confidently belong to (the *confident joint*) estimates how many items given label g truly belong to
 j; that many items given g, those the model most prefers j for, are flagged ("prune by noise
 rate"). Flags are ranked by self-confidence: how little the model believes the given label.
+
+Text spans (:func:`find_span_suspects`): a labelled text is flagged when its out-of-sample spans
+differ from the labelled ones and the model is sure of the difference: a span it proposes that the
+label lacks, with a beam probability of at least :data:`SPAN_SURE`, or a labelled span it does not
+propose while every token of the text is that certain.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +26,9 @@ import numpy as np
 @dataclass(frozen=True)
 class Suspect:
     position: int
-    given: list[str]
-    suggested: list[str]
+    #: The labels given and suggested (lists of labels; for text spans, lists of spans).
+    given: list[Any]
+    suggested: list[Any]
     score: float
 
 
@@ -110,6 +117,29 @@ def _multi_label(scores: np.ndarray, Y: np.ndarray, labels: Sequence[str]) -> li
             Suspect(pos_i, given, sorted(suggested, key=list(labels).index), strength[pos_i])
         )
     return sorted(out, key=lambda s: -s.score)
+
+
+#: How sure an out-of-sample span model must be of a difference to flag a labelled text.
+SPAN_SURE = 0.8
+
+
+def find_span_suspects(answers: np.ndarray, given: Sequence[list[dict[str, Any]]]) -> list[Suspect]:
+    """Labelled texts whose out-of-sample spans differ from the labelled ones, the model sure of
+    the difference, most certain first (none while there are too few labels to judge)."""
+    labels_seen = {str(s["label"]) for value in given for s in value}
+    if len(given) < MIN_PER_CLASS * max(len(labels_seen), 2):
+        return []
+    out = []
+    for pos, (answer, value) in enumerate(zip(answers, given, strict=True)):
+        proposed = {(s["start"], s["end"], s["label"]): float(s["score"]) for s in answer["spans"]}
+        labelled = {(s["start"], s["end"], s["label"]) for s in value}
+        added = [p for key, p in proposed.items() if key not in labelled]
+        missed = labelled - set(proposed)
+        strength = max([*added, float(answer["certainty"]) if missed else 0.0])
+        if strength >= SPAN_SURE:
+            suggested = [{"start": a, "end": b, "label": label} for a, b, label in sorted(proposed)]
+            out.append(Suspect(pos, list(value), suggested, strength))
+    return sorted(out, key=lambda s: (-s.score, s.position))
 
 
 def annotator_agreement(

@@ -29,6 +29,7 @@ from labelloop.learners.finetune import FineTune
 from labelloop.loop import autolabel, evaluation, retention
 from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import labelled_at, unlabelled_item_ids
+from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
 from labelloop.loop.scheduling import after_training, repredict_jobs
 from labelloop.loop.selection import strategy_for
@@ -328,8 +329,10 @@ def _prepare(
     ok_ids = [claim.items[i].id for i in batch.ok]
     labelled_pos = [p for p, item_id in enumerate(ok_ids) if item_id in claim.labels]
     labelled_ids = [ok_ids[p] for p in labelled_pos]
-    Y = spec.kind.encode([claim.labels[i] for i in labelled_ids], spec.labels)
-    if len(labelled_ids) < 2 or (not spec.multi_label and len(np.unique(Y.argmax(1))) < 2):
+    values = [claim.labels[i] for i in labelled_ids]
+    Y = spec.kind.encode(values, spec.labels)
+    used = {label for value in values for label in spec.kind.classes(value)}
+    if len(labelled_ids) < 2 or (not spec.multi_label and len(used) < spec.kind.min_classes):
         return None
     X = batch.features.take(labelled_pos)
     refs = {it.id: it for it in claim.items}
@@ -389,7 +392,9 @@ def _fit(
         if isinstance(cand, FineTune):
             cand.set_snapshot_dir(epochs_dir, keep=rt.settings.train_keep_checkpoints)
     X, Y, pool = prepared.X, prepared.Y, prepared.pool
-    choice = choose(candidates, X, Y, pool, spec.policy.cv_folds, seed=claim.revision)
+    choice = choose(
+        candidates, X, Y, pool, spec.policy.cv_folds, seed=claim.revision, kind=spec.kind
+    )
     phases("cross_validate")
     chosen = choice.learner
     if isinstance(chosen, FineTune):
@@ -414,6 +419,32 @@ def _fit(
     return Fitted(model, choice.oos, choice.candidates, choice.reason, resumed=False)
 
 
+def _audit_scores(
+    rt: Runtime,
+    claim: Claim,
+    prepared: Prepared,
+    fitted: Fitted,
+    auto: AutoLabelPolicy,
+    held: list[int],
+) -> np.ndarray:
+    """The held-out labels' scores for the auto-labelling estimate: audits apart
+    (``auto_label.audit_folds``), else the cross-validated ones."""
+    if auto.audit_folds is not None and auto.evidence == "audits":
+        model = fitted.model
+        apart = autolabel.audit_scores(
+            model,
+            prepared.X.only(model.views()),
+            prepared.Y,
+            held,
+            _pool_for(rt, claim, prepared, model),
+            auto.audit_folds,
+            seed=claim.revision,
+        )
+        if apart is not None:
+            return apart
+    return fitted.oos[held]
+
+
 def _evaluate(
     rt: Runtime, claim: Claim, prepared: Prepared, fitted: Fitted, phases: Phases
 ) -> RunResult:
@@ -423,14 +454,15 @@ def _evaluate(
     Y, oos, labelled_ids = prepared.Y, fitted.oos, prepared.labelled_ids
     cv = spec.kind.score(oos, Y)
     estimate = None
-    auto = spec.policy.auto_label
+    auto = spec.auto_label
     if auto is not None:
         held = [
             p for p, i in enumerate(labelled_ids) if auto.evidence == "all" or i in claim.audits
         ]
+        scores = _audit_scores(rt, claim, prepared, fitted, auto, held)
         estimate = autolabel.estimate_threshold(
-            spec.kind.confidence(oos[held]),
-            spec.kind.correct(oos[held], Y[held]),
+            spec.kind.confidence(scores),
+            spec.kind.correct(scores, Y[held]),
             auto,
             autolabel.model_label_target(auto, len(prepared.ok_ids), len(labelled_ids)),
         )
@@ -451,11 +483,15 @@ def _evaluate(
         "learner_choice": {"reason": fitted.reason, "candidates": fitted.candidates},
         "cv_accuracy": round(cv.accuracy, 6),
         "cv_macro_f1": round(cv.macro_f1, 6),
+        # The kind's other held-out scores: entity precision, recall and F1 for text spans.
+        **{f"cv_{k}": v for k, v in cv.details.items()},
         "cv_folds": spec.policy.cv_folds,
         "fit_seconds": phases.seconds.get("fit"),
         "resumed_from_checkpoint": fitted.resumed,
         # Distributed fine-tuning: the world size of each attempt of the final fit.
         **({"world_sizes": model.worlds_} if hasattr(model, "worlds_") else {}),
+        # Span NER: the passes its final fit ran (it stops early once the loss settles).
+        **({"epochs_run": model.epochs_run_} if hasattr(model, "epochs_run_") else {}),
         **({"auto_label": estimate.as_dict()} if estimate is not None else {}),
         "phases_seconds": phases.seconds,
     }
@@ -484,7 +520,7 @@ def _predict_in_chunks(model: Learner, pool: Features, positions: list[int]) -> 
         model.predict_proba(pool.take(positions[start : start + PREDICT_CHUNK]))
         for start in range(0, len(positions), PREDICT_CHUNK)
     ]
-    return np.vstack(parts)
+    return np.concatenate(parts)  # rows of scores, or a kind's answer objects (text spans)
 
 
 def _write_prelabels(s: Any, spec: TaskSpec, version: int, result: RunResult, start: int) -> None:
@@ -576,7 +612,9 @@ def _resume(checkpoint: Path, labelled_ids: list[int]) -> Fitted | None:
     if not checkpoint.is_dir():
         return None
     try:
-        with np.load(checkpoint / "oos.npz") as oos:
+        # Span answers are objects (pickled by numpy); the folder is the store's own, like the
+        # model's joblib file beside it.
+        with np.load(checkpoint / "oos.npz", allow_pickle=True) as oos:
             if oos["item_ids"].tolist() != labelled_ids:
                 return None
             scores = oos["scores"]
@@ -617,9 +655,10 @@ def _compare_with_served(
         return evaluation.Decision(True, "the served model cannot be loaded")
     if len(batch.ok) != len(newer):
         return evaluation.Decision(True, "the served model cannot read every newer label")
-    served_ok = spec.kind.correct(served.predict_proba(batch.features), Y[newer])
-    cand_ok = spec.kind.correct(oos[newer], Y[newer])
-    return evaluation.should_promote(cand_ok, served_ok, spec.policy.promotion_confidence)
+    served_answers = served.predict_proba(batch.features)
+    return evaluation.compare(
+        spec.kind, oos[newer], served_answers, Y[newer], spec.policy.promotion_confidence
+    )
 
 
 def _record_items(rt: Runtime, hashes: dict[int, str], failed: dict[int, str]) -> None:
@@ -663,6 +702,9 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             metrics["compared_candidate_correct"] = decision.candidate_correct
             metrics["compared_served_correct"] = decision.served_correct
             metrics["compared_served_version"] = spec.served_version
+        if decision.candidate_score is not None:
+            metrics["compared_candidate_score"] = decision.candidate_score
+            metrics["compared_served_score"] = decision.served_score
         metrics["decision"] = reason
         mv.status, mv.metrics, mv.train_seconds = "ready", metrics, result.train_seconds
         mv.learner = result.learner
@@ -685,7 +727,7 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             item_ids = result.unlabelled_ids
             if pool_scores is not None:  # the first chunk now, the rest in transactions of its own
                 _write_prelabels(s, spec, mv.version, result, 0)
-            if spec.policy.auto_label is not None:
+            if spec.auto_label is not None:
                 threshold = (metrics.get("auto_label") or {}).get("threshold")
                 applied = autolabel.apply_model_labels(
                     s,

@@ -20,7 +20,7 @@ def get_task_row(session: Session, task_id: int) -> Task:
 
 
 def task_spec(rt: Runtime, task_id: int) -> TaskSpec:
-    with rt.session() as s:
+    with rt.reading() as s:
         return TaskSpec.of(get_task_row(s, task_id))
 
 

@@ -37,12 +37,22 @@ def check_links(rt: Runtime, task_id: int, items: list[ItemIn]) -> None:
 
 def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
     """Store items (idempotent by ``external_id``) and queue their featurization."""
+    added, jobs = store_items(rt, task_id, items)
+    enqueue(rt, jobs)
+    return added
+
+
+def store_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> tuple[dict[str, Any], list[Job]]:
+    """Store items as :func:`add_items` does, but hand back their featurize jobs (committed,
+    not yet given to the backend) instead of queueing them: a caller that computes the items'
+    features itself right away queues them after, so that a worker does not compute the same
+    features at the same time (the job then finds them cached)."""
     if len(items) > rt.settings.max_items_per_request:
         raise InvalidInput(f"at most {rt.settings.max_items_per_request} items per request")
     ext = [i.external_id for i in items if i.external_id is not None]
     if len(set(ext)) != len(ext):
         raise InvalidInput("external_id repeats within the request")
-    with rt.session() as s:
+    with rt.reading() as s:
         category = get_task_row(s, task_id).category
     if not is_text(category):
         check_links(rt, task_id, items)
@@ -108,8 +118,7 @@ def add_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> dict[str, Any]:
         pending = [i for i, row in zip(ids, new, strict=True) if row["status"] == "pending"]
         if pending:
             jobs = featurize_jobs(s, task_id, pending)
-    enqueue(rt, jobs)
-    return {"created": len(new), "existing": len(items) - len(new), "items": out}
+    return {"created": len(new), "existing": len(items) - len(new), "items": out}, jobs
 
 
 def get_item(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:

@@ -61,6 +61,10 @@ def task_metrics(rt: Runtime, task_id: int) -> dict[str, Any]:
                 "n_labels": v["n_labels"],
                 "heldout_accuracy": v["metrics"].get("cv_accuracy"),
                 "heldout_macro_f1": v["metrics"].get("cv_macro_f1"),
+                **{
+                    f"heldout_entity_{k}": v["metrics"].get(f"cv_entity_{k}")
+                    for k in ("precision", "recall", "f1")
+                },
                 "train_seconds": v["train_seconds"],
                 "live_accuracy": v["live_accuracy"],
                 "live_n": v["live_n"],

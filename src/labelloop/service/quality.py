@@ -10,7 +10,7 @@ from sqlalchemy import select
 from labelloop.errors import InvalidInput
 from labelloop.loop.labels import current_labels, labelled_at
 from labelloop.loop.spec import TaskSpec
-from labelloop.loop.suspects import annotator_agreement, find_suspects
+from labelloop.loop.suspects import annotator_agreement
 from labelloop.runtime import Runtime
 from labelloop.service.common import get_task_row
 from labelloop.store.models import Annotation, Item, ModelVersion
@@ -40,12 +40,11 @@ def suspects(rt: Runtime, task_id: int, limit: int = 100) -> dict[str, Any]:
         now = current_labels(s, task_id)
         version, revision = mv.version, mv.label_revision
     oos_path = rt.folder(task_id).version_dir(version) / "oos.npz"
-    with np.load(oos_path) as oos:
+    # Span answers are objects (pickled by numpy) in the store's own folder.
+    with np.load(oos_path, allow_pickle=True) as oos:
         item_ids, scores = oos["item_ids"].tolist(), oos["scores"]
     given = [at[i][0] for i in item_ids]
-    flagged = find_suspects(
-        scores, spec.kind.encode(given, spec.labels), spec.labels, spec.multi_label
-    )
+    flagged = spec.kind.suspects(scores, spec.kind.encode(given, spec.labels), spec.labels)
     # A label corrected since the version was trained is no longer suspect.
     flagged = [f for f in flagged if now.get(item_ids[f.position]) == f.given]
     chosen = flagged[:limit]

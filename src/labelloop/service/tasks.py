@@ -50,6 +50,9 @@ def checked_policy(category: str, extra: str, labels: list[str], policy: Policy)
         or (policy.learner_params)
     ):
         check_params(category, extra, policy.learner, policy.learner_params)
+    refusal = kind_for(category, extra).auto_label_refusal if is_kind(category, extra) else None
+    if policy.auto_label is not None and refusal is not None:
+        raise InvalidInput(f"policy.auto_label: {refusal}")
     unknown = [label for label in policy.hotkeys if label not in labels]
     if unknown:
         raise InvalidInput(

@@ -15,6 +15,7 @@ from labelloop.schemas import (
     FolderImport,
     FolderImported,
     FolderListing,
+    JsonlImported,
     Text,
     UploadsAdded,
 )
@@ -88,6 +89,26 @@ def import_csv(
     unless ``text_column`` names the column of the texts; rows left out are in ``skipped_rows``."""
     raw = file.file.read()
     return imports.import_csv(rt, task_id, raw, text_column, id_column, label_column, add_labels)
+
+
+@router.post(
+    "/tasks/{task_id}/import/jsonl",
+    status_code=201,
+    response_model=JsonlImported,
+    responses=responses(400, 401, 404, 409, 413, 422, 503),
+)
+def import_jsonl(
+    task_id: TaskId,
+    rt: RuntimeDep,
+    file: Annotated[UploadFile, File()],
+    add_labels: Annotated[
+        bool, Form(description="labels the file uses that the task lacks are added to it")
+    ] = False,
+) -> dict[str, Any]:
+    """Each line of an uploaded JSON lines file (``{"text": …, "spans": [{"start", "end",
+    "label"}]}``; Prodigy's, doccano's and Label Studio's exports too) becomes a text item, its
+    spans (or labels) a human label; lines left out are in ``skipped_lines`` with the reason."""
+    return imports.import_jsonl(rt, task_id, file.file.read(), add_labels)
 
 
 @router.post(

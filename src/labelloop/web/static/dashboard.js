@@ -58,6 +58,11 @@ function renderTasks() {
   }
 }
 
+// A text-spans task is scored per entity: its versions' held-out entity F1 (with precision and
+// recall) takes the place of accuracy and macro-F1; "exact" is the share of texts whose spans
+// were all right.
+const spanTask = (task) => Boolean(task.kind && task.kind.name === "text-spans");
+
 function versionsTable(task, versions) {
   if (!versions.length) {
     return `<p class="muted">No model yet: the first one trains once ${task.policy.min_labels} items are labelled (with two classes at least).</p>`;
@@ -70,20 +75,23 @@ function versionsTable(task, versions) {
       : `<button class="small" data-promote="${v.version}" data-testid="promote-${v.version}">${v.version < (task.served_version ?? -1) ? "Roll back to" : "Promote"}</button>`;
     return `<tr class="${v.serving ? "serving" : ""}" data-testid="version-${v.version}">
       <td>model-time${v.version}</td><td class="num">${v.n_labels}</td>
-      <td class="num">${pct(m.cv_accuracy)}</td><td class="num">${pct(m.cv_macro_f1)}</td>
+      <td class="num">${pct(m.cv_accuracy)}</td><td class="num"${spanTask(task) ? ` title="precision ${pct(m.cv_entity_precision)}, recall ${pct(m.cv_entity_recall)}"` : ""}>${pct(spanTask(task) ? m.cv_entity_f1 : m.cv_macro_f1)}</td>
       <td class="num">${v.live_n ? `${pct(v.live_accuracy)} <span class="muted">(${v.live_n})</span>` : "–"}</td>
       <td class="num">${v.train_seconds === null ? "–" : v.train_seconds.toFixed(2) + " s"}</td>
       <td>${v.promoted ? "promoted" : '<span class="muted">kept out</span>'}</td>
       <td>${action}</td></tr>`;
   }).join("");
   return `<table data-testid="versions"><thead><tr><th>version</th><th class="num">labels</th>
-    <th class="num">held-out acc.</th><th class="num">macro-F1</th><th class="num">live acc.</th>
+    ${spanTask(task) ? '<th class="num">held-out exact</th><th class="num">entity F1</th>' : '<th class="num">held-out acc.</th><th class="num">macro-F1</th>'}<th class="num">live acc.</th>
     <th class="num">train time</th><th>when trained</th><th></th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 function charts(task, metrics) {
-  const acc = metrics.versions.filter((v) => v.heldout_accuracy !== null).map((v) => ({
-    x: v.n_labels, y: v.heldout_accuracy, label: `model-time${v.version}`, highlight: v.serving,
+  const spans = spanTask(task);
+  const heldout = (v) => (spans ? v.heldout_entity_f1 : v.heldout_accuracy);
+  const acc = metrics.versions.filter((v) => typeof heldout(v) === "number").map((v) => ({
+    x: v.n_labels, y: heldout(v), highlight: v.serving,
+    label: spans ? `model-time${v.version} · precision ${pct(v.heldout_entity_precision)}, recall ${pct(v.heldout_entity_recall)} · entity F1` : `model-time${v.version}`,
   }));
   const live = metrics.versions.filter((v) => v.live_accuracy !== null && v.live_n > 0).map((v) => ({
     x: v.n_labels, y: v.live_accuracy, label: `model-time${v.version} (live, ${v.live_n} labels)`,
@@ -91,9 +99,9 @@ function charts(task, metrics) {
   const edits = metrics.edit_rate.curve.map((p) => ({ x: p.labels, y: p.edit_rate, label: "edit rate" }));
   const f = (v) => `${Math.round(v * 100)}%`;
   return `<div class="grid2">
-    <div>${lineChart({ title: "Held-out accuracy per version", xLabel: "labels", yLabel: "accuracy", yFormat: f, testid: "chart-accuracy",
-      series: [{ name: "held-out (cross-validated)", color: "#2563eb", points: acc },
-               { name: "live (pre-labels confirmed)", color: "#15803d", points: live, dashed: true }] })}</div>
+    <div>${lineChart({ title: spans ? "Held-out entity F1 per version" : "Held-out accuracy per version", xLabel: "labels", yLabel: spans ? "entity F1" : "accuracy", yFormat: f, testid: "chart-accuracy",
+      series: [{ name: spans ? "entity F1 (cross-validated)" : "held-out (cross-validated)", color: "#2563eb", points: acc },
+               { name: spans ? "live (texts accepted as shown)" : "live (pre-labels confirmed)", color: "#15803d", points: live, dashed: true }] })}</div>
     <div>${lineChart({ title: "Edit rate (share of pre-labels people changed)", xLabel: "labels", yLabel: "edit rate", yFormat: f, testid: "chart-edit-rate",
       series: [{ name: "edit rate per 50 labels", color: "#7c3aed", points: edits }] })}</div></div>`;
 }
@@ -167,7 +175,9 @@ function importBlock(task) {
     return `<div class="row"><input type="file" id="add-csv" accept=".csv,text/csv" data-testid="add-csv">
       <span id="add-csv-columns" hidden>texts in <select id="add-csv-text" data-testid="add-csv-text"></select>
         labels in <select id="add-csv-label" data-testid="add-csv-label"></select></span>
-      <button class="small" id="add-csv-go" data-testid="add-csv-go">Add texts from CSV</button></div>`;
+      <button class="small" id="add-csv-go" data-testid="add-csv-go">Add texts from CSV</button></div>
+      <div class="row"><input type="file" id="add-jsonl" accept=".jsonl,.json,.ndjson,application/json" data-testid="add-jsonl">
+      <button class="small" id="add-jsonl-go" data-testid="add-jsonl-go" title="one JSON object a line: {&quot;text&quot;: …, &quot;${task.kind.value_field}&quot;: …}; Prodigy, doccano and Label Studio exports too">Add texts with their ${task.kind.value_field} from JSON lines</button></div>`;
   }
   return `<div class="row"><input type="file" id="add-files" accept="image/*" multiple><button class="small" id="add-files-go">Upload images</button>
     <input type="text" id="add-folder" placeholder="/folder/below/an/import/root" style="width: 260px"><button class="small" id="add-folder-go">Add folder</button></div>`;
@@ -304,7 +314,7 @@ function askDelete(task) {
 
 /** What an import left out, by name and why (the first few), for a toast. */
 function leftOut(added) {
-  const skipped = added.skipped_rows || added.skipped || [];
+  const skipped = added.skipped_rows || added.skipped_lines || added.skipped || [];
   const total = added.skipped_total ?? (Array.isArray(added.skipped) ? added.skipped.length : added.skipped) ?? 0;
   if (!total || !Array.isArray(skipped)) return "";
   const named = skipped.slice(0, 3).map((x) => `${x.file} (${x.reason})`).join("; ");
@@ -341,6 +351,12 @@ function wireImports(task) {
     if (q("add-csv-label").value) fd.append("label_column", q("add-csv-label").value);
     state.picking = null;
     run(() => api.form(`/api/v1/tasks/${task.id}/import/csv`, fd), "CSV");
+  };
+  if (q("add-jsonl-go")) q("add-jsonl-go").onclick = () => {
+    const f = q("add-jsonl").files[0];
+    if (!f) return toast("choose a JSON lines file first");
+    const fd = new FormData(); fd.append("file", f);
+    run(() => api.form(`/api/v1/tasks/${task.id}/import/jsonl`, fd), "JSON lines");
   };
   if (q("add-files-go")) q("add-files-go").onclick = () => {
     const files = q("add-files").files;

@@ -22,14 +22,16 @@ const BATCH = 16;
 
 const S = {
   task: null, keys: null, queue: [], current: null, history: [], pos: null,
-  onScreen: null, selected: new Set(), spans: [], rejecting: false,
+  onScreen: null, selected: new Set(), spans: [], focus: null, rejecting: false,
   sent: new Set(), served: undefined, announced: null, loading: null, chain: Promise.resolve(),
   images: new Map(), quick: false, guest: "", me: null, holder: null, lease: null, archived: false,
 };
 // The task's kind names the input widget: one choice, several, or spans of text.
 const multi = () => S.task && S.task.kind.widget === "multi-choice";
-// Text spans: select text, press a label's key (or click the label) to mark it; click a mark to
-// remove it; Enter submits the marks (none: "no entity here").
+// Text spans: select text, press a label's key (or click the label) to mark it; the model's marks
+// are there to start from. Click a mark (or Tab to it) to pick it: a label's key (or button)
+// changes its label, Delete (or a second click) removes it. Enter submits the marks (none: "no
+// entity here").
 const spansMode = () => S.task && S.task.kind.widget === "spans";
 const $ = (id) => document.getElementById(id);
 
@@ -208,7 +210,9 @@ function commit(item, url, err) {
   const entry = entryOnScreen();
   const p = entry ? entry.shown : shownPrediction(item);
   S.selected = new Set(entry ? entry.labels : (multi() && p ? p.labels : []));
-  S.spans = spansMode() ? (entry ? entry.labels : proposed(p)).map((v) => ({ ...v })) : [];
+  S.spans = !spansMode() ? [] : entry ? entry.labels.map((v) => ({ ...v }))
+    : preMarks(p);
+  S.focus = null;
   S.rejecting = false;
   const stage = $("stage");
   if (isText()) {
@@ -241,7 +245,7 @@ function renderPrelabel(item, p, entry) {
       && item.servedWhenFetched !== S.served;
     const later = entry ? ' <span class="muted">· shown when you labelled it</span>'
       : changed ? ` <span class="muted" data-testid="version-note">· model-time${S.served} serves from the next item on</span>` : "";
-    pre.innerHTML = `<span data-testid="suggestion">model-time${p.model_version} suggests <b>${describe(proposed(p), item) || (spansMode() ? "no entity" : "no label")}</b> (score ${Math.round(100 * p.score)}%)</span> <span class="muted">· ${sureWord(p.score)}</span>${later}`;
+    pre.innerHTML = `<span data-testid="suggestion">model-time${p.model_version} suggests <b>${describe(proposed(p), item) || (spansMode() ? "no entity" : "no label")}</b>${typeof p.score === "number" ? ` (score ${Math.round(100 * p.score)}%)</span> <span class="muted">· ${sureWord(p.score)}</span>` : "</span>"}${later}`;
   } else if (entry) {
     pre.innerHTML = '<span class="muted">No suggestion was shown when you labelled it.</span>';
   } else if (item.audit && prediction(item)) {
@@ -306,7 +310,7 @@ function renderChoices(item, p) {
 
 function renderHint(p) {
   const keys = S.keys.byName ? "Keys pick a label by its name" : "Number keys pick a label by the position shown";
-  const parts = [spansMode() ? `Select text, then ${S.keys.byName ? "a label's key" : "a number key"} marks it · click a mark to remove it · Enter submits the marks`
+  const parts = [spansMode() ? `Select text, then ${S.keys.byName ? "a label's key" : "a number key"} marks it · click a mark (or Tab) to pick it: a label's key changes its label, Delete removes it · Enter ${p && (p.spans || []).length ? "accepts the marks shown" : "submits the marks"}`
     : multi() ? `${keys} (toggle) · Enter submits the selection` : `${keys}${p ? " · Enter accepts the suggestion" : ""}`];
   parts.push("Backspace goes back");
   parts.push(labelForKey("s") === undefined ? "S or → skips" : "→ skips");
@@ -510,7 +514,7 @@ function accept() {
   if (!ready()) return;
   const entry = entryOnScreen();
   if (multi()) { decide([...S.selected]); return; }
-  if (spansMode()) { decide(S.spans.map((v) => ({ ...v }))); return; }
+  if (spansMode()) { decide(spanValue()); return; }
   if (entry) { decide(entry.labels); return; }
   const p = shownPrediction(S.current);
   if (p && p.labels.length) decide(p.labels);
@@ -519,8 +523,19 @@ function accept() {
 
 // --- text spans --------------------------------------------------------------------------------
 
+// A pre-label's spans as the page's marks: the model's, with their scores.
+function preMarks(p) {
+  return ((p && p.spans) || []).map(({ start, end, label, score }) => ({ start, end, label, score: typeof score === "number" ? score : null, pre: true }));
+}
+
+// The marks as a value: offsets and labels only (a model's score is for the page).
+function spanValue() {
+  return [...S.spans].sort((a, b) => a.start - b.start).map(({ start, end, label }) => ({ start, end, label }));
+}
+
 // The item's text with its marks; a mark's label is drawn by CSS (not text), so that offsets in
-// the page's text are offsets in the item's text.
+// the page's text are offsets in the item's text. The model's marks are dashed until a person
+// changes them; the picked one is outlined.
 function renderSpans(item) {
   const el = document.querySelector("[data-testid=item-text]");
   if (!el) return;
@@ -530,15 +545,16 @@ function renderSpans(item) {
   for (const span of [...S.spans].sort((a, b) => a.start - b.start)) {
     if (span.start > at) el.append(text.slice(at, span.start));
     const mark = document.createElement("mark");
-    mark.className = "span";
+    mark.className = `span${span.pre ? " pre" : ""}${span === S.focus ? " focus" : ""}`;
     mark.dataset.label = span.label;
     mark.dataset.testid = `span-${span.start}-${span.end}`;
-    mark.title = `${span.label}: click to remove`;
+    if (span.pre) mark.dataset.pre = span.score === null ? "" : String(Math.round(100 * span.score));
+    const by = span.pre ? `the model's mark${span.score === null ? "" : ` (${Math.round(100 * span.score)}%)`}` : "your mark";
+    mark.title = `${span.label}, ${by}: click to pick it (a label's key changes its label, Delete removes it)`;
     mark.textContent = text.slice(span.start, span.end);
     mark.onclick = (ev) => {
-      if (!pointerOk(ev, item)) return;
-      S.spans = S.spans.filter((s) => s !== span);
-      renderSpans(item);
+      if (!pointerOk(ev, item) || !window.getSelection().isCollapsed) return; // a drag selects text
+      if (S.focus === span) removeSpan(span); else focusSpan(span);
     };
     el.append(mark);
     at = span.end;
@@ -546,27 +562,65 @@ function renderSpans(item) {
   if (at < text.length) el.append(text.slice(at));
 }
 
+function focusSpan(span) {
+  S.focus = span;
+  renderSpans(itemOnScreen());
+  renderSpanLabels(itemOnScreen());
+}
+
+function removeSpan(span) {
+  S.spans = S.spans.filter((s) => s !== span);
+  focusSpan(null);
+}
+
+// Tab and Shift+Tab walk the marks in the order of the text.
+function focusNext(step) {
+  if (!S.spans.length) return;
+  const ordered = [...S.spans].sort((a, b) => a.start - b.start);
+  const at = ordered.indexOf(S.focus);
+  const next = at < 0 ? (step > 0 ? 0 : ordered.length - 1) : (at + step + ordered.length) % ordered.length;
+  focusSpan(ordered[next]);
+}
+
+// A picked mark takes the label (it is now the person's, not the model's).
+function relabel(span, label) {
+  span.label = label;
+  span.pre = false;
+  span.score = null;
+  focusSpan(span);
+}
+
 function renderSpanLabels(item) {
   const el = $("choices");
+  const picked = S.focus;
   el.innerHTML = S.task.labels.map((label) => {
     const key = S.keys.byLabel.get(label);
-    return `<button class="choice" data-label="${esc(label)}" data-testid="choice-${esc(label)}">${key ? `<kbd>${esc(key)}</kbd>` : ""}${esc(label)}</button>`;
-  }).join("") + '<button class="choice accept" data-act="accept" data-testid="submit-spans"><kbd>Enter</kbd>Submit</button>';
+    const cls = `choice${picked && picked.label === label ? " selected" : ""}`;
+    return `<button class="${cls}" data-label="${esc(label)}" data-testid="choice-${esc(label)}">${key ? `<kbd>${esc(key)}</kbd>` : ""}${esc(label)}</button>`;
+  }).join("") + (picked ? '<button class="choice reject" data-act="remove" data-testid="remove-span"><kbd>Del</kbd>Remove mark</button>' : "")
+    + '<button class="choice accept" data-act="accept" data-testid="submit-spans"><kbd>Enter</kbd>Submit</button>';
   for (const b of el.querySelectorAll("button")) {
     b.onmousedown = (ev) => ev.preventDefault(); // keep the text selected
     b.onclick = (ev) => {
       if (!pointerOk(ev, item)) return;
-      if (b.dataset.act === "accept") accept(); else pick(b.dataset.label);
+      if (b.dataset.act === "accept") accept();
+      else if (b.dataset.act === "remove") { if (S.focus) removeSpan(S.focus); }
+      else pick(b.dataset.label);
     };
   }
 }
 
 // Marks the selected text with ``label``: offsets counted in the item's text, blanks at either
-// end left out; marks it overlaps are replaced (spans never overlap).
+// end left out; marks it overlaps are replaced (spans never overlap). Without a selection, the
+// picked mark takes the label.
 function markSelection(label) {
   const el = document.querySelector("[data-testid=item-text]");
   const sel = window.getSelection();
-  if (!el || !sel || !sel.rangeCount || sel.isCollapsed) { toast("select some text first, then press a label's key"); return; }
+  if (!el || !sel || !sel.rangeCount || sel.isCollapsed) {
+    if (S.focus) relabel(S.focus, label);
+    else toast("select some text (or click a mark) first, then press a label's key");
+    return;
+  }
   const range = sel.getRangeAt(0);
   if (!el.contains(range.startContainer) || !el.contains(range.endContainer)) return;
   const before = document.createRange();
@@ -579,9 +633,9 @@ function markSelection(label) {
   while (end > start && /\s/.test(text[end - 1])) end -= 1;
   if (end <= start) return;
   S.spans = S.spans.filter((s) => s.end <= start || s.start >= end);
-  S.spans.push({ start, end, label });
+  S.spans.push({ start, end, label, pre: false, score: null });
   sel.removeAllRanges();
-  renderSpans(itemOnScreen());
+  focusSpan(null);
 }
 
 function reject() {
@@ -591,9 +645,21 @@ function reject() {
   renderChoices(item, shownPrediction(item));
 }
 
+// The keys of the marks: Tab walks them; with one picked, Delete or Backspace removes it and
+// Escape lets it go. True when the key was for them.
+function spanKey(ev) {
+  if (!ready()) return false;
+  if (ev.key === "Tab" && S.spans.length) { if (!ev.repeat) focusNext(ev.shiftKey ? -1 : 1); return true; }
+  if (!S.focus) return false;
+  if (ev.key === "Delete" || ev.key === "Backspace") { if (!ev.repeat) removeSpan(S.focus); return true; }
+  if (ev.key === "Escape") { focusSpan(null); return true; }
+  return false;
+}
+
 document.addEventListener("keydown", (ev) => {
   if (ev.target && ["INPUT", "TEXTAREA", "SELECT"].includes(ev.target.tagName)) return;
   if (ev.ctrlKey || ev.metaKey || ev.altKey || !S.task || !S.keys) return;
+  if (spansMode() && spanKey(ev)) { ev.preventDefault(); return; }
   const label = labelForKey(ev.key);
   const action = label !== undefined ? "pick"
     : { Enter: "accept", Escape: "reject", Backspace: "back", ArrowLeft: "back", ArrowRight: "skip", s: "skip", S: "skip" }[ev.key];
@@ -609,11 +675,14 @@ document.addEventListener("keydown", (ev) => {
 
 // --- the task and its versions -----------------------------------------------------------------
 
+// A version's held-out score as the page names it: accuracy, or entity F1 for text spans.
+const scoreName = () => (spansMode() ? "held-out entity F1" : "held-out accuracy");
+
 async function accuracyOf(version) {
   try {
     const versions = await api.get(`/api/v1/tasks/${taskId}/models`);
     const v = versions.find((x) => x.version === version);
-    const acc = v && v.metrics ? v.metrics.cv_accuracy : null;
+    const acc = v && v.metrics ? v.metrics[spansMode() ? "cv_entity_f1" : "cv_accuracy"] : null;
     return typeof acc === "number" ? acc : null;
   } catch (_) {
     return null;
@@ -623,7 +692,7 @@ async function accuracyOf(version) {
 function chip(version, accuracy) {
   const el = $("serving");
   el.textContent = version === null ? "no model yet"
-    : `model-time${version}${accuracy === null ? "" : ` · held-out ${Math.round(100 * accuracy)}%`}`;
+    : `model-time${version}${accuracy === null ? "" : ` · ${spansMode() ? "entity F1" : "held-out"} ${Math.round(100 * accuracy)}%`}`;
   el.className = version === null ? "chip" : "chip model";
 }
 
@@ -641,8 +710,8 @@ async function versionChanged(before, now) {
   chip(now, accuracy);
   if (before === undefined) { S.announced = accuracy; return; } // the page just opened
   if (worthANotice(before, now, S.announced, accuracy)) {
-    const acc = accuracy === null ? "" : S.announced === null ? ` (held-out accuracy ${Math.round(100 * accuracy)}%)`
-      : `: held-out accuracy ${Math.round(100 * S.announced)}% → ${Math.round(100 * accuracy)}%`;
+    const acc = accuracy === null ? "" : S.announced === null ? ` (${scoreName()} ${Math.round(100 * accuracy)}%)`
+      : `: ${scoreName()} ${Math.round(100 * S.announced)}% → ${Math.round(100 * accuracy)}%`;
     toast(`model-time${now} now serves${acc}`);
     S.announced = accuracy;
   }
@@ -656,6 +725,10 @@ async function versionChanged(before, now) {
       item.prediction = fresh;
       if (itemOnScreen() === item && !item.audit) {
         if (multi() && !S.selected.size) S.selected = new Set(fresh.labels);
+        if (spansMode() && !S.spans.length) {
+          S.spans = preMarks(fresh);
+          renderSpans(item);
+        }
         renderPrelabel(item, fresh, null);
         renderChoices(item, fresh);
         renderHint(fresh);
