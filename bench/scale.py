@@ -160,7 +160,7 @@ def busy(rt: Any, t: int) -> bool:
 
     from labelloop.store.models import ACTIVE_JOB_STATES, Job
 
-    with rt.session() as s:
+    with rt.reading() as s:
         return bool(
             s.scalar(
                 select(func.count())
@@ -173,7 +173,7 @@ def busy(rt: Any, t: int) -> bool:
 def served(rt: Any, t: int) -> bool:
     from labelloop.store.models import Task
 
-    with rt.session() as s:
+    with rt.reading() as s:
         return s.get_one(Task, t).served_version is not None
 
 
@@ -222,11 +222,13 @@ def probe(root: Path, calls: int) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from labelloop.config import Settings
+    from labelloop.jobs.local import LocalJobs
     from labelloop.runtime import Runtime
     from labelloop.service import predictions
     from labelloop.store.models import Item
 
     rt = Runtime(Settings(data_dir=root))
+    rt.attach_jobs(LocalJobs(rt, workers=1, threads=True))  # pre-labels missing: scored here
     with rt.session() as s:
         t, n = s.execute(select(Item.task_id, func.count()).group_by(Item.task_id)).one()
     wall: dict[str, list[float]] = {"next": [], "predictions": []}
@@ -401,7 +403,9 @@ def main() -> None:
             cmd += ["--knn-max", str(args.knn_max)] + (["--keep"] if args.keep else [])
             if args.database_url:
                 cmd += ["--database-url", args.database_url]
-            done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"size {size} failed:\n{done.stderr[-3000:]}")
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
     if args.out is not None:

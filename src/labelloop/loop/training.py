@@ -242,6 +242,7 @@ def _train(rt: Runtime, job_id: int, claim: Claim) -> list[int]:
     result.metrics["costly_evaluated_at"] = _costly_evaluated_at(candidates, prepared, previous)
     _write_version(rt, claim, prepared, fitted, result, phases)
     follow = _finish(rt, job_id, claim, result)
+    _stream_prelabels(rt, claim, result)
     _remove_checkpoints(rt, claim.spec.id, job_id)
     return follow
 
@@ -526,6 +527,35 @@ def _predict_in_chunks(model: Learner, pool: Features, positions: list[int]) -> 
     return np.concatenate(parts)  # rows of scores, or a kind's answer objects (text spans)
 
 
+def _write_prelabels(s: Any, spec: TaskSpec, version: int, result: RunResult, start: int) -> None:
+    """One chunk of the promoted version's pre-labels (with the ranking ``/next`` reads)."""
+    assert result.pool_scores is not None
+    end = start + PREDICT_CHUNK
+    rows = prediction_rows(
+        spec,
+        version,
+        result.unlabelled_ids[start:end],
+        result.pool_scores[start:end],
+        result.weights,
+    )
+    upsert_predictions(s, rows)
+
+
+def _stream_prelabels(rt: Runtime, claim: Claim, result: RunResult) -> None:
+    """The rest of a promoted version's pre-labels, a chunk per transaction: the store's write
+    lock is never held for the whole pool (SQLite: every writer, people's labels included, waits
+    for it). Stops as soon as the task serves another version; ``/next`` serves each item's
+    freshest stored prediction meanwhile."""
+    if result.pool_scores is None:
+        return
+    for start in range(PREDICT_CHUNK, len(result.unlabelled_ids), PREDICT_CHUNK):
+        with rt.session() as s:
+            task = s.get(Task, claim.spec.id)
+            if task is None or task.served_version != claim.version:
+                return
+            _write_prelabels(s, claim.spec, claim.version, result, start)
+
+
 def _similarity_view(pool: Features, model: Learner) -> Features:
     """The views that say which items are alike, for density weights: the model's own, except that
     fine-tuning's large feature maps give way to the embeddings when the pool has them."""
@@ -656,7 +686,7 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
     """One transaction: record the version, promote by compare-and-set, store its pre-labels."""
     spec = claim.spec
     metrics, decision = result.metrics, result.decision
-    pool_scores, weights = result.pool_scores, result.weights
+    pool_scores = result.pool_scores
     with rt.session() as s:
         job = s.get(Job, job_id)
         task = s.get(Task, spec.id)
@@ -699,13 +729,8 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             s.refresh(task)
             mv.promoted, mv.promoted_at = True, utcnow()
             item_ids = result.unlabelled_ids
-            if pool_scores is not None:  # rows made and written a chunk at a time
-                for start in range(0, len(item_ids), PREDICT_CHUNK):
-                    end = start + PREDICT_CHUNK
-                    rows = prediction_rows(
-                        spec, mv.version, item_ids[start:end], pool_scores[start:end], weights
-                    )
-                    upsert_predictions(s, rows)
+            if pool_scores is not None:  # the first chunk now, the rest in transactions of its own
+                _write_prelabels(s, spec, mv.version, result, 0)
             if spec.auto_label is not None:
                 threshold = (metrics.get("auto_label") or {}).get("threshold")
                 applied = autolabel.apply_model_labels(
