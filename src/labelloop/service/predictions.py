@@ -80,7 +80,7 @@ def no_model(item_id: int | None = None, spec: TaskSpec | None = None) -> dict[s
 
 
 def get_prediction(rt: Runtime, task_id: int, item_id: int) -> dict[str, Any]:
-    with rt.session() as s:
+    with rt.reading() as s:
         spec = TaskSpec.of(get_task_row(s, task_id))
         item = s.get(Item, item_id)
         if item is None or item.task_id != task_id:
@@ -141,7 +141,7 @@ def next_items(
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit must be between 1 and 1000")
     now = utcnow()
-    with rt.session() as s:
+    with rt.reading() as s:  # what to hand out; the claim below locks and checks the revision
         task = get_task_row(s, task_id)
         if task.archived_at is not None:
             raise Conflict(f"task {task_id} is archived: restore it to label its items")
@@ -241,7 +241,7 @@ def freshest_predictions(
     version = spec.served_version
     if version is None or not item_ids:
         return {}
-    with rt.session() as s:
+    with rt.reading() as s:
         stored = {
             p.item_id: p
             for p in s.scalars(select(Prediction).where(Prediction.item_id.in_(list(item_ids))))
@@ -272,7 +272,7 @@ def _threshold(session: Any, spec: TaskSpec) -> float | None:
 def _vectors(rt: Runtime, spec: TaskSpec, ids: list[int]) -> tuple[list[int], Any, list[int]]:
     """Similarity vectors of items from the features already cached, for near-copy checks; an
     item whose features are not cached yet gets a zero vector (a near-copy of nothing)."""
-    with rt.session() as s:
+    with rt.reading() as s:
         rows = _readable(s, spec.id, ids)
         featurizers = pool_featurizers(s, spec)
     order = [i for i in ids if i in rows]
