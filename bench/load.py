@@ -2,7 +2,7 @@
 
     python -m bench.load                                   # 30 annotators, 10 minutes, 6 tasks
     python -m bench.load --annotators 30 --minutes 10 --out bench/results/load.json
-    python -m bench.load --tasks 1 --items 7188 --minutes 3   # issue 15: one task of 7,188 images
+    python -m bench.load --tasks 1 --items 7188 --minutes 3 --named  # issue 15: 7,188 images
 
 Each annotator loops on one task: ``GET /next`` (one item), ``GET`` the item's prediction,
 ``POST`` the true label with the version it was shown. Labels keep models training and promoting
@@ -76,18 +76,27 @@ class Recorder:
 
 
 def annotator(
-    url: str, task_id: int, truth: dict[int, str], rec: Recorder, stop: threading.Event
+    url: str,
+    task_id: int,
+    truth: dict[int, str],
+    rec: Recorder,
+    stop: threading.Event,
+    name: str | None = None,
 ) -> None:
+    """One person's loop; with ``name``, ``/next`` reserves what it hands out (each person gets
+    items of their own, as the web UI and named clients do), else every caller may get the same."""
     with Client(url, timeout=60) as client:
         while not stop.is_set():
-            batch = rec.call("GET /next", client.next_items, task_id, limit=1)
+            batch = rec.call("GET /next", client.next_items, task_id, limit=1, annotator=name)
             if not batch or not batch["items"]:
                 stop.wait(1.0)  # the task is fully labelled (or the call failed): ask again
                 continue
             item = batch["items"][0]
             shown = rec.call("GET /prediction", client.prediction, task_id, item["id"])
             version = shown["model_version"] if shown else None
-            label = {"item_id": item["id"], "labels": [truth[item["id"]]]}
+            label: dict[str, Any] = {"item_id": item["id"], "labels": [truth[item["id"]]]}
+            if name is not None:
+                label["annotator"] = name
             if version is not None:
                 label["shown_version"] = version
             rec.call("POST /annotations", client.annotate, task_id, [label])
@@ -105,7 +114,9 @@ def rss(pid: int) -> dict[str, float]:
     }
 
 
-def run(work: Path, annotators: int, minutes: float, tasks: int, items: int) -> dict[str, Any]:
+def run(
+    work: Path, annotators: int, minutes: float, tasks: int, items: int, named: bool
+) -> dict[str, Any]:
     digits = write_digits(work / "digits")
     # Each task holds ``items`` images: the digits, again and again when more are asked for.
     images = [digits[k % len(digits)] for k in range(items)]
@@ -135,7 +146,7 @@ def run(work: Path, annotators: int, minutes: float, tasks: int, items: int) -> 
         threads = [
             threading.Thread(
                 target=annotator,
-                args=(server.url, *truths[k % tasks], rec, stop),
+                args=(server.url, *truths[k % tasks], rec, stop, f"a{k}" if named else None),
                 daemon=True,
             )
             for k in range(annotators)
@@ -160,6 +171,7 @@ def run(work: Path, annotators: int, minutes: float, tasks: int, items: int) -> 
         "minutes": minutes,
         "tasks": tasks,
         "items_per_task": len(images),
+        "named": named,
         "routes": rec.summary(),
         "load_average_end": [round(v, 1) for v in os.getloadavg()],
         "loops_per_s": round(len(rec.latency.get("POST /annotations", [])) / elapsed, 2),
@@ -183,10 +195,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--tasks", type=int, default=6)
     parser.add_argument("--items", type=int, default=1797, help="images per task")
+    parser.add_argument("--named", action="store_true", help="annotators ask /next by name")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="labelloop-load-") as tmp:
-        result = run(Path(tmp), args.annotators, args.minutes, args.tasks, args.items)
+    with tempfile.TemporaryDirectory(prefix="labelloop-load-", ignore_cleanup_errors=True) as tmp:
+        result = run(Path(tmp), args.annotators, args.minutes, args.tasks, args.items, args.named)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
