@@ -118,8 +118,8 @@ def test_spans_label_studio_round_trip() -> None:
     assert result[0]["value"] == {"start": 0, "end": 12, "text": "Ada Lovelace", "labels": ["PER"]}
     assert [r["score"] for r in result] == [0.9, 0.6]
     assert kind.labelstudio_value(result, "label") == [ADA, LONDON]
-    # An annotation with the control's results and none left: no entity (not "no answer").
-    assert kind.labelstudio_value([], "label") is None
+    # A submitted annotation with no span: "no entity here" (an answer, not "no answer").
+    assert kind.labelstudio_value([], "label") == []
 
 
 def test_spans_as_bio_lines() -> None:

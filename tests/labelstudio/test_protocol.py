@@ -593,3 +593,18 @@ def test_a_spans_project_takes_span_annotations(app_client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["n"] == 1
     item_id = rows[0]["item_id"]
     assert c.get(f"/api/v1/tasks/{task_id}/items/{item_id}").json()["labels"] is None
+    # A text submitted with no span is the answer "no entity here"; a cancelled one is no answer.
+    none_task = {"id": 301, "data": {"text": "It rained all day."}, "project": 8}
+    for n, cancelled in ((902, True), (903, False)):
+        empty = {"id": n, "result": [], "task": 301, "completed_by": 3, "was_cancelled": cancelled}
+        r = c.post(
+            "/labelstudio/webhook",
+            json={**event, "annotation": empty, "task": none_task},
+        )
+        assert r.status_code == 200, r.text
+        rows = [
+            json.loads(line) for line in c.get(f"/api/v1/tasks/{task_id}/export").text.splitlines()
+        ]
+        mine = [row for row in rows if row.get("spans") is not None and row["item_id"] != item_id]
+        assert mine == ([] if cancelled else [mine[0]]), rows
+    assert mine[0]["spans"] == []

@@ -234,21 +234,21 @@ class TextSpans(TaskKind):
         return out
 
     def labelstudio_value(self, results: Sequence[Any], from_name: str) -> Value | None:
+        """The spans a submitted (not cancelled) annotation gives; none of them is the answer
+        "no entity here", an empty list, as on the labelling page."""
         spans: list[dict[str, Any]] = []
-        seen = False
         for r in results:
             if not isinstance(r, dict) or r.get("from_name") != from_name:
                 continue
             if r.get("type", self.labelstudio_type) != self.labelstudio_type:
                 continue
-            seen = True
             value = r.get("value") or {}
             start, end = value.get("start"), value.get("end")
             if not isinstance(start, int) or not isinstance(end, int):
                 continue
             for label in value.get("labels") or []:
                 spans.append({"start": start, "end": end, "label": str(label)})
-        return normalized(spans) if seen else None
+        return normalized(spans)
 
     # -- export -------------------------------------------------------------------------------
     def csv_cell(self, value: Value | None) -> str:

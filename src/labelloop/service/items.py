@@ -96,7 +96,7 @@ def store_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> tuple[dict[st
                     # (sentence embeddings), so that training never embeds the whole pool at once.
                     "content_hash": text_content(spec.data).content_hash if text else None,
                     "status": "ready" if text and not costly else "pending",
-                    "lottery": lottery_of(task_id, spec.external_id, spec.data),
+                    "lottery": lottery_of(task.salt, spec.external_id, spec.data),
                     "signature": None,
                 }
             )

@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    select,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -95,16 +96,22 @@ class Task(Base):
 UNSCORED = -1.0e300
 
 
-def lottery_of(task_id: int, external_id: str | None, data: str) -> int:
-    """An item's place in its task's stable random order (a hash of what the item is, so it is
-    known when the row is inserted, whichever path inserts it)."""
-    digest = hashlib.sha256(f"{task_id}\0{external_id}\0{data}".encode()).digest()
+def lottery_of(salt: str, external_id: str | None, data: str) -> int:
+    """An item's place in its task's stable random order: a hash of the task's salt (random, or
+    ``seed-<n>`` when the policy fixes a seed, so a seed gives the same order again) and of what
+    the item is, so it is known when the row is inserted."""
+    digest = hashlib.sha256(f"{salt}\0{external_id}\0{data}".encode()).digest()
     return int.from_bytes(digest[:7], "big")
 
 
 def _default_lottery(context: Any) -> int:
+    """Rows inserted without the service's bulk path (which passes the task's salt): the salt is
+    read from the task row on the same connection."""
     row = context.get_current_parameters()
-    return lottery_of(row["task_id"], row.get("external_id"), row["data"])
+    salt = context.connection.execute(
+        select(Task.salt).where(Task.id == row["task_id"])
+    ).scalar_one()
+    return lottery_of(salt, row.get("external_id"), row["data"])
 
 
 class Item(Base):

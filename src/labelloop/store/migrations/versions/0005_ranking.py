@@ -34,13 +34,18 @@ def _backfill() -> None:
         sa.column("rank", sa.Float),
         sa.column("covered", sa.Boolean),
     )
-    rows = conn.execute(sa.select(items.c.id, items.c.task_id, items.c.external_id, items.c.data))
+    tasks = sa.table("tasks", sa.column("id", sa.Integer), sa.column("salt", sa.String))
+    rows = conn.execute(
+        sa.select(items.c.id, tasks.c.salt, items.c.external_id, items.c.data).join(
+            tasks, tasks.c.id == items.c.task_id
+        )
+    )
     batch: list[dict[str, object]] = []
     update = (
         items.update().where(items.c.id == sa.bindparam("b_id")).values(lottery=sa.bindparam("lot"))
     )
     for r in rows.fetchall():
-        batch.append({"b_id": r.id, "lot": lottery_of(r.task_id, r.external_id, r.data)})
+        batch.append({"b_id": r.id, "lot": lottery_of(r.salt, r.external_id, r.data)})
         if len(batch) == BATCH:
             conn.execute(update, batch)
             batch = []
