@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from labelloop.loop.retention import PRUNED, Version, prune_versions, retained
+from labelloop.loop.retention import PRUNED, Version, mark_pruned, prune_versions, retained
 from labelloop.runtime import Runtime
 from labelloop.schemas import TaskCreate
 from labelloop.service import tasks
@@ -70,3 +70,38 @@ def test_pruning_removes_folders_and_marks_rows(rt: Runtime) -> None:
     on_disk = sorted(int(p.name.removeprefix("model-time")) for p in folder.inference.iterdir())
     assert on_disk == [1, 2, 4, 5]
     assert prune_versions(rt, t_id) == []  # nothing more to prune
+
+
+def test_versions_marked_in_a_training_transaction_lose_their_folders_after(rt: Runtime) -> None:
+    """A training marks what it prunes in the transaction that records its version (a reader
+    never sees the training over with a doomed version listed ready); the folders go after."""
+    t_id = tasks.create_task(
+        rt, TaskCreate(name="m", category="text-classification", labels=["a", "b"])
+    )["id"]
+    folder = rt.folder(t_id)
+    with rt.session() as s:
+        for v in range(4):
+            s.add(
+                ModelVersion(
+                    task_id=t_id,
+                    version=v,
+                    job_key=f"m{v}",
+                    learner="x",
+                    status="ready",
+                    label_revision=v,
+                    metrics={"cv_accuracy": 0.5 + v / 10},
+                )
+            )
+            with folder.writing_version(v) as tmp:
+                (tmp / "metrics.json").write_text("{}")
+        s.flush()
+        task = s.get_one(Task, t_id)
+        task.served_version = 3
+        assert mark_pruned(s, task, keep_versions=1) == [0, 1, 2]
+    with rt.session() as s:
+        ready = s.scalars(select(ModelVersion.version).where(ModelVersion.status == "ready"))
+        assert sorted(ready) == [3]
+    assert folder.version_dir(0).exists()  # marked, not yet removed
+    assert prune_versions(rt, t_id) == []  # nothing new to mark...
+    on_disk = sorted(int(p.name.removeprefix("model-time")) for p in folder.inference.iterdir())
+    assert on_disk == [3]  # ...but the marked versions' folders are gone

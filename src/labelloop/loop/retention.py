@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from labelloop.kinds import kind_for
 from labelloop.runtime import Runtime
@@ -31,26 +32,44 @@ def retained(versions: Sequence[Version], served: int | None, keep: int) -> set[
     return {v for v in (served, best, *newest) if v is not None}
 
 
+def mark_pruned(session: Session, task: Task, keep_versions: int) -> list[int]:
+    """Mark the task's versions that :func:`retained` does not keep as pruned, in the caller's
+    transaction (a training marks them in the one that records its version, so no reader sees
+    the training over and a version listed ready that is about to go); returns them."""
+    rows = list(
+        session.scalars(
+            select(ModelVersion).where(
+                ModelVersion.task_id == task.id, ModelVersion.status == "ready"
+            )
+        )
+    )
+    key = kind_for(task.category, task.extra).promotion_key
+    versions = [Version(r.version, (r.metrics or {}).get(key)) for r in rows]
+    keep = retained(versions, task.served_version, keep_versions)
+    pruned = [r for r in rows if r.version not in keep]
+    for r in pruned:
+        r.status = PRUNED
+    return sorted(r.version for r in pruned)
+
+
 def prune_versions(rt: Runtime, task_id: int) -> list[int]:
-    """Prune the task's versions that :func:`retained` does not keep; returns them."""
+    """Prune what :func:`mark_pruned` does not keep and remove the folders of every pruned
+    version still on disk (those marked by a training's own transaction too); returns the
+    versions this call marked."""
     with rt.session() as s:
         task = s.get(Task, task_id)
         if task is None:
             return []
-        rows = list(
+        marked = mark_pruned(s, task, rt.settings.keep_versions)
+        gone = list(
             s.scalars(
-                select(ModelVersion).where(
-                    ModelVersion.task_id == task_id, ModelVersion.status == "ready"
+                select(ModelVersion.version).where(
+                    ModelVersion.task_id == task_id, ModelVersion.status == PRUNED
                 )
             )
         )
-        key = kind_for(task.category, task.extra).promotion_key
-        versions = [Version(r.version, (r.metrics or {}).get(key)) for r in rows]
-        keep = retained(versions, task.served_version, rt.settings.keep_versions)
-        pruned = [r for r in rows if r.version not in keep]
-        for r in pruned:
-            r.status = PRUNED
     folder = rt.folder(task_id)
-    for r in pruned:
-        folder.remove_version(r.version)
-    return sorted(r.version for r in pruned)
+    for version in gone:
+        if folder.version_dir(version).exists():
+            folder.remove_version(version)
+    return marked

@@ -750,6 +750,7 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             known = set(result.pool_ids)
             late = [i for i in unlabelled_item_ids(s, spec.id) if i not in known]
             follow += repredict_jobs(s, task, mv.version, late)
+        retention.mark_pruned(s, task, rt.settings.keep_versions)
         finish(job, {"version": mv.version, "promoted": promoted, "reason": reason})
         follow += after_training(s, task)
         return [j.id for j in follow]
