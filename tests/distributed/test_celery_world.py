@@ -45,6 +45,12 @@ POLICY: dict[str, Any] = {
         "budget_s": 600.0,
     },
 }
+#: A training that lasts (up to 45 s a world, whatever the machine's speed), so that a machine
+#: killed after the first checkpoints lands in the middle of it, not after its last epoch.
+LASTING: dict[str, Any] = {
+    **POLICY,
+    "learner_params": {**POLICY["learner_params"], "epochs": 10_000, "budget_s": 45.0},
+}
 
 
 def write_squares(root: Path, n: int = 60) -> list[tuple[str, str]]:
@@ -104,10 +110,12 @@ def db(cluster: tuple[Cluster, Client]) -> Iterator[Session]:
     engine.dispose()
 
 
-def new_task(client: Client, links: list[tuple[str, str]]) -> tuple[int, list[int]]:
+def new_task(
+    client: Client, links: list[tuple[str, str]], policy: dict[str, Any] = POLICY
+) -> tuple[int, list[int]]:
     # One cluster serves the module's tests, and task names are unique: each gets its own.
     name = f"squares-{uuid.uuid4().hex[:8]}"
-    task = client.create_task(name, "image-classification", NAMES, policy=POLICY)
+    task = client.create_task(name, "image-classification", NAMES, policy=policy)
     items = client.add_items(task["id"], [{"data": p} for p, _ in links])["items"]
     wait_until(lambda: client.get_task(task["id"])["counts"]["pending"] == 0, 180, "featurize jobs")
     return task["id"], [it["id"] for it in items]
@@ -150,7 +158,7 @@ def test_a_lost_train_machine_leaves_the_world_and_training_resumes(
     c, client = cluster
     data = Path(c.env["LABELLOOP_DATA_DIR"])
     links = images[1]
-    task_id, ids = new_task(client, links)
+    task_id, ids = new_task(client, links, LASTING)
     job_id = label_all(client, task_id, ids, links)
     world = wait_until(lambda: training_world(db, job_id, data, task_id), 400, "a world of two")
     # Both workers run a rank: the job's own worker rank 0, the other rank 1.
