@@ -24,8 +24,6 @@ from labelloop.runtime import Runtime
 from labelloop.store.models import ModelVersion
 
 TRANSFORM_BATCH = 128
-#: Why :func:`featurize` with ``cached_only`` has no features of an item.
-NOT_CACHED = "not featurized yet"
 
 
 def is_text(category: str) -> bool:
@@ -102,15 +100,9 @@ def featurize(
     category: str,
     learner: Learner | Sequence[Featurizer],
     items: Sequence[ItemRef],
-    *,
-    cached_only: bool = False,
 ) -> FeatureBatch:
     """Features of ``items`` for a learner (exactly the featurizers it is frozen with) or for a
-    list of featurizers; items that fail are reported, the others go on.
-
-    ``cached_only``: read what is cached and compute nothing costly (a request path): an item
-    whose features are not cached yet is reported as failed, with :data:`NOT_CACHED`.
-    """
+    list of featurizers; items that fail are reported, the others go on."""
     featurizers = learner.featurizers() if isinstance(learner, Learner) else list(learner)
     folder = rt.folder(task_id)
     contents: dict[int, Content] = {}
@@ -138,10 +130,6 @@ def featurize(
         if fz.cacheable:
             table = FEATURES.table(task_id, fz.version)
             missing = _from_cache(folder, table, fz.version, items, hashes, values)
-            if cached_only:
-                failed.update({it.id: NOT_CACHED for it in missing})
-                per_view[fz.view] = (True, values)
-                continue
             todo = [(it, c) for it in missing if (c := content_of(it)) is not None]
             for it, c in todo:
                 # Cached under the hash we just learned?

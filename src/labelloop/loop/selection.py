@@ -122,17 +122,6 @@ def _parts(features: Features) -> list[np.ndarray | sparse.csr_matrix]:
     return parts
 
 
-def similarity_vectors(features: Features) -> np.ndarray:
-    """Unit vectors for comparing items: their numeric views, or hashed words for texts, centred."""
-    parts = [p if isinstance(p, np.ndarray) else p.toarray() for p in _parts(features)]
-    if not parts:
-        return np.zeros((0, 0))
-    v = np.hstack(parts)
-    v = v - v.mean(axis=1, keepdims=True) if v.shape[1] > 1 else v
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.where(norms == 0, 1.0, norms)
-
-
 #: Bits of an item's near-copy signature (:func:`signatures`): 32 bytes an item in the store.
 SIGNATURE_BITS = 256
 #: Two signatures this many bits apart or fewer are near-copies: the bits a cosine of
@@ -150,7 +139,7 @@ def _hyperplanes(dim: int) -> np.ndarray:
 
 def signatures(features: Features) -> list[bytes]:
     """Each item's near-copy signature: on which side of :data:`SIGNATURE_BITS` random hyperplanes
-    its similarity vector (:func:`similarity_vectors`) lies (SimHash). Computed once, when the item
+    its unit vector (numeric views, or hashed words for texts, centred) lies (SimHash). Computed once, when the item
     is featurized, and stored on it, so that ``/next`` tells near-copies apart by comparing bytes,
     with no features at hand. Texts stay sparse: centring and scaling are applied to the
     projection (the sides do not depend on the scale)."""
@@ -169,7 +158,7 @@ def signatures(features: Features) -> list[bytes]:
             proj += np.asarray(p @ planes[at : at + p.shape[1]])
             sums += np.asarray(p.sum(axis=1)).ravel()
             at += p.shape[1]
-        if dim > 1:  # centred, as similarity_vectors centres
+        if dim > 1:  # centred: each item's mean over its dimensions taken out
             proj -= np.outer(sums / dim, planes.sum(axis=0))
         out.extend(row.tobytes() for row in np.packbits(proj > 0, axis=1))
     return out
