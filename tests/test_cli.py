@@ -93,6 +93,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
 
 def test_demo_keeps_serving_when_asked(tmp_path: Path) -> None:
+    """Ctrl-C stops it, even started as a shell starts a background job (SIGINT ignored, a
+    disposition the process inherits)."""
     import httpx
 
     proc = subprocess.Popen(
@@ -103,6 +105,7 @@ def test_demo_keeps_serving_when_asked(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert proc.stdout is not None

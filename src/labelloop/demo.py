@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -158,6 +159,10 @@ def run_demo(
                 f"The server keeps running at {url}/ui/#task={task['id']} (Ctrl-C stops it).",
                 soft_wrap=True,
             )
+            # Ctrl-C stops it even when whatever started the demo ignored SIGINT (a shell's
+            # background job, a supervisor): that disposition is inherited, and would make the
+            # server impossible to stop this way.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
                 server.wait()
             except KeyboardInterrupt:
