@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from labelloop.config import Settings
 from labelloop.datastore import TaskFolder
-from labelloop.learners import backbones
+from labelloop.learners import backbones, sentence
 from labelloop.loop.cache import ModelCache
 from labelloop.store.db import (
     READ_ONLY,
@@ -80,6 +80,7 @@ class Runtime:
         backbones.configure(settings)  # which image backbone this process's tasks use
         self.data_dir = settings.resolved_data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        sentence.configure(self.data_dir)  # where the sentence encoder's exported graph is cached
         if migrate_schema:
             migrate(settings.resolved_database_url)
         self.engine = make_engine(settings.resolved_database_url)

@@ -172,6 +172,11 @@ def apply_threads() -> None:
             torch.set_num_threads(_THREADS)
 
 
+def threads() -> int | None:
+    """``LABELLOOP_TORCH_THREADS`` (None: each runtime's default); the sentence encoder's too."""
+    return _THREADS
+
+
 def default_spec() -> BackboneSpec | None:
     """The server's backbone (None: photo learners are not offered)."""
     return _DEFAULT

