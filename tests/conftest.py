@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,11 @@ from tests.support import (
 # hundreds of digits through EfficientNet; tests/learners and tests/loop/test_training.py turn the
 # backbone on where they test it.
 os.environ.setdefault("LABELLOOP_IMAGE_BACKBONE", "none")
+# The sentence encoder's ONNX graph is exported once for every test's data root (and server).
+os.environ.setdefault(
+    "LABELLOOP_ENCODER_DIR",
+    os.path.join(tempfile.gettempdir(), f"labelloop-test-encoders-{os.getuid()}"),
+)
 
 
 @pytest.fixture(autouse=True)

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     image_backbone: str = "efficientnet-lite0"
     #: Threads PyTorch uses per process for embeddings and fine-tuning (unset: PyTorch's default).
     torch_threads: int | None = Field(default=None, ge=1, le=256)
+    #: Where the sentence encoder's ONNX graphs are exported to once (unset: ``<data_dir>/encoders``);
+    #: several data roots on one machine (tests, benches) may share one.
+    encoder_dir: Path | None = None
     #: Distributed fine-tuning (labelloop.distributed): in cluster mode a training job's fits run
     #: over every live train worker (False: in the job's own process). Embedded mode runs this many
     #: ranks as processes of its machine (1: in the job's own process).

