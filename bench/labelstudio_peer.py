@@ -48,6 +48,9 @@ PEER_PACKAGES = [
 STAMP = "1764237600"
 PROJECTS = {"labelloop": f"41.{STAMP}", "labelloop-fast": f"42.{STAMP}"}
 FAST_POLICY = {"learner_params": {"embeddings": False}}
+#: ``--torch-project``: the default configuration with the PyTorch original as its sentence
+#: encoder (what the default used before ONNX Runtime), for a same-run comparison.
+TORCH_PROJECT = ("labelloop-torch", f"43.{STAMP}", {"learner_params": {"encoder": "torch"}})
 
 #: Run by the peer's interpreter in the example's folder: its own ``fit``, fed the labelled tasks
 #: that it would otherwise download from Label Studio.
@@ -310,14 +313,18 @@ def run(args: argparse.Namespace) -> None:
         serve_peer(procs, peer, work / "peer", peer_port)
         wait_http(f"{peer_url}/health")
         wait_http(f"{ll_url}/labelstudio/health", 900)
-        for name, project in PROJECTS.items():
+        projects: dict[str, tuple[str, Any]] = {
+            n: (p, FAST_POLICY if n == "labelloop-fast" else None) for n, p in PROJECTS.items()
+        }
+        if args.torch_project:
+            projects[TORCH_PROJECT[0]] = TORCH_PROJECT[1:]
+        for name, (project, policy) in projects.items():
             print(f"training {name} ...", flush=True)
             t0 = time.perf_counter()
-            policy = FAST_POLICY if name == "labelloop-fast" else None
             train_labelloop(ll_url, project, cfg, texts, truth, policy)
             fits[name] = time.perf_counter() - t0
         systems = [System("peer", peer_url, f"1.{STAMP}", cfg)]
-        systems += [System(n, f"{ll_url}/labelstudio", p, cfg) for n, p in PROJECTS.items()]
+        systems += [System(n, f"{ll_url}/labelstudio", p, cfg) for n, (p, _) in projects.items()]
         result = measure(args, systems)
         result["fit_s"] = fits
     result["command"] = "python -m bench.labelstudio_peer " + " ".join(sys.argv[1:])
@@ -330,6 +337,7 @@ def run(args: argparse.Namespace) -> None:
         "batch": args.batch,
         "batches_per_client": args.batches,
         "singles": args.singles,
+        "torch_project": args.torch_project,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -354,6 +362,7 @@ def main() -> None:
     r.add_argument("--trec-test", type=Path, help="TREC_10.label (default: next to --trec)")
     r.add_argument("--serve-env", nargs="*", default=[], help="KEY=VALUE for `labelloop serve`")
     r.add_argument("--serve-args", nargs="*", default=[], help="more `labelloop serve` options")
+    r.add_argument("--torch-project", action="store_true", help="also the PyTorch encoder")
     r.add_argument("--out", type=Path, default=Path("bench/results/labelstudio_peer.json"))
     args = parser.parse_args()
     commands: dict[str, Callable[[], None]] = {

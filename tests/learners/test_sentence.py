@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from labelloop.kinds.classification import indicator
 from labelloop.learners import learner_by_name, sentence
 from labelloop.learners.base import Features, Learner, featurizer_from_record
 from labelloop.learners.text import MiniLMFeaturizer, TfidfSVM
+from labelloop.loop.cache import FEATURES
+from labelloop.loop.features import ItemRef
+from labelloop.loop.features import featurize as featurize_items
+from labelloop.runtime import Runtime
 
 SENTENCES = [
     "How far is it from Denver to Aspen ?",
@@ -165,3 +170,27 @@ def test_concurrent_exporters_export_once_and_a_failed_export_leaves_nothing(
     with pytest.raises(RuntimeError):
         sentence.graph_path("onnx-int8")
     assert sorted(p.suffix for p in (tmp_path / "b").iterdir()) == [".lock", ".onnx"]  # fp32 only
+
+
+def test_a_text_sent_again_is_not_encoded_again(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new Label Studio task whose text the task already has reads the stored features."""
+    encoded: list[str] = []
+    real = sentence.encode
+
+    def spy(texts: Sequence[str], runtime: sentence.Runtime) -> np.ndarray:
+        encoded.extend(texts)
+        return real(texts, runtime)
+
+    monkeypatch.setattr(sentence, "encode", spy)
+    learner = TfidfSVM(["sport", "food"])
+    first = featurize_items(rt, 1, "text-classification", learner, [ItemRef(1, "a late goal")])
+    FEATURES.clear()  # another process: only the stored features are left
+    again = featurize_items(
+        rt, 1, "text-classification", learner, [ItemRef(2, "a late goal"), ItemRef(3, "pasta")]
+    )
+    assert encoded == ["a late goal", "pasta"]
+    np.testing.assert_array_equal(
+        again.features.array("minilm")[0], first.features.array("minilm")[0]
+    )
