@@ -7,7 +7,10 @@ bare mirror of the repository and installs it; ``run`` fits both on the same TRE
 peer through its own ``fit``, with its Label Studio download replaced by the labelled tasks;
 labelloop through ``/labelstudio/train``), then measures, in alternating rounds, the same client
 against each: batches of 64 new tasks from 4 concurrent clients (throughput), single-task
-requests (p50), and accuracy on TREC's held-out questions. labelloop runs twice, as two Label
+requests (p50), and accuracy on TREC's held-out questions; and the CPU time each server (its
+process and its children: labelloop's workers, gunicorn's worker) spent per task of the throughput
+phase, counted until the work it left behind settles, which a busy machine disturbs less than
+the wall clock. labelloop runs twice, as two Label
 Studio projects of one embedded server: its default configuration (sentence embeddings when the
 ``embeddings`` extra is installed) and the fast one (``learner_params: {"embeddings": false}``).
 
@@ -105,8 +108,36 @@ def predicted(answer: dict[str, Any]) -> list[str | None]:
 class System:
     """One backend as Label Studio sees it: its URL and the project it is connected as."""
 
-    def __init__(self, name: str, url: str, project: str, cfg: str) -> None:
+    def __init__(self, name: str, url: str, project: str, cfg: str, pid: int) -> None:
         self.name, self.url, self.project, self.cfg = name, url, project, cfg
+        self.pid = pid  # the server's process: its CPU time (and its children's) is counted
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the server and its live child processes (workers) so far."""
+        import psutil
+
+        root = psutil.Process(self.pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
+
+    def settled_cpu_s(self, timeout: float = 30.0) -> float:
+        """CPU seconds once work the requests left behind (queued featurize jobs) is done: the
+        server uses less than 5% of a core for half a second."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu_s()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.cpu_s()
+            if now - last < 0.025:
+                return now
+            last = now
+        return last
 
     def predict(self, http: httpx.Client, tasks: list[tuple[int, str]]) -> list[str | None]:
         body = {
@@ -178,7 +209,7 @@ def fit_peer(peer: Path, model_dir: Path, cfg: str, texts: list[str], truth: lis
     )
 
 
-def serve_peer(procs: Processes, peer: Path, model_dir: Path, port: int) -> None:
+def serve_peer(procs: Processes, peer: Path, model_dir: Path, port: int) -> int:
     """gunicorn as the example's Dockerfile runs it (``--preload``, 1 worker x 8 threads)."""
     env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
     with open(procs.logs / "peer.log", "ab") as log:
@@ -189,6 +220,7 @@ def serve_peer(procs: Processes, peer: Path, model_dir: Path, port: int) -> None
             start_new_session=True,
         )  # fmt: skip
     procs.procs.append(proc)
+    return proc.pid
 
 
 def train_labelloop(
@@ -254,15 +286,18 @@ def measure(args: argparse.Namespace, systems: list[System]) -> dict[str, Any]:
             cold[s.name] = (time.perf_counter() - t0) * 1000
             s.predict(http, warm[args.batch :])
     rounds: dict[str, dict[str, list[float]]] = {
-        s.name: {"tasks_per_s": [], "single_p50_ms": []} for s in systems
+        s.name: {"tasks_per_s": [], "single_p50_ms": [], "cpu_ms_per_task": []} for s in systems
     }
     loads = [load_average()]
     for r in range(args.rounds):
         batch_tasks, single_tasks = take(per_round), take(args.singles)
         for s in systems:  # A B A B: the same questions for each, in turn
+            cpu0 = s.settled_cpu_s()
             rounds[s.name]["tasks_per_s"].append(
                 throughput(s, batch_tasks, args.clients, args.batch)
             )
+            cpu = s.settled_cpu_s() - cpu0
+            rounds[s.name]["cpu_ms_per_task"].append(1000 * cpu / len(batch_tasks))
             rounds[s.name]["single_p50_ms"].append(singles(s, single_tasks))
         loads.append(load_average())
         print(f"round {r + 1} (load {loads[-1]}): {json.dumps(rounds)}", flush=True)
@@ -277,6 +312,13 @@ def measure(args: argparse.Namespace, systems: list[System]) -> dict[str, Any]:
             "tasks_per_s": statistics.median(own["tasks_per_s"]),
             "throughput_vs_peer": statistics.median(ratios),
             "single_p50_ms": statistics.median(own["single_p50_ms"]),
+            "cpu_ms_per_task": statistics.median(own["cpu_ms_per_task"]),
+            "cpu_vs_peer": statistics.median(
+                [
+                    a / b
+                    for a, b in zip(own["cpu_ms_per_task"], peer["cpu_ms_per_task"], strict=True)
+                ]
+            ),
             "accuracy": acc[s.name],
             "points_over_peer": 100 * (acc[s.name] - acc["peer"]),
             "first_batch_ms": cold[s.name],
@@ -304,13 +346,13 @@ def run(args: argparse.Namespace) -> None:
         env.update(dict(kv.split("=", 1) for kv in args.serve_env))
         ll_port, peer_port = free_port(), free_port()
         ll_url, peer_url = f"http://127.0.0.1:{ll_port}", f"http://127.0.0.1:{peer_port}"
-        procs.start("labelloop", ["serve", "--port", str(ll_port), *args.serve_args], env)
+        server = procs.start("labelloop", ["serve", "--port", str(ll_port), *args.serve_args], env)
         (work / "peer").mkdir()
         print("fitting the peer ...", flush=True)
         t0 = time.perf_counter()
         fit_peer(peer, work / "peer", cfg, texts, truth)
         fits = {"peer": time.perf_counter() - t0}
-        serve_peer(procs, peer, work / "peer", peer_port)
+        peer_pid = serve_peer(procs, peer, work / "peer", peer_port)
         wait_http(f"{peer_url}/health")
         wait_http(f"{ll_url}/labelstudio/health", 900)
         projects: dict[str, tuple[str, Any]] = {
@@ -323,8 +365,10 @@ def run(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             train_labelloop(ll_url, project, cfg, texts, truth, policy)
             fits[name] = time.perf_counter() - t0
-        systems = [System("peer", peer_url, f"1.{STAMP}", cfg)]
-        systems += [System(n, f"{ll_url}/labelstudio", p, cfg) for n, (p, _) in projects.items()]
+        systems = [System("peer", peer_url, f"1.{STAMP}", cfg, peer_pid)]
+        systems += [
+            System(n, f"{ll_url}/labelstudio", p, cfg, server.pid) for n, (p, _) in projects.items()
+        ]
         result = measure(args, systems)
         result["fit_s"] = fits
     result["command"] = "python -m bench.labelstudio_peer " + " ".join(sys.argv[1:])
