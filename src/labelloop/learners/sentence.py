@@ -290,14 +290,24 @@ def _scale_rows(graph: Any) -> None:
     graph.node.extend(nodes)
 
 
+def _not_onnxruntime(record: logging.LogRecord) -> bool:
+    return "onnxruntime" not in record.pathname
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The exporters warn about deprecations and constant folding; none of it is actionable."""
+    """The exporters warn about deprecations and constant folding, and the quantizer logs advice
+    on the root logger (which a server's log would show); none of it is actionable."""
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    root = logging.getLogger()
+    root.addFilter(_not_onnxruntime)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeFilter(_not_onnxruntime)
 
 
 def graph_path(runtime: Runtime) -> Path:
