@@ -39,6 +39,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from labelloop.api import errors as api_errors
 from labelloop.cluster.client import AgentClient
 from labelloop.cluster.election import masters
+from labelloop.cluster.gate import GATE_ENV, close_gate, open_gate
 from labelloop.cluster.hosts import aliases, remove_block, write_hosts
 from labelloop.cluster.probe import probe_machines
 from labelloop.cluster.protocol import (
@@ -277,6 +278,8 @@ class Agent:
             config=settings.rabbitmq_conf(),
         )
         self.supervisor = Supervisor(scrub=self.scrub)
+        #: Open (the file exists) once the node is ready for the workers and the service.
+        self.gate = settings.data_dir / "start-gate"
         self.machine: Registration | None = None
         self.role: Role | None = None
         self.good: list[MachineInfo] = []
@@ -300,6 +303,7 @@ class Agent:
         s = self.settings
         ip = s.advertise_ip or local_ip(s.registry)
         port = sock.getsockname()[1] if sock is not None else s.port
+        close_gate(self.gate)  # left by an earlier run: nothing passes before initial
         self._ensure_node()
         self.machine = Registration(
             hostname=s.hostname or socket.gethostname(),
@@ -409,26 +413,17 @@ class Agent:
         m_train, m_inf = masters(good)
         # iii) every good machine's node joins the inference master's cluster
         cluster_master = m_inf or m_train
-        if not port_open(self.node.amqp_port):  # stopped by `cluster down`, say
-            self._ensure_node()
         target = cluster_master.rabbit_node if cluster_master is not None else None
         if cluster_master is not None and self._is_me(cluster_master):
             # Elected, yet a late machine (a smaller address): the running cluster is elsewhere.
             target = req.cluster_node if req.cluster_node != self.node.name else None
-        members = self._members()  # one rabbitmqctl call (seconds): also the answer's
-        if target is not None and target != self.node.name:
-            assert cluster_master is not None
-            if target not in members:
-                self._join(req, target, cluster_master)
-                members = self._members()
-        elif self.settings.broker_user != "guest":
-            self._ensure_user()
-        self.cluster_node = target or self.node.name
-        # iv) the role's Celery workers, supervised
+        # iv) the role's Celery workers and vi) its service, supervised, start first: they import
+        # their code (seconds of CPU each) while the node gets ready (iii: seconds per rabbitmqctl
+        # call), and wait at the start gate until it is.
+        gate_was_open = self.gate.exists()
         env = self._child_env(req, [m for m in (m_inf, m_train) if m is not None])
         Path(req.task_datastore_path).mkdir(parents=True, exist_ok=True)
         workers = self._ensure_workers(me, env)
-        # vi) the role's service
         n_inference = sum(1 for m in good if m.type == "inference")
         processes = 0
         if me.type == "inference":
@@ -438,6 +433,18 @@ class Agent:
         elif m_train is not None and self._is_me(m_train):
             processes = 1
         service = self._ensure_service(me, env, processes, req.api_port)
+        try:
+            members = self._ready_node(req, target, cluster_master)
+        except BaseException:
+            if not gate_was_open:  # they never passed the gate: as if never started
+                for name in self.supervisor.names():
+                    self.supervisor.stop(name)
+                self.service_processes = 0
+            raise
+        open_gate(self.gate)
+        self.cluster_node = target or self.node.name
+        if members is None:  # for the answer, once the processes are on their way
+            members = self._members()
         self.role, self.good, self.bad = me.type, good, bad
         self.master_train = m_train.ip if m_train else ""
         self.master_inference = m_inf.ip if m_inf else ""
@@ -455,14 +462,37 @@ class Agent:
             probe=probe.method,
         )
 
-    def _join(self, req: InitialRequest, target: str, master: MachineInfo) -> None:
+    def _ready_node(
+        self, req: InitialRequest, target: str | None, cluster_master: MachineInfo | None
+    ) -> list[str] | None:
+        """Step iii: the node running, in the cluster of ``target``, with the broker user where
+        this node is the cluster's master. Each rabbitmqctl call starts an Erlang VM (seconds on
+        a busy machine): the members are read once before a join (the join reuses them); the
+        members when already known (else None)."""
+        if not port_open(self.node.amqp_port):  # stopped by `cluster down`, say
+            self._ensure_node()
+        if target is not None and target != self.node.name:
+            assert cluster_master is not None
+            known = self._members()
+            if target in known:
+                return known
+            self._join(req, target, cluster_master, known)
+        elif self.settings.broker_user != "guest":
+            self._ensure_user()
+        return None
+
+    def _join(
+        self, req: InitialRequest, target: str, master: MachineInfo, members: list[str]
+    ) -> None:
         """Step iii, retried: a join can fail for a moment (the master's node busy, a port not
-        free yet); a refusal (a node that is not ours) is not retried."""
+        free yet); a refusal (a node that is not ours) is not retried. ``members``, as just read
+        (empty if the node did not answer), spare the first try reading them again."""
         cookie = self._cluster_cookie(req, master)
         attempts = self.settings.join_attempts
         for attempt in range(1, attempts + 1):
             try:
-                self.node.join(target, cookie, allow_reset=self.settings.adopt_node)
+                known = members if attempt == 1 and members else None
+                self.node.join(target, cookie, allow_reset=self.settings.adopt_node, members=known)
                 return
             except Unavailable as exc:
                 if attempt == attempts:
@@ -524,6 +554,7 @@ class Agent:
             if not k.startswith(("LABELLOOP_AGENT_", "LABELLOOP_CLUSTER_", "RABBITMQ_"))
         }
         env |= {
+            GATE_ENV: str(self.gate.resolve()),
             "LABELLOOP_BROKER_URL": ";".join(urls),
             "LABELLOOP_DATA_DIR": str(Path(req.task_datastore_path).resolve()),
             "LABELLOOP_JOBS": "celery",
@@ -631,6 +662,7 @@ class Agent:
             names = self.supervisor.names()
             self.supervisor.stop_all()
             self.supervisor = Supervisor(scrub=self.scrub)
+            close_gate(self.gate)
             hosts = self._remove_hosts_block()
             stopped_node = False
             if rabbit and self.node.started_by_us:
@@ -646,6 +678,7 @@ class Agent:
             names = self.supervisor.names()
             self.supervisor.stop_all()
             self.supervisor = Supervisor(scrub=self.scrub)
+            close_gate(self.gate)
             left = False
             members = self._members()
             if len(members) > 1:
@@ -679,6 +712,7 @@ class Agent:
     def shutdown(self) -> None:
         """A clean stop of the agent: its processes, its hosts block, its node if asked to."""
         self.supervisor.stop_all()
+        close_gate(self.gate)
         self._remove_hosts_block()
         if self.settings.stop_rabbit_on_exit and self.node.started_by_us:
             self.node.stop()

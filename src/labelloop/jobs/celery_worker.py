@@ -28,6 +28,7 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command, inspect_command
 from threadpoolctl import threadpool_limits
 
+from labelloop.cluster.gate import wait_for_gate
 from labelloop.config import Settings
 from labelloop.distributed.launch import JOIN_COMMAND
 from labelloop.distributed.world import World, spawn_rank
@@ -341,6 +342,7 @@ def run_worker(
             RABBITMQ_CONSUMER_TIMEOUT_S,
         )
     _DATA_DIR[:] = [settings.data_dir.resolve()]
+    wait_for_gate()  # started by an agent: imports done, now wait for its node to be ready
     # Several processes may start at once; migrations are serialised by the store.
     migrate(settings.resolved_database_url)
     # Inference workers publish answers only (re-prediction jobs have no follow-ups).
