@@ -238,9 +238,14 @@ class Agent:
         self._database_url = req.database_url
         # i) who is reachable; the good machines go into the hosts file
         icmp = {"auto": None, "on": True, "off": False}[self.settings.icmp]
+        started = time.monotonic()
         probe = probe_machines(
             req.machines_info, timeout_s=self.settings.probe_timeout_s, use_icmp=icmp
         )
+        log.info(
+            "initial: %d of %d machines reachable (%s probe, %.1f s)",
+            len(probe.good), len(req.machines_info), probe.method, time.monotonic() - started,
+        )  # fmt: skip
         good, bad = probe.good, probe.bad
         if not any(self._is_me(m) for m in good):  # we are answering: we are up
             good, bad = [*good, me], [m for m in bad if not self._is_me(m)]
@@ -281,6 +286,7 @@ class Agent:
                 self.service_processes = 0
             raise
         open_gate(self.gate)
+        log.info("initial: node ready, start gate open")
         self.cluster_node = target or self.node.name
         if members is None:  # for the answer, once the processes are on their way
             members = self._members()
