@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -144,7 +145,15 @@ def timeline(m: Machines, since: float) -> dict[str, dict[str, float]]:
     return out
 
 
-def one_round(root: Path) -> dict[str, Any]:
+def keep_logs(root: Path, into: Path) -> None:
+    """The round's logs (coordinator, agents, workers, services), without the nodes' data."""
+    for log in [root / "coordinator.log", *root.glob("m-*/agent.log"), *root.glob("m-*/logs/*")]:
+        target = into / log.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, target)
+
+
+def one_round(root: Path, logs: Path | None = None) -> dict[str, Any]:
     load_start = load()
     with pg_database() as db:
         m = Machines(root, TOKEN)
@@ -185,6 +194,8 @@ def one_round(root: Path) -> dict[str, Any]:
             t4 = time.monotonic()
         finally:
             m.cleanup()
+            if logs is not None:
+                keep_logs(root, logs)
     return {
         "agents_up_s": round(t1 - t0, 1),
         "init_to_workers_s": round(tw - t1, 1),
@@ -212,6 +223,7 @@ def main() -> None:
         "--against", type=Path, default=None,
         help="another checkout: its code and this one's in turn, --rounds of each (A B A B)",
     )  # fmt: skip
+    parser.add_argument("--logs", type=Path, default=None, help="keep each round's logs here")
     args = parser.parse_args()
     here = Path(__file__).resolve().parents[1]
     trees = {"this": here} if args.against is None else {"base": args.against, "this": here}
@@ -223,7 +235,8 @@ def main() -> None:
             os.environ["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), str(here)])
             try:
                 with tempfile.TemporaryDirectory(prefix="ll-bootstrap-") as tmp:
-                    got = {"tree": name} | one_round(Path(tmp))
+                    logs = args.logs / f"round-{n + 1}-{name}" if args.logs else None
+                    got = {"tree": name} | one_round(Path(tmp), logs)
             finally:
                 if before is None:
                     os.environ.pop("PYTHONPATH", None)

@@ -627,3 +627,16 @@ def test_processes_start_before_the_join_and_wait_at_the_gate(
     assert answer.workers == started[:1] and answer.rpc == "http://10.0.0.21:8123"
     agent.stop(rabbit=False)
     assert not agent.gate.exists()
+
+
+def test_a_status_without_the_node_makes_no_rabbitmqctl_call(tmp_path: Path) -> None:
+    """What the coordinator polls while processes settle: the processes, not the node's members
+    (each rabbitmqctl call starts an Erlang VM)."""
+    agent, _, node = fake_agent(tmp_path, "10.0.0.21", 7000)
+
+    def no_call() -> list[str]:
+        raise AssertionError("rabbitmqctl called")
+
+    node.running_nodes = no_call  # type: ignore[method-assign]
+    status = agent.status(rabbit=False)
+    assert status.rabbit_cluster == [] and status.workers == []

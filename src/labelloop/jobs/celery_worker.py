@@ -362,8 +362,12 @@ def run_worker(
         # The sentence encoder is not loaded here: loading torch in every data and inference
         # process at start kept them from answering for tens of seconds on a busy machine (a
         # cluster's first predictions timed out); it loads with the first text task's job.
-        backbones.preload()  # the image backbone, once per process, outside any time limit
         if role == "inference":
+            # The image backbone (torch and the network: seconds of CPU), once per process,
+            # outside any request's time limit: a prediction has seconds. Data and train jobs
+            # have minutes: theirs loads with the first job that needs it, so a cluster's start
+            # does not pay for it in every worker at once.
+            backbones.preload()
             # One native thread per process: a predict request is small, and OpenMP threads that
             # wait for each other on a busy machine cost more than they give. Inference scales
             # with processes (--concurrency) and workers instead.
