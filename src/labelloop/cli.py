@@ -99,6 +99,7 @@ def serve(
     import uvicorn
 
     from labelloop.api.app import create_app
+    from labelloop.cluster.gate import wait_for_gate
     from labelloop.jobs.factory import make_backend
     from labelloop.runtime import Runtime
 
@@ -107,6 +108,7 @@ def serve(
     if processes > 1:
         _serve_processes(settings, host, port, processes)
         return
+    wait_for_gate()  # started by a cluster agent: code imported, now wait for its node
     rt = Runtime(settings, migrate_schema=True)
     rt.attach_jobs(make_backend(rt))
     base = f"http://{host}:{port}"
@@ -125,30 +127,30 @@ def _serve_processes(settings: Settings, host: str, port: int, processes: int) -
     Each process builds its own app from the environment, so the command line's settings travel
     there as ``LABELLOOP_*`` variables; the schema is migrated once, here, before they start.
     """
+    import importlib
     import os
 
-    import uvicorn
-
+    from labelloop.cluster.gate import wait_for_gate
     from labelloop.errors import InvalidInput
+    from labelloop.prefork import serve_forked
     from labelloop.store.db import migrate
 
     if settings.jobs != "celery":
         raise InvalidInput(
             "--processes above 1 needs --jobs celery (local workers are per process)"
         )
+    # What every process would import, imported once here: they are forked after it.
+    for module in ("labelloop.api.app", "labelloop.jobs.factory", "labelloop.jobs.celery_backend"):
+        importlib.import_module(module)
+    wait_for_gate()  # started by a cluster agent: code imported, now wait for its node
     migrate(settings.resolved_database_url)
     os.environ["LABELLOOP_JOBS"] = settings.jobs
     os.environ["LABELLOOP_DATA_DIR"] = str(settings.resolved_data_dir)
     os.environ["LABELLOOP_IMPORT_ROOTS"] = ":".join(str(p) for p in settings.import_roots)
     console.print(f"labelloop serving on http://{host}:{port} with {processes} processes")
-    uvicorn.run(
-        "labelloop.cli:api_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=processes,
-        log_level="warning",
-    )
+    code = serve_forked("labelloop.cli:api_from_environment", host, port, processes)
+    if code:
+        raise typer.Exit(code)
 
 
 def api_from_environment() -> Any:

@@ -321,7 +321,13 @@ class FakeNode(RabbitNode):
         return [self.name]
 
     def join(
-        self, master: str, cookie: str, timeout_s: float = 90.0, *, allow_reset: bool = False
+        self,
+        master: str,
+        cookie: str,
+        timeout_s: float = 90.0,
+        *,
+        allow_reset: bool = False,
+        members: list[str] | None = None,
     ) -> bool:
         self.joined.append((master, cookie))
         return True
@@ -569,3 +575,68 @@ def test_the_broker_user_is_made_once(tmp_path: Path, monkeypatch: pytest.Monkey
     agent.initial(req)
     agent.initial(req.model_copy(update={"refresh": True}))
     assert made == [("labelloop", "pw")]  # the master's node, once
+
+
+def test_processes_start_before_the_join_and_wait_at_the_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers and the service start while the node joins (they import their code then);
+    the gate they wait at opens only once the node is in the cluster. A first join that fails
+    stops them, and the gate stays closed."""
+    from labelloop.cluster import agent as agent_mod
+    from labelloop.cluster.gate import GATE_ENV
+    from labelloop.cluster.probe import ProbeResult
+    from labelloop.errors import Unavailable
+
+    monkeypatch.setattr(agent_mod, "JOIN_RETRY_S", 0.0)
+    agent, sup, node = fake_agent(tmp_path, "10.0.0.21", 7000)
+    seen: list[tuple[list[str], bool]] = []
+    fail = [True]
+
+    def join(master: str, cookie: str, timeout_s: float = 90.0, **_: Any) -> bool:
+        seen.append((sorted(sup.specs), agent.gate.exists()))
+        if fail[0]:
+            raise Unavailable("rabbitmqctl eval failed: cannot_start_mnesia")
+        return True
+
+    node.join = join  # type: ignore[method-assign]
+    machines = [
+        MachineInfo(
+            hostname=f"h{i}", ip=f"10.0.0.{i}", port=7000, erlang_hash="", type="inference",
+            rabbit_node=f"rabbit@h{i}", amqp_port=5672, dist_port=25672,
+        )
+        for i in (20, 21)
+    ]  # fmt: skip
+    monkeypatch.setattr(
+        agent_mod, "probe_machines", lambda ms, **_: ProbeResult(list(ms), [], "tcp")
+    )
+    req = InitialRequest(
+        machines_info=machines, task_category="c", task_datastore_path=str(tmp_path / "ds"),
+        erlang_cookie=SecretStr("C"),
+    )  # fmt: skip
+    with pytest.raises(Unavailable):
+        agent.initial(req)
+    started = ["inference-10-0-0-21@h21", "service"]
+    assert seen[0] == (started, False)  # started before the join, the gate closed
+    assert sup.specs == {} and not agent.gate.exists()  # failed: stopped, still closed
+
+    fail[0], seen[:] = False, []
+    answer = agent.initial(req)
+    assert seen == [(started, False)] and agent.gate.exists()
+    assert all(dict(s.env)[GATE_ENV] == str(agent.gate.resolve()) for s in sup.specs.values())
+    assert answer.workers == started[:1] and answer.rpc == "http://10.0.0.21:8123"
+    agent.stop(rabbit=False)
+    assert not agent.gate.exists()
+
+
+def test_a_status_without_the_node_makes_no_rabbitmqctl_call(tmp_path: Path) -> None:
+    """What the coordinator polls while processes settle: the processes, not the node's members
+    (each rabbitmqctl call starts an Erlang VM)."""
+    agent, _, node = fake_agent(tmp_path, "10.0.0.21", 7000)
+
+    def no_call() -> list[str]:
+        raise AssertionError("rabbitmqctl called")
+
+    node.running_nodes = no_call  # type: ignore[method-assign]
+    status = agent.status(rabbit=False)
+    assert status.rabbit_cluster == [] and status.workers == []

@@ -63,6 +63,7 @@ class FakeAgent:
         self.registration: Registration | None = None
         self.service: str | None = None  # the role service's URL to answer with, if any
         self.workers: list[WorkerStatus] = []  # the supervised processes its status shows
+        self.status_rabbit: list[bool] = []  # each status call: whether it asked for the node
         self.is_stopped = False
         self.left = 0
         self.forgotten: list[str] = []
@@ -106,8 +107,9 @@ class FakeAgent:
             return self.answer.model_dump(mode="json")
 
         @self.app.post("/rpc/status")
-        def status(authorization: str | None = Header(None)) -> Any:
+        def status(authorization: str | None = Header(None), rabbit: bool = True) -> Any:
             auth(authorization)
+            self.status_rabbit.append(rabbit)
             assert self.registration is not None
             a = self.answer
             return AgentStatus(
@@ -613,6 +615,8 @@ def test_init_stops_waiting_for_a_crash_looping_child_and_shows_its_log(
     result = coord.init(InitRequest(train=1, inference=2, **TASK))
     assert list(result["failing"]) == ["127.0.0.11"]
     assert result["failing"]["127.0.0.11"][0]["last_exit_code"] == 2
+    # Settling reads the processes only: no rabbitmqctl call per agent per poll.
+    assert agents["127.0.0.11"].status_rabbit and not any(agents["127.0.0.11"].status_rabbit)
 
 
 def test_metrics_count_restarts(

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -33,12 +33,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr
 
 from labelloop.api import errors as api_errors
 from labelloop.cluster.client import AgentClient
 from labelloop.cluster.election import masters
+from labelloop.cluster.gate import GATE_ENV, close_gate, open_gate
 from labelloop.cluster.hosts import aliases, remove_block, write_hosts
 from labelloop.cluster.probe import probe_machines
 from labelloop.cluster.protocol import (
@@ -54,14 +54,9 @@ from labelloop.cluster.protocol import (
     bearer,
     cookie_hash,
 )
-from labelloop.cluster.rabbit import DEFAULT_BIN, RabbitNode, port_open
-from labelloop.cluster.security import (
-    check_token,
-    client_tls,
-    read_secret_file,
-    secrets_of_url,
-    server_tls,
-)
+from labelloop.cluster.rabbit import RabbitNode, port_open
+from labelloop.cluster.security import check_token, client_tls, secrets_of_url, server_tls
+from labelloop.cluster.settings import AgentSettings
 from labelloop.cluster.supervisor import ProcessSpec, Supervisor
 from labelloop.errors import ConfigError, InvalidInput, LabelloopError, Unavailable
 
@@ -78,161 +73,6 @@ class ForgetRequest(BaseModel):
     """``POST /rpc/forget``: a node gone for good, to remove from this node's cluster."""
 
     node: str = Field(pattern=NODE_NAME_PATTERN)
-
-
-class AgentSettings(BaseSettings):
-    """Everything machine-specific about an agent. Each field is a ``labelloop agent`` option
-    (``--rabbit-node`` for ``rabbit_node``) and a ``LABELLOOP_AGENT_*`` variable; several agents
-    can run on one host (the tests do). The cluster token is ``LABELLOOP_CLUSTER_TOKEN``."""
-
-    model_config = SettingsConfigDict(env_prefix="LABELLOOP_AGENT_", extra="ignore")
-
-    registry: str | None = Field(
-        default=None, description="The coordinator's URL (http:// or https://)."
-    )
-    advertise_ip: str | None = Field(
-        default=None, description="This machine's IP for the others; default: the IP towards "
-        "the coordinator."
-    )  # fmt: skip
-    port: int = Field(default=0, ge=0, le=65535, description="RPC port; 0 picks a free one.")
-    hostname: str | None = Field(
-        default=None, description="The name other machines' hosts files give this IP; default: "
-        "this machine's hostname."
-    )  # fmt: skip
-    rabbit_node: str | None = Field(
-        default=None, description="The local RabbitMQ node; default labelloop@<short hostname>."
-    )
-    amqp_port: int = Field(default=5672, ge=1, le=65535, description="The node's AMQP port.")
-    dist_port: int | None = Field(
-        default=None, ge=1, le=65535, description="The node's Erlang distribution port; default: "
-        "AMQP port + 20000."
-    )  # fmt: skip
-    rabbit_home: Path | None = Field(
-        default=None,
-        description="The node's HOME (its .erlang.cookie), with its data, logs and rabbitmq.conf "
-        "below it in rabbitmq/; default: DATA_DIR/rabbit.",
-    )
-    rabbit_bin: Path = Field(default=DEFAULT_BIN, description="Folder of the RabbitMQ scripts.")
-    rabbit_conf: Path | None = Field(
-        default=None,
-        description="A file of rabbitmq.conf lines added to the file the agent writes for a node "
-        "it starts (memory, disk, partition handling: docs/DEPLOY.md).",
-    )
-    start_rabbit: bool = Field(default=True, description="Start the node if it is not running.")
-    adopt_node: bool = Field(
-        default=False,
-        description="Allow joining a running node the agent did not start (e.g. the machine's "
-        "own rabbit@host) to the cluster: joining RESETS it (users, vhosts, queues are lost).",
-    )
-    stop_rabbit_on_exit: bool = Field(
-        default=False, description="Stop the node when the agent stops (only a node it started)."
-    )
-    hosts_file: Path = Field(
-        default=Path("/etc/hosts"), description="Hosts file with the managed block."
-    )
-    data_dir: Path = Field(default=Path("labelloop-agent"), description="The agent's own folder.")
-    log_dir: Path | None = Field(
-        default=None, description="Where worker and service logs go; default: DATA_DIR/logs."
-    )
-    api_port: int = Field(
-        default=8000, ge=1, le=65535, description="Port of the role service (seed step vi)."
-    )
-    broker_user: str = Field(
-        default="guest", description="The RabbitMQ user of workers and services (not guest in "
-        "production: the cluster master's agent creates it)."
-    )  # fmt: skip
-    broker_password: SecretStr = Field(
-        default=SecretStr("guest"),
-        description="Its password (LABELLOOP_AGENT_BROKER_PASSWORD, or --broker-password-file).",
-    )
-    broker_password_file: Path | None = Field(
-        default=None, description="A file (mode 600) holding the broker password."
-    )
-    broker_tls: bool = Field(
-        default=False,
-        description="amqps://: a node the agent starts listens with TLS (--tls-cert, --tls-key) "
-        "and workers verify it against --tls-ca.",
-    )
-    worker_concurrency: int | None = Field(
-        default=None, ge=1, description="Pool processes per Celery worker (default: the worker's)."
-    )
-    probe_timeout_s: float = Field(default=1.0, gt=0, description="Reachability probe time-out.")
-    icmp: Literal["auto", "on", "off"] = Field(
-        default="auto", description="Ping as well as the TCP probe: auto, on or off."
-    )
-    join_attempts: int = Field(
-        default=3, ge=1, le=20, description="Tries of the RabbitMQ join before initial fails."
-    )
-    tls_cert: Path | None = Field(
-        default=None, description="Certificate (PEM) of the agent's RPC (HTTPS), and of a node "
-        "it starts with --broker-tls."
-    )  # fmt: skip
-    tls_key: Path | None = Field(default=None, description="Its private key (PEM).")
-    tls_ca: Path | None = Field(
-        default=None, description="CA file to verify the coordinator, other agents and the "
-        "broker by (default: the system's CAs)."
-    )  # fmt: skip
-
-    @model_validator(mode="after")
-    def _tls_pieces(self) -> AgentSettings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together")
-        if self.broker_tls and (self.tls_cert is None or self.tls_ca is None):
-            raise ValueError("broker_tls needs tls_cert, tls_key and tls_ca")
-        return self
-
-    @property
-    def node_name(self) -> str:
-        return self.rabbit_node or f"labelloop@{socket.gethostname().split('.')[0]}"
-
-    @property
-    def logs(self) -> Path:
-        return self.log_dir or self.data_dir / "logs"
-
-    @property
-    def rabbit_folder(self) -> Path:
-        return self.rabbit_home or self.data_dir / "rabbit"
-
-    def broker_secret(self) -> str:
-        """The broker password, from its file if one is named."""
-        if self.broker_password_file is not None:
-            return read_secret_file(self.broker_password_file, "the broker password")
-        return self.broker_password.get_secret_value()
-
-    def check_production(self) -> None:
-        """What production needs beyond development (children would refuse it later)."""
-        if self.broker_user == "guest":
-            raise ConfigError(
-                "LABELLOOP_AGENT_BROKER_USER is RabbitMQ's guest account, which works over "
-                "loopback only; set a user of your own (and its password) on every machine"
-            )
-        if self.broker_secret() == "guest":
-            raise ConfigError("set the broker password (LABELLOOP_AGENT_BROKER_PASSWORD)")
-
-    def rabbitmq_conf(self) -> str:
-        """The rabbitmq.conf of a node the agent starts: TLS listener, log rotation, extras."""
-        lines = [
-            "# written by labelloop agent; add settings with --rabbit-conf",
-            "log.file.rotation.size = 10485760",
-            "log.file.rotation.count = 5",
-        ]
-        if self.broker_tls:
-            assert self.tls_cert and self.tls_key and self.tls_ca
-            lines += [
-                "listeners.tcp = none",
-                f"listeners.ssl.default = {self.amqp_port}",
-                f"ssl_options.cacertfile = {self.tls_ca.resolve()}",
-                f"ssl_options.certfile = {self.tls_cert.resolve()}",
-                f"ssl_options.keyfile = {self.tls_key.resolve()}",
-                "ssl_options.verify = verify_none",
-                "ssl_options.fail_if_no_peer_cert = false",
-            ]
-        if self.rabbit_conf is not None:
-            try:
-                lines += ["", f"# from {self.rabbit_conf}", self.rabbit_conf.read_text().strip()]
-            except OSError as exc:
-                raise ConfigError(f"cannot read {self.rabbit_conf}: {exc.strerror}") from None
-        return "\n".join(lines) + "\n"
 
 
 def local_ip(towards: str | None) -> str:
@@ -277,6 +117,8 @@ class Agent:
             config=settings.rabbitmq_conf(),
         )
         self.supervisor = Supervisor(scrub=self.scrub)
+        #: Open (the file exists) once the node is ready for the workers and the service.
+        self.gate = settings.data_dir / "start-gate"
         self.machine: Registration | None = None
         self.role: Role | None = None
         self.good: list[MachineInfo] = []
@@ -300,6 +142,7 @@ class Agent:
         s = self.settings
         ip = s.advertise_ip or local_ip(s.registry)
         port = sock.getsockname()[1] if sock is not None else s.port
+        close_gate(self.gate)  # left by an earlier run: nothing passes before initial
         self._ensure_node()
         self.machine = Registration(
             hostname=s.hostname or socket.gethostname(),
@@ -395,9 +238,14 @@ class Agent:
         self._database_url = req.database_url
         # i) who is reachable; the good machines go into the hosts file
         icmp = {"auto": None, "on": True, "off": False}[self.settings.icmp]
+        started = time.monotonic()
         probe = probe_machines(
             req.machines_info, timeout_s=self.settings.probe_timeout_s, use_icmp=icmp
         )
+        log.info(
+            "initial: %d of %d machines reachable (%s probe, %.1f s)",
+            len(probe.good), len(req.machines_info), probe.method, time.monotonic() - started,
+        )  # fmt: skip
         good, bad = probe.good, probe.bad
         if not any(self._is_me(m) for m in good):  # we are answering: we are up
             good, bad = [*good, me], [m for m in bad if not self._is_me(m)]
@@ -409,26 +257,17 @@ class Agent:
         m_train, m_inf = masters(good)
         # iii) every good machine's node joins the inference master's cluster
         cluster_master = m_inf or m_train
-        if not port_open(self.node.amqp_port):  # stopped by `cluster down`, say
-            self._ensure_node()
         target = cluster_master.rabbit_node if cluster_master is not None else None
         if cluster_master is not None and self._is_me(cluster_master):
             # Elected, yet a late machine (a smaller address): the running cluster is elsewhere.
             target = req.cluster_node if req.cluster_node != self.node.name else None
-        members = self._members()  # one rabbitmqctl call (seconds): also the answer's
-        if target is not None and target != self.node.name:
-            assert cluster_master is not None
-            if target not in members:
-                self._join(req, target, cluster_master)
-                members = self._members()
-        elif self.settings.broker_user != "guest":
-            self._ensure_user()
-        self.cluster_node = target or self.node.name
-        # iv) the role's Celery workers, supervised
+        # iv) the role's Celery workers and vi) its service, supervised, start first: they import
+        # their code (seconds of CPU each) while the node gets ready (iii: seconds per rabbitmqctl
+        # call), and wait at the start gate until it is.
+        gate_was_open = self.gate.exists()
         env = self._child_env(req, [m for m in (m_inf, m_train) if m is not None])
         Path(req.task_datastore_path).mkdir(parents=True, exist_ok=True)
         workers = self._ensure_workers(me, env)
-        # vi) the role's service
         n_inference = sum(1 for m in good if m.type == "inference")
         processes = 0
         if me.type == "inference":
@@ -438,6 +277,19 @@ class Agent:
         elif m_train is not None and self._is_me(m_train):
             processes = 1
         service = self._ensure_service(me, env, processes, req.api_port)
+        try:
+            members = self._ready_node(req, target, cluster_master)
+        except BaseException:
+            if not gate_was_open:  # they never passed the gate: as if never started
+                for name in self.supervisor.names():
+                    self.supervisor.stop(name)
+                self.service_processes = 0
+            raise
+        open_gate(self.gate)
+        log.info("initial: node ready, start gate open")
+        self.cluster_node = target or self.node.name
+        if members is None:  # for the answer, once the processes are on their way
+            members = self._members()
         self.role, self.good, self.bad = me.type, good, bad
         self.master_train = m_train.ip if m_train else ""
         self.master_inference = m_inf.ip if m_inf else ""
@@ -455,14 +307,37 @@ class Agent:
             probe=probe.method,
         )
 
-    def _join(self, req: InitialRequest, target: str, master: MachineInfo) -> None:
+    def _ready_node(
+        self, req: InitialRequest, target: str | None, cluster_master: MachineInfo | None
+    ) -> list[str] | None:
+        """Step iii: the node running, in the cluster of ``target``, with the broker user where
+        this node is the cluster's master. Each rabbitmqctl call starts an Erlang VM (seconds on
+        a busy machine): the members are read once before a join (the join reuses them); the
+        members when already known (else None)."""
+        if not port_open(self.node.amqp_port):  # stopped by `cluster down`, say
+            self._ensure_node()
+        if target is not None and target != self.node.name:
+            assert cluster_master is not None
+            known = self._members()
+            if target in known:
+                return known
+            self._join(req, target, cluster_master, known)
+        elif self.settings.broker_user != "guest":
+            self._ensure_user()
+        return None
+
+    def _join(
+        self, req: InitialRequest, target: str, master: MachineInfo, members: list[str]
+    ) -> None:
         """Step iii, retried: a join can fail for a moment (the master's node busy, a port not
-        free yet); a refusal (a node that is not ours) is not retried."""
+        free yet); a refusal (a node that is not ours) is not retried. ``members``, as just read
+        (empty if the node did not answer), spare the first try reading them again."""
         cookie = self._cluster_cookie(req, master)
         attempts = self.settings.join_attempts
         for attempt in range(1, attempts + 1):
             try:
-                self.node.join(target, cookie, allow_reset=self.settings.adopt_node)
+                known = members if attempt == 1 and members else None
+                self.node.join(target, cookie, allow_reset=self.settings.adopt_node, members=known)
                 return
             except Unavailable as exc:
                 if attempt == attempts:
@@ -524,6 +399,7 @@ class Agent:
             if not k.startswith(("LABELLOOP_AGENT_", "LABELLOOP_CLUSTER_", "RABBITMQ_"))
         }
         env |= {
+            GATE_ENV: str(self.gate.resolve()),
             "LABELLOOP_BROKER_URL": ";".join(urls),
             "LABELLOOP_DATA_DIR": str(Path(req.task_datastore_path).resolve()),
             "LABELLOOP_JOBS": "celery",
@@ -583,13 +459,16 @@ class Agent:
 
     # -- status, rabbit, stop, leave ---------------------------------------------------------
 
-    def status(self) -> AgentStatus:
+    def status(self, rabbit: bool = True) -> AgentStatus:
+        """What this agent knows. ``rabbit=False`` (the coordinator while processes settle, once
+        a second) leaves out the node's members, a rabbitmqctl call (an Erlang VM, seconds of
+        CPU): ``rabbit_cluster`` is empty, ``rabbit_running`` only says its AMQP port is open."""
         masters_: dict[str, str] = {}
         if self.master_train:
             masters_["train"] = self.master_train
         if self.master_inference:
             masters_["inference"] = self.master_inference
-        members = self._members()
+        members = self._members() if rabbit else []
         return AgentStatus(
             machine=self.info(),
             role=self.role,
@@ -598,7 +477,7 @@ class Agent:
             masters=masters_,
             workers=self.supervisor.status(),
             rabbit_cluster=members,
-            rabbit_running=bool(members),
+            rabbit_running=bool(members) if rabbit else port_open(self.node.amqp_port),
             cluster_node=self.cluster_node,
             service=self.service,
             stopped=self.stopped,
@@ -631,6 +510,7 @@ class Agent:
             names = self.supervisor.names()
             self.supervisor.stop_all()
             self.supervisor = Supervisor(scrub=self.scrub)
+            close_gate(self.gate)
             hosts = self._remove_hosts_block()
             stopped_node = False
             if rabbit and self.node.started_by_us:
@@ -646,6 +526,7 @@ class Agent:
             names = self.supervisor.names()
             self.supervisor.stop_all()
             self.supervisor = Supervisor(scrub=self.scrub)
+            close_gate(self.gate)
             left = False
             members = self._members()
             if len(members) > 1:
@@ -679,6 +560,7 @@ class Agent:
     def shutdown(self) -> None:
         """A clean stop of the agent: its processes, its hosts block, its node if asked to."""
         self.supervisor.stop_all()
+        close_gate(self.gate)
         self._remove_hosts_block()
         if self.settings.stop_rabbit_on_exit and self.node.started_by_us:
             self.node.stop()
@@ -730,8 +612,8 @@ class Agent:
             return agent.initial(req)
 
         @app.post(f"{RPC_PREFIX}/status", dependencies=secured)
-        def status() -> AgentStatus:
-            return agent.status()
+        def status(rabbit: bool = True) -> AgentStatus:
+            return agent.status(rabbit)
 
         @app.post(f"{RPC_PREFIX}/rabbit", dependencies=secured)
         def rabbit() -> RabbitStatus:

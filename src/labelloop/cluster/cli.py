@@ -21,10 +21,7 @@ from rich.table import Table
 
 from labelloop.cliutil import console, err_console, friendly, setup_logging
 from labelloop.cluster import health
-from labelloop.cluster.agent import AgentSettings, run_agent
 from labelloop.cluster.client import CoordinatorClient
-from labelloop.cluster.coordinator import load_machines_file
-from labelloop.cluster.coordinator import serve as serve_coordinator
 from labelloop.cluster.protocol import Role
 from labelloop.cluster.security import (
     CA_ENV,
@@ -33,8 +30,12 @@ from labelloop.cluster.security import (
     read_secret_file,
     server_tls,
 )
+from labelloop.cluster.settings import AgentSettings
 from labelloop.config import load_settings
 from labelloop.errors import ConfigError, InvalidInput
+
+# The agent and the coordinator (FastAPI apps) are imported by their own commands only: every
+# ``labelloop`` process (each worker and service, ``cluster init``) loads this module.
 
 # -- labelloop agent ---------------------------------------------------------------------------
 #: Settings that are secrets: never an option (a command line is visible to every user of the
@@ -93,6 +94,8 @@ def _agent(**given: Any) -> None:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"invalid agent setting {where}: {err['msg']}") from None
+    from labelloop.cluster.agent import run_agent
+
     run_agent(agent_settings, token, settings.environment)
 
 
@@ -140,6 +143,8 @@ def coordinator(
     console.print(
         f"labelloop coordinator on {scheme}://{host}:{port} (state: {state_dir.resolve()})"
     )
+    from labelloop.cluster.coordinator import serve as serve_coordinator
+
     serve_coordinator(host, port, state_dir.resolve(), token, tls, client_tls(tls_ca))
 
 
@@ -237,6 +242,8 @@ def _init_body(
         "inference": inference,
     }
     if machines_file is not None:
+        from labelloop.cluster.coordinator import load_machines_file
+
         entries = load_machines_file(machines_file)
         body["machines_info"] = [e.model_dump(exclude_none=True) for e in entries]
     return body

@@ -190,8 +190,9 @@ class AgentClient(RpcClient):
         answer: InitialAnswer = _parse(InitialAnswer, raw, self.base_url)
         return answer
 
-    def status(self, timeout: float | None = None) -> AgentStatus:
-        raw = self.call("POST", "/status", timeout=timeout)
+    def status(self, timeout: float | None = None, *, rabbit: bool = True) -> AgentStatus:
+        """The agent's status; ``rabbit=False``: without its node's members (no rabbitmqctl)."""
+        raw = self.call("POST", "/status" if rabbit else "/status?rabbit=false", timeout=timeout)
         result: AgentStatus = _parse(AgentStatus, raw, self.base_url)
         return result
 

@@ -396,13 +396,16 @@ class Coordinator:
             return result
 
     def _statuses(
-        self, machines: list[MachineInfo], timeout: float | None = None
+        self, machines: list[MachineInfo], timeout: float | None = None, *, rabbit: bool = True
     ) -> dict[str, AgentStatus | LabelloopError]:
+        """Every agent's status, asked in parallel; ``rabbit=False``: only what their processes
+        do (what settling reads), without the rabbitmqctl call each status otherwise makes."""
+
         def ask(m: MachineInfo) -> AgentStatus:
             # An agent's status runs ``rabbitmqctl cluster_status`` (a second or more): a longer
             # wait than the health probe, or a busy machine would look bad.
             with self.agent(m, timeout=timeout or self.status_timeout_s) as a:
-                return a.status()
+                return a.status(rabbit=rabbit)
 
         return {m.ip: got for m, got in zip(machines, parallel(machines, ask), strict=True)}
 
@@ -416,7 +419,8 @@ class Coordinator:
         restarts: dict[tuple[str, str], int] = {}
         deadline = time.monotonic() + self.settle_timeout_s
         while targets:
-            statuses = self._statuses(targets)
+            # Once a second while the processes start: no Erlang VM per agent per poll.
+            statuses = self._statuses(targets, rabbit=False)
             settled = True
             exited: set[tuple[str, str]] = set()
             for ip, got in statuses.items():
@@ -440,7 +444,7 @@ class Coordinator:
     def _failing_children(
         self, machines: list[MachineInfo], answers: dict[str, InitialAnswer]
     ) -> dict[str, list[dict[str, Any]]]:
-        return _failing(self._statuses([m for m in machines if m.ip in answers]))
+        return _failing(self._statuses([m for m in machines if m.ip in answers], rabbit=False))
 
     def _ensure_task(
         self, request: InitRequest, answers: dict[str, InitialAnswer]
@@ -486,7 +490,8 @@ class Coordinator:
                 try:
                     with self.agent(machine, timeout=self.status_timeout_s) as a:
                         service = next(
-                            (w for w in a.status().workers if w.name == SERVICE_NAME), None
+                            (w for w in a.status(rabbit=False).workers if w.name == SERVICE_NAME),
+                            None,
                         )
                 except LabelloopError:
                     service = None

@@ -320,13 +320,20 @@ class RabbitNode:
         return sorted(str(n) for n in nodes) if isinstance(nodes, list) else []
 
     def join(
-        self, master: str, cookie: str, timeout_s: float = 90.0, *, allow_reset: bool = False
+        self,
+        master: str,
+        cookie: str,
+        timeout_s: float = 90.0,
+        *,
+        allow_reset: bool = False,
+        members: list[str] | None = None,
     ) -> bool:
         """The seed's step iii: join ``master``'s cluster; returns False if already a member.
 
         With a different cookie, the node takes the cluster's cookie first (:meth:`adopt_cookie`).
         Then ``stop_app``, ``reset``, ``join_cluster``, ``start_app``. A node the agent did not
         start is reset only with ``allow_reset`` (else :class:`ConfigError`, nothing touched).
+        ``members``: this node's running members as the caller just read them (not read again).
         """
         if master == self.name:
             return False
@@ -334,7 +341,7 @@ class RabbitNode:
         running = port_open(self.amqp_port)
         if running:
             try:
-                if master in self.running_nodes():
+                if master in (members if members else self.running_nodes()):
                     return False
             except Unavailable:
                 running = self.is_running()

@@ -28,6 +28,7 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command, inspect_command
 from threadpoolctl import threadpool_limits
 
+from labelloop.cluster.gate import wait_for_gate
 from labelloop.config import Settings
 from labelloop.distributed.launch import JOIN_COMMAND
 from labelloop.distributed.world import World, spawn_rank
@@ -341,6 +342,7 @@ def run_worker(
             RABBITMQ_CONSUMER_TIMEOUT_S,
         )
     _DATA_DIR[:] = [settings.data_dir.resolve()]
+    wait_for_gate()  # started by an agent: imports done, now wait for its node to be ready
     # Several processes may start at once; migrations are serialised by the store.
     migrate(settings.resolved_database_url)
     # Inference workers publish answers only (re-prediction jobs have no follow-ups).
@@ -360,8 +362,12 @@ def run_worker(
         # The sentence encoder is not loaded here: loading torch in every data and inference
         # process at start kept them from answering for tens of seconds on a busy machine (a
         # cluster's first predictions timed out); it loads with the first text task's job.
-        backbones.preload()  # the image backbone, once per process, outside any time limit
         if role == "inference":
+            # The image backbone (torch and the network: seconds of CPU), once per process,
+            # outside any request's time limit: a prediction has seconds. Data and train jobs
+            # have minutes: theirs loads with the first job that needs it, so a cluster's start
+            # does not pay for it in every worker at once.
+            backbones.preload()
             # One native thread per process: a predict request is small, and OpenMP threads that
             # wait for each other on a busy machine cost more than they give. Inference scales
             # with processes (--concurrency) and workers instead.
