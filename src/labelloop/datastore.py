@@ -371,7 +371,10 @@ class FeatureRows:
     def get(self, ids: Sequence[int], hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The rows of the items whose ``ids`` point at a whole row computed from content of
         these ``hashes``: (which of them were found, their rows in that order)."""
-        rows = self._rows_of(np.asarray(ids, dtype=np.int64))
+        return self._take(self._rows_of(np.asarray(ids, dtype=np.int64)), hashes)
+
+    def _take(self, rows: np.ndarray, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``rows`` (-1: none) that are whole and of these content ``hashes``."""
         found = rows >= 0
         layout = self.layout()
         if not found.any() or layout is None:
@@ -390,6 +393,26 @@ class FeatureRows:
         ok = (got["hash"] == want) & (got["sum"] == row_sums(vectors))
         found[np.flatnonzero(found)[~ok]] = False
         return found, vectors[ok]
+
+    def find(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows computed from these content ``hashes``, whichever item they were stored for
+        (copies of a content; a feature folder copied from another task): (found, rows, their
+        row numbers). Reads every key: O(pool), for callers that look up a share of it."""
+        keys = self._array("keys.bin", KEY)
+        where: dict[bytes, int] = {}
+        wanted = {hash_digest(h) for h in hashes}
+        for row in np.flatnonzero(np.isin(keys["hash"], np.array(list(wanted), dtype="V32"))):
+            where[bytes(keys["hash"][row])] = int(row)
+        rows = np.array([where.get(hash_digest(h), -1) for h in hashes], dtype=np.int64)
+        found, vectors = self._take(rows, hashes)
+        return found, vectors, rows[found]
+
+    def link(self, ids: Sequence[int], rows: Sequence[int]) -> None:
+        """Point items at rows already there (under the lock, as an append)."""
+        with file_lock(self.path / "rows.lock"):
+            for item_id, row in sorted(zip(ids, rows, strict=True)):
+                if 0 < item_id < MAX_ITEM_ID:
+                    self._write("ids.bin", int(item_id) * 8, np.int64(int(row) + 1).tobytes())
 
     def range(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start`` to ``stop`` (a copy), flattened to one vector each."""

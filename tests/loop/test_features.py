@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,3 +170,25 @@ def test_the_shared_index_grows_as_rows_arrive_and_a_training_builds_nothing(
     truth = NearestNeighbors(n_neighbors=6).fit(X).kneighbors(X, return_distance=False)[:, 1:]
     hits = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist(), strict=True))
     assert hits / truth.size > 0.9
+
+
+def test_a_feature_folder_copied_from_another_task_is_read_by_content(tmp_path: Path) -> None:
+    """What ``bench/photos.py --features-from`` does: another task's items (other ids) of the
+    same contents find their rows, and are pointed at them instead of computed or copied."""
+    rt, fz = Rt(tmp_path), Counting()
+    first = refs(texts(40))
+    featurize(rt, 1, CATEGORY, [fz], first)  # type: ignore[arg-type]
+    shutil.copytree(
+        TaskFolder(tmp_path, 1).preprocess / "features",
+        TaskFolder(tmp_path, 2).preprocess / "features",
+    )
+    second = refs(texts(45), first_id=1001)  # the same 40 texts and 5 new ones
+    seen = len(fz.seen)
+    batch = featurize(rt, 2, CATEGORY, [fz], second)  # type: ignore[arg-type]
+    assert fz.seen[seen:] == [it.data for it in second[40:]]
+    np.testing.assert_array_equal(
+        batch.features.array("vec"), np.stack([embed(it.data) for it in second])
+    )
+    rows = feature_rows(rt, 2, fz.version)  # type: ignore[arg-type]
+    assert rows.count() == 45  # 40 rows pointed at, 5 appended
+    assert rows.get([1001, 1044], [second[0].content_hash, second[43].content_hash])[0].all()  # type: ignore[list-item]

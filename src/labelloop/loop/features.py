@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 TRANSFORM_BATCH = 128
 #: Items read, fetched and featurized at a time: what one call holds of their contents.
 CHUNK = 2048
+#: Items without a row of their own look for one of the same content (another item's, or a
+#: feature folder copied from another task) when they are at least 1/FIND_SHARE of the rows: the
+#: search reads every key, so it is only done when that is in proportion to the call's own work.
+FIND_SHARE = 8
 
 
 def is_text(category: str) -> bool:
@@ -203,6 +207,8 @@ class _Run:
         # Content is fetched for the rest only; its hash may be new to the item: look again.
         fetched = [i for i in sorted(missing) if content_of(chunk[i]) is not None]
         todo = self._read(rows, start, chunk, fetched, got)
+        if todo and len(todo) * FIND_SHARE >= rows.count():
+            todo = self._find(rows, start, chunk, todo, got)
         new: dict[int, np.ndarray] = {}
         if todo and self._has_old(fz.version):
             for i in todo:
@@ -259,6 +265,23 @@ class _Run:
         at = np.asarray(which, dtype=np.int64)
         if found.any():
             got.append((at[found] + start, vectors))
+        return [int(i) for i in at[~found]]
+
+    def _find(
+        self,
+        rows: FeatureRows,
+        start: int,
+        chunk: Sequence[ItemRef],
+        which: list[int],
+        got: list[tuple[np.ndarray, np.ndarray]],
+    ) -> list[int]:
+        """Rows of the same content stored for other items (copies; a copied feature folder):
+        these items are pointed at them. Returns the items still without a row."""
+        found, vectors, at_rows = rows.find([self.hashes[chunk[i].id] for i in which])
+        at = np.asarray(which, dtype=np.int64)
+        if found.any():
+            got.append((at[found] + start, vectors))
+            rows.link([chunk[int(i)].id for i in at[found]], at_rows.tolist())
         return [int(i) for i in at[~found]]
 
     def _has_old(self, version: str) -> bool:
