@@ -91,9 +91,9 @@ class ModelCache:
 
 
 class FeatureCache:
-    """The feature files open in this process (:class:`~labelloop.datastore.FeatureRows`, with
-    their memory maps), by (task, featurizer version). No feature is kept here: the maps are the
-    kernel's page cache, shared by every process of the machine and given back under pressure."""
+    """The feature files this process reads (:class:`~labelloop.datastore.FeatureRows`, which
+    know their rows' layout), by (task, featurizer version). No feature is kept here: rows are
+    read from the file when asked for (the kernel's page cache keeps the hot ones)."""
 
     def __init__(self, max_tasks: int = 64) -> None:
         self.max_tasks = max_tasks

@@ -2,9 +2,8 @@
 
 An item's content is fetched at most once: its hash is recorded on the item, and its features are
 stored as one row of the featurizer version's file (:class:`~labelloop.datastore.FeatureRows`),
-found by item id and checked against that hash, so retraining reads them back instead. The file
-is memory-mapped: reading N items' rows costs O(N), whatever the pool, and no process keeps
-features of its own. Datastores of the old layout (one ``.npy`` per content hash) are read too,
+found by item id and checked against that hash, so retraining reads them back instead. Reading
+N items' rows reads O(N) bytes, whatever the pool, and no process keeps features of its own. Datastores of the old layout (one ``.npy`` per content hash) are read too,
 and what is read from them is appended as rows. Text views (``cacheable = False``: the words
 TF-IDF is fitted on, spaCy's raw text) are not stored: they are the item's own text, read again.
 """
@@ -119,7 +118,7 @@ def featurize(
     """Features of ``items`` for a learner (exactly the featurizers it is frozen with) or for a
     list of featurizers; items that fail are reported, the others go on.
 
-    Stored rows are read memory-mapped; the others are computed, appended and, once the pool is
+    Stored rows are read from the task's rows; the others are computed, appended and, once the pool is
     past the exact-index size, added to the task's shared neighbour index. Items go through
     :data:`CHUNK` at a time, so their fetched contents are held a chunk at a time.
     """
@@ -134,7 +133,7 @@ def featurize(
 
 
 def feature_rows(rt: Runtime, task_id: int, version: str) -> FeatureRows:
-    """The task's rows of one featurizer version, opened once per process (it keeps its maps)."""
+    """The task's rows of one featurizer version, opened once per process."""
     return FEATURES.rows(task_id, version, lambda: rt.folder(task_id).feature_rows(version))
 
 
