@@ -12,7 +12,10 @@ A large pool's index is *shared*: while :func:`kept_in` names a folder (training
 ``Preprocess/neighbours``), the index of each feature space is read from there, grown by the rows it
 lacks and written back (``faiss.write_index``, under a file lock), so it is built once for the task
 and every worker of the data folder, in any process, reads it instead of building its own. A
-process keeps what it read until another one writes a newer index.
+process keeps what it read until another one writes a newer index. Rows join it *as items
+arrive*: :func:`index_arrivals`, called when a featurize job appends rows to the task's feature
+file, adds them (a batch at a time), so a training finds the index built and adds at most the
+few rows still waiting.
 
 Chosen by measurement (docs/BENCHMARKS.md, "Neighbours"): ``faiss-cpu`` installs as a wheel and
 grows in place; ``hnswlib`` has no wheel for this Python (it would
