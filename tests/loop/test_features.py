@@ -107,9 +107,9 @@ def test_rows_are_computed_once_and_read_back(tmp_path: Path) -> None:
 
 def test_changed_content_copies_and_bad_items(tmp_path: Path) -> None:
     rt, fz = Rt(tmp_path), Counting()
-    items = refs(["a one", "bad two", "a one", "b three"])
+    items = refs(["a one", "bad two", "a one", "b three", "bad two"])
     batch = featurize(rt, 1, CATEGORY, [fz], items)  # type: ignore[arg-type]
-    assert batch.ok == [0, 2, 3] and set(batch.failed) == {2}
+    assert batch.ok == [0, 2, 3] and set(batch.failed) == {2, 5}  # a bad copy fails as well
     assert fz.seen == ["a one", "b three"]  # the copy was computed once
     np.testing.assert_array_equal(batch.features.array("vec")[1], embed("a one"))
     # Item 4 is read again (no hash on record) and its content changed (a data link that now

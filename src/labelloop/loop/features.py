@@ -228,11 +228,15 @@ class _Run:
             for (i, _), vec in zip(batch, _transform(fz, pairs, self.failed), strict=True):
                 if vec is not None:
                     new[i] = vec
-        for i in todo:
-            if i not in new and chunk[i].id not in self.failed:
-                twin = first.get(self.hashes[chunk[i].id])
-                if twin is not None and twin in new:
-                    new[i] = new[twin]
+        for i in todo:  # copies of a computed content share its row, or its failure
+            it = chunk[i]
+            twin = first.get(self.hashes[it.id])
+            if i in new or it.id in self.failed or twin is None:
+                continue
+            if twin in new:
+                new[i] = new[twin]
+            elif chunk[twin].id in self.failed:
+                self.failed[it.id] = self.failed[chunk[twin].id]
         if not new:
             return
         order = sorted(new)
@@ -305,9 +309,13 @@ class _Run:
                 continue
             dtype = np.result_type(*(rows.dtype for _, rows in parts))
             out = np.empty((len(ok), *parts[0][1].shape[1:]), dtype=dtype)
+            filled = np.zeros(len(ok), dtype=bool)
             for pos, rows in parts:
                 keep = slot[pos] >= 0
                 out[slot[pos[keep]]] = rows[keep]
+                filled[slot[pos[keep]]] = True
+            if not filled.all():  # every item is read, computed or failed: never left out
+                raise RuntimeError(f"{int((~filled).sum())} items got no {fz.view!r} features")
             views[fz.view] = out
         return FeatureBatch(Features(views), ok, self.failed, self.learned)
 
