@@ -1,7 +1,8 @@
 """What reading a few items' features costs in a large task: memory-mapped rows against the old
 layout (one ``.npy`` per content hash, kept in a per-process table once read).
 
-    python -m bench.feature_rows --rows 1000000 --dim 32 --old 100000 --out bench/results/feature_rows.json
+    python -m bench.feature_rows --rows 1000000 --dim 32 --old 100000 \
+        --out bench/results/feature_rows.json
 
 Synthetic features (``--dim`` float32 per item, a cheap featurizer's size); item ``i`` has the
 content hash sha256(i). Built once in a temporary folder: ``--rows`` rows through

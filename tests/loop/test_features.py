@@ -1,5 +1,6 @@
 """Features through the task's rows: computed once, read back by id and content hash (the old
-``.npy`` layout too), a bad item fails alone, and the shared neighbour index grows as rows arrive."""
+``.npy`` layout too), a bad item fails alone, and the shared neighbour index grows as rows
+arrive."""
 
 from __future__ import annotations
 
@@ -191,4 +192,5 @@ def test_a_feature_folder_copied_from_another_task_is_read_by_content(tmp_path: 
     )
     rows = feature_rows(rt, 2, fz.version)  # type: ignore[arg-type]
     assert rows.count() == 45  # 40 rows pointed at, 5 appended
-    assert rows.get([1001, 1044], [second[0].content_hash, second[43].content_hash])[0].all()  # type: ignore[list-item]
+    hashes = [content_hash(it.data.encode()) for it in (second[0], second[43])]
+    assert rows.get([1001, 1044], hashes)[0].all()

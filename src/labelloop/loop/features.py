@@ -3,8 +3,9 @@
 An item's content is fetched at most once: its hash is recorded on the item, and its features are
 stored as one row of the featurizer version's file (:class:`~labelloop.datastore.FeatureRows`),
 found by item id and checked against that hash, so retraining reads them back instead. Reading
-N items' rows reads O(N) bytes, whatever the pool, and no process keeps features of its own. Datastores of the old layout (one ``.npy`` per content hash) are read too,
-and what is read from them is appended as rows. Text views (``cacheable = False``: the words
+N items' rows reads O(N) bytes, whatever the pool, and no process keeps features of its own.
+Datastores of the old layout (one ``.npy`` per content hash) are read too, and what is read from
+them is appended as rows. Text views (``cacheable = False``: the words
 TF-IDF is fitted on, spaCy's raw text) are not stored: they are the item's own text, read again.
 """
 
@@ -118,9 +119,10 @@ def featurize(
     """Features of ``items`` for a learner (exactly the featurizers it is frozen with) or for a
     list of featurizers; items that fail are reported, the others go on.
 
-    Stored rows are read from the task's rows; the others are computed, appended and, once the pool is
-    past the exact-index size, added to the task's shared neighbour index. Items go through
-    :data:`CHUNK` at a time, so their fetched contents are held a chunk at a time.
+    Stored rows are read (O(len(items)) bytes, whatever the pool); the others are computed,
+    appended and, once the pool is past the exact-index size, added to the task's shared
+    neighbour index. Items go through :data:`CHUNK` at a time, so their fetched contents are held
+    a chunk at a time.
     """
     featurizers = learner.featurizers() if isinstance(learner, Learner) else list(learner)
     run = _Run(rt, task_id, category, items)
