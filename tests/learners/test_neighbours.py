@@ -89,3 +89,24 @@ def test_a_large_pools_index_is_built_once_and_shared_through_its_folder(
     assert index.index.ntotal == len(X) and len(index.positions) == len(X)
     assert recall(grown, exact(X, 5)) > 0.9
     assert 20 not in neighbours._GROWING  # nothing was built in this process alone
+
+
+def test_a_sample_of_a_large_shared_index_gets_its_own_and_the_shared_one_stays(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(neighbours, "EXACT_BELOW", 500)
+    monkeypatch.setattr(neighbours, "_SHARED", {})
+    monkeypatch.setattr(neighbours, "_GROWING", {})
+    X = clusters(3000, 12, 4)
+    with neighbours.kept_in(tmp_path):
+        neighbours.neighbours(X, 5)
+    written = tmp_path / "hnsw-12d.faiss"
+    stamp = written.stat().st_mtime_ns
+    # A training that reads a sample of the pool (a fifth: less than 1/2.5 of the index).
+    sample = X[::5]
+    with neighbours.kept_in(tmp_path):
+        got = neighbours.neighbours(sample, 5)
+    assert written.stat().st_mtime_ns == stamp  # the task's index was not replaced
+    assert neighbours.GrowingIndex.read(written, 12).index.ntotal == len(X)
+    assert recall(got, exact(sample, 5)) > 0.9 and got.max() < len(sample)
+    assert neighbours._GROWING[12].index.ntotal == len(sample)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from labelloop.config import Settings
+from labelloop.datastore import FeatureRows
 from labelloop.learners import backbones
 from labelloop.loop import training
 from labelloop.loop.executor import execute
@@ -228,7 +229,7 @@ def test_fine_tuning_is_scored_on_one_fold_and_never_featurizes_the_pool_when_it
         assert evidence["pool-svm"]["evaluation"] == "k-fold"
         assert "pool-svm" in evidence["finetune"]["against"]
         maps = rt.folder(t).preprocess / "features"
-        n_maps = len(list(maps.glob("maps-*/*/*.npy")))
+        n_maps = sum(FeatureRows(d).count() for d in maps.glob("maps-*"))
         # Bright halves, which grey pixels tell apart perfectly: fine-tuning cannot beat pixels
         # on the first fold, so it was fitted once, and only the labelled items went through the
         # backbone for it.
@@ -347,7 +348,7 @@ def test_the_pool_is_embedded_only_once_a_backbone_learner_wins(
         embeddings = rt.folder(t).preprocess / "features"
 
         def embedded() -> int:
-            stored = len(list(embeddings.glob("embed-*/*/*.npy")))
+            stored = sum(FeatureRows(d).count() for d in embeddings.glob("embed-*"))
             assert stored == through_backbone[0]  # each item through the backbone once
             return stored
 

@@ -163,6 +163,14 @@ def configure(settings: Settings) -> None:
         _DEFAULT, _THREADS = spec, settings.torch_threads
 
 
+def torch_device() -> str:
+    """Where PyTorch inference runs: the GPU when there is one (featurizing is the bottleneck of a
+    large task: issue 17), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def apply_threads() -> None:
     """PyTorch's threads per process from ``LABELLOOP_TORCH_THREADS`` (unset: PyTorch's default)."""
     if _THREADS:
@@ -269,7 +277,7 @@ class Backbone:
         import torch
 
         apply_threads()
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch_device()
         weights = (self.spec.kind, self.spec.sha256)
         shared = _MODULES.get(weights)
         if shared is not None:  # the same weights at another input size: one copy per process

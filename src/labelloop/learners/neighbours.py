@@ -12,7 +12,10 @@ A large pool's index is *shared*: while :func:`kept_in` names a folder (training
 ``Preprocess/neighbours``), the index of each feature space is read from there, grown by the rows it
 lacks and written back (``faiss.write_index``, under a file lock), so it is built once for the task
 and every worker of the data folder, in any process, reads it instead of building its own. A
-process keeps what it read until another one writes a newer index.
+process keeps what it read until another one writes a newer index. Rows join it *as items
+arrive*: :func:`index_arrivals`, called when a featurize job appends rows to the task's feature
+file, adds them (a batch at a time), so a training finds the index built and adds at most the
+few rows still waiting.
 
 Chosen by measurement (docs/BENCHMARKS.md, "Neighbours"): ``faiss-cpu`` installs as a wheel and
 grows in place; ``hnswlib`` has no wheel for this Python (it would
@@ -22,17 +25,18 @@ compile), ``pynndescent`` pulls numba and llvmlite and compiles at first use.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from labelloop.datastore import file_lock, write_bytes_atomic
 from labelloop.learners.poolcache import cached, fingerprint_array
 
 if TYPE_CHECKING:
@@ -49,6 +53,17 @@ EF_SEARCH = 48
 EF_CONSTRUCTION = 40
 #: A pool that is less than 1/MAX_SHARE of the grown index gets an index of its own.
 MAX_SHARE = 2.5
+#: Rows that arrived in a feature file wait there until this many, or this share of the rows
+#: already indexed, are waiting; then they join the shared index in one write (a write replaces
+#: the whole file, so the files written while a pool grows add up to 1/ARRIVALS_SHARE times
+#: the final one). A training adds the rows still waiting (fewer than that share) itself.
+ARRIVALS_MIN = 1_000
+ARRIVALS_SHARE = 0.05
+#: Feature rows wider than this are not indexed on arrival (feature maps: nobody asks for their
+#: neighbours, and an index of them would be huge).
+MAX_ARRIVAL_DIM = 4096
+#: Rows added to an index at a time (bounds the float32 copy of the rows being added).
+ADD_CHUNK = 20_000
 
 _LOCK = threading.Lock()
 _GROWING: dict[int, GrowingIndex] = {}
@@ -147,23 +162,15 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _shared(folder: Path, X: np.ndarray) -> tuple[GrowingIndex, np.ndarray]:
     """The folder's index of ``X``'s feature space, grown by the rows it lacks (written back), and
-    each row's position in it. One process at a time reads and grows it (a file lock)."""
+    each row's position in it. One process at a time reads and grows it (a file lock). A pool
+    that is a small part of the shared index (a sample of it, or rows of a former featurizer of
+    the same width) gets an index of this process instead: the shared one is never replaced by a
+    smaller one."""
     dim = X.shape[1]
     path = folder / f"hnsw-{dim}d.faiss"
-    with _file_lock(path.with_suffix(".lock")):
+    with file_lock(path.with_suffix(".lock")):
         stamp = _stamp(path)
         with _LOCK:
             held = _SHARED.get(path)
@@ -171,16 +178,86 @@ def _shared(folder: Path, X: np.ndarray) -> tuple[GrowingIndex, np.ndarray]:
             grow = held[0]
         else:  # another process wrote it since (or none was read here yet)
             grow = GrowingIndex.read(path, dim) if stamp is not None else GrowingIndex(dim)
-        if grow.index.ntotal > MAX_SHARE * len(X):  # mostly rows of a former pool: afresh
-            grow = GrowingIndex(dim)
-        before = grow.index.ntotal
-        pos = grow.add(X)
-        if grow.index.ntotal != before or stamp is None:
-            grow.write(path)
-            stamp = _stamp(path)
+        if grow.index.ntotal <= MAX_SHARE * len(X):
+            before = grow.index.ntotal
+            pos = grow.add(X)
+            if grow.index.ntotal != before or stamp is None:
+                grow.write(path)
+                stamp = _stamp(path)
+            with _LOCK:
+                _SHARED[path] = (grow, stamp)
+            return grow, pos
         with _LOCK:
-            _SHARED[path] = (grow, stamp)
-    return grow, pos
+            _SHARED[path] = (grow, stamp)  # read once, kept for the next pool that fits it
+    own = _own(dim, len(X))  # built outside the lock: nobody else waits for it
+    return own, own.add(X)
+
+
+class RowSource(Protocol):
+    """Where arrived rows are read from: a task's feature file (``datastore.FeatureRows``)."""
+
+    def count(self) -> int: ...
+
+    def range(self, start: int, stop: int) -> np.ndarray: ...
+
+
+def _read_meta(path: Path) -> dict[str, int]:
+    try:
+        return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except (FileNotFoundError, ValueError, AttributeError):
+        return {}
+
+
+def index_arrivals(folder: Path, source: str, rows: RowSource) -> int:
+    """Rows that arrived in the feature file ``source`` join ``folder``'s shared index of their
+    width, so that a training finds the index built; the number of rows added.
+
+    The index records (``hnsw-<dim>d.json``) how many rows of each file it holds. Below
+    :data:`EXACT_BELOW` rows nothing is built (small pools are searched exactly); then the first
+    call builds it from the whole file, and later calls add the rows that arrived since, once
+    enough are waiting (:data:`ARRIVALS_MIN`, :data:`ARRIVALS_SHARE`). Under the index's file
+    lock; the index is not kept in this process (a data worker would hold it for nothing).
+    """
+    n = rows.count()
+    if n < EXACT_BELOW:
+        return 0
+    dim = int(rows.range(0, 1).shape[1])
+    if dim > MAX_ARRIVAL_DIM:
+        return 0
+    path = folder / f"hnsw-{dim}d.faiss"
+    meta = path.with_suffix(".json")
+    done = _read_meta(meta).get(source, 0)
+    if path.exists() and n - done < max(ARRIVALS_MIN, ARRIVALS_SHARE * done):
+        return 0  # the usual case, decided without waiting for the lock
+    with file_lock(path.with_suffix(".lock")):
+        done = _read_meta(meta).get(source, 0)
+        stamp = _stamp(path)
+        waiting = n - done
+        if stamp is not None and waiting < max(ARRIVALS_MIN, ARRIVALS_SHARE * done):
+            return 0
+        grow = GrowingIndex.read(path, dim) if stamp is not None else GrowingIndex(dim)
+        if grow.index.ntotal < done:  # a torn index was dropped: this file's rows again
+            done = 0
+        before = int(grow.index.ntotal)
+        for start in range(done, n, ADD_CHUNK):
+            grow.add(np.ascontiguousarray(rows.range(start, min(n, start + ADD_CHUNK)), np.float32))
+        grow.write(path)
+        held = _read_meta(meta)
+        held[source] = n
+        write_bytes_atomic(meta, json.dumps(held).encode(), durable=False)
+        with _LOCK:
+            _SHARED.pop(path, None)
+        return int(grow.index.ntotal) - before
+
+
+def _own(dim: int, n: int) -> GrowingIndex:
+    """This process's index of a feature space, afresh when it holds mostly other pools' rows."""
+    grow = _growing(dim)
+    if grow.index.ntotal > MAX_SHARE * n:
+        grow = GrowingIndex(dim)
+        with _LOCK:
+            _GROWING[dim] = grow
+    return grow
 
 
 def _growing(dim: int) -> GrowingIndex:
@@ -206,9 +283,7 @@ def neighbours(X: np.ndarray, k: int) -> np.ndarray:
         if home is not None:
             grow, pos = _shared(home, X)
         else:
-            grow = _growing(X.shape[1])
-            if grow.index.ntotal > MAX_SHARE * n:  # mostly other pools' rows: a fresh index
-                grow = GrowingIndex(X.shape[1])
+            grow = _own(X.shape[1], n)
             pos = grow.add(X)
         inverse = np.full(grow.index.ntotal, -1, dtype=np.int64)
         inverse[pos[::-1]] = np.arange(n)[::-1]  # a duplicated row answers for the first copy

@@ -1,4 +1,4 @@
-"""Process-level caches: loaded models (bounded by memory) and item features.
+"""Process-level caches: loaded models (bounded by memory) and open feature files.
 
 Both are keyed by task first, so one task's entries can never answer for another's.
 """
@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
+    from labelloop.datastore import FeatureRows
+
     # Only a type here: the runtime (and every light process with it) imports this module, and
     # the learners package imports scikit-learn.
     from labelloop.learners.base import Learner
@@ -91,24 +91,26 @@ class ModelCache:
 
 
 class FeatureCache:
-    """Features already computed in this process, by (task, featurizer version) then content hash."""
+    """The feature files this process reads (:class:`~labelloop.datastore.FeatureRows`, which
+    know their rows' layout), by (task, featurizer version). No feature is kept here: rows are
+    read from the file when asked for (the kernel's page cache keeps the hot ones)."""
 
     def __init__(self, max_tasks: int = 64) -> None:
         self.max_tasks = max_tasks
-        self._tasks: OrderedDict[tuple[int, str], dict[str, np.ndarray]] = OrderedDict()
+        self._tasks: OrderedDict[tuple[int, str], FeatureRows] = OrderedDict()
         self._lock = threading.Lock()
 
-    def table(self, task_id: int, version: str) -> dict[str, np.ndarray]:
+    def rows(self, task_id: int, version: str, open_rows: Callable[[], FeatureRows]) -> FeatureRows:
         key = (task_id, version)
         with self._lock:
-            table = self._tasks.get(key)
-            if table is None:
-                table = self._tasks[key] = {}
+            rows = self._tasks.get(key)
+            if rows is None:
+                rows = self._tasks[key] = open_rows()
                 while len(self._tasks) > self.max_tasks:
                     self._tasks.popitem(last=False)
             else:
                 self._tasks.move_to_end(key)
-            return table
+            return rows
 
     def drop_task(self, task_id: int) -> None:
         with self._lock:
@@ -116,7 +118,7 @@ class FeatureCache:
                 del self._tasks[key]
 
     def clear(self) -> None:
-        """Forget every table (a process that opens another data folder: tests, mostly)."""
+        """Forget every open file (a process that opens another data folder: tests, mostly)."""
         with self._lock:
             self._tasks.clear()
 
