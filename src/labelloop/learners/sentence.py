@@ -121,7 +121,8 @@ def torch_model() -> Any:
     from labelloop.learners import backbones
 
     backbones.apply_threads()
-    return SentenceTransformer(str(folder), device="cpu")
+    # On a GPU machine the encoder runs there (featurizing is a large task's bottleneck).
+    return SentenceTransformer(str(folder), device=backbones.torch_device())
 
 
 def _encode_torch(texts: Sequence[str]) -> np.ndarray:
