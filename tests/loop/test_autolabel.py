@@ -242,17 +242,18 @@ def test_the_claimed_threshold_holds_on_a_model_that_errs_below_an_edge(
 
 
 def test_the_scan_starts_low_enough_to_absorb_a_confident_miss() -> None:
-    """260 audits, one confidently wrong at 0.9 and ten unsure ones wrong at the bottom: the scan
+    """270 audits, one confidently wrong at 0.9 and ten unsure ones wrong at the bottom: the scan
     that starts at 242 audits (what one miss needs) claims the threshold just above the unsure
     ones; a scan from half the audits would stop at the miss and leave a fifth of them out."""
-    assert sequence_start(260, 0.98, 0.955) == evidence_for(1, 0.98, 0.955) == 242
-    conf = np.concatenate([np.linspace(0.99, 0.75, 250), np.linspace(0.6, 0.5, 10)])
-    correct = np.ones(260, dtype=bool)
+    assert sequence_start(270, 0.98, 0.955) == evidence_for(1, 0.98, 0.955) == 242
+    assert sequence_start(260, 0.98, 0.955) == 154  # 242 is more than nine tenths of 260
+    conf = np.concatenate([np.linspace(0.99, 0.75, 260), np.linspace(0.6, 0.5, 10)])
+    correct = np.ones(270, dtype=bool)
     correct[np.argmin(np.abs(conf - 0.9))] = False
-    correct[250:] = False
+    correct[260:] = False
     est = estimate_threshold(conf, correct, POLICY)
     assert est.threshold is not None and 0.6 < est.threshold <= 0.75
-    assert est.above == 250 and est.lower_bound is not None and est.lower_bound >= 0.98
+    assert est.above == 260 and est.lower_bound is not None and est.lower_bound >= 0.98
 
 
 def test_a_learner_right_on_part_of_the_pool_is_still_certified_there() -> None:
@@ -262,5 +263,6 @@ def test_a_learner_right_on_part_of_the_pool_is_still_certified_there() -> None:
     conf = np.concatenate([rng.uniform(0.9, 1.0, 600), rng.uniform(0.5, 0.8, 400)])
     correct = np.concatenate([np.ones(600, dtype=bool), rng.random(400) < 0.5])
     est = estimate_threshold(conf, correct, POLICY)
-    assert est.threshold is not None and est.threshold >= 0.8
-    assert correct[conf >= est.threshold].all()
+    assert est.threshold is not None and est.above >= 500
+    assert est.lower_bound is not None and est.lower_bound >= 0.98
+    assert correct[conf >= est.threshold].mean() >= 0.98
