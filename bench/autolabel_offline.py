@@ -1,18 +1,22 @@
 """The auto-labelling loop on digits without a server: the same learner, estimator and choices.
 
-    python -m bench.autolabel_offline --seeds 0 1 2 3 4 5 6 7 8 9 --out /tmp/offline.json
+    python -m bench.autolabel_offline --seeds 0 1 2 3 4 5 6 7 8 9 --methods before
+    python -m bench.autolabel_offline --seeds 0 1 --methods before --policy '{"audit_share": 0.5}'
 
 Each seed is run twice on the same random order: ``before`` (audits scored by the task's 5-fold
 cross-validation) and ``after`` (audits scored apart, ``autolabel.audit_scores``). It mirrors what
 ``python -m bench.active auto digits`` measures through a server — the annotator labels whatever
-would be handed out next (before the first model: the random order; then two audits, uniformly
-random items without a human label, for every item the served model is least sure of by margin;
+would be handed out next (before the first model: the random order; then random audits,
+uniformly random items without a human label, at the policy's ``audit_share`` (four for every
+item the served model is least sure of by margin, by default);
 once certified with at most ``tail`` items uncovered, those by margin), a training at the policy's
 growth and ``evidence_step``, ``pool-svm`` on 16x16 pixels, model labels re-derived at every
 training from its certified threshold — without the promotion gate, the store and the HTTP round
 trips, so a pair of runs costs about a minute of CPU instead of ten (and needs no worker start on a
 loaded machine). The order comes from ``numpy`` (seed), not from the server's item hashes, so a
-seed here is not the same run as the seed of ``bench.active``.
+seed here is not the same run as the seed of ``bench.active``. ``--policy`` overrides the
+``auto_label`` policy; ``--out`` keeps each training's estimate and its audits' scores
+(``history``), which is what shows where a run's labels went.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class Loop:
     scores: np.ndarray | None = None
     certified: bool = False
     version: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def pick(self) -> int | None:
         """What ``/next`` would hand out now (None: every item is labelled)."""
@@ -107,6 +112,19 @@ class Loop:
             oos[held].max(axis=1), oos[held].argmax(axis=1) == y[held], self.auto, target
         )
         self.certified = est.threshold is not None
+        wrong = oos[held].argmax(axis=1) != y[held]
+        self.history.append(
+            {
+                "labels": len(self.human),
+                "audits": len(held),
+                "threshold": est.threshold,
+                "above": est.above,
+                "misses_at": sorted(round(float(c), 3) for c in oos[held].max(axis=1)[wrong]),
+                "uncovered": 0,
+                "conf": [round(float(c), 4) for c in oos[held].max(axis=1)],
+                "wrong": [int(w) for w in wrong],
+            }
+        )
         self.model_labels = {}
         if est.threshold is not None:
             done = set(self.human)
@@ -116,10 +134,13 @@ class Loop:
                 for i in range(len(self.truth))
                 if i not in done and conf[i] >= est.threshold
             }
+        self.history[-1]["uncovered"] = len(self.truth) - len(self.human) - len(self.model_labels)
 
 
-def run(X: Features, truth: np.ndarray, seed: int, apart: bool) -> dict[str, Any]:
-    auto = AutoLabelPolicy()
+def run(
+    X: Features, truth: np.ndarray, seed: int, apart: bool, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    auto = AutoLabelPolicy(**(extra or {}))
     policy = Policy(auto_label=auto)
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(truth))]
     loop = Loop(X, truth, auto, apart, order)
@@ -145,6 +166,7 @@ def run(X: Features, truth: np.ndarray, seed: int, apart: bool) -> dict[str, Any
         "audits": len(loop.audits),
         "final_accuracy": (len(loop.human) + sum(right)) / len(truth),
         "model_label_accuracy": float(np.mean(right)) if right else 1.0,
+        "history": loop.history,
     }
 
 
@@ -153,14 +175,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["after", "before"])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--policy", type=json.loads, default={}, help="auto_label policy, JSON")
     args = parser.parse_args()
     X, truth = digits()
     runs = []
     for seed in args.seeds:
         for method in args.methods:
-            r = run(X, truth, seed, apart=method == "after")
+            r = run(X, truth, seed, method == "after", args.policy)
             runs.append(r)
-            print(json.dumps(r), flush=True)
+            print(json.dumps({k: v for k, v in r.items() if k != "history"}), flush=True)
     summary: dict[str, Any] = {"runs": runs}
     for method in args.methods:
         shares = [r["human_share"] for r in runs if r["method"] == method]

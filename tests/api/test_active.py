@@ -166,6 +166,7 @@ def test_suspects_find_planted_errors(
 def test_audits_are_random_picks_recorded_as_evidence(
     app_client: TestClient, digit_files: list[tuple[str, str]]
 ) -> None:
+    from labelloop.loop.policy import AutoLabelPolicy
     from labelloop.loop.selection import audit_turn_at as _audit_turn
 
     assert [_audit_turn(k, 2 / 3) for k in range(6)] == [False, True, True, False, True, True]
@@ -185,7 +186,8 @@ def test_audits_are_random_picks_recorded_as_evidence(
         label(c, t, it["id"], [truth[it["id"]]], None)
     wait_until(lambda: idle(c, t))
     batch = c.get(f"/api/v1/tasks/{t}/next", params={"limit": 3}).json()["items"]
-    assert [it["audit"] for it in batch] == [_audit_turn(10 + k, 2 / 3) for k in range(3)]
+    share = AutoLabelPolicy().audit_share  # the default share
+    assert [it["audit"] for it in batch] == [_audit_turn(10 + k, share) for k in range(3)]
     from labelloop.store.models import AuditPick
 
     rt = c.app.state.rt  # type: ignore[attr-defined]
