@@ -3,6 +3,11 @@
     python -m bench.load                                   # 30 annotators, 10 minutes, 6 tasks
     python -m bench.load --annotators 30 --minutes 10 --out bench/results/load.json
     python -m bench.load --tasks 1 --items 7188 --minutes 3 --named  # issue 15: 7,188 images
+    python -m bench.load --tasks 1 --items 7188 --minutes 1 --named --profile bench/results/p.json
+
+``--profile`` records the server and its worker processes with py-spy (speedscope JSON, idle time
+included, 20 s at 50 Hz from the second fifth of the run) and adds a summary to the result: the
+share of request-thread samples waiting in SQLite's ``BEGIN IMMEDIATE``, per route.
 
 Each annotator loops on one task: ``GET /next`` (one item), ``GET`` the item's prediction,
 ``POST`` the true label with the version it was shown. Labels keep models training and promoting
@@ -16,7 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -114,8 +122,65 @@ def rss(pid: int) -> dict[str, float]:
     }
 
 
+def start_profile(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes]:
+    """py-spy on the server and its workers (the venv's, next to this interpreter)."""
+    spy = Path(sys.executable).parent / "py-spy"
+    exe = str(spy) if spy.exists() else (shutil.which("py-spy") or "py-spy")
+    cmd = [exe, "record", "-r", "50", "-d", str(seconds), "--idle", "--subprocesses", "-p"]
+    cmd += [str(pid), "-f", "speedscope", "-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+#: Frames that say which route a request thread serves.
+ROUTES = {
+    "labelling.py:submit": "POST /annotations",
+    "predictions.py:next_items": "GET /next",
+    "predictions.py:get_prediction": "GET /prediction",
+}
+
+
+def profile_summary(path: Path) -> dict[str, Any]:
+    """Per route: request-thread samples, and the share of them waiting for SQLite's write lock
+    (a ``BEGIN IMMEDIATE`` on the stack) or in any SQLite call."""
+    doc = json.loads(path.read_text())
+    frames = doc["shared"]["frames"]
+    names = [f"{Path(f.get('file', '')).name}:{f['name']}" for f in frames]
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for prof in doc["profiles"]:
+        for stack, weight in zip(prof["samples"], prof["weights"], strict=True):
+            where = [names[i] for i in stack]
+            route = next((ROUTES[n] for n in where if n in ROUTES), None)
+            if route is None:
+                continue
+            c = counts[route]
+            c["samples"] += weight
+            if any("_on_begin" in n for n in where):
+                c["write_lock"] += weight
+            elif any(n.endswith(":execute") or "do_execute" in n for n in where):
+                c["sql"] += weight
+    total = sum(c["samples"] for c in counts.values()) or 1
+    return {
+        "request_samples": total,
+        "write_lock_share": round(sum(c["write_lock"] for c in counts.values()) / total, 3),
+        "routes": {
+            r: {
+                "samples": c["samples"],
+                "write_lock_share_of_all": round(c["write_lock"] / total, 3),
+                "other_sql_share_of_all": round(c["sql"] / total, 3),
+            }
+            for r, c in sorted(counts.items())
+        },
+    }
+
+
 def run(
-    work: Path, annotators: int, minutes: float, tasks: int, items: int, named: bool
+    work: Path,
+    annotators: int,
+    minutes: float,
+    tasks: int,
+    items: int,
+    named: bool,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     digits = write_digits(work / "digits")
     # Each task holds ``items`` images: the digits, again and again when more are asked for.
@@ -154,9 +219,17 @@ def run(
         for t in threads:
             t.start()
         end = started + 60 * minutes
+        spy: subprocess.Popen[bytes] | None = None
+        spy_at = started + 60 * minutes / 5
+        spy_s = max(1, min(20, int(60 * minutes * 3 / 5)))
         while time.monotonic() < end:
-            time.sleep(min(10.0, max(0.0, end - time.monotonic())))
+            if profile is not None and spy is None and time.monotonic() >= spy_at:
+                spy = start_profile(server.pid, profile, spy_s)
+            wake = spy_at if profile is not None and spy is None else end
+            time.sleep(min(10.0, max(0.0, min(wake, end) - time.monotonic())))
             series.append({"t_s": round(time.monotonic() - started, 1), **rss(server.pid)})
+        if spy is not None:
+            spy.wait(timeout=120)
         stop.set()
         elapsed = time.monotonic() - started
         for t in threads:
@@ -186,6 +259,11 @@ def run(
         },
         "worker_rss_median_end_mib": statistics.median(last["workers_mib"] or [0.0]),
         "rss_series": series,
+        **(
+            {"profile": profile_summary(profile)}
+            if profile is not None and profile.exists()
+            else {}
+        ),
     }
 
 
@@ -197,9 +275,15 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1797, help="images per task")
     parser.add_argument("--named", action="store_true", help="annotators ask /next by name")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy speedscope JSON of the server"
+    )
     args = parser.parse_args()
+    profile = args.profile.resolve() if args.profile else None
     with tempfile.TemporaryDirectory(prefix="labelloop-load-", ignore_cleanup_errors=True) as tmp:
-        result = run(Path(tmp), args.annotators, args.minutes, args.tasks, args.items, args.named)
+        result = run(
+            Path(tmp), args.annotators, args.minutes, args.tasks, args.items, args.named, profile
+        )
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

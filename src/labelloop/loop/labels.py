@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -39,6 +41,48 @@ def labelled_at(
         else:
             out[item_id] = (list(labels), rev)
     return out
+
+
+@dataclass
+class LabelSnapshot:
+    """A task's current labels from ``source`` as one (reading) transaction saw them, and the
+    newest revision it read: a later transaction brings it up to date by reading only the rows
+    after that revision (:meth:`current`), so a write transaction that needs the labels (the
+    training trigger of ``POST /annotations``) does not read the whole log under the write lock."""
+
+    task_id: int
+    source: str = "human"
+    labels: dict[int, list[str]] = field(default_factory=dict)
+    revision: int = 0
+
+    @classmethod
+    def read(cls, session: Session, task_id: int, source: str = "human") -> LabelSnapshot:
+        snap = cls(task_id, source)
+        snap._apply(session)
+        return snap
+
+    def _apply(self, session: Session) -> None:
+        query = (
+            select(Annotation.item_id, Annotation.labels, Annotation.id)
+            .where(
+                Annotation.task_id == self.task_id,
+                Annotation.source == self.source,
+                Annotation.id > self.revision,
+            )
+            .order_by(Annotation.id)
+        )
+        for item_id, labels, rev in session.execute(query):
+            if labels is None:
+                self.labels.pop(item_id, None)
+            else:
+                self.labels[item_id] = list(labels)
+            self.revision = rev
+
+    def current(self, session: Session) -> dict[int, list[str]]:
+        """What :func:`current_labels` would read in ``session`` (the rows after the snapshot
+        applied in revision order: the log is append-only, so the result is the same)."""
+        self._apply(session)
+        return dict(self.labels)
 
 
 def unlabelled_item_ids(session: Session, task_id: int) -> list[int]:
