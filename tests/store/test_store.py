@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from labelloop.loop.labels import current_labels, label_revision, labelled_at
+from labelloop.loop.labels import LabelSnapshot, current_labels, label_revision, labelled_at
 from labelloop.loop.scheduling import after_training, request_training
 from labelloop.runtime import Runtime
 from labelloop.service.tasks import TaskCreate, create_task, delete_task
@@ -62,6 +62,28 @@ def test_annotations_are_append_only(rt: Runtime) -> None:
             select(Annotation.labels).where(Annotation.item_id == i).order_by(Annotation.id)
         ).all()
         assert history == [["a"], ["b"]]
+
+
+def test_a_label_snapshot_brought_up_to_date_reads_what_the_whole_log_says(rt: Runtime) -> None:
+    """``POST /annotations`` reads the labels before the write lock and only the newer rows under
+    it: corrections, retractions and labels again after a retraction all land as in the log."""
+    t = new_task(rt)
+    other = new_task(rt)
+    [i, j, k] = add(rt, t, 3)
+    [x] = add(rt, other, 1)
+    annotate(rt, t, [(i, ["a"]), (j, ["b"])])
+    with rt.reading() as s:
+        snap = LabelSnapshot.read(s, t)
+    annotate(rt, t, [(i, ["b"]), (j, None), (k, ["a"])])
+    annotate(rt, other, [(x, ["a"])])
+    with rt.session() as s:
+        s.add(Annotation(task_id=t, item_id=k, labels=["b"], source="model"))
+    with rt.session() as s:
+        assert snap.current(s) == current_labels(s, t) == {i: ["b"], k: ["a"]}
+    annotate(rt, t, [(j, ["a"])])
+    with rt.session() as s:
+        assert snap.current(s) == current_labels(s, t) == {i: ["b"], j: ["a"], k: ["a"]}
+        assert snap.revision == max(r for _, r in labelled_at(s, t).values())
 
 
 def test_at_most_one_active_training_per_task(rt: Runtime) -> None:

@@ -5,16 +5,17 @@ An item ``/next`` hands to an annotator is theirs for a lease (``LABELLOOP_RESER
 again they get their own unexpired items back first (renewed). With a task's ``policy.overlap`` of
 k, an item is handed out until k different people labelled it, at most k at a time.
 
-Choosing is done from a snapshot, outside any lock (a strategy may featurize); the claim is one
-short transaction that holds the task's row lock (``lock_task``: ``SELECT … FOR UPDATE`` on
-PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), reads the reservations and the labels that arrived
-since the snapshot, and reserves the first candidates still free: two claims of the same task never
-interleave, so no item goes to more people than the overlap allows.
+Choosing is done from a snapshot, outside any lock (a strategy may featurize); the claim
+(:func:`hand_out`) is one short transaction that holds the task's row lock (:func:`lock`:
+``SELECT … FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), reads the reservations and
+the labels that arrived since the snapshot, and reserves the first candidates still free: two
+claims of the same task never interleave, so no item goes to more people than the overlap allows.
+What the items hold and whether they were audits is read outside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,10 +23,11 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from labelloop.errors import NotFound
 from labelloop.runtime import Runtime
 from labelloop.service.common import get_task_row
-from labelloop.store.models import Annotation, AuditPick, Reservation
-from labelloop.store.upsert import reserve
+from labelloop.store.models import Annotation, AuditPick, Reservation, Task
+from labelloop.store.upsert import record_audit_picks, reserve
 
 #: The identity a label without an annotator counts as (every such label is the same "person").
 ANONYMOUS = ""
@@ -169,6 +171,47 @@ def claim(
         if fresh.free(item_id):
             chosen.append(item_id)
     reserve(session, task_id, holdings.me, chosen, expires_at)
+    return chosen
+
+
+def lock(session: Session, task_id: int) -> bool:
+    """Take the task's lock (as :func:`labelloop.loop.scheduling.lock_task`, without loading the
+    row: the first statement of the claim's transaction, on SQLite its ``BEGIN IMMEDIATE``);
+    False when there is no such task."""
+    found = session.scalar(select(Task.id).where(Task.id == task_id).with_for_update())
+    return found is not None
+
+
+def hand_out(
+    rt: Runtime,
+    task_id: int,
+    holdings: Holdings,
+    revision: int,
+    candidates: Sequence[int],
+    limit: int,
+    now: datetime,
+    expires_at: datetime,
+    audits: Collection[int],
+) -> list[int]:
+    """The write half of ``/next``: reserve (with ``holdings.me``) the first ``limit`` candidates
+    still free and record the picked audits among them; what is handed out.
+
+    Everything else ``/next`` needs is read before or after, beside any writer: this transaction
+    holds the store's write lock (SQLite: the one all writers share) for the claim alone. Without
+    an annotator nothing is reserved, and it writes (takes the lock) only to record audits.
+    """
+    if holdings.me is None:
+        chosen = list(candidates[:limit])
+        picked = [i for i in chosen if i in audits]
+        if picked:
+            with rt.session() as s:
+                record_audit_picks(s, task_id, picked)
+        return chosen
+    with rt.session() as s:
+        if not lock(s, task_id):
+            raise NotFound(f"no task {task_id}")
+        chosen = claim(s, task_id, holdings, revision, candidates, limit, now, expires_at)
+        record_audit_picks(s, task_id, [i for i in chosen if i in audits])
     return chosen
 
 

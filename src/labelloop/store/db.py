@@ -64,6 +64,10 @@ class WriteGate:
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset(ref))
 
+    @property
+    def held(self) -> bool:
+        return self._lock.locked()
+
     def enter(self, info: dict[Any, Any]) -> None:
         if not self._lock.acquire(timeout=LOCK_WAIT_S):
             raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked"))
@@ -85,6 +89,14 @@ class WriteGate:
         return wrapped
 
 
+_GATES: weakref.WeakKeyDictionary[Engine, WriteGate] = weakref.WeakKeyDictionary()
+
+
+def write_gate(engine: Engine) -> WriteGate | None:
+    """The gate of an engine's writers (SQLite engines only)."""
+    return _GATES.get(engine)
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned for its backend.
 
@@ -104,7 +116,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             url, connect_args={"timeout": LOCK_WAIT_S, "check_same_thread": False}, **pool
         )
-        gate = WriteGate()
+        gate = _GATES[engine] = WriteGate()
         # The gate is given back once the transaction has ended in SQLite (after COMMIT, not
         # before: the next writer would find the lock still held and sleep in the busy handler).
         # The engine's own dialect object: only this engine's connections pass through it.
