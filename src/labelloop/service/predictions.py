@@ -160,16 +160,15 @@ def next_items(
     picked = Query([]) if pool is None else strategy_for(spec.policy).query(pool, need)
     audits = set(picked.audits) | (set(picked.rest) if picked.rest_are_audits else set())
     candidates = [*ahead, *picked.items, *picked.rest]
-    with rt.reading() as s:  # what the items hold, read before the claim's write lock
-        rows = _readable(s, task_id, candidates)
-        blind = reservations.audits_among(s, candidates) | audits
-    candidates = [i for i in candidates if i in rows]
     reserved_until = None
     if annotator is not None:
         reserved_until = now + timedelta(seconds=rt.settings.reservation_lease_s)
     chosen = reservations.hand_out(
         rt, task_id, holdings, revision, candidates, limit, now, reserved_until or now, audits
     )
+    with rt.reading() as s:  # what the items hold, read after the claim's write lock
+        blind = reservations.audits_among(s, chosen)
+        rows = _readable(s, task_id, chosen)
     preds = freshest_predictions(rt, spec, chosen)
     return {
         "model_version": spec.served_version,
