@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from labelloop.client import Client
 from labelloop.runtime import Runtime
 from labelloop.service import reservations
-from labelloop.store.models import AuditPick, Reservation, utcnow
+from labelloop.store.models import AuditPick, Reservation, Task, utcnow
 
 WORDS = [
     "alpha",
@@ -213,7 +213,7 @@ def snapshot_of(rt: Runtime, t: int, who: str | None) -> tuple[Any, int]:
     """What ``/next``'s read half sees: the labels per person, the reservations, the revision."""
     now = utcnow()
     with rt.reading() as s:
-        people, revision = reservations.labellers_now(s, t)
+        people, revision = reservations.labellers_now(s, s.get_one(Task, t))
         return reservations.Holdings(1, who, people, reservations.held(s, t, now)), revision
 
 

@@ -117,7 +117,7 @@ def submit(
                 shown_version[item_id] = spec.served_version
         wanted = {i: v for i, v in shown_version.items() if v is not None}
         read = _read_shown(s, spec, wanted)
-        snapshot = LabelSnapshot.read(s, task_id)
+        snapshot = LabelSnapshot.of(s, get_task_row(s, task_id))
     shown = _shown(rt, spec, wanted, read)
 
     jobs: list[Job] = []

@@ -142,7 +142,7 @@ def next_items(
         if task.archived_at is not None:
             raise Conflict(f"task {task_id} is archived: restore it to label its items")
         spec = TaskSpec.of(task)
-        people, revision = reservations.labellers_now(s, task_id)
+        people, revision = reservations.labellers_now(s, task)
         holdings = reservations.Holdings(
             spec.policy.overlap, annotator, people, reservations.held(s, task_id, now)
         )

@@ -16,6 +16,7 @@ What the items hold and whether they were audits is read outside it.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,13 +25,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from labelloop.errors import NotFound
+from labelloop.loop.labels import ANONYMOUS as ANONYMOUS
+from labelloop.loop.labels import human_labels
 from labelloop.runtime import Runtime
 from labelloop.service.common import get_task_row
 from labelloop.store.models import Annotation, AuditPick, Reservation, Task
 from labelloop.store.upsert import record_audit_picks, reserve
-
-#: The identity a label without an annotator counts as (every such label is the same "person").
-ANONYMOUS = ""
 
 
 def person(annotator: str | None) -> str:
@@ -59,13 +59,12 @@ def labellers(session: Session, task_id: int, after: int = 0) -> dict[int, set[s
     return people
 
 
-def labellers_now(session: Session, task_id: int) -> tuple[dict[int, set[str]], int]:
-    """:func:`labellers`, and the revision of the newest human label read (0 before any): the
-    snapshot :func:`claim` reads the labels that arrived after."""
-    rows = _human_rows(session, task_id, 0, with_revision=True)
-    people: dict[int, set[str]] = {}
-    apply_labels(people, ((i, who, labels) for i, who, labels, _ in rows))
-    return people, max((rev for *_, rev in rows), default=0)
+def labellers_now(session: Session, task: Task) -> tuple[Mapping[int, AbstractSet[str]], int]:
+    """:func:`labellers` (shared: not to be changed), and the revision of the newest human label
+    read (0 before any): the snapshot :func:`claim` reads the labels that arrived after. From the
+    process's :func:`labelloop.loop.labels.human_labels`: the rows after its revision are read."""
+    got = human_labels(session, task)
+    return got.people, got.revision
 
 
 def _human_rows(
@@ -107,7 +106,7 @@ class Holdings:
 
     overlap: int
     me: str | None
-    people: dict[int, set[str]]
+    people: Mapping[int, AbstractSet[str]]
     holders: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def free(self, item_id: int) -> bool:
@@ -153,13 +152,13 @@ def claim(
     session.execute(
         delete(Reservation).where(Reservation.task_id == task_id, Reservation.expires_at <= now)
     )
-    fresh = Holdings(
-        holdings.overlap,
-        holdings.me,
-        {i: set(p) for i, p in holdings.people.items()},
-        held(session, task_id, now),
-    )
-    apply_labels(fresh.people, _human_rows(session, task_id, revision))
+    people = dict(holdings.people)  # a shallow copy: the sets are replaced, never changed
+    for item_id, annotator, labels in _human_rows(session, task_id, revision):
+        if labels is None:
+            people.pop(item_id, None)
+        else:
+            people[item_id] = {*people.get(item_id, ()), person(annotator)}
+    fresh = Holdings(holdings.overlap, holdings.me, people, held(session, task_id, now))
     chosen: list[int] = []
     seen: set[int] = set()
     for item_id in candidates:
