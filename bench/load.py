@@ -4,6 +4,9 @@
     python -m bench.load --annotators 30 --minutes 10 --out bench/results/load.json
     python -m bench.load --tasks 1 --items 7188 --minutes 3 --named  # issue 15: 7,188 images
     python -m bench.load --tasks 1 --items 7188 --minutes 1 --named --profile bench/results/p.json
+    # A and B side by side: two trees, started together, their annotators starting together
+    PYTHONPATH=a/src python -m bench.load ... --barrier /tmp/ab --parties 2 &
+    PYTHONPATH=b/src python -m bench.load ... --barrier /tmp/ab --parties 2
 
 ``--profile`` records the server and its worker processes with py-spy (speedscope JSON, idle time
 included, 20 s at 50 Hz from the second fifth of the run) and adds a summary to the result: the
@@ -196,6 +199,16 @@ def patient_server(work: Path, attempts: int = 3) -> Iterator[Server]:
         return
 
 
+def wait_for_parties(folder: Path, parties: int, patience_s: float = 1800) -> None:
+    """Benches run side by side (A and B at the same time) start their annotators together: each
+    leaves a file in ``folder`` when its task is ready and waits for ``parties`` of them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + patience_s
+    while len(list(folder.glob("ready-*"))) < parties and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def run(
     work: Path,
     annotators: int,
@@ -204,6 +217,7 @@ def run(
     items: int,
     named: bool,
     profile: Path | None = None,
+    barrier: tuple[Path, int] | None = None,
 ) -> dict[str, Any]:
     digits = write_digits(work / "digits")
     # Each task holds ``items`` images: the digits, again and again when more are asked for.
@@ -224,6 +238,8 @@ def run(
             for task_id, _ in truths:
                 while client.get_task(task_id)["counts"]["pending"]:
                     time.sleep(1)
+        if barrier is not None:
+            wait_for_parties(*barrier)
         rec = Recorder()
         stop = threading.Event()
         series: list[dict[str, Any]] = []
@@ -299,11 +315,26 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy speedscope JSON of the server"
     )
+    parser.add_argument(
+        "--barrier",
+        type=Path,
+        default=None,
+        help="a folder shared with benches started beside this one: start the annotators together",
+    )
+    parser.add_argument("--parties", type=int, default=2, help="benches that share --barrier")
     args = parser.parse_args()
+    barrier = None if args.barrier is None else (args.barrier, args.parties)
     profile = args.profile.resolve() if args.profile else None
     with tempfile.TemporaryDirectory(prefix="labelloop-load-", ignore_cleanup_errors=True) as tmp:
         result = run(
-            Path(tmp), args.annotators, args.minutes, args.tasks, args.items, args.named, profile
+            Path(tmp),
+            args.annotators,
+            args.minutes,
+            args.tasks,
+            args.items,
+            args.named,
+            profile,
+            barrier,
         )
     text = json.dumps(result, indent=2)
     if args.out:
