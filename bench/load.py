@@ -3,6 +3,14 @@
     python -m bench.load                                   # 30 annotators, 10 minutes, 6 tasks
     python -m bench.load --annotators 30 --minutes 10 --out bench/results/load.json
     python -m bench.load --tasks 1 --items 7188 --minutes 3 --named  # issue 15: 7,188 images
+    python -m bench.load --tasks 1 --items 7188 --minutes 1 --named --profile bench/results/p.json
+    # A and B side by side: two trees, started together, their annotators starting together
+    PYTHONPATH=a/src python -m bench.load ... --barrier /tmp/ab --parties 2 &
+    PYTHONPATH=b/src python -m bench.load ... --barrier /tmp/ab --parties 2
+
+``--profile`` records the server and its worker processes with py-spy (speedscope JSON, idle time
+included, 20 s at 50 Hz from the second fifth of the run) and adds a summary to the result: the
+share of request-thread samples waiting in SQLite's ``BEGIN IMMEDIATE``, per route.
 
 Each annotator loops on one task: ``GET /next`` (one item), ``GET`` the item's prediction,
 ``POST`` the true label with the version it was shown. Labels keep models training and promoting
@@ -16,18 +24,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
 from labelloop.client import ApiError, Client, ClientError
-from labelloop.demo import free_port, running_server, write_digits
+from labelloop.demo import Server, free_port, running_server, write_digits
 
 DIGITS = [str(d) for d in range(10)]
 MIB = 1024 * 1024
@@ -114,15 +127,102 @@ def rss(pid: int) -> dict[str, float]:
     }
 
 
+def start_profile(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes]:
+    """py-spy on the server and its workers (the venv's, next to this interpreter)."""
+    spy = Path(sys.executable).parent / "py-spy"
+    exe = str(spy) if spy.exists() else (shutil.which("py-spy") or "py-spy")
+    cmd = [exe, "record", "-r", "50", "-d", str(seconds), "--idle", "--subprocesses", "-p"]
+    cmd += [str(pid), "-f", "speedscope", "-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+#: Frames that say which route a request thread serves.
+ROUTES = {
+    "labelling.py:submit": "POST /annotations",
+    "predictions.py:next_items": "GET /next",
+    "predictions.py:get_prediction": "GET /prediction",
+}
+
+
+def profile_summary(path: Path) -> dict[str, Any]:
+    """Per route: request-thread samples, and the share of them waiting for SQLite's write lock
+    (a ``BEGIN IMMEDIATE`` on the stack) or in any SQLite call."""
+    doc = json.loads(path.read_text())
+    frames = doc["shared"]["frames"]
+    names = [f"{Path(f.get('file', '')).name}:{f['name']}" for f in frames]
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for prof in doc["profiles"]:
+        for stack, weight in zip(prof["samples"], prof["weights"], strict=True):
+            where = [names[i] for i in stack]
+            route = next((ROUTES[n] for n in where if n in ROUTES), None)
+            if route is None:
+                continue
+            c = counts[route]
+            c["samples"] += weight
+            if any("_on_begin" in n for n in where):
+                c["write_lock"] += weight
+            elif any(n.endswith(":execute") or "do_execute" in n for n in where):
+                c["sql"] += weight
+    total = sum(c["samples"] for c in counts.values()) or 1
+    return {
+        "request_samples": total,
+        "write_lock_share": round(sum(c["write_lock"] for c in counts.values()) / total, 3),
+        "routes": {
+            r: {
+                "samples": c["samples"],
+                "write_lock_share_of_all": round(c["write_lock"] / total, 3),
+                "other_sql_share_of_all": round(c["sql"] / total, 3),
+            }
+            for r, c in sorted(counts.items())
+        },
+    }
+
+
+@contextmanager
+def patient_server(work: Path, attempts: int = 3) -> Iterator[Server]:
+    """``labelloop serve`` for the bench, started again when it did not answer in time (on a
+    crowded machine its worker processes may take longer than the demo's 300 s to import)."""
+    for attempt in range(1, attempts + 1):
+        starting = running_server(
+            work / "data", free_port(), ["--import-root", str(work)], log=work / "serve.log"
+        )
+        try:
+            server = starting.__enter__()
+        except (ClientError, RuntimeError):
+            if attempt == attempts:
+                raise
+            continue
+        try:
+            yield server
+        finally:
+            starting.__exit__(None, None, None)
+        return
+
+
+def wait_for_parties(folder: Path, parties: int, patience_s: float = 1800) -> None:
+    """Benches run side by side (A and B at the same time) start their annotators together: each
+    leaves a file in ``folder`` when its task is ready and waits for ``parties`` of them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + patience_s
+    while len(list(folder.glob("ready-*"))) < parties and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def run(
-    work: Path, annotators: int, minutes: float, tasks: int, items: int, named: bool
+    work: Path,
+    annotators: int,
+    minutes: float,
+    tasks: int,
+    items: int,
+    named: bool,
+    profile: Path | None = None,
+    barrier: tuple[Path, int] | None = None,
 ) -> dict[str, Any]:
     digits = write_digits(work / "digits")
     # Each task holds ``items`` images: the digits, again and again when more are asked for.
     images = [digits[k % len(digits)] for k in range(items)]
-    with running_server(
-        work / "data", free_port(), ["--import-root", str(work)], log=work / "serve.log"
-    ) as server:
+    with patient_server(work) as server:
         with Client(server.url, timeout=120) as client:
             truths: list[tuple[int, dict[int, str]]] = []
             for n in range(tasks):
@@ -138,6 +238,8 @@ def run(
             for task_id, _ in truths:
                 while client.get_task(task_id)["counts"]["pending"]:
                     time.sleep(1)
+        if barrier is not None:
+            wait_for_parties(*barrier)
         rec = Recorder()
         stop = threading.Event()
         series: list[dict[str, Any]] = []
@@ -154,9 +256,17 @@ def run(
         for t in threads:
             t.start()
         end = started + 60 * minutes
+        spy: subprocess.Popen[bytes] | None = None
+        spy_at = started + 60 * minutes / 5
+        spy_s = max(1, min(20, int(60 * minutes * 3 / 5)))
         while time.monotonic() < end:
-            time.sleep(min(10.0, max(0.0, end - time.monotonic())))
+            if profile is not None and spy is None and time.monotonic() >= spy_at:
+                spy = start_profile(server.pid, profile, spy_s)
+            wake = spy_at if profile is not None and spy is None else end
+            time.sleep(min(10.0, max(0.0, min(wake, end) - time.monotonic())))
             series.append({"t_s": round(time.monotonic() - started, 1), **rss(server.pid)})
+        if spy is not None:
+            spy.wait(timeout=120)
         stop.set()
         elapsed = time.monotonic() - started
         for t in threads:
@@ -186,6 +296,11 @@ def run(
         },
         "worker_rss_median_end_mib": statistics.median(last["workers_mib"] or [0.0]),
         "rss_series": series,
+        **(
+            {"profile": profile_summary(profile)}
+            if profile is not None and profile.exists()
+            else {}
+        ),
     }
 
 
@@ -197,9 +312,30 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1797, help="images per task")
     parser.add_argument("--named", action="store_true", help="annotators ask /next by name")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy speedscope JSON of the server"
+    )
+    parser.add_argument(
+        "--barrier",
+        type=Path,
+        default=None,
+        help="a folder shared with benches started beside this one: start the annotators together",
+    )
+    parser.add_argument("--parties", type=int, default=2, help="benches that share --barrier")
     args = parser.parse_args()
+    barrier = None if args.barrier is None else (args.barrier, args.parties)
+    profile = args.profile.resolve() if args.profile else None
     with tempfile.TemporaryDirectory(prefix="labelloop-load-", ignore_cleanup_errors=True) as tmp:
-        result = run(Path(tmp), args.annotators, args.minutes, args.tasks, args.items, args.named)
+        result = run(
+            Path(tmp),
+            args.annotators,
+            args.minutes,
+            args.tasks,
+            args.items,
+            args.named,
+            profile,
+            barrier,
+        )
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     #: Model versions kept on disk besides the served one and the best (cross-validated accuracy):
     #: the newest this many; older ones are pruned after each training (labelloop.loop.retention).
     keep_versions: int = Field(default=5, ge=0, le=10_000)
+    #: Threads that run the API's routes at once (anyio's default is 40): fewer threads compete
+    #: for the interpreter lock with the one that holds the store's write lock (docs/BENCHMARKS.md).
+    api_threads: int = Field(default=40, ge=1, le=1000)
     #: How long an item ``/next`` hands to an annotator stays theirs (no one else gets it).
     reservation_lease_s: float = Field(default=600.0, gt=0, le=7 * 86400)
     #: The image backbone of photo learners: "efficientnet-lite0" (in the default install),

@@ -14,7 +14,8 @@ from sqlalchemy import select, update
 
 from labelloop.client import Client
 from labelloop.runtime import Runtime
-from labelloop.store.models import AuditPick, Reservation, utcnow
+from labelloop.service import reservations
+from labelloop.store.models import AuditPick, Reservation, Task, utcnow
 
 WORDS = [
     "alpha",
@@ -206,3 +207,60 @@ def test_an_archived_task_hands_out_nothing(app_client: TestClient) -> None:
     assert r.status_code == 409 and "archived" in r.json()["detail"]
     assert c.patch(f"/api/v1/tasks/{t}", json={"archived": False}).json()["archived"] is False
     assert len(nxt(c, t, 10, "Ada")) == 3
+
+
+def snapshot_of(rt: Runtime, t: int, who: str | None) -> tuple[Any, int]:
+    """What ``/next``'s read half sees: the labels per person, the reservations, the revision."""
+    now = utcnow()
+    with rt.reading() as s:
+        people, revision = reservations.labellers_now(s, s.get_one(Task, t))
+        return reservations.Holdings(1, who, people, reservations.held(s, t, now)), revision
+
+
+def test_claims_from_one_snapshot_never_share_an_item(app_client: TestClient, rt: Runtime) -> None:
+    """Annotators who chose from the same snapshot claim in turn under the task's lock: each gets
+    what the ones before left, and an item labelled after the snapshot is not handed out."""
+    t, items = text_task(app_client, 12)
+    late = items[0]
+    snaps = {who: snapshot_of(rt, t, who) for who in ("p1", "p2", "p3")}
+    label(app_client, t, late, "p0")  # after the snapshots were read
+    now = utcnow()
+    start = threading.Barrier(len(snaps))
+    got: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def claim(who: str) -> None:
+        holdings, revision = snaps[who]
+        try:
+            start.wait()
+            got[who] = reservations.hand_out(
+                rt, t, holdings, revision, items, 3, now, now + timedelta(minutes=5), set()
+            )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(who,)) for who in snaps]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not errors, errors
+    handed = [i for mine in got.values() for i in mine]
+    assert len(handed) == 9 and len(set(handed)) == 9 and late not in handed
+    with rt.reading() as s:
+        rows = s.execute(select(Reservation.item_id, Reservation.annotator)).all()
+    assert sorted(rows) == sorted((i, who) for who, mine in got.items() for i in mine)
+
+
+def test_next_without_a_name_reserves_nothing_and_still_records_audits(
+    app_client: TestClient, rt: Runtime
+) -> None:
+    t, items = text_task(app_client, 6)
+    holdings, revision = snapshot_of(rt, t, None)
+    now = utcnow()
+    audits = {items[1]}
+    chosen = reservations.hand_out(rt, t, holdings, revision, items, 2, now, now, audits)
+    assert chosen == items[:2]
+    with rt.reading() as s:
+        assert s.scalars(select(Reservation.item_id)).all() == []
+        assert s.scalars(select(AuditPick.item_id)).all() == [items[1]]

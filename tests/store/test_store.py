@@ -9,7 +9,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from labelloop.loop.labels import current_labels, label_revision, labelled_at
+from labelloop.loop.labels import (
+    ANONYMOUS,
+    LabelSnapshot,
+    current_labels,
+    human_labels,
+    label_revision,
+    labelled_at,
+)
 from labelloop.loop.scheduling import after_training, request_training
 from labelloop.runtime import Runtime
 from labelloop.service.tasks import TaskCreate, create_task, delete_task
@@ -62,6 +69,54 @@ def test_annotations_are_append_only(rt: Runtime) -> None:
             select(Annotation.labels).where(Annotation.item_id == i).order_by(Annotation.id)
         ).all()
         assert history == [["a"], ["b"]]
+
+
+def test_a_label_snapshot_brought_up_to_date_reads_what_the_whole_log_says(rt: Runtime) -> None:
+    """``POST /annotations`` reads the labels before the write lock and only the newer rows under
+    it: corrections, retractions and labels again after a retraction all land as in the log."""
+    t = new_task(rt)
+    other = new_task(rt)
+    [i, j, k] = add(rt, t, 3)
+    [x] = add(rt, other, 1)
+    annotate(rt, t, [(i, ["a"]), (j, ["b"])])
+    with rt.reading() as s:
+        snap = LabelSnapshot.read(s, t)
+    annotate(rt, t, [(i, ["b"]), (j, None), (k, ["a"])])
+    annotate(rt, other, [(x, ["a"])])
+    with rt.session() as s:
+        s.add(Annotation(task_id=t, item_id=k, labels=["b"], source="model"))
+    with rt.session() as s:
+        assert snap.current(s) == current_labels(s, t) == {i: ["b"], k: ["a"]}
+    annotate(rt, t, [(j, ["a"])])
+    with rt.session() as s:
+        assert snap.current(s) == current_labels(s, t) == {i: ["b"], j: ["a"], k: ["a"]}
+        assert snap.revision == max(r for _, r in labelled_at(s, t).values())
+
+
+def test_the_human_labels_a_process_keeps_follow_the_log(rt: Runtime) -> None:
+    """``/next`` and ``POST /annotations`` read the labels a process keeps, brought up to date
+    with the newer rows: they equal the whole log's, what was read before never changes, and a
+    task created where a deleted one was does not inherit its labels."""
+    t = new_task(rt)
+    [i, j] = add(rt, t, 2)
+    annotate(rt, t, [(i, ["a"])])
+    with rt.reading() as s:
+        first = human_labels(s, s.get_one(Task, t))
+    annotate(rt, t, [(j, ["b"]), (i, None)])
+    with rt.session() as s:
+        s.add(Annotation(task_id=t, item_id=j, labels=["a"], source="human", annotator="ada"))
+    with rt.reading() as s:
+        now = human_labels(s, s.get_one(Task, t))
+        assert dict(now.labels) == current_labels(s, t) == {j: ["a"]}
+        assert dict(now.people) == {j: {ANONYMOUS, "ada"}}
+        assert now.revision == label_revision(s, t)
+    assert dict(first.labels) == {i: ["a"]} and first.revision < now.revision
+    delete_task(rt, t)
+    again = new_task(rt)
+    [k] = add(rt, again, 1)
+    annotate(rt, again, [(k, ["b"])])
+    with rt.reading() as s:
+        assert dict(human_labels(s, s.get_one(Task, again)).labels) == {k: ["b"]}
 
 
 def test_at_most_one_active_training_per_task(rt: Runtime) -> None:

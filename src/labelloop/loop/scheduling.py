@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from labelloop.errors import InvalidInput
 from labelloop.kinds import kind_for
 from labelloop.learners.registry import has_learner
-from labelloop.loop.labels import current_labels, label_revision
+from labelloop.loop.labels import LabelSnapshot, current_labels, label_revision
 from labelloop.loop.policy import Policy
 from labelloop.store.models import ACTIVE_JOB_STATES, AuditPick, Item, Job, JobState, Task
 
@@ -73,11 +73,15 @@ def _evidence_due(session: Session, task: Task, policy: Policy, labels: Iterable
     return auto.evidence_due(audits, None if last is None else int(last), need)
 
 
-def request_training(session: Session, task: Task, *, force: bool = False) -> Job | None:
+def request_training(
+    session: Session, task: Task, *, force: bool = False, snapshot: LabelSnapshot | None = None
+) -> Job | None:
     """Create the task's next training job if its policy says so (or ``force``).
 
     While a job is active no second one starts; a trigger that arrives meanwhile sets the task's
-    ``train_pending`` flag, which makes exactly one more run follow the active one.
+    ``train_pending`` flag, which makes exactly one more run follow the active one. ``snapshot``
+    (the human labels read before the write lock) is brought up to date instead of reading the
+    whole log here.
     """
     if not has_learner(task.category, task.extra):
         if force:
@@ -86,7 +90,7 @@ def request_training(session: Session, task: Task, *, force: bool = False) -> Jo
             )
         return None
     kind = kind_for(task.category, task.extra)
-    labels = current_labels(session, task.id)
+    labels = current_labels(session, task.id) if snapshot is None else snapshot.current(session)
     n_classes = len({label for value in labels.values() for label in kind.classes(value)})
     if task.extra == "multi-label":
         n_classes = max(n_classes, 2 if labels else 0)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from labelloop.errors import InvalidInput, LabelloopError, NotFound
+from labelloop.loop.labels import LabelSnapshot
 from labelloop.loop.scheduling import lock_task, request_training
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
@@ -20,29 +23,44 @@ from labelloop.store.models import Annotation, Item, Job, ModelVersion, Predicti
 AnnotationIn = AnnotationCreate
 
 
-def _shown(rt: Runtime, spec: TaskSpec, wanted: dict[int, int]) -> dict[int, list[str] | None]:
-    """The pre-label each item showed: item id -> labels of ``wanted[item]`` version."""
-    out: dict[int, list[str] | None] = {}
+@dataclass
+class _Shown:
+    """What a submission reads before the write lock: the stored pre-labels of the items and the
+    task's trained versions (to check and record the pre-label each item showed)."""
+
+    stored: dict[int, Prediction]
+    versions: set[int]
+
+
+def _read_shown(s: Session, spec: TaskSpec, wanted: dict[int, int]) -> _Shown:
     if not wanted:
-        return out
-    with rt.session() as s:
-        stored = {
-            p.item_id: p
-            for p in s.scalars(select(Prediction).where(Prediction.item_id.in_(list(wanted))))
-        }
-        versions = set(
-            s.scalars(
-                select(ModelVersion.version).where(
-                    ModelVersion.task_id == spec.id, ModelVersion.status == "ready"
-                )
+        return _Shown({}, set())
+    stored = {
+        p.item_id: p
+        for p in s.scalars(select(Prediction).where(Prediction.item_id.in_(list(wanted))))
+    }
+    versions = set(
+        s.scalars(
+            select(ModelVersion.version).where(
+                ModelVersion.task_id == spec.id, ModelVersion.status == "ready"
             )
         )
+    )
+    return _Shown(stored, versions)
+
+
+def _shown(
+    rt: Runtime, spec: TaskSpec, wanted: dict[int, int], read: _Shown
+) -> dict[int, list[str] | None]:
+    """The pre-label each item showed: item id -> labels of ``wanted[item]`` version (scored
+    here, outside any transaction, when the stored one is another version's)."""
+    out: dict[int, list[str] | None] = {}
     todo: dict[int, list[int]] = defaultdict(list)
     for item_id, version in wanted.items():
-        p = stored.get(item_id)
+        p = read.stored.get(item_id)
         if p is not None and p.version == version:
             out[item_id] = list(p.labels)
-        elif version not in versions:
+        elif version not in read.versions:
             raise InvalidInput(f"shown_version {version} is not a trained version of this task")
         else:
             todo[version].append(item_id)
@@ -65,10 +83,9 @@ def resolved_ids(
     return out + [by_ext[a.external_id] for a in annotations if a.external_id in by_ext]
 
 
-def _texts(rt: Runtime, item_ids: list[int]) -> dict[int, str]:
+def _texts(s: Session, item_ids: list[int]) -> dict[int, str]:
     """Item id -> its text, for kinds whose values point into it."""
-    with rt.session() as s:
-        rows = s.execute(select(Item.id, Item.data).where(Item.id.in_(item_ids))).all()
+    rows = s.execute(select(Item.id, Item.data).where(Item.id.in_(item_ids))).all()
     return {int(i): str(d) for i, d in rows}
 
 
@@ -86,16 +103,22 @@ def submit(
         raise InvalidInput("no annotations")
     if len(annotations) > rt.settings.max_items_per_request:
         raise InvalidInput(f"at most {rt.settings.max_items_per_request} annotations per request")
-    spec, resolved, values = _checked(rt, task_id, annotations)
-    shown_version: dict[int, int | None] = {}
-    for item_id, a in zip(resolved, annotations, strict=True):
-        if a.shown_none:
-            shown_version[item_id] = None
-        elif a.shown_version is not None:
-            shown_version[item_id] = a.shown_version
-        else:
-            shown_version[item_id] = spec.served_version
-    shown = _shown(rt, spec, {i: v for i, v in shown_version.items() if v is not None})
+    # Everything that only reads is read first, from a snapshot beside any writer: the write
+    # transaction below inserts the rows, releases reservations and decides on a training.
+    with rt.reading() as s:
+        spec, resolved, values = _checked(s, task_id, annotations)
+        shown_version: dict[int, int | None] = {}
+        for item_id, a in zip(resolved, annotations, strict=True):
+            if a.shown_none:
+                shown_version[item_id] = None
+            elif a.shown_version is not None:
+                shown_version[item_id] = a.shown_version
+            else:
+                shown_version[item_id] = spec.served_version
+        wanted = {i: v for i, v in shown_version.items() if v is not None}
+        read = _read_shown(s, spec, wanted)
+        snapshot = LabelSnapshot.of(s, get_task_row(s, task_id))
+    shown = _shown(rt, spec, wanted, read)
 
     jobs: list[Job] = []
     with rt.session() as s:
@@ -126,7 +149,7 @@ def submit(
             if r.annotator is not None:
                 labelled[r.annotator].append(r.item_id)
         reservations.release(s, task_id, labelled)
-        job = request_training(s, task)
+        job = request_training(s, task, snapshot=snapshot)
         if job is not None:
             jobs.append(job)
         out = _submitted(rows, jobs, task.train_pending)
@@ -135,26 +158,25 @@ def submit(
 
 
 def _checked(
-    rt: Runtime, task_id: int, annotations: list[AnnotationIn]
+    s: Session, task_id: int, annotations: list[AnnotationIn]
 ) -> tuple[TaskSpec, list[int], list[list[Any] | None]]:
     """The task, the item each annotation is for, and its value as stored: checked by the task's
     kind before anything is written (the first problem raises, naming the annotation)."""
-    with rt.session() as s:
-        spec = TaskSpec.of(get_task_row(s, task_id))
-        by_ext: dict[str | None, int] = {}
-        ext = [a.external_id for a in annotations if a.external_id is not None]
-        if ext:
-            by_ext = dict(
-                s.execute(
-                    select(Item.external_id, Item.id).where(
-                        Item.task_id == task_id, Item.external_id.in_(ext)
-                    )
-                ).all()
-            )
-        ids = [a.item_id for a in annotations if a.item_id is not None]
-        owned = set(s.scalars(select(Item.id).where(Item.task_id == task_id, Item.id.in_(ids))))
+    spec = TaskSpec.of(get_task_row(s, task_id))
+    by_ext: dict[str | None, int] = {}
+    ext = [a.external_id for a in annotations if a.external_id is not None]
+    if ext:
+        by_ext = dict(
+            s.execute(
+                select(Item.external_id, Item.id).where(
+                    Item.task_id == task_id, Item.external_id.in_(ext)
+                )
+            ).all()
+        )
+    ids = [a.item_id for a in annotations if a.item_id is not None]
+    owned = set(s.scalars(select(Item.id).where(Item.task_id == task_id, Item.id.in_(ids))))
     kind = spec.kind
-    texts = _texts(rt, resolved_ids(annotations, owned, by_ext)) if kind.needs_text else {}
+    texts = _texts(s, resolved_ids(annotations, owned, by_ext)) if kind.needs_text else {}
     resolved: list[int] = []
     values: list[list[Any] | None] = []
     for n, a in enumerate(annotations):

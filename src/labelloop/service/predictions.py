@@ -11,14 +11,12 @@ from sqlalchemy import select
 from labelloop.errors import Conflict, InvalidInput, NotFound
 from labelloop.loop import ranking
 from labelloop.loop.prediction import store_predictions
-from labelloop.loop.scheduling import lock_task
 from labelloop.loop.selection import DEPTH, Pool, Query, strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.service import reservations
 from labelloop.service.common import get_task_row, task_spec
 from labelloop.store.models import Item, ModelVersion, Prediction, utcnow
-from labelloop.store.upsert import record_audit_picks
 
 NO_MODEL = "no_model"
 
@@ -144,7 +142,7 @@ def next_items(
         if task.archived_at is not None:
             raise Conflict(f"task {task_id} is archived: restore it to label its items")
         spec = TaskSpec.of(task)
-        people, revision = reservations.labellers_now(s, task_id)
+        people, revision = reservations.labellers_now(s, task)
         holdings = reservations.Holdings(
             spec.policy.overlap, annotator, people, reservations.held(s, task_id, now)
         )
@@ -163,18 +161,12 @@ def next_items(
     audits = set(picked.audits) | (set(picked.rest) if picked.rest_are_audits else set())
     candidates = [*ahead, *picked.items, *picked.rest]
     reserved_until = None
-    with rt.session() as s:
-        if annotator is None:
-            chosen = candidates[:limit]
-        else:
-            lease = timedelta(seconds=rt.settings.reservation_lease_s)
-            reserved_until = now + lease
-            if lock_task(s, task_id) is None:
-                raise NotFound(f"no task {task_id}")
-            chosen = reservations.claim(
-                s, task_id, holdings, revision, candidates, limit, now, reserved_until
-            )
-        record_audit_picks(s, task_id, [i for i in chosen if i in audits])
+    if annotator is not None:
+        reserved_until = now + timedelta(seconds=rt.settings.reservation_lease_s)
+    chosen = reservations.hand_out(
+        rt, task_id, holdings, revision, candidates, limit, now, reserved_until or now, audits
+    )
+    with rt.reading() as s:  # what the items hold, read after the claim's write lock
         blind = reservations.audits_among(s, chosen)
         rows = _readable(s, task_id, chosen)
     preds = freshest_predictions(rt, spec, chosen)

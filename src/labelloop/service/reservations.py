@@ -5,16 +5,18 @@ An item ``/next`` hands to an annotator is theirs for a lease (``LABELLOOP_RESER
 again they get their own unexpired items back first (renewed). With a task's ``policy.overlap`` of
 k, an item is handed out until k different people labelled it, at most k at a time.
 
-Choosing is done from a snapshot, outside any lock (a strategy may featurize); the claim is one
-short transaction that holds the task's row lock (``lock_task``: ``SELECT … FOR UPDATE`` on
-PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), reads the reservations and the labels that arrived
-since the snapshot, and reserves the first candidates still free: two claims of the same task never
-interleave, so no item goes to more people than the overlap allows.
+Choosing is done from a snapshot, outside any lock (a strategy may featurize); the claim
+(:func:`hand_out`) is one short transaction that holds the task's row lock (:func:`lock`:
+``SELECT … FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), reads the reservations and
+the labels that arrived since the snapshot, and reserves the first candidates still free: two
+claims of the same task never interleave, so no item goes to more people than the overlap allows.
+What the items hold and whether they were audits is read outside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,13 +24,13 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from labelloop.errors import NotFound
+from labelloop.loop.labels import ANONYMOUS as ANONYMOUS
+from labelloop.loop.labels import human_labels
 from labelloop.runtime import Runtime
 from labelloop.service.common import get_task_row
-from labelloop.store.models import Annotation, AuditPick, Reservation
-from labelloop.store.upsert import reserve
-
-#: The identity a label without an annotator counts as (every such label is the same "person").
-ANONYMOUS = ""
+from labelloop.store.models import Annotation, AuditPick, Reservation, Task
+from labelloop.store.upsert import record_audit_picks, reserve
 
 
 def person(annotator: str | None) -> str:
@@ -57,13 +59,12 @@ def labellers(session: Session, task_id: int, after: int = 0) -> dict[int, set[s
     return people
 
 
-def labellers_now(session: Session, task_id: int) -> tuple[dict[int, set[str]], int]:
-    """:func:`labellers`, and the revision of the newest human label read (0 before any): the
-    snapshot :func:`claim` reads the labels that arrived after."""
-    rows = _human_rows(session, task_id, 0, with_revision=True)
-    people: dict[int, set[str]] = {}
-    apply_labels(people, ((i, who, labels) for i, who, labels, _ in rows))
-    return people, max((rev for *_, rev in rows), default=0)
+def labellers_now(session: Session, task: Task) -> tuple[Mapping[int, AbstractSet[str]], int]:
+    """:func:`labellers` (shared: not to be changed), and the revision of the newest human label
+    read (0 before any): the snapshot :func:`claim` reads the labels that arrived after. From the
+    process's :func:`labelloop.loop.labels.human_labels`: the rows after its revision are read."""
+    got = human_labels(session, task)
+    return got.people, got.revision
 
 
 def _human_rows(
@@ -105,7 +106,7 @@ class Holdings:
 
     overlap: int
     me: str | None
-    people: dict[int, set[str]]
+    people: Mapping[int, AbstractSet[str]]
     holders: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def free(self, item_id: int) -> bool:
@@ -151,13 +152,13 @@ def claim(
     session.execute(
         delete(Reservation).where(Reservation.task_id == task_id, Reservation.expires_at <= now)
     )
-    fresh = Holdings(
-        holdings.overlap,
-        holdings.me,
-        {i: set(p) for i, p in holdings.people.items()},
-        held(session, task_id, now),
-    )
-    apply_labels(fresh.people, _human_rows(session, task_id, revision))
+    people = dict(holdings.people)  # a shallow copy: the sets are replaced, never changed
+    for item_id, annotator, labels in _human_rows(session, task_id, revision):
+        if labels is None:
+            people.pop(item_id, None)
+        else:
+            people[item_id] = {*people.get(item_id, ()), person(annotator)}
+    fresh = Holdings(holdings.overlap, holdings.me, people, held(session, task_id, now))
     chosen: list[int] = []
     seen: set[int] = set()
     for item_id in candidates:
@@ -169,6 +170,47 @@ def claim(
         if fresh.free(item_id):
             chosen.append(item_id)
     reserve(session, task_id, holdings.me, chosen, expires_at)
+    return chosen
+
+
+def lock(session: Session, task_id: int) -> bool:
+    """Take the task's lock (as :func:`labelloop.loop.scheduling.lock_task`, without loading the
+    row: the first statement of the claim's transaction, on SQLite its ``BEGIN IMMEDIATE``);
+    False when there is no such task."""
+    found = session.scalar(select(Task.id).where(Task.id == task_id).with_for_update())
+    return found is not None
+
+
+def hand_out(
+    rt: Runtime,
+    task_id: int,
+    holdings: Holdings,
+    revision: int,
+    candidates: Sequence[int],
+    limit: int,
+    now: datetime,
+    expires_at: datetime,
+    audits: Collection[int],
+) -> list[int]:
+    """The write half of ``/next``: reserve (with ``holdings.me``) the first ``limit`` candidates
+    still free and record the picked audits among them; what is handed out.
+
+    Everything else ``/next`` needs is read before or after, beside any writer: this transaction
+    holds the store's write lock (SQLite: the one all writers share) for the claim alone. Without
+    an annotator nothing is reserved, and it writes (takes the lock) only to record audits.
+    """
+    if holdings.me is None:
+        chosen = list(candidates[:limit])
+        picked = [i for i in chosen if i in audits]
+        if picked:
+            with rt.session() as s:
+                record_audit_picks(s, task_id, picked)
+        return chosen
+    with rt.session() as s:
+        if not lock(s, task_id):
+            raise NotFound(f"no task {task_id}")
+        chosen = claim(s, task_id, holdings, revision, candidates, limit, now, expires_at)
+        record_audit_picks(s, task_id, [i for i in chosen if i in audits])
     return chosen
 
 
