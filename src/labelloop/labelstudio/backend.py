@@ -291,7 +291,8 @@ def predict(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(ls_tasks, list) or not all(isinstance(t, dict) for t in ls_tasks):
         raise InvalidInput("tasks must be a list of Label Studio tasks")
     link, spec = _linked(rt, project, uid, str(body.get("label_config") or ""))
-    if link.config.object_type == "Text" and (not _costly(spec) or rt.jobs.name == "celery"):
+    in_cluster = rt.has_jobs and rt.jobs.name == "celery"
+    if link.config.object_type == "Text" and (not _costly(spec) or in_cluster):
         # In a cluster the inference workers answer from the texts and the data workers compute
         # the stored items' embeddings on their own machines: nothing waits for a write.
         return _predict_texts(rt, link, spec, ls_tasks)
