@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -123,7 +123,9 @@ def terminate(proc: subprocess.Popen[bytes], grace_s: float = 30) -> None:
 class Server:
     """``labelloop serve`` on a data folder (two local workers), in a session of its own."""
 
-    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.data = data
         self.port = free_port()
         self.log = data.parent / f"serve-{self.port}.log"
@@ -136,7 +138,7 @@ class Server:
         }
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "labelloop", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "labelloop", "serve", "--port", str(self.port), *args],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -4,6 +4,7 @@ the API and the workers call; a user error prints a message and exits non-zero, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -91,7 +92,8 @@ def serve(
         typer.Option(
             min=1,
             metavar="N",
-            help="API processes (uvicorn workers); above 1 only with --jobs celery.",
+            help="API processes (uvicorn workers). With local jobs (Linux), this process runs "
+            "the workers and the API processes hand it their jobs.",
         ),
     ] = 1,
 ) -> None:
@@ -122,22 +124,26 @@ def serve(
 
 
 def _serve_processes(settings: Settings, host: str, port: int, processes: int) -> None:
-    """Several API processes on one port (the seed's predict service: one per inference machine).
+    """Several API processes on one port: a 2-core machine answers on both cores.
 
     Each process builds its own app from the environment, so the command line's settings travel
-    there as ``LABELLOOP_*`` variables; the schema is migrated once, here, before they start.
+    there as ``LABELLOOP_*`` variables; the schema is migrated once, here, before they start. With
+    local jobs this process is the supervisor: it holds the data folder and runs the workers, and
+    the API processes hand it the jobs they queue (:mod:`labelloop.jobs.forward`).
     """
     import importlib
     import os
 
     from labelloop.cluster.gate import wait_for_gate
     from labelloop.errors import InvalidInput
+    from labelloop.jobs import forward
     from labelloop.prefork import serve_forked
     from labelloop.store.db import migrate
 
-    if settings.jobs != "celery":
+    if settings.jobs != "celery" and not forward.supported():
         raise InvalidInput(
-            "--processes above 1 needs --jobs celery (local workers are per process)"
+            "--processes above 1 needs --jobs celery on this system (local workers are handed "
+            "their jobs over a Linux socket)"
         )
     # What every process would import, imported once here: they are forked after it.
     for module in ("labelloop.api.app", "labelloop.jobs.factory", "labelloop.jobs.celery_backend"):
@@ -147,10 +153,52 @@ def _serve_processes(settings: Settings, host: str, port: int, processes: int) -
     os.environ["LABELLOOP_JOBS"] = settings.jobs
     os.environ["LABELLOOP_DATA_DIR"] = str(settings.resolved_data_dir)
     os.environ["LABELLOOP_IMPORT_ROOTS"] = ":".join(str(p) for p in settings.import_roots)
+    os.environ["LABELLOOP_LOCAL_WORKERS"] = str(settings.local_workers)
+    supervisor = _local_supervisor(settings) if settings.jobs != "celery" else None
     console.print(f"labelloop serving on http://{host}:{port} with {processes} processes")
-    code = serve_forked("labelloop.cli:api_from_environment", host, port, processes)
-    if code:
-        raise typer.Exit(code)
+    if supervisor is None:
+        # Celery: nothing here holds a thread or a connection, so the API processes are forked
+        # from this one after the imports (labelloop.prefork).
+        code = serve_forked("labelloop.cli:api_from_environment", host, port, processes)
+        if code:
+            raise typer.Exit(code)
+        return
+    # Local jobs: this process runs the workers' threads and holds store connections, which a
+    # fork would copy half-way; the API processes start fresh (uvicorn's spawn) instead.
+    import uvicorn
+
+    try:
+        uvicorn.run(
+            "labelloop.cli:api_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=processes,
+            log_level="warning",
+        )
+    finally:
+        supervisor()
+
+
+def _local_supervisor(settings: Settings) -> Callable[[], None]:
+    """Start the local workers in this process and the inbox the API processes hand jobs to;
+    returns what stops them."""
+    from labelloop.jobs.forward import JobInbox
+    from labelloop.jobs.local import LocalJobs
+    from labelloop.runtime import Runtime
+
+    rt = Runtime(settings)
+    jobs = LocalJobs(rt)
+    rt.attach_jobs(jobs)
+    inbox = JobInbox(rt, jobs)
+    jobs.start()
+    inbox.start()
+
+    def stop() -> None:
+        inbox.stop()
+        rt.close()
+
+    return stop
 
 
 def api_from_environment() -> Any:
@@ -162,7 +210,12 @@ def api_from_environment() -> Any:
     settings = load_settings()
     setup_logging(settings.log_level)
     rt = Runtime(settings)
-    rt.attach_jobs(make_backend(rt))
+    if settings.jobs == "celery":
+        rt.attach_jobs(make_backend(rt))
+    else:
+        from labelloop.jobs.forward import ForwardedJobs
+
+        rt.attach_jobs(ForwardedJobs(rt))  # the workers are the supervisor's
     return create_app(rt)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from labelloop.kinds import kind_for
+from labelloop.labelstudio import writer
 from tests.span_support import LABELS, corpus
 from tests.support import wait_until
 
@@ -32,6 +33,7 @@ def _task_from_label_studio(c: TestClient, texts: list[str]) -> tuple[int, dict[
     assert r.status_code == 200, r.text
     r = c.post("/labelstudio/predict", json=_predict_body(range(len(texts)), texts))
     assert r.status_code == 200 and r.json()["results"] == [[]] * len(texts), r.text
+    assert writer.flush(c.app.state.rt, 60)  # the tasks are stored just after the answer
     items = c.get(f"/api/v1/tasks/{task_id}/items", params={"limit": 500}).json()["items"]
     by_task = {it["external_id"]: it["id"] for it in items}
     return task_id, {n: by_task[f"ls:{500 + n}"] for n in range(len(texts))}

@@ -257,10 +257,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_serve_processes_needs_celery(tmp_path: Path) -> None:
+def test_serve_processes_needs_celery_off_linux(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from labelloop.cli import app
+    from labelloop.jobs import forward
+
+    monkeypatch.setattr(forward, "supported", lambda: False)
 
     result = CliRunner().invoke(
         app, ["serve", "--processes", "2", "--data-dir", str(tmp_path), "--jobs", "local"]

@@ -32,6 +32,7 @@ from labelloop.api.routes import (
     tasks,
     workers,
 )
+from labelloop.labelstudio import writer as labelstudio_writer
 from labelloop.observability import CONTENT_TYPE_LATEST, Metrics, RequestMetrics
 from labelloop.runtime import Runtime
 from labelloop.schemas import Health
@@ -54,6 +55,7 @@ def create_app(rt: Runtime, *, manage_jobs: bool = True) -> FastAPI:
         try:
             yield
         finally:
+            labelstudio_writer.close(rt)  # Label Studio's tasks and pre-labels not yet written
             if manage_jobs and rt.has_jobs:
                 rt.jobs.stop()
 

@@ -13,12 +13,15 @@ from labelloop.loop.spec import TaskSpec
 @dataclass
 class DataPrediction:
     """The answer for one data link: its value (labels, or spans) with the kind's stored scores,
-    or the reason it could not be read."""
+    or the reason it could not be read. ``uncertainty`` is the priority a stored prediction of it
+    would rank by (the task's query strategy's), so that the answer can be stored later without
+    scoring the data again (Label Studio's write-behind)."""
 
     labels: list[Any] | None = None
     scores: list[float] | None = None
     score: float | None = None
     error: str | None = None
+    uncertainty: float | None = None
 
 
 @dataclass

@@ -368,6 +368,12 @@ class LocalJobs(JobBackend):
     ) -> ItemPredictions:
         return prediction.predict_stored(self.rt, spec, version, item_ids)
 
+    def known(self) -> set[int]:
+        """Job ids waiting here or running in the workers (``serve --processes``: what the
+        supervisor need not be handed again, :mod:`labelloop.jobs.forward`)."""
+        with self._cond:
+            return {job_id for _, _, job_id in self._heap} | set(self._inflight)
+
     def worker_pids(self) -> list[int]:
         """Process ids of the worker processes, the training lane's included (empty for threads)."""
         return [pid for lane in self._lanes for pid in self._pids(lane.pool)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -24,8 +25,11 @@ from labelloop import __version__
 from labelloop.config import Settings
 from labelloop.errors import Conflict, FetchError, InvalidInput, NotFound
 from labelloop.fetch import LinkChecker, read_link
-from labelloop.labelstudio import links
+from labelloop.jobs.base import DataPrediction
+from labelloop.labelstudio import links, writer
 from labelloop.labelstudio.config import LabelConfig, parse_label_config
+from labelloop.loop.policy import Policy
+from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.schemas import TaskPublic
 from labelloop.service import items as item_service
@@ -73,6 +77,31 @@ def _row_link(row: LabelStudioProject) -> Link:
     return Link(row.id, row.project, row.task_id, row.url, LabelConfig.from_dict(row.config))
 
 
+@lru_cache(maxsize=256)
+def _parsed(label_config: str) -> LabelConfig:
+    """A labelling config parsed once per process (every call carries it; few projects exist)."""
+    return parse_label_config(label_config)
+
+
+def _linked(rt: Runtime, project: str, uid: str | None, label_config: str) -> tuple[Link, TaskSpec]:
+    """The project's link and its task's spec, read in one transaction in the common case (the
+    project is connected with this config); else as :func:`connect` makes it. The task's row is
+    read on every call, so a promoted version serves from the next call on."""
+    config = _parsed(label_config)
+    with rt.reading() as s:
+        row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project == project))
+        task = None if row is None else s.get(Task, row.task_id)
+        if (
+            row is not None
+            and task is not None
+            and (uid is None or row.uid == uid)
+            and row.config == config.as_dict()
+        ):
+            return Link(row.id, row.project, row.task_id, row.url, config), TaskSpec.of(task)
+    link = connect(rt, project, uid, label_config)
+    return link, task_spec(rt, link.task_id)
+
+
 def connect(
     rt: Runtime, project: str, uid: str | None, label_config: str, url: str | None = None
 ) -> Link:
@@ -91,7 +120,7 @@ def _connect(
     A changed config that still maps to the same task shape keeps the task; one with other labels
     or another object type gets a new task (the old one stays, with its labels and models).
     """
-    config = parse_label_config(label_config)
+    config = _parsed(label_config)
     base = links.normalize_url(url) if url else None
     with rt.reading() as s:  # the common case, on every call: connected, nothing to change
         row = s.scalar(select(LabelStudioProject).where(LabelStudioProject.project == project))
@@ -261,7 +290,12 @@ def predict(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
     ls_tasks = body.get("tasks")
     if not isinstance(ls_tasks, list) or not all(isinstance(t, dict) for t in ls_tasks):
         raise InvalidInput("tasks must be a list of Label Studio tasks")
-    link = connect(rt, project, uid, str(body.get("label_config") or ""))
+    link, spec = _linked(rt, project, uid, str(body.get("label_config") or ""))
+    in_cluster = rt.has_jobs and rt.jobs.name == "celery"
+    if link.config.object_type == "Text" and (not _costly(spec) or in_cluster):
+        # In a cluster the inference workers answer from the texts and the data workers compute
+        # the stored items' embeddings on their own machines: nothing waits for a write.
+        return _predict_texts(rt, link, spec, ls_tasks)
     refused: dict[int, str] = {}
     # The new items' featurize jobs wait until this request has computed their features (to
     # predict them), so that a worker does not compute the same embeddings at the same time.
@@ -290,6 +324,76 @@ def predict(rt: Runtime, body: dict[str, Any]) -> dict[str, Any]:
                 "model_version": name,
             }
         )
+    return {"results": results, "model_version": name}
+
+
+@lru_cache(maxsize=256)
+def _costly_policy(category: str, extra: str, labels: tuple[str, ...], policy: str) -> bool:
+    spec = TaskSpec(
+        id=0,
+        name="",
+        category=category,
+        extra=extra,
+        labels=labels,
+        policy=Policy.model_validate_json(policy),
+        salt="",
+        served_version=None,
+    )
+    return spec.has_learner and any(f.cacheable for f in spec.new_learner().featurizers())
+
+
+def _costly(spec: TaskSpec) -> bool:
+    """Whether the task's items are featurized at a cost that is kept (sentence embeddings): such
+    a task's /predict stores its items first, so that what it computes is cached for them."""
+    return _costly_policy(
+        spec.category,
+        spec.extra,
+        spec.labels,
+        spec.policy.model_dump_json(),
+    )
+
+
+def _predict_texts(
+    rt: Runtime, link: Link, spec: TaskSpec, ls_tasks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Pre-labels of a text project's tasks from the texts the request carries; the tasks are
+    stored as items, with their pre-labels, after the answer (:mod:`labelloop.labelstudio.writer`).
+    Nothing is queued when the request fails."""
+    order: dict[int, int] = {}
+    entries: list[item_service.ItemIn] = []
+    for t in ls_tasks:
+        tid = t.get("id")
+        if not isinstance(tid, int) or tid in order:
+            continue
+        data = _item_data(t, link, rt.settings)
+        if data is None:
+            continue
+        order[tid] = len(entries)
+        entries.append(item_service.ItemIn(data=data, external_id=f"{EXTERNAL_PREFIX}{tid}"))
+    if len(entries) > rt.settings.max_items_per_request:
+        raise InvalidInput(f"at most {rt.settings.max_items_per_request} items per request")
+    version = spec.served_version
+    name = version_name(version)
+    answers: list[DataPrediction | None] = [None] * len(entries)
+    if version is not None and entries:
+        answers = list(rt.jobs.predict_data(spec, version, [e.data for e in entries]))
+    results: list[Any] = []
+    for t in ls_tasks:
+        at = order.get(t.get("id"))  # type: ignore[arg-type]
+        a = None if at is None else answers[at]
+        if a is None or a.error is not None or a.labels is None:
+            results.append([])
+            continue
+        text = entries[at].data if at is not None else None
+        results.append(
+            {
+                "result": _result(link, list(a.labels), a.score, text),
+                "score": a.score,
+                "model_version": name,
+            }
+        )
+    if entries:
+        writer.writer(rt).submit(writer.Pending(link.task_id, version, entries, answers))
     return {"results": results, "model_version": name}
 
 
@@ -354,6 +458,24 @@ def _annotator(annotation: dict[str, Any]) -> str | None:
     return None if who is None else f"labelstudio:{who}"
 
 
+#: How long an annotation waits for the write-behind before it stores its tasks itself.
+FLUSH_WAIT_S = 5.0
+
+
+def _stored_items(rt: Runtime, link: Link, task_ids: list[Any]) -> dict[int, int]:
+    """Label Studio task id -> item id, for tasks already stored as items."""
+    ext = [f"{EXTERNAL_PREFIX}{t}" for t in task_ids if isinstance(t, int)]
+    if not ext:
+        return {}
+    with rt.reading() as s:
+        rows = s.execute(
+            select(Item.external_id, Item.id).where(
+                Item.task_id == link.task_id, Item.external_id.in_(ext)
+            )
+        ).all()
+    return {int(str(e)[len(EXTERNAL_PREFIX) :]): int(i) for e, i in rows}
+
+
 def _mapped_items(rt: Runtime, link: Link, annotation_ids: list[int]) -> dict[int, int]:
     with rt.session() as s:
         return dict(
@@ -369,8 +491,15 @@ def _mapped_items(rt: Runtime, link: Link, annotation_ids: list[int]) -> dict[in
 def _annotations(
     rt: Runtime, link: Link, pairs: list[tuple[dict[str, Any], dict[str, Any]]]
 ) -> dict[str, Any]:
-    """Append the labels of (annotation, Label Studio task) pairs; returns what submit answered."""
+    """Append the labels of (annotation, Label Studio task) pairs; returns what submit answered.
+
+    The tasks' items are those a ``/predict`` stored (the write-behind is waited for first), or
+    stored here from the event's data when it has not (yet, or at all); a task the event carries
+    without its data is found by its external id."""
+    if not writer.flush(rt, FLUSH_WAIT_S):
+        log.warning("Label Studio write-behind is late; the event's tasks are stored from it")
     ids = ingest(rt, link, [t for _, t in pairs])
+    ids.update(_stored_items(rt, link, [t.get("id") for _, t in pairs if t.get("id") not in ids]))
     known = _mapped_items(rt, link, [a["id"] for a, _ in pairs if isinstance(a.get("id"), int)])
     todo: list[labelling.AnnotationIn] = []
     maps: list[tuple[int, int, bool]] = []

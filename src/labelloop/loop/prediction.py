@@ -186,8 +186,13 @@ def predict_data(
     chosen = spec.kind.decide(scores, spec.labels)
     conf = spec.kind.confidence(scores)
     stored = spec.kind.stored_scores(scores)
+    unc = strategy_for(spec.policy).priority(
+        spec.kind.ranked_scores(scores), spec.multi_label, None
+    )
     for k, i in enumerate(good):
-        out[i] = DataPrediction(labels=chosen[k], scores=stored[k], score=float(conf[k]))
+        out[i] = DataPrediction(
+            labels=chosen[k], scores=stored[k], score=float(conf[k]), uncertainty=float(unc[k])
+        )
     return out
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from labelloop.errors import FetchError, InvalidInput, NotFound
 from labelloop.fetch import LinkChecker, text_content
@@ -16,7 +19,7 @@ from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.schemas import MAX_ITEM_DATA_CHARS, ItemCreate
 from labelloop.service.common import enqueue, get_task_row
-from labelloop.store.models import Annotation, Item, Job, Prediction, lottery_of
+from labelloop.store.models import Annotation, Item, Job, Prediction, Task, lottery_of
 
 #: One item to add; the shape (and its checks) is :class:`labelloop.schemas.ItemCreate`.
 ItemIn = ItemCreate
@@ -56,68 +59,83 @@ def store_items(rt: Runtime, task_id: int, items: list[ItemIn]) -> tuple[dict[st
         category = get_task_row(s, task_id).category
     if not is_text(category):
         check_links(rt, task_id, items)
+    for attempt in (1, 2):
+        try:
+            with rt.session() as s:
+                return store_in(s, get_task_row(s, task_id), items)
+        except IntegrityError:
+            # Another writer (a concurrent request, Label Studio's write-behind) stored one of
+            # these external ids first: looked up again, it is found and not added twice.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def store_in(s: Session, task: Task, items: Sequence[ItemIn]) -> tuple[dict[str, Any], list[Job]]:
+    """Store items in an open transaction (idempotent by ``external_id``); the caller checked
+    their links and their number. Returns the answer and the featurize jobs to queue after the
+    commit. Two writers of the same new external id: the second one's commit fails on the unique
+    key, and its retry finds the item."""
+    task_id = task.id
+    ext = [i.external_id for i in items if i.external_id is not None]
     jobs: list[Job] = []
-    with rt.session() as s:
-        task = get_task_row(s, task_id)
-        text = is_text(task.category)
-        of_task = TaskSpec.of(task)
-        costly = of_task.has_learner and any(
-            f.cacheable for f in of_task.new_learner().featurizers()
-        )
-        known: dict[str | None, int] = {}
-        if ext:
-            for chunk_start in range(0, len(ext), 500):
-                chunk = ext[chunk_start : chunk_start + 500]
-                known.update(
-                    s.execute(
-                        select(Item.external_id, Item.id).where(
-                            Item.task_id == task_id, Item.external_id.in_(chunk)
-                        )
-                    ).all()
-                )
-        out: list[dict[str, Any]] = []
-        new: list[dict[str, Any]] = []
-        for spec in items:
-            if spec.external_id is not None and spec.external_id in known:
-                out.append(
-                    {
-                        "id": known[spec.external_id],
-                        "external_id": spec.external_id,
-                        "created": False,
-                    }
-                )
-                continue
-            new.append(
+    text = is_text(task.category)
+    of_task = TaskSpec.of(task)
+    costly = of_task.has_learner and any(f.cacheable for f in of_task.new_learner().featurizers())
+    known: dict[str | None, int] = {}
+    if ext:
+        for chunk_start in range(0, len(ext), 500):
+            chunk = ext[chunk_start : chunk_start + 500]
+            known.update(
+                s.execute(
+                    select(Item.external_id, Item.id).where(
+                        Item.task_id == task_id, Item.external_id.in_(chunk)
+                    )
+                ).all()
+            )
+    out: list[dict[str, Any]] = []
+    new: list[dict[str, Any]] = []
+    for spec in items:
+        if spec.external_id is not None and spec.external_id in known:
+            out.append(
                 {
-                    "task_id": task_id,
+                    "id": known[spec.external_id],
                     "external_id": spec.external_id,
-                    "data": spec.data,
-                    # A text is its own content; it still waits for featurizing if that is costly
-                    # (sentence embeddings), so that training never embeds the whole pool at once.
-                    "content_hash": text_content(spec.data).content_hash if text else None,
-                    "status": "ready" if text and not costly else "pending",
-                    "lottery": lottery_of(task.salt, spec.external_id, spec.data),
-                    "signature": None,
+                    "created": False,
                 }
             )
-        cheap = [row for row in new if row["status"] == "ready"]
-        if cheap:  # texts that no featurize job follows: signed by their words now
-            signed = signatures(Features({"text": [row["data"] for row in cheap]}))
-            for row, sig in zip(cheap, signed, strict=True):
-                row["signature"] = sig
-        # One bulk statement (no ORM object per item): imports of 10,000 items at a time.
-        ids = (
-            list(s.scalars(insert(Item).returning(Item.id, sort_by_parameter_order=True), new))
-            if new
-            else []
+            continue
+        new.append(
+            {
+                "task_id": task_id,
+                "external_id": spec.external_id,
+                "data": spec.data,
+                # A text is its own content; it still waits for featurizing if that is costly
+                # (sentence embeddings), so that training never embeds the whole pool at once.
+                "content_hash": text_content(spec.data).content_hash if text else None,
+                "status": "ready" if text and not costly else "pending",
+                "lottery": lottery_of(task.salt, spec.external_id, spec.data),
+                "signature": None,
+            }
         )
-        out += [
-            {"id": i, "external_id": row["external_id"], "created": True}
-            for i, row in zip(ids, new, strict=True)
-        ]
-        pending = [i for i, row in zip(ids, new, strict=True) if row["status"] == "pending"]
-        if pending:
-            jobs = featurize_jobs(s, task_id, pending)
+    cheap = [row for row in new if row["status"] == "ready"]
+    if cheap:  # texts that no featurize job follows: signed by their words now
+        signed = signatures(Features({"text": [row["data"] for row in cheap]}))
+        for row, sig in zip(cheap, signed, strict=True):
+            row["signature"] = sig
+    # One bulk statement (no ORM object per item): imports of 10,000 items at a time.
+    ids = (
+        list(s.scalars(insert(Item).returning(Item.id, sort_by_parameter_order=True), new))
+        if new
+        else []
+    )
+    out += [
+        {"id": i, "external_id": row["external_id"], "created": True}
+        for i, row in zip(ids, new, strict=True)
+    ]
+    pending = [i for i, row in zip(ids, new, strict=True) if row["status"] == "pending"]
+    if pending:
+        jobs = featurize_jobs(s, task_id, pending)
     return {"created": len(new), "existing": len(items) - len(new), "items": out}, jobs
 
 
