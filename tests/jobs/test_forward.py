@@ -45,4 +45,17 @@ def test_a_training_queued_by_an_api_process_runs_in_the_supervisors_workers(
     finally:
         server.stop()
     assert server.proc.returncode is not None
-    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    def alive() -> list[psutil.Process]:
+        left = []
+        for p in tree:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return left
+
+    # Told to stop with the server, the API and worker processes end on their own (they may
+    # finish a moment after the server's own process): none is left running.
+    wait_until(lambda: not alive(), 60, "every API and worker process to end")
