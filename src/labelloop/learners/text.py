@@ -1,7 +1,9 @@
 """Text classification with scikit-learn alone, optionally with sentence embeddings.
 
-TF-IDF statistics (vocabulary, document frequencies) are fitted on the task's whole pool, so words
-that only unlabelled items contain still shape the features.
+TF-IDF statistics (vocabulary, document frequencies) are fitted on the pool a training hands over
+(the labelled texts and a bounded sample of the unlabelled ones, ``train_pool_sample``), so words
+that only unlabelled items contain still shape the features, at a cost that does not grow with the
+task.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def lead_words(texts: Sequence[str]) -> list[str]:
 
 
 class PoolText:
-    """TF-IDF vectorizers fitted on the whole pool, with the pool's rows already transformed."""
+    """TF-IDF vectorizers fitted on the training's pool (labelled texts and the sample), with its
+    rows already transformed."""
 
     def __init__(self, texts: list[str], lead: bool) -> None:
         self.vectorizers: list[tuple[str, TfidfVectorizer]] = [
