@@ -192,6 +192,9 @@ def test_chunk_jobs_rescore_the_whole_pool_most_uncertain_first(small: Runtime) 
     for job_id in chunks:
         execute(rt, job_id)
     assert set(predicted(rt, t, 1)) == set(ids[12:])
+    # A finished chunk keeps how many items it took, not their ids.
+    assert sum(j.payload["items"] for j in jobs_of(rt, chunks)) == len(planned)
+    assert not any("item_ids" in j.payload for j in jobs_of(rt, chunks))
 
 
 def test_a_newer_promotion_stops_older_chunks(small: Runtime) -> None:

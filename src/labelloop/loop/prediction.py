@@ -130,7 +130,7 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
         version = int(job.payload["version"])
         if task.served_version != version:
             # A newer promotion (or a rollback) superseded this batch; its own batches follow.
-            finish(job, {"skipped": "superseded"})
+            _finish_batch(job, {"skipped": "superseded"})
             return []
         if not claim(job):
             return []
@@ -147,10 +147,21 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
         job = s.get(Job, job_id)
         if task is None or job is None:
             return []
-        if task.served_version == version:
-            upsert_predictions(s, rows)
-        finish(job, {"predicted": len(rows), "failed": len(scored.failed)})
+        if task.served_version != version:
+            _finish_batch(job, {"skipped": "superseded"})
+            return []
+        upsert_predictions(s, rows)
+        _finish_batch(job, {"predicted": len(rows), "failed": len(scored.failed)})
     return []
+
+
+def _finish_batch(job: Job, result: dict[str, object]) -> None:
+    """Done, and its item ids dropped from the store (a finished job never runs again): a large
+    task's promotions do not pile up a copy of the pool's ids each in the jobs table."""
+    if finish(job, result):
+        job.payload = {k: v for k, v in job.payload.items() if k != "item_ids"} | {
+            "items": len(job.payload.get("item_ids", ()))
+        }
 
 
 def run_rescore_job(rt: Runtime, job_id: int) -> list[int]:
