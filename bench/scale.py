@@ -290,6 +290,11 @@ def rescoring(rt: Any, t: int) -> dict[str, Any]:
                 Job.task_id == t, Job.kind == "predict", Job.state == "done"
             )
         ).all()
+        plans = s.execute(
+            select(Job.started_at, Job.finished_at, Job.result).where(
+                Job.task_id == t, Job.kind == "rescore", Job.state == "done"
+            )
+        ).all()
         scored = s.scalar(
             select(func.count())
             .select_from(Prediction)
@@ -301,7 +306,14 @@ def rescoring(rt: Any, t: int) -> dict[str, Any]:
         for r in ran
         if r.started_at and r.finished_at and "predicted" in (r.result or {})
     ]
+    plan = [
+        (r.finished_at - r.started_at).total_seconds()
+        for r in plans
+        if r.started_at and r.finished_at and "chunks" in (r.result or {})
+    ]
     return {
+        "rescore_plans_run": len(plan),
+        "rescore_plan_s_median": round(statistics.median(plan), 2) if plan else None,
         "rescore_chunks_run": len(secs),
         "rescore_chunk_s_median": round(statistics.median(secs), 2) if secs else None,
         "served_version_scored_share": round(int(scored or 0) / max(int(pool or 0), 1), 4),
