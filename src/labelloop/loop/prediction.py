@@ -168,8 +168,12 @@ def run_rescore_job(rt: Runtime, job_id: int) -> list[int]:
     """After a promotion, in the background: cut the re-prediction of every item the new version
     has not scored yet into chunk jobs (``rescore_chunk`` items each), in the order of the
     freshest scores (``Item.rank``: the previous version's most uncertain first, unscored ones
-    before them, auto-labelled ones last). Returns the chunk jobs; created with the job's end in
-    one transaction, so a rerun finds it finished. Reads ids only (8 bytes an item)."""
+    before them, auto-labelled ones last). Returns the chunk jobs.
+
+    Three transactions: the claim; the read of the pool's ids (streamed, 8 bytes an item kept)
+    in a reading transaction, so that nobody waits for the store's write lock meanwhile (SQLite
+    has one for the whole store); the chunk jobs created with the job's end, so a rerun after a
+    crash finds either nothing done or the job finished."""
     with rt.session() as s:
         job = s.get(Job, job_id)
         if job is None or is_finished(job):
@@ -183,14 +187,25 @@ def run_rescore_job(rt: Runtime, job_id: int) -> list[int]:
             return []
         if not claim(job):
             return []
-        labelled = set(current_labels(s, task.id))
+        task_id = task.id
+    with rt.reading() as s:
+        labelled = set(current_labels(s, task_id))
         rows = s.execute(
             select(Item.id, Prediction.version)
             .outerjoin(Prediction, Prediction.item_id == Item.id)
-            .where(Item.task_id == task.id, Item.status != "failed")
+            .where(Item.task_id == task_id, Item.status != "failed")
             .order_by(Item.covered, Item.rank, Item.lottery)
+            .execution_options(yield_per=10_000)
         )
         todo = array("q", (i for i, v in rows if v != version and i not in labelled))
+    with rt.session() as s:
+        job = s.get(Job, job_id)
+        task = s.get(Task, task_id)
+        if job is None or task is None or is_finished(job):
+            return []
+        if task.served_version != version:
+            finish(job, {"skipped": "superseded"})
+            return []
         jobs = repredict_jobs(s, task, version, todo, batch=rt.settings.rescore_chunk)
         finish(job, {"items": len(todo), "chunks": len(jobs)})
         return [j.id for j in jobs]
