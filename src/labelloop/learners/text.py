@@ -229,7 +229,13 @@ class TfidfSVM(Learner):
 
     def _matrix(self, X: Features, training: bool = False) -> Any:
         texts = X.texts(TextFeaturizer.view)
-        m = self.text_.pool_rows(texts) if training else self.text_.transform(texts)
+        rows = self.text_.rows  # (empty for a loaded model: it keeps no pool)
+        if training or (rows and all(t in rows for t in texts)):
+            # The training's own pool (cross-validation folds, its sample's pre-labels): the rows
+            # it already transformed, the same numbers, without the character n-grams again.
+            m = self.text_.pool_rows(texts)
+        else:
+            m = self.text_.transform(texts)
         if MiniLMFeaturizer.view in self.views():  # what this model was trained on, not X
             m = sparse.hstack([m, sparse.csr_matrix(X.array(MiniLMFeaturizer.view))]).tocsr()
         return m
