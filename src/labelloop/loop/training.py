@@ -563,8 +563,10 @@ def _pool_size(claim: Claim, prepared: Prepared) -> int:
     return claim.n_pool if claim.sampled else len(prepared.ok_ids)
 
 
-#: Items the pool is predicted in at a time (the learner's inputs of a chunk, not of the pool).
-PREDICT_CHUNK = 20_000
+#: Items the sample is predicted in at a time (the learner's inputs of a chunk, not of the
+#: sample), and pre-labels written per transaction: the promotion's transaction holds SQLite's
+#: write lock, which ``/next``'s reservation claim waits for, for one chunk only.
+PREDICT_CHUNK = 5_000
 
 
 def _predict_in_chunks(model: Learner, pool: Features, positions: list[int]) -> np.ndarray | None:
