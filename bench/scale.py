@@ -15,8 +15,10 @@ size, a text task with the cheap featurizer (words only, no embeddings: texts ar
 - then 300 labels as an annotator gives them: ``/next?limit=10&annotator=…``, ``/predictions``
   of each item, one ``POST /annotations`` per item, while the policy trains in the background;
   p50 and p99 of each, the time from the first label to the first served model, and every
-  version's training time (the job's wall time, its pool prediction included) until the task is
-  idle or ``--idle-wait`` runs out (``--train-wait`` for the first model);
+  version's training time (the job's wall time: it reads the labels and a sample of
+  ``train_pool_sample`` items, and predicts that sample) until the task is idle or ``--idle-wait``
+  runs out (``--train-wait`` for the first model); then the background rescoring: chunk jobs
+  run, their median time, and the share of the pool the served version has scored;
 - ``knn``: the density graph of ``size`` 64-dimensional feature rows (``learners/neighbours.py``)
   up to ``--knn-max`` rows, and the brute-force graph it replaces where affordable (≤ 20,000);
 - peak RSS of this process and of the largest worker, the store's and the data folder's size.
@@ -273,6 +275,51 @@ def trainings(rt: Any, t: int) -> dict[str, Any]:
     }
 
 
+def rescoring(rt: Any, t: int) -> dict[str, Any]:
+    """The background re-prediction after promotions: the chunk jobs that ran (not those a newer
+    promotion superseded), their median wall time, and how much of the pool the served version
+    has scored (the training's sample and the chunks that ran)."""
+    from sqlalchemy import func, select
+
+    from labelloop.store.models import Item, Job, Prediction, Task
+
+    with rt.session() as s:
+        version = s.get_one(Task, t).served_version
+        ran = s.execute(
+            select(Job.started_at, Job.finished_at, Job.result).where(
+                Job.task_id == t, Job.kind == "predict", Job.state == "done"
+            )
+        ).all()
+        plans = s.execute(
+            select(Job.started_at, Job.finished_at, Job.result).where(
+                Job.task_id == t, Job.kind == "rescore", Job.state == "done"
+            )
+        ).all()
+        scored = s.scalar(
+            select(func.count())
+            .select_from(Prediction)
+            .where(Prediction.task_id == t, Prediction.version == version)
+        )
+        pool = s.scalar(select(func.count()).select_from(Item).where(Item.task_id == t))
+    secs = [
+        (r.finished_at - r.started_at).total_seconds()
+        for r in ran
+        if r.started_at and r.finished_at and "predicted" in (r.result or {})
+    ]
+    plan = [
+        (r.finished_at - r.started_at).total_seconds()
+        for r in plans
+        if r.started_at and r.finished_at and "chunks" in (r.result or {})
+    ]
+    return {
+        "rescore_plans_run": len(plan),
+        "rescore_plan_s_median": round(statistics.median(plan), 2) if plan else None,
+        "rescore_chunks_run": len(secs),
+        "rescore_chunk_s_median": round(statistics.median(secs), 2) if secs else None,
+        "served_version_scored_share": round(int(scored or 0) / max(int(pool or 0), 1), 4),
+    }
+
+
 def knn(size: int, rng: np.random.Generator) -> dict[str, float]:
     from labelloop.learners.neighbours import knn_graph
 
@@ -320,6 +367,7 @@ def one(size: int, database_url: str | None, labels: int, args: argparse.Namespa
         round(first_model - first_label, 1) if first_model and first_label else None
     )
     out |= trainings(rt, t)
+    out |= rescoring(rt, t)
     rt.jobs.stop()
     if size <= args.knn_max:
         out |= knn(size, rng)

@@ -77,7 +77,7 @@ def test_every_endpoint(
         ]
         assert ll.models(tid)[0]["serving"] is True
         assert ll.metrics(tid)["edit_rate"]["submitted"] == len(batch)
-        assert ll.jobs(tid, limit=5)[0]["kind"] in ("train", "predict", "featurize")
+        assert ll.jobs(tid, limit=5)[0]["kind"] in ("train", "rescore", "predict", "featurize")
         item = ll.get_item(tid, first["id"])
         assert item["id"] == first["id"]
         assert ll.predict(tid, [digit_files[0][0]])["model_version"] == 0

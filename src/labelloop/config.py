@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     #: Threads that run the API's routes at once (anyio's default is 40): fewer threads compete
     #: for the interpreter lock with the one that holds the store's write lock (docs/BENCHMARKS.md).
     api_threads: int = Field(default=40, ge=1, le=1000)
+    #: Unlabelled items a training reads besides the labelled ones, for learners that learn from
+    #: the pool (TF-IDF vocabulary, label spreading, density weights): the first this many of the
+    #: task's stable random order (``Item.lottery``, keyed by its salt), so that a training's
+    #: memory grows with the labels, not the pool (labelloop.loop.training).
+    train_pool_sample: int = Field(default=20_000, ge=1)
+    #: Items per background re-prediction job after a promotion, most uncertain first
+    #: (labelloop.loop.scheduling.rescore_jobs).
+    rescore_chunk: int = Field(default=5_000, ge=1, le=1_000_000)
     #: How long an item ``/next`` hands to an annotator stays theirs (no one else gets it).
     reservation_lease_s: float = Field(default=600.0, gt=0, le=7 * 86400)
     #: The image backbone of photo learners: "efficientnet-lite0" (in the default install),

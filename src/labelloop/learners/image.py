@@ -1,9 +1,10 @@
 """Image classification without pretrained weights: the pool's graph teaches an RBF SVM.
 
 Measured on the digits stream (docs/BENCHMARKS.md): label spreading over a k-nearest-neighbour
-graph of the whole pool makes far fewer mistakes than any model trained on labels alone while
-labels are few; an RBF SVM is better once they are many. ``PoolSVM`` gets both: it spreads the
-labels over the pool, takes the confident spread labels as pseudo-labels next to the human ones,
+graph of the pool (what a training hands over: the labelled items and a bounded sample of the
+unlabelled ones, ``train_pool_sample``) makes far fewer mistakes than any model trained on labels
+alone while labels are few; an RBF SVM is better once they are many. ``PoolSVM`` gets both: it
+spreads the labels over the pool, takes the confident spread labels as pseudo-labels next to the human ones,
 and fits the SVM on the union. Early on the SVM mostly copies the graph; as human labels replace
 pseudo-labels, its own judgement takes over, with no schedule to tune.
 """

@@ -1,7 +1,9 @@
 """Text classification with scikit-learn alone, optionally with sentence embeddings.
 
-TF-IDF statistics (vocabulary, document frequencies) are fitted on the task's whole pool, so words
-that only unlabelled items contain still shape the features.
+TF-IDF statistics (vocabulary, document frequencies) are fitted on the pool a training hands over
+(the labelled texts and a bounded sample of the unlabelled ones, ``train_pool_sample``), so words
+that only unlabelled items contain still shape the features, at a cost that does not grow with the
+task.
 """
 
 from __future__ import annotations
@@ -153,7 +155,8 @@ def lead_words(texts: Sequence[str]) -> list[str]:
 
 
 class PoolText:
-    """TF-IDF vectorizers fitted on the whole pool, with the pool's rows already transformed."""
+    """TF-IDF vectorizers fitted on the training's pool (labelled texts and the sample), with its
+    rows already transformed."""
 
     def __init__(self, texts: list[str], lead: bool) -> None:
         self.vectorizers: list[tuple[str, TfidfVectorizer]] = [
@@ -244,7 +247,13 @@ class TfidfSVM(Learner):
 
     def _matrix(self, X: Features, training: bool = False) -> Any:
         texts = X.texts(TextFeaturizer.view)
-        m = self.text_.pool_rows(texts) if training else self.text_.transform(texts)
+        rows = self.text_.rows  # (empty for a loaded model: it keeps no pool)
+        if training or (rows and all(t in rows for t in texts)):
+            # The training's own pool (cross-validation folds, its sample's pre-labels): the rows
+            # it already transformed, the same numbers, without the character n-grams again.
+            m = self.text_.pool_rows(texts)
+        else:
+            m = self.text_.transform(texts)
         if MiniLMFeaturizer.view in self.views():  # what this model was trained on, not X
             m = sparse.hstack([m, sparse.csr_matrix(X.array(MiniLMFeaturizer.view))]).tocsr()
         return m

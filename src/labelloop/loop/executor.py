@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from labelloop.errors import LabelloopError, NotFound, Unavailable
 from labelloop.jobs.state import fail_by_id
 from labelloop.loop.items import fail_featurize_job, run_featurize_job
-from labelloop.loop.prediction import run_predict_job
+from labelloop.loop.prediction import run_predict_job, run_rescore_job
 from labelloop.loop.scheduling import after_training
 from labelloop.runtime import Runtime
 from labelloop.store.models import Job, Task
@@ -75,6 +75,8 @@ KINDS: dict[str, JobKind] = {
     "featurize": JobKind(run_featurize_job, "data", 1, fail_featurize_job),
     "autolabel": JobKind(lazy("labelloop.loop.autolabel:run_autolabel_job"), "train", 2),
     "predict": JobKind(run_predict_job, "inference", 2),
+    # Cuts a promotion's re-prediction of the pool into ``predict`` chunks, in the background.
+    "rescore": JobKind(run_rescore_job, "inference", 2),
 }
 
 #: The queue (and worker role) each kind of job runs on.

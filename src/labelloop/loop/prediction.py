@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,10 +17,12 @@ from labelloop.jobs.state import claim, finish, is_finished
 from labelloop.learners import Features, Learner, learner_by_name
 from labelloop.loop.cache import folder_bytes
 from labelloop.loop.features import ItemRef, featurize, featurize_contents, read_content
+from labelloop.loop.labels import current_labels
+from labelloop.loop.scheduling import repredict_jobs
 from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
-from labelloop.store.models import Item, Job, Task, utcnow
+from labelloop.store.models import Item, Job, Prediction, Task, utcnow
 from labelloop.store.upsert import upsert_predictions
 
 
@@ -71,7 +74,12 @@ def prediction_rows(
     chosen = spec.kind.decide(scores, spec.labels)
     conf = spec.kind.confidence(scores)
     stored = spec.kind.stored_scores(scores)
-    w = np.array([weights.get(int(i), 1.0) for i in item_ids]) if weights else None
+    w = None
+    if weights:
+        # An item outside the sample the version was trained on has no weight of its own: it
+        # gets the sample's median (density weighting beyond the sample is approximate).
+        missing = float(np.median(np.fromiter(weights.values(), dtype=np.float64)))
+        w = np.array([weights.get(int(i), missing) for i in item_ids])
     unc = strategy_for(spec.policy).priority(spec.kind.ranked_scores(scores), spec.multi_label, w)
     now = utcnow()
     return [
@@ -122,7 +130,7 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
         version = int(job.payload["version"])
         if task.served_version != version:
             # A newer promotion (or a rollback) superseded this batch; its own batches follow.
-            finish(job, {"skipped": "superseded"})
+            _finish_batch(job, {"skipped": "superseded"})
             return []
         if not claim(job):
             return []
@@ -139,10 +147,68 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
         job = s.get(Job, job_id)
         if task is None or job is None:
             return []
-        if task.served_version == version:
-            upsert_predictions(s, rows)
-        finish(job, {"predicted": len(rows), "failed": len(scored.failed)})
+        if task.served_version != version:
+            _finish_batch(job, {"skipped": "superseded"})
+            return []
+        upsert_predictions(s, rows)
+        _finish_batch(job, {"predicted": len(rows), "failed": len(scored.failed)})
     return []
+
+
+def _finish_batch(job: Job, result: dict[str, object]) -> None:
+    """Done, and its item ids dropped from the store (a finished job never runs again): a large
+    task's promotions do not pile up a copy of the pool's ids each in the jobs table."""
+    if finish(job, result):
+        job.payload = {k: v for k, v in job.payload.items() if k != "item_ids"} | {
+            "items": len(job.payload.get("item_ids", ()))
+        }
+
+
+def run_rescore_job(rt: Runtime, job_id: int) -> list[int]:
+    """After a promotion, in the background: cut the re-prediction of every item the new version
+    has not scored yet into chunk jobs (``rescore_chunk`` items each), in the order of the
+    freshest scores (``Item.rank``: the previous version's most uncertain first, unscored ones
+    before them, auto-labelled ones last). Returns the chunk jobs.
+
+    Three transactions: the claim; the read of the pool's ids (streamed, 8 bytes an item kept)
+    in a reading transaction, so that nobody waits for the store's write lock meanwhile (SQLite
+    has one for the whole store); the chunk jobs created with the job's end, so a rerun after a
+    crash finds either nothing done or the job finished."""
+    with rt.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or is_finished(job):
+            return []
+        task = s.get(Task, job.task_id)
+        if task is None:
+            return []
+        version = int(job.payload["version"])
+        if task.served_version != version:
+            finish(job, {"skipped": "superseded"})
+            return []
+        if not claim(job):
+            return []
+        task_id = task.id
+    with rt.reading() as s:
+        labelled = set(current_labels(s, task_id))
+        rows = s.execute(
+            select(Item.id, Prediction.version)
+            .outerjoin(Prediction, Prediction.item_id == Item.id)
+            .where(Item.task_id == task_id, Item.status != "failed")
+            .order_by(Item.covered, Item.rank, Item.lottery)
+            .execution_options(yield_per=10_000)
+        )
+        todo = array("q", (i for i, v in rows if v != version and i not in labelled))
+    with rt.session() as s:
+        job = s.get(Job, job_id)
+        task = s.get(Task, task_id)
+        if job is None or task is None or is_finished(job):
+            return []
+        if task.served_version != version:
+            finish(job, {"skipped": "superseded"})
+            return []
+        jobs = repredict_jobs(s, task, version, todo, batch=rt.settings.rescore_chunk)
+        finish(job, {"items": len(todo), "chunks": len(jobs)})
+        return [j.id for j in jobs]
 
 
 def require_served(spec: TaskSpec) -> int:

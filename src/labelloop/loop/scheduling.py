@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -157,11 +157,19 @@ def featurize_jobs(session: Session, task_id: int, item_ids: list[int]) -> list[
     return jobs
 
 
-def repredict_jobs(session: Session, task: Task, version: int, unlabelled: list[int]) -> list[Job]:
-    """Batches that re-predict the task's unlabelled items with a newly served version."""
+def repredict_jobs(
+    session: Session,
+    task: Task,
+    version: int,
+    unlabelled: Sequence[int],
+    batch: int = PREDICT_BATCH,
+) -> list[Job]:
+    """Batches that re-predict the task's unlabelled items with a newly served version, in the
+    order given (the caller's: most uncertain first). Each takes its ids; it skips when its
+    version no longer serves (:func:`labelloop.loop.prediction.run_predict_job`)."""
     jobs = []
-    for start in range(0, len(unlabelled), PREDICT_BATCH):
-        chunk = unlabelled[start : start + PREDICT_BATCH]
+    for start in range(0, len(unlabelled), batch):
+        chunk = [int(i) for i in unlabelled[start : start + batch]]
         key = f"predict:{task.id}:{version}:{task.promotions}:{start}"
         job = Job(
             task_id=task.id,
@@ -173,6 +181,20 @@ def repredict_jobs(session: Session, task: Task, version: int, unlabelled: list[
         jobs.append(job)
     session.flush()
     return jobs
+
+
+def rescore_job(session: Session, task: Task, version: int) -> Job:
+    """After a promotion: the job that cuts the pool's re-prediction into chunk jobs (in the
+    background, most uncertain first; :func:`labelloop.loop.prediction.run_rescore_job`)."""
+    job = Job(
+        task_id=task.id,
+        kind="rescore",
+        key=f"rescore:{task.id}:{version}:{task.promotions}",
+        payload={"version": version},
+    )
+    session.add(job)
+    session.flush()
+    return job
 
 
 def autolabel_job(session: Session, task: Task, version: int) -> Job:

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,10 @@ from labelloop.learners.choice import choose
 from labelloop.learners.finetune import FineTune
 from labelloop.loop import autolabel, evaluation, retention
 from labelloop.loop.features import ItemRef, featurize
-from labelloop.loop.labels import labelled_at, unlabelled_item_ids
+from labelloop.loop.labels import labelled_at
 from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
-from labelloop.loop.scheduling import after_training, repredict_jobs
+from labelloop.loop.scheduling import after_training, autolabel_job, rescore_job
 from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
@@ -51,9 +52,58 @@ class Claim:
     label_revisions: dict[int, int]
     #: Revision the served model was trained at (None: nothing serves yet).
     served_revision: int | None
+    #: The labelled items and the pool's sample (:func:`read_pool`), in id order.
     items: list[ItemRef]
     #: Labelled items that ``/next`` handed out as random audits (held-out evidence).
     audits: frozenset[int] = frozenset()
+    #: Readable items of the task, and whether ``items`` leaves some of them out (a sample).
+    n_pool: int = 0
+    sampled: bool = False
+
+
+def read_pool(
+    s: Any, task_id: int, labelled: Collection[int], sample: int
+) -> tuple[list[ItemRef], int, bool]:
+    """What a training reads of the task's items: every labelled one (pending ones are featurized
+    by the training) and at most ``sample`` unlabelled ready ones, the first of the task's stable
+    random order (``Item.lottery``, a hash keyed by the task's salt: a rerun reads the same
+    items, and a new item joins only where it falls in that order). One ``LIMIT`` read through
+    the lottery index: memory and time grow with the labels and the sample, not the pool.
+    Returns the items in id order, the number of readable items of the task, and whether the
+    sample left ready items out."""
+    cols = (Item.id, Item.data, Item.content_hash)
+    out: dict[int, ItemRef] = {}
+    wanted = sorted(labelled)
+    for start in range(0, len(wanted), 10_000):  # (SQLite limits a statement's parameters)
+        for r in s.execute(
+            select(*cols).where(
+                Item.id.in_(wanted[start : start + 10_000]),
+                Item.task_id == task_id,
+                Item.status != "failed",
+            )
+        ):
+            out[r.id] = ItemRef(r.id, r.data, r.content_hash)
+    unlabelled = 0
+    sampled = False
+    for r in s.execute(
+        select(*cols)
+        .where(Item.task_id == task_id, Item.status == "ready")
+        .order_by(Item.lottery)
+        .limit(sample + len(out) + 1)  # labelled ones are skipped: still ``sample`` left
+    ):
+        if r.id in out:
+            continue
+        if unlabelled == sample:
+            sampled = True  # more ready items than the sample holds
+            break
+        out[r.id] = ItemRef(r.id, r.data, r.content_hash)
+        unlabelled += 1
+    n_pool = s.scalar(
+        select(func.count())
+        .select_from(Item)
+        .where(Item.task_id == task_id, Item.status != "failed")
+    )
+    return [out[i] for i in sorted(out)], int(n_pool or 0), sampled
 
 
 def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
@@ -94,17 +144,10 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
             )
             s.add(mv)
             s.flush()
-        # The pool: featurized items, plus labelled ones still pending (featurized here). Items
-        # still waiting for their featurize job join the pool at the next training.
-        items = [
-            ItemRef(i.id, i.data, i.content_hash)
-            for i in s.execute(
-                select(Item.id, Item.data, Item.content_hash, Item.status)
-                .where(Item.task_id == task.id, Item.status != "failed")
-                .order_by(Item.id)
-            )
-            if i.status == "ready" or i.id in labels
-        ]  # plain rows, not ORM objects: a million items cost their ItemRefs only
+        # The pool: labelled items (pending ones are featurized here) and a bounded sample of
+        # the featurized ones. Items still waiting for their featurize job join it later.
+        sample = rt.settings.train_pool_sample
+        items, n_pool, sampled = read_pool(s, task.id, labels, sample)
         audits = frozenset(
             s.scalars(select(AuditPick.item_id).where(AuditPick.task_id == task.id)).all()
         )
@@ -117,6 +160,8 @@ def _claim(rt: Runtime, job_id: int) -> Claim | list[int]:
             served_revision,
             items,
             audits & frozenset(labels),
+            n_pool,
+            sampled,
         )
 
 
@@ -468,7 +513,7 @@ def _evaluate(
             spec.kind.confidence(scores),
             spec.kind.correct(scores, Y[held]),
             auto,
-            autolabel.model_label_target(auto, len(prepared.ok_ids), len(labelled_ids)),
+            autolabel.model_label_target(auto, _pool_size(claim, prepared), len(labelled_ids)),
         )
     decision = _compare_with_served(rt, claim, Y, oos, labelled_ids)
     phases("compare")
@@ -482,7 +527,9 @@ def _evaluate(
     phases("predict_pool")
     metrics: dict[str, Any] = {
         "n_labels": len(labelled_ids),
-        "n_pool": len(prepared.ok_ids),
+        "n_pool": _pool_size(claim, prepared),
+        # The items the training read: labelled ones and the pool's sample (``train_pool_sample``).
+        "n_read": len(prepared.ok_ids),
         "learner": model.name,
         "learner_choice": {"reason": fitted.reason, "candidates": fitted.candidates},
         "cv_accuracy": round(cv.accuracy, 6),
@@ -511,8 +558,15 @@ def _evaluate(
     )
 
 
-#: Items the pool is predicted in at a time (the learner's inputs of a chunk, not of the pool).
-PREDICT_CHUNK = 20_000
+def _pool_size(claim: Claim, prepared: Prepared) -> int:
+    """The task's pool: what the training read, or every readable item when it read a sample."""
+    return claim.n_pool if claim.sampled else len(prepared.ok_ids)
+
+
+#: Items the sample is predicted in at a time (the learner's inputs of a chunk, not of the
+#: sample), and pre-labels written per transaction: the promotion's transaction holds SQLite's
+#: write lock, which ``/next``'s reservation claim waits for, for one chunk only.
+PREDICT_CHUNK = 5_000
 
 
 def _predict_in_chunks(model: Learner, pool: Features, positions: list[int]) -> np.ndarray | None:
@@ -731,7 +785,11 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             item_ids = result.unlabelled_ids
             if pool_scores is not None:  # the first chunk now, the rest in transactions of its own
                 _write_prelabels(s, spec, mv.version, result, 0)
-            if spec.auto_label is not None:
+            if spec.auto_label is not None and claim.sampled:
+                # Model labels are re-derived over the whole pool, not the sample: in the
+                # background, by the job a promotion by hand runs.
+                follow.append(autolabel_job(s, task, mv.version))
+            elif spec.auto_label is not None:
                 threshold = (metrics.get("auto_label") or {}).get("threshold")
                 applied = autolabel.apply_model_labels(
                     s,
@@ -746,10 +804,10 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
                     "model_labelled": applied.labelled,
                 }
                 mv.metrics = dict(metrics)
-            # Items that arrived while training ran still need pre-labels from this version.
-            known = set(result.pool_ids)
-            late = [i for i in unlabelled_item_ids(s, spec.id) if i not in known]
-            follow += repredict_jobs(s, task, mv.version, late)
+            # The rest of the pool (beyond the sample, and items that arrived while training
+            # ran) is re-predicted in the background, most uncertain first; the version serves
+            # meanwhile (``/predictions`` scores an item it has not rescored on demand).
+            follow.append(rescore_job(s, task, mv.version))
         retention.mark_pruned(s, task, rt.settings.keep_versions)
         finish(job, {"version": mv.version, "promoted": promoted, "reason": reason})
         follow += after_training(s, task)
