@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from labelloop.errors import LabelloopError, NoModel, NotFound
 from labelloop.fetch import Content
@@ -121,23 +122,14 @@ def store_predictions(rt: Runtime, rows: list[dict[str, object]]) -> None:
 def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
     """Re-predict a batch of unlabelled items with a newly promoted version (idempotent)."""
     with rt.session() as s:
-        job = s.get(Job, job_id)
-        if job is None or is_finished(job):
+        claimed = _claim_served(s, job_id, _finish_batch)
+        if claimed is None:
             return []
-        task = s.get(Task, job.task_id)
-        if task is None:
-            return []
-        version = int(job.payload["version"])
-        if task.served_version != version:
-            # A newer promotion (or a rollback) superseded this batch; its own batches follow.
-            _finish_batch(job, {"skipped": "superseded"})
-            return []
-        if not claim(job):
-            return []
-        spec = TaskSpec.of(task)
+        claimed_job, served, version = claimed
+        spec = TaskSpec.of(served)
         refs = [
             ItemRef(i.id, i.data, i.content_hash)
-            for i in s.scalars(select(Item).where(Item.id.in_(job.payload["item_ids"])))
+            for i in s.scalars(select(Item).where(Item.id.in_(claimed_job.payload["item_ids"])))
         ]
     scored = score_items(rt, spec, version, refs)
     weights = selection_weights(rt, spec.id, version)
@@ -153,6 +145,27 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
         upsert_predictions(s, rows)
         _finish_batch(job, {"predicted": len(rows), "failed": len(scored.failed)})
     return []
+
+
+def _claim_served(
+    s: Session, job_id: int, end: Callable[[Job, dict[str, object]], object]
+) -> tuple[Job, Task, int] | None:
+    """Claim a job that works for one version, or None when there is nothing to do: it is gone,
+    finished, out of attempts, or a newer promotion (or a rollback) superseded its version (then
+    ``end`` finishes it as skipped; that version's successor queued its own jobs)."""
+    job = s.get(Job, job_id)
+    if job is None or is_finished(job):
+        return None
+    task = s.get(Task, job.task_id)
+    if task is None:
+        return None
+    version = int(job.payload["version"])
+    if task.served_version != version:
+        end(job, {"skipped": "superseded"})
+        return None
+    if not claim(job):
+        return None
+    return job, task, version
 
 
 def _finish_batch(job: Job, result: dict[str, object]) -> None:
@@ -175,19 +188,11 @@ def run_rescore_job(rt: Runtime, job_id: int) -> list[int]:
     has one for the whole store); the chunk jobs created with the job's end, so a rerun after a
     crash finds either nothing done or the job finished."""
     with rt.session() as s:
-        job = s.get(Job, job_id)
-        if job is None or is_finished(job):
+        claimed = _claim_served(s, job_id, finish)
+        if claimed is None:
             return []
-        task = s.get(Task, job.task_id)
-        if task is None:
-            return []
-        version = int(job.payload["version"])
-        if task.served_version != version:
-            finish(job, {"skipped": "superseded"})
-            return []
-        if not claim(job):
-            return []
-        task_id = task.id
+        _, served, version = claimed
+        task_id = served.id
     with rt.reading() as s:
         labelled = set(current_labels(s, task_id))
         rows = s.execute(
