@@ -4,6 +4,7 @@
     python -m bench.load --annotators 30 --minutes 10 --out bench/results/load.json
     python -m bench.load --tasks 1 --items 7188 --minutes 3 --named  # issue 15: 7,188 images
     python -m bench.load --tasks 1 --items 7188 --minutes 1 --named --profile bench/results/p.json
+    python -m bench.load --tasks 1 --items 7188 --minutes 1 --named --serve-args "--processes 2"
     # A and B side by side: two trees, started together, their annotators starting together
     PYTHONPATH=a/src python -m bench.load ... --barrier /tmp/ab --parties 2 &
     PYTHONPATH=b/src python -m bench.load ... --barrier /tmp/ab --parties 2
@@ -179,12 +180,17 @@ def profile_summary(path: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def patient_server(work: Path, attempts: int = 3) -> Iterator[Server]:
+def patient_server(
+    work: Path, attempts: int = 3, serve_args: tuple[str, ...] = ()
+) -> Iterator[Server]:
     """``labelloop serve`` for the bench, started again when it did not answer in time (on a
     crowded machine its worker processes may take longer than the demo's 300 s to import)."""
     for attempt in range(1, attempts + 1):
         starting = running_server(
-            work / "data", free_port(), ["--import-root", str(work)], log=work / "serve.log"
+            work / "data",
+            free_port(),
+            ["--import-root", str(work), *serve_args],
+            log=work / "serve.log",
         )
         try:
             server = starting.__enter__()
@@ -218,11 +224,12 @@ def run(
     named: bool,
     profile: Path | None = None,
     barrier: tuple[Path, int] | None = None,
+    serve_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     digits = write_digits(work / "digits")
     # Each task holds ``items`` images: the digits, again and again when more are asked for.
     images = [digits[k % len(digits)] for k in range(items)]
-    with patient_server(work) as server:
+    with patient_server(work, serve_args=serve_args) as server:
         with Client(server.url, timeout=120) as client:
             truths: list[tuple[int, dict[int, str]]] = []
             for n in range(tasks):
@@ -282,6 +289,7 @@ def run(
         "tasks": tasks,
         "items_per_task": len(images),
         "named": named,
+        "serve_args": list(serve_args),
         "routes": rec.summary(),
         "load_average_end": [round(v, 1) for v in os.getloadavg()],
         "loops_per_s": round(len(rec.latency.get("POST /annotations", [])) / elapsed, 2),
@@ -322,6 +330,11 @@ def main() -> None:
         help="a folder shared with benches started beside this one: start the annotators together",
     )
     parser.add_argument("--parties", type=int, default=2, help="benches that share --barrier")
+    parser.add_argument(
+        "--serve-args",
+        default="",
+        help="more `labelloop serve` options, e.g. '--processes 2' (API processes)",
+    )
     args = parser.parse_args()
     barrier = None if args.barrier is None else (args.barrier, args.parties)
     profile = args.profile.resolve() if args.profile else None
@@ -335,6 +348,7 @@ def main() -> None:
             args.named,
             profile,
             barrier,
+            tuple(args.serve_args.split()),
         )
     text = json.dumps(result, indent=2)
     if args.out:
