@@ -12,7 +12,9 @@ allow, within nine tenths of them; stopping at the first failure), which keeps t
 confidence despite scanning many thresholds; the guarantee holds at each promotion. Unlabelled items whose
 confidence clears the threshold get a *model* label (an annotation with source ``model``, the
 version and the score); model labels never overwrite a human label, are re-derived at every
-promotion, and a person can correct them like any pre-label.
+promotion (those of the items the training scored at once, the rest of a large pool's chunk by
+chunk as the pool is re-predicted, :func:`labelloop.loop.prediction.run_predict_job`), and a
+person can correct them like any pre-label.
 """
 
 from __future__ import annotations
@@ -28,15 +30,14 @@ from scipy.stats import beta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labelloop.jobs.state import claim, finish, is_finished
 from labelloop.learners.base import Features, Learner
-from labelloop.loop.labels import current_labels, labelled_at, unlabelled_item_ids
+from labelloop.loop.labels import current_labels, labelled_at
 from labelloop.loop.policy import AutoLabelPolicy
-from labelloop.loop.prediction import predict_stored
+from labelloop.loop.prediction import plan_rescore
 from labelloop.loop.ranking import set_covered
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
-from labelloop.store.models import Annotation, Job, ModelVersion, Task
+from labelloop.store.models import Annotation
 
 #: Thresholds tested, highest first.
 GRID = tuple(round(t, 3) for t in np.arange(0.995, 0.4999, -0.005))
@@ -240,14 +241,17 @@ def apply_model_labels(
     item_ids: Sequence[int],
     scores: np.ndarray,
     threshold: float | None,
+    within: Sequence[int] | None = None,
 ) -> Applied:
     """Re-derive the task's model labels from ``version``; only changes are appended.
 
     A model label that ``version`` confirms is appended again when an older version set it, so
     that every model label's version and score are those of the model that now stands behind it
-    (an older score may sit below the new threshold)."""
-    human = current_labels(session, spec.id, source="human")
-    old_at = labelled_at(session, spec.id, source="model")
+    (an older score may sit below the new threshold). With ``within`` (a chunk's items, which
+    ``item_ids`` scored those of that did not fail), only those items' labels are read and only
+    theirs are retracted: what a chunk reads grows with the chunk, not with the task."""
+    human = current_labels(session, spec.id, source="human", item_ids=within)
+    old_at = labelled_at(session, spec.id, source="model", item_ids=within)
     old = {item_id: labels for item_id, (labels, _) in old_at.items()}
     set_by = {
         rev: set_version
@@ -292,37 +296,7 @@ def apply_model_labels(
 
 
 def run_autolabel_job(rt: Runtime, job_id: int) -> list[int]:
-    """Re-derive model labels from a version promoted by hand (a rollback, say)."""
-    with rt.session() as s:
-        job = s.get(Job, job_id)
-        if job is None or is_finished(job):
-            return []
-        task = s.get(Task, job.task_id)
-        version = int(job.payload["version"])
-        if task is None or task.served_version != version:
-            if task is not None:
-                finish(job, {"skipped": "superseded"})
-            return []
-        if not claim(job):
-            return []
-        spec = TaskSpec.of(task)
-        mv = s.scalar(
-            select(ModelVersion).where(
-                ModelVersion.task_id == task.id, ModelVersion.version == version
-            )
-        )
-        estimate = (mv.metrics if mv else {}).get("auto_label") or {}
-        todo = unlabelled_item_ids(s, task.id)
-    scored = predict_stored(rt, spec, version, todo)
-    ids = [int(r["item_id"]) for r in scored.rows]  # type: ignore[call-overload]
-    scores = np.array([r["scores"] for r in scored.rows], dtype=float).reshape(
-        len(ids), len(spec.labels)
-    )
-    with rt.session() as s:
-        task = s.get(Task, spec.id)
-        job = s.get(Job, job_id)
-        if task is None or job is None or task.served_version != version:
-            return []
-        applied = apply_model_labels(s, spec, version, ids, scores, estimate.get("threshold"))
-        finish(job, asdict(applied))
-    return []
+    """A job an earlier server queued after a promotion by hand: it re-predicts the whole pool
+    in chunk jobs, each re-deriving its own items' model labels, as the ``rescore`` job of a
+    promotion by hand now does (:func:`labelloop.loop.prediction.plan_rescore`)."""
+    return plan_rescore(rt, job_id, everything=True)

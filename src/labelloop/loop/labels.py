@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -24,16 +24,28 @@ def label_revision(session: Session, task_id: int) -> int:
 
 
 def current_labels(
-    session: Session, task_id: int, revision: int | None = None, source: str = "human"
+    session: Session,
+    task_id: int,
+    revision: int | None = None,
+    source: str = "human",
+    item_ids: Sequence[int] | None = None,
 ) -> dict[int, list[str]]:
     """Item id -> its latest label set from ``source`` at ``revision``; retracted items drop out."""
-    return {i: labels for i, (labels, _) in labelled_at(session, task_id, revision, source).items()}
+    return {
+        i: labels
+        for i, (labels, _) in labelled_at(session, task_id, revision, source, item_ids).items()
+    }
 
 
 def labelled_at(
-    session: Session, task_id: int, revision: int | None = None, source: str = "human"
+    session: Session,
+    task_id: int,
+    revision: int | None = None,
+    source: str = "human",
+    item_ids: Sequence[int] | None = None,
 ) -> dict[int, tuple[list[str], int]]:
-    """Item id -> (its latest label set, the revision that set it), at ``revision``."""
+    """Item id -> (its latest label set, the revision that set it), at ``revision``; of the
+    given items only when ``item_ids`` is given (a chunk's read, not the task's)."""
     query = (
         select(Annotation.item_id, Annotation.labels, Annotation.id)
         .where(Annotation.task_id == task_id, Annotation.source == source)
@@ -41,6 +53,8 @@ def labelled_at(
     )
     if revision is not None:
         query = query.where(Annotation.id <= revision)
+    if item_ids is not None:
+        query = query.where(Annotation.item_id.in_([int(i) for i in item_ids]))
     out: dict[int, tuple[list[str], int]] = {}
     for item_id, labels, rev in session.execute(query):
         if labels is None:

@@ -23,7 +23,7 @@ from labelloop.loop.scheduling import repredict_jobs
 from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
-from labelloop.store.models import Item, Job, Prediction, Task, utcnow
+from labelloop.store.models import Item, Job, ModelVersion, Prediction, Task, utcnow
 from labelloop.store.upsert import upsert_predictions
 
 
@@ -120,20 +120,28 @@ def store_predictions(rt: Runtime, rows: list[dict[str, object]]) -> None:
 
 
 def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
-    """Re-predict a batch of unlabelled items with a newly promoted version (idempotent)."""
+    """Re-predict a batch of unlabelled items with a newly promoted version (idempotent).
+
+    On a task with auto-labelling it also re-derives the model labels of its own items from the
+    version's threshold, in the transaction that stores their pre-labels: a large pool's model
+    labels follow its re-prediction chunk by chunk, and no job holds more than a chunk."""
     with rt.session() as s:
         claimed = _claim_served(s, job_id, _finish_batch)
         if claimed is None:
             return []
         claimed_job, served, version = claimed
         spec = TaskSpec.of(served)
+        chunk = [int(i) for i in claimed_job.payload["item_ids"]]
         refs = [
             ItemRef(i.id, i.data, i.content_hash)
-            for i in s.scalars(select(Item).where(Item.id.in_(claimed_job.payload["item_ids"])))
+            for i in s.scalars(select(Item).where(Item.id.in_(chunk)))
         ]
+        auto = spec.auto_label is not None
+        threshold = _auto_label_threshold(s, spec.id, version) if auto else None
     scored = score_items(rt, spec, version, refs)
     weights = selection_weights(rt, spec.id, version)
-    rows = prediction_rows(spec, version, [refs[i].id for i in scored.ok], scored.scores, weights)
+    ok_ids = [refs[i].id for i in scored.ok]
+    rows = prediction_rows(spec, version, ok_ids, scored.scores, weights)
     with rt.session() as s:
         task = s.get(Task, spec.id)
         job = s.get(Job, job_id)
@@ -143,8 +151,33 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
             _finish_batch(job, {"skipped": "superseded"})
             return []
         upsert_predictions(s, rows)
-        _finish_batch(job, {"predicted": len(rows), "failed": len(scored.failed)})
+        result: dict[str, object] = {"predicted": len(rows), "failed": len(scored.failed)}
+        if auto:
+            # Imported here: scipy (the threshold's bound) stays out of processes that only
+            # re-predict tasks without auto-labelling.
+            from labelloop.loop.autolabel import apply_model_labels
+
+            applied = apply_model_labels(
+                s, spec, version, ok_ids, scored.scores, threshold, within=chunk
+            )
+            result |= {
+                "model_labelled": applied.labelled,
+                "changed": applied.changed,
+                "retracted": applied.retracted,
+            }
+        _finish_batch(job, result)
     return []
+
+
+def _auto_label_threshold(s: Session, task_id: int, version: int) -> float | None:
+    """The confidence above which ``version`` labels items itself (None: it certified none)."""
+    metrics = s.scalar(
+        select(ModelVersion.metrics).where(
+            ModelVersion.task_id == task_id, ModelVersion.version == version
+        )
+    )
+    threshold = ((metrics or {}).get("auto_label") or {}).get("threshold")
+    return None if threshold is None else float(threshold)
 
 
 def _claim_served(
@@ -183,6 +216,16 @@ def run_rescore_job(rt: Runtime, job_id: int) -> list[int]:
     freshest scores (``Item.rank``: the previous version's most uncertain first, unscored ones
     before them, auto-labelled ones last). Returns the chunk jobs.
 
+    Every unlabelled item, scored or not, when the payload says ``all``: after a promotion by
+    hand, and after a training that read a sample of a task with auto-labelling. A chunk
+    re-derives its items' model labels there, and an item this version scored on demand
+    (``/predictions`` stores what it computed) has had none derived."""
+    return plan_rescore(rt, job_id, everything=False)
+
+
+def plan_rescore(rt: Runtime, job_id: int, everything: bool) -> list[int]:
+    """:func:`run_rescore_job`, over every unlabelled item when ``everything``.
+
     Three transactions: the claim; the read of the pool's ids (streamed, 8 bytes an item kept)
     in a reading transaction, so that nobody waits for the store's write lock meanwhile (SQLite
     has one for the whole store); the chunk jobs created with the job's end, so a rerun after a
@@ -191,8 +234,9 @@ def run_rescore_job(rt: Runtime, job_id: int) -> list[int]:
         claimed = _claim_served(s, job_id, finish)
         if claimed is None:
             return []
-        _, served, version = claimed
+        claimed_job, served, version = claimed
         task_id = served.id
+        everything = everything or bool(claimed_job.payload.get("all"))
     with rt.reading() as s:
         labelled = set(current_labels(s, task_id))
         rows = s.execute(
@@ -202,7 +246,9 @@ def run_rescore_job(rt: Runtime, job_id: int) -> list[int]:
             .order_by(Item.covered, Item.rank, Item.lottery)
             .execution_options(yield_per=10_000)
         )
-        todo = array("q", (i for i, v in rows if v != version and i not in labelled))
+        todo = array(
+            "q", (i for i, v in rows if (everything or v != version) and i not in labelled)
+        )
     with rt.session() as s:
         job = s.get(Job, job_id)
         task = s.get(Task, task_id)
@@ -211,7 +257,9 @@ def run_rescore_job(rt: Runtime, job_id: int) -> list[int]:
         if task.served_version != version:
             finish(job, {"skipped": "superseded"})
             return []
-        jobs = repredict_jobs(s, task, version, todo, batch=rt.settings.rescore_chunk)
+        jobs = repredict_jobs(
+            s, task, version, todo, batch=rt.settings.rescore_chunk, planner=job_id
+        )
         finish(job, {"items": len(todo), "chunks": len(jobs)})
         return [j.id for j in jobs]
 

@@ -163,14 +163,18 @@ def repredict_jobs(
     version: int,
     unlabelled: Sequence[int],
     batch: int = PREDICT_BATCH,
+    planner: int | None = None,
 ) -> list[Job]:
     """Batches that re-predict the task's unlabelled items with a newly served version, in the
     order given (the caller's: most uncertain first). Each takes its ids; it skips when its
-    version no longer serves (:func:`labelloop.loop.prediction.run_predict_job`)."""
+    version no longer serves (:func:`labelloop.loop.prediction.run_predict_job`). ``planner``:
+    the job that plans them, in their keys (an ``autolabel`` job an earlier server queued
+    beside its own batches for the same promotion plans others)."""
     jobs = []
+    by = "" if planner is None else f"{planner}:"
     for start in range(0, len(unlabelled), batch):
         chunk = [int(i) for i in unlabelled[start : start + batch]]
-        key = f"predict:{task.id}:{version}:{task.promotions}:{start}"
+        key = f"predict:{task.id}:{version}:{task.promotions}:{by}{start}"
         job = Job(
             task_id=task.id,
             kind="predict",
@@ -183,27 +187,16 @@ def repredict_jobs(
     return jobs
 
 
-def rescore_job(session: Session, task: Task, version: int) -> Job:
+def rescore_job(session: Session, task: Task, version: int, everything: bool = False) -> Job:
     """After a promotion: the job that cuts the pool's re-prediction into chunk jobs (in the
-    background, most uncertain first; :func:`labelloop.loop.prediction.run_rescore_job`)."""
+    background, most uncertain first; :func:`labelloop.loop.prediction.run_rescore_job`); over
+    every unlabelled item when ``everything`` (a promotion by hand: a version served before
+    may have stored pre-labels of items whose model labels a later one changed)."""
     job = Job(
         task_id=task.id,
         kind="rescore",
         key=f"rescore:{task.id}:{version}:{task.promotions}",
-        payload={"version": version},
-    )
-    session.add(job)
-    session.flush()
-    return job
-
-
-def autolabel_job(session: Session, task: Task, version: int) -> Job:
-    """Re-derive model labels from a version promoted by hand."""
-    job = Job(
-        task_id=task.id,
-        kind="autolabel",
-        key=f"autolabel:{task.id}:{version}:{task.promotions}",
-        payload={"version": version},
+        payload={"version": version, "all": True} if everything else {"version": version},
     )
     session.add(job)
     session.flush()

@@ -32,7 +32,7 @@ from labelloop.loop.features import ItemRef, featurize
 from labelloop.loop.labels import labelled_at
 from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import WEIGHTS_FILE, load_model, prediction_rows
-from labelloop.loop.scheduling import after_training, autolabel_job, rescore_job
+from labelloop.loop.scheduling import after_training, rescore_job
 from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
@@ -785,11 +785,11 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
             item_ids = result.unlabelled_ids
             if pool_scores is not None:  # the first chunk now, the rest in transactions of its own
                 _write_prelabels(s, spec, mv.version, result, 0)
-            if spec.auto_label is not None and claim.sampled:
-                # Model labels are re-derived over the whole pool, not the sample: in the
-                # background, by the job a promotion by hand runs.
-                follow.append(autolabel_job(s, task, mv.version))
-            elif spec.auto_label is not None:
+            relabel = spec.auto_label is not None and claim.sampled
+            if spec.auto_label is not None:
+                # The items it scored get their model labels now; when it read a sample, only
+                # those items' labels are read and retracted, and the rest of the pool's are
+                # re-derived by the rescore chunks, each for its own items.
                 threshold = (metrics.get("auto_label") or {}).get("threshold")
                 applied = autolabel.apply_model_labels(
                     s,
@@ -798,16 +798,19 @@ def _finish(rt: Runtime, job_id: int, claim: Claim, result: RunResult) -> list[i
                     item_ids,
                     pool_scores if pool_scores is not None else np.zeros((0, len(spec.labels))),
                     threshold,
+                    within=item_ids if claim.sampled else None,
                 )
-                metrics["auto_label"] = {
-                    **metrics["auto_label"],
-                    "model_labelled": applied.labelled,
-                }
-                mv.metrics = dict(metrics)
+                if not claim.sampled:
+                    metrics["auto_label"] = {
+                        **metrics["auto_label"],
+                        "model_labelled": applied.labelled,
+                    }
+                    mv.metrics = dict(metrics)
             # The rest of the pool (beyond the sample, and items that arrived while training
             # ran) is re-predicted in the background, most uncertain first; the version serves
-            # meanwhile (``/predictions`` scores an item it has not rescored on demand).
-            follow.append(rescore_job(s, task, mv.version))
+            # meanwhile (``/predictions`` scores an item it has not rescored on demand). Model
+            # labels to re-derive: every unlabelled item, those scored on demand included.
+            follow.append(rescore_job(s, task, mv.version, everything=relabel))
         retention.mark_pruned(s, task, rt.settings.keep_versions)
         finish(job, {"version": mv.version, "promoted": promoted, "reason": reason})
         follow += after_training(s, task)

@@ -7,14 +7,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from labelloop.errors import Conflict, NotFound
-from labelloop.loop.labels import unlabelled_item_ids
-from labelloop.loop.scheduling import (
-    active_training,
-    autolabel_job,
-    lock_task,
-    repredict_jobs,
-    request_training,
-)
+from labelloop.loop.scheduling import active_training, lock_task, request_training, rescore_job
 from labelloop.runtime import Runtime
 from labelloop.service.common import enqueue, get_task_row
 from labelloop.store.models import Annotation, Job, ModelVersion, Task, utcnow
@@ -99,9 +92,10 @@ def promote(rt: Runtime, task_id: int, version: int) -> dict[str, Any]:
             )
             s.refresh(task)
             mv.promoted, mv.promoted_at = True, utcnow()
-            jobs = repredict_jobs(s, task, version, unlabelled_item_ids(s, task_id))
-            if task.policy.get("auto_label"):
-                jobs.append(autolabel_job(s, task, version))
+            # The pool re-predicted in background chunks, each re-deriving its items' model
+            # labels on a task with auto-labelling (every unlabelled item: this version may
+            # have stored pre-labels before a later one changed their model labels).
+            jobs = [rescore_job(s, task, version, everything=True)]
         result = {"task_id": task_id, "served_version": version}
     enqueue(rt, jobs)
     return result
