@@ -181,12 +181,16 @@ class PoolText:
         for kind, vec in self.vectorizers:
             docs = lead_words(texts) if kind == "lead" else texts
             try:
-                blocks.append(vec.fit_transform(docs))
+                vec.fit(docs)
             except ValueError:  # too few documents for min_df, or no tokens at all
                 vec.set_params(
                     min_df=1, token_pattern=r"\S+" if kind == "words" else vec.token_pattern
                 )
-                blocks.append(vec.fit_transform([d or "_" for d in docs]))
+                vec.fit([d or "_" for d in docs])
+            # transform, not fit_transform: its rows hold their values in another order, so a
+            # pool text's scores would differ in the last bit from the saved model's (which
+            # transforms); the rows kept here must be the very numbers a loaded model computes.
+            blocks.append(vec.transform(docs))
         self.matrix = sparse.hstack(blocks).tocsr()
         self.rows = {t: i for i, t in enumerate(texts)}
 
