@@ -254,7 +254,7 @@ def main() -> None:
     result = {
         "topology": "1 train + 3 inference agents, 1 registered machine not answering; 1 late join",
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "rabbitmq": version},
-        "trees": {name: str(tree) for name, tree in trees.items()},
+        "trees": {name: _commit(tree) for name, tree in trees.items()},
         "rounds": rounds,
         "median": medians["this"],
         "median_by_tree": medians,
@@ -262,6 +262,14 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(medians, indent=2))
+
+
+def _commit(tree: Path) -> str:
+    """What a tree ran, by its commit (a result names no folder of the machine it ran on)."""
+    got = subprocess.run(
+        ["git", "-C", str(tree), "describe", "--always", "--dirty"], capture_output=True, text=True
+    )
+    return got.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":
