@@ -58,6 +58,8 @@ class Recorder:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.latency: dict[str, list[float]] = defaultdict(list)
+        #: (start, route, seconds) of every answered call: when the slow ones happened.
+        self.calls: list[tuple[float, str, float]] = []
         self.errors: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def call(self, route: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -72,9 +74,20 @@ class Recorder:
             with self.lock:
                 self.errors[route][type(exc).__name__] += 1
             return None
+        took = time.perf_counter() - t0
         with self.lock:
-            self.latency[route].append(time.perf_counter() - t0)
+            self.latency[route].append(took)
+            self.calls.append((t0, route, took))
         return out
+
+    def slow(self, since: float, over_s: float = 1.0) -> dict[str, Any]:
+        """Calls slower than ``over_s`` per 5 s window of the run (seconds from ``since``): do
+        the slow ones come together (a long write elsewhere) or spread out (queueing)?"""
+        windows: dict[int, int] = defaultdict(int)
+        for t0, _route, took in self.calls:
+            if took > over_s:
+                windows[int((t0 - since) // 5) * 5] += 1
+        return {"over_s": over_s, "per_5s_window": dict(sorted(windows.items()))}
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -251,6 +264,7 @@ def run(
         stop = threading.Event()
         series: list[dict[str, Any]] = []
         started = time.monotonic()
+        started_pc = time.perf_counter()
         series.append({"t_s": 0.0, **rss(server.pid)})
         threads = [
             threading.Thread(
@@ -291,6 +305,7 @@ def run(
         "named": named,
         "serve_args": list(serve_args),
         "routes": rec.summary(),
+        "slow_calls": rec.slow(started_pc),
         "load_average_end": [round(v, 1) for v in os.getloadavg()],
         "loops_per_s": round(len(rec.latency.get("POST /annotations", [])) / elapsed, 2),
         "labels_given": sum(t["counts"]["human_labelled"] for t in per_task),

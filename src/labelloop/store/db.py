@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
+import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,39 +46,141 @@ def _info(dbapi_conn: Any) -> dict[Any, Any]:
 def _reset(ref: weakref.ReferenceType[WriteGate]) -> None:
     gate = ref()
     if gate is not None:
-        gate._lock = threading.Lock()
+        gate._after_fork()
+
+
+class _Turns:
+    """A lock handed to its waiters in the order they came (``threading.Lock`` wakes any of them:
+    under 30 annotators some writers waited many turns while others went through, seconds at
+    the 99th percentile). ``release`` hands the lock straight to the oldest waiter."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiting: deque[threading.Lock] = deque()
+
+    def locked(self) -> bool:
+        return self._held
+
+    def acquire(self, timeout: float) -> bool:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            mine = threading.Lock()
+            mine.acquire()
+            self._waiting.append(mine)
+        if mine.acquire(timeout=timeout):
+            return True  # handed over by ``release``
+        with self._mutex:
+            if mine in self._waiting:
+                self._waiting.remove(mine)
+                return False
+        return True  # handed over while the wait timed out: the turn is ours
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiting:
+                self._waiting.popleft().release()  # still held: now by the oldest waiter
+            else:
+                self._held = False
+
+
+#: How often a process's writer looks again for the other processes' lock file (seconds, the
+#: first and the longest pause): SQLite's busy handler sleeps up to 100 ms.
+_FILE_POLL_S = (0.0002, 0.002)
+
+
+class _FileTurn:
+    """The writers' lock across processes: an advisory lock (``flock``) on a file beside the
+    database, taken by a process's one writer at a time (its :class:`_Turns` come first), tried
+    every fraction of a millisecond, so a writer of one API process waits for the other's
+    transaction to end, not for SQLite's busy handler to wake up (1, 2, 5 … 100 ms). The kernel
+    drops the lock of a process that dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = os.getpid()
+
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return self._fd
+
+    def acquire(self, timeout: float) -> bool:
+        fd = self._file()
+        deadline = time.monotonic() + timeout
+        pause = _FILE_POLL_S[0]
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(2 * pause, _FILE_POLL_S[1])
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def after_fork(self) -> None:
+        """A forked child shares the parent's open file (and a lock the parent holds on it):
+        it drops its copy, never unlocking it, and opens its own when it first writes."""
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
 
 
 class WriteGate:
-    """One writing transaction at a time in this process, taken just before ``BEGIN IMMEDIATE``
-    and given back right after ``COMMIT``/``ROLLBACK``.
+    """One writing transaction at a time, taken just before ``BEGIN IMMEDIATE`` and given back
+    right after ``COMMIT``/``ROLLBACK``: first among the threads of this process, in the order
+    they came, then (for a database file) among the processes that share it.
 
     SQLite has one write lock per file; a connection that finds it taken sleeps in SQLite's busy
     handler (1, 2, 5 … 100 ms between tries) however soon it is freed, so under 30 annotators the
     request threads spent most of their time asleep beside a free lock (docs/BENCHMARKS.md). A
-    writer that waits here is woken as soon as the one before it ends; only the writers of other
-    processes (the workers) still meet the busy handler. It holds no longer than SQLite's own lock
-    (from ``BEGIN IMMEDIATE`` to the end of the transaction), so it adds no new wait to any.
+    writer that waits here is woken as soon as the one before it ends. The gate is held no longer
+    than SQLite's own lock (from ``BEGIN IMMEDIATE`` to the end of the transaction), so it adds
+    no new wait to any; a process that writes without it still meets the busy handler.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, lock_file: Path | None = None) -> None:
+        self._turns = _Turns()
+        self._file = _FileTurn(lock_file) if lock_file is not None else None
         # A child forked while another thread wrote would inherit the gate taken, for ever.
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset(ref))
 
+    def _after_fork(self) -> None:
+        self._turns = _Turns()
+        if self._file is not None:
+            self._file.after_fork()
+
     @property
     def held(self) -> bool:
-        return self._lock.locked()
+        return self._turns.locked()
 
     def enter(self, info: dict[Any, Any]) -> None:
-        if not self._lock.acquire(timeout=LOCK_WAIT_S):
-            raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked"))
+        started = time.monotonic()
+        if not self._turns.acquire(timeout=LOCK_WAIT_S):
+            raise _locked()
+        if self._file is not None:
+            left = LOCK_WAIT_S - (time.monotonic() - started)
+            if not self._file.acquire(timeout=max(0.0, left)):
+                self._turns.release()
+                raise _locked()
         info[_GATED] = True
 
     def leave(self, info: dict[Any, Any]) -> None:
         if info.pop(_GATED, False):
-            self._lock.release()
+            try:
+                if self._file is not None:
+                    self._file.release()
+            finally:
+                self._turns.release()
 
     def after(self, end: Callable[[Any], None]) -> Callable[[Any], None]:
         """``end`` (the dialect's commit or rollback of a pooled connection), then the gate."""
@@ -87,6 +192,12 @@ class WriteGate:
                 self.leave(_info(dbapi_conn))
 
         return wrapped
+
+
+def _locked() -> OperationalError:
+    """What a writer that waited :data:`LOCK_WAIT_S` in vain raises: SQLite's own error, which
+    the API answers with 503."""
+    return OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked"))
 
 
 _GATES: weakref.WeakKeyDictionary[Engine, WriteGate] = weakref.WeakKeyDictionary()
@@ -110,13 +221,15 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         pool: dict[str, int] = {}
+        lock_file: Path | None = None
         if path and path != ":memory:" and "///" in url:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             pool = {"pool_size": SQLITE_POOL, "max_overflow": SQLITE_OVERFLOW}  # a file's pool
+            lock_file = Path(f"{path}.write-gate")
         engine = create_engine(
             url, connect_args={"timeout": LOCK_WAIT_S, "check_same_thread": False}, **pool
         )
-        gate = _GATES[engine] = WriteGate()
+        gate = _GATES[engine] = WriteGate(lock_file)
         # The gate is given back once the transaction has ended in SQLite (after COMMIT, not
         # before: the next writer would find the lock still held and sleep in the busy handler).
         # The engine's own dialect object: only this engine's connections pass through it.
