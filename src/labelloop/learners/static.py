@@ -242,6 +242,6 @@ def encoder(recipe: Recipe = RECIPE) -> StaticEncoder:
         return hit
 
 
-def encode(texts: Sequence[str]) -> np.ndarray:
+def encode(texts: Sequence[str], recipe: Recipe = RECIPE) -> np.ndarray:
     """Normalised static vectors of ``texts`` (float32, one row per text)."""
-    return encoder().encode(texts)
+    return encoder(recipe).encode(texts)

