@@ -121,7 +121,9 @@ def encode_pieces_pooled(
     ids = np.asarray([i for i in range(vocab) if i not in skip], dtype=np.int64)
     with sentence._quiet():
         model = AutoModel.from_pretrained(str(sentence.model_folder())).eval()
-    out = {p: np.zeros((vocab, sentence.DIM), dtype=np.float32) for p in poolings}
+    out: dict[str, np.ndarray] = {
+        p: np.zeros((vocab, sentence.DIM), dtype=np.float32) for p in poolings
+    }
     with torch.inference_mode():
         for start in range(0, len(ids), BUILD_BATCH):
             chunk = ids[start : start + BUILD_BATCH]

@@ -292,7 +292,7 @@ class TfidfSVM(Learner):
         use = embeddings_available() if self.embeddings == "auto" else bool(self.embeddings)
         out: list[Featurizer] = [TextFeaturizer()]
         if use:
-            if self.encoder in ("auto", "static"):
+            if self.encoder == "auto" or self.encoder == "static":
                 out.append(StaticFeaturizer())
             else:
                 out.append(MiniLMFeaturizer(self.encoder))
