@@ -54,6 +54,13 @@ FAST_POLICY = {"learner_params": {"embeddings": False}}
 #: ``--torch-project``: the default configuration with the PyTorch original as its sentence
 #: encoder (what the default used before ONNX Runtime), for a same-run comparison.
 TORCH_PROJECT = ("labelloop-torch", f"43.{STAMP}", {"learner_params": {"encoder": "torch"}})
+#: ``--minilm-project``: the full sentence encoder (ONNX Runtime int8), the default before the
+#: static token embeddings, for a same-run comparison.
+MINILM_PROJECT = (
+    "labelloop-minilm",
+    f"44.{STAMP}",
+    {"learner_params": {"encoder": "onnx-int8"}},
+)
 
 #: Run by the peer's interpreter in the example's folder: its own ``fit``, fed the labelled tasks
 #: that it would otherwise download from Label Studio.
@@ -360,6 +367,8 @@ def run(args: argparse.Namespace) -> None:
         }
         if args.torch_project:
             projects[TORCH_PROJECT[0]] = TORCH_PROJECT[1:]
+        if args.minilm_project:
+            projects[MINILM_PROJECT[0]] = MINILM_PROJECT[1:]
         for name, (project, policy) in projects.items():
             print(f"training {name} ...", flush=True)
             t0 = time.perf_counter()
@@ -382,6 +391,7 @@ def run(args: argparse.Namespace) -> None:
         "batches_per_client": args.batches,
         "singles": args.singles,
         "torch_project": args.torch_project,
+        "minilm_project": args.minilm_project,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -407,6 +417,9 @@ def main() -> None:
     r.add_argument("--serve-env", nargs="*", default=[], help="KEY=VALUE for `labelloop serve`")
     r.add_argument("--serve-args", nargs="*", default=[], help="more `labelloop serve` options")
     r.add_argument("--torch-project", action="store_true", help="also the PyTorch encoder")
+    r.add_argument(
+        "--minilm-project", action="store_true", help="also the full sentence encoder (int8)"
+    )
     r.add_argument("--out", type=Path, default=Path("bench/results/labelstudio_peer.json"))
     args = parser.parse_args()
     commands: dict[str, Callable[[], None]] = {

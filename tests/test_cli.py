@@ -245,10 +245,16 @@ def test_the_server_log_has_no_migration_chatter_nor_progress_bars(tmp_path: Pat
         running_server(tmp_path / "data", free_port(), log=log) as server,
         Client(server.url) as ll,
     ):
-        task = ll.create_task("texts", "text-classification", ["a", "b"])
+        # The full sentence encoder (a task's choice): text items are read by a worker process,
+        # which loads the sentence-embedding model (the embeddings extra is installed by `make
+        # test`); the default static embeddings would store nothing and load no model here.
+        task = ll.create_task(
+            "texts",
+            "text-classification",
+            ["a", "b"],
+            policy={"learner_params": {"encoder": "onnx-int8"}},
+        )
         ll.add_items(task["id"], [{"data": f"text number {n}"} for n in range(3)])
-        # Text items are read by a worker process, which loads the sentence-embedding model
-        # when the embeddings extra is installed (as `make test` installs it).
         wait_until(lambda: ll.get_task(task["id"])["counts"]["ready"] == 3, timeout=300)
     text = log.read_text()
     assert "labelloop serving on" in text

@@ -190,7 +190,10 @@ def test_a_text_model_trained_without_embeddings_ignores_them_once_installed(
     assert set(again.views) == {"text"}
     np.testing.assert_array_equal(loaded.predict_proba(again), before)
     # A new training may use what is new.
-    assert [f.name for f in TfidfSVM(["sport", "food"]).featurizers()] == ["text", "minilm"]
+    assert [f.name for f in TfidfSVM(["sport", "food"]).featurizers()] == [
+        "text",
+        "minilm-static",
+    ]
 
 
 def hide_modules(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:

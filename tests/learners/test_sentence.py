@@ -85,12 +85,12 @@ def test_each_runtime_is_a_featurizer_identity_of_its_own() -> None:
     assert MiniLMFeaturizer.legacy("minilm-l6-v2-v1") is not None
 
 
-def test_a_new_model_uses_int8_and_an_old_one_keeps_the_original(
+def test_the_full_encoder_runs_int8_and_an_old_model_keeps_the_original(
     tmp_path: Path, original: np.ndarray
 ) -> None:
     raws = [t.encode() for t in TEXTS]
     Y = indicator(LABELS, ["sport", "food"])
-    new = TfidfSVM(["sport", "food"])
+    new = TfidfSVM(["sport", "food"], encoder="onnx-int8")
     assert [f.version for f in new.featurizers()] == ["text-utf8-v1", "minilm-l6-v2-onnx-int8-v1"]
 
     old = TfidfSVM(["sport", "food"], encoder="torch")
@@ -184,7 +184,7 @@ def test_a_text_sent_again_is_not_encoded_again(
         return real(texts, runtime)
 
     monkeypatch.setattr(sentence, "encode", spy)
-    learner = TfidfSVM(["sport", "food"])
+    learner = TfidfSVM(["sport", "food"], encoder="onnx-int8")
     first = featurize_items(rt, 1, "text-classification", learner, [ItemRef(1, "a late goal")])
     FEATURES.clear()  # another process: only the stored features are left
     again = featurize_items(

@@ -56,7 +56,8 @@ class Featurizer(ABC):
     name: ClassVar[str]
     #: Name of the view this featurizer fills in :class:`Features`.
     view: ClassVar[str]
-    #: Whether the output is worth caching on disk (a decoded image is; a text is not).
+    #: Whether the output is worth caching on disk (a decoded image is; a text is not, nor a
+    #: vector that costs microseconds).
     cacheable: ClassVar[bool] = True
     #: (importable module, pip package) pairs this featurizer needs at run time.
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()
@@ -107,6 +108,7 @@ FEATURIZER_MODULES = {
     "backbone-maps": "labelloop.learners.finetune",
     "text": "labelloop.learners.text",
     "minilm": "labelloop.learners.text",
+    "minilm-static": "labelloop.learners.text",
     "text-raw": "labelloop.learners.spans",
 }
 

