@@ -50,14 +50,17 @@ def featurize(learner: Learner, raws: list[bytes]) -> Features:
     return Features({f.view: f.transform(raws) for f in learner.featurizers()})
 
 
-def test_int8_vectors_are_the_originals_within_cosine_0_99(
+def test_int8_vectors_are_the_originals_within_cosine_0_98(
     original: np.ndarray, int8: np.ndarray
 ) -> None:
     assert int8.shape == original.shape == (len(SENTENCES), sentence.DIM)
     assert int8.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
     cosine = (int8 * original).sum(axis=1)
-    assert cosine.min() > 0.99, cosine
+    # ONNX Runtime's integer kernels differ by CPU: a one-word text ("hello") came to 0.988 on
+    # an AVX2-only AMD EPYC and above 0.99 on other machines; sentences stay above 0.995.
+    assert cosine.min() > 0.98, cosine
+    assert np.median(cosine) > 0.995, cosine
     assert not np.array_equal(int8, original)  # quantised: close, not the same
 
 
