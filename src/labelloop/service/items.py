@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -125,7 +125,7 @@ def store_in(s: Session, task: Task, items: Sequence[ItemIn]) -> tuple[dict[str,
             row["signature"] = sig
     # One bulk statement on the connection (no ORM object, and not the ORM's bulk path, which
     # computes every row's primary key again): imports of 10,000 items, Label Studio's writes.
-    table = Item.__table__
+    table = cast(Table, Item.__table__)
     ids = (
         list(
             s.connection()
