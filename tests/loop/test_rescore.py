@@ -143,6 +143,15 @@ def test_a_training_reads_the_labels_and_a_bounded_sample_of_the_pool(
         return real(rt_, task_id, category, learner, items)
 
     monkeypatch.setattr(training, "featurize", counted)
+    written: list[int] = []
+    real_upsert = training.upsert_predictions
+
+    def upsert(s: Any, rows: Any) -> None:
+        written.append(len(rows))
+        real_upsert(s, rows)
+
+    monkeypatch.setattr(training, "upsert_predictions", upsert)
+    monkeypatch.setattr(training, "WRITE_CHUNK", 7)
     follow = execute(rt, train_job(rt, t))
     labelled = set(ids[:12])
     items = set().union(*read)
@@ -171,6 +180,7 @@ def test_a_training_reads_the_labels_and_a_bounded_sample_of_the_pool(
     # The version serves at once with the sample's pre-labels; the rest is left to the
     # background (one rescore job among the follow-ups).
     assert len(predicted(rt, t, mv.version)) == SAMPLE
+    assert written == [7, 7, 7, 7, 2]  # a transaction per chunk: the write lock held briefly
     assert [j.kind for j in jobs_of(rt, follow)].count("rescore") == 1
 
 

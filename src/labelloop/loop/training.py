@@ -564,9 +564,12 @@ def _pool_size(claim: Claim, prepared: Prepared) -> int:
 
 
 #: Items the sample is predicted in at a time (the learner's inputs of a chunk, not of the
-#: sample), and pre-labels written per transaction: the promotion's transaction holds SQLite's
-#: write lock, which ``/next``'s reservation claim waits for, for one chunk only.
+#: sample).
 PREDICT_CHUNK = 5_000
+#: Pre-labels written per transaction: the promotion's transaction, and each one after it, holds
+#: SQLite's write lock, which every person's claim and label waits for, for this many rows only
+#: (5,000 rows held it for bursts of slow calls under 30 annotators).
+WRITE_CHUNK = 1_000
 
 
 def _predict_in_chunks(model: Learner, pool: Features, positions: list[int]) -> np.ndarray | None:
@@ -584,7 +587,7 @@ def _predict_in_chunks(model: Learner, pool: Features, positions: list[int]) -> 
 def _write_prelabels(s: Any, spec: TaskSpec, version: int, result: RunResult, start: int) -> None:
     """One chunk of the promoted version's pre-labels (with the ranking ``/next`` reads)."""
     assert result.pool_scores is not None
-    end = start + PREDICT_CHUNK
+    end = start + WRITE_CHUNK
     rows = prediction_rows(
         spec,
         version,
@@ -602,7 +605,7 @@ def _stream_prelabels(rt: Runtime, claim: Claim, result: RunResult) -> None:
     freshest stored prediction meanwhile."""
     if result.pool_scores is None:
         return
-    for start in range(PREDICT_CHUNK, len(result.unlabelled_ids), PREDICT_CHUNK):
+    for start in range(WRITE_CHUNK, len(result.unlabelled_ids), WRITE_CHUNK):
         with rt.session() as s:
             task = s.get(Task, claim.spec.id)
             if task is None or task.served_version != claim.version:
