@@ -92,8 +92,11 @@ def main() -> None:
             project = PROJECTS["labelloop-fast"]
             train_labelloop(url, project, cfg, texts, truth, FAST_POLICY)
             systems = {
-                "peer": (System("peer", peer_url, f"1.{STAMP}", cfg), peer_pid),
-                "labelloop-fast": (System("fast", f"{url}/labelstudio", project, cfg), ll_pid),
+                "peer": (System("peer", peer_url, f"1.{STAMP}", cfg, peer_pid), peer_pid),
+                "labelloop-fast": (
+                    System("fast", f"{url}/labelstudio", project, cfg, ll_pid),
+                    ll_pid,
+                ),
             }
             fresh = list(enumerate(data.data[1000:], start=1_000_000))
             for system, _ in systems.values():

@@ -134,6 +134,9 @@ class Server:
             **os.environ,
             "LABELLOOP_DATA_DIR": str(data),
             "LABELLOOP_LOCAL_WORKERS": "2",
+            # One API process (serve's "auto" would start two on a multi-core Linux machine):
+            # the tests' time and memory; a test that wants more passes --processes.
+            "LABELLOOP_API_PROCESSES": "1",
             **(env or {}),
         }
         with open(self.log, "wb") as out:

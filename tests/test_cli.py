@@ -59,6 +59,47 @@ def test_bad_settings_give_a_message_not_a_traceback(tmp_path: Path) -> None:
     assert "LABELLOOP_CLUSTER_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "jobs", "linux", "cores", "expected"),
+    [
+        ("auto", "local", True, 2, 2),
+        ("auto", "local", True, 8, 2),
+        ("auto", "local", True, 1, 1),
+        ("auto", "local", False, 8, 1),  # local jobs cannot be handed across processes there
+        ("auto", "celery", True, 8, 1),  # a cluster's API machines are sized by their agent
+        ("3", "local", True, 1, 3),
+        ("1", "local", True, 8, 1),
+    ],
+)
+def test_serve_api_processes_auto_uses_two_cores_with_local_jobs_on_linux(
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    jobs: str,
+    linux: bool,
+    cores: int,
+    expected: int,
+) -> None:
+    from labelloop.cli import api_processes
+    from labelloop.config import Settings
+    from labelloop.jobs import forward
+
+    monkeypatch.setattr(forward, "supported", lambda: linux)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
+    monkeypatch.setenv("LABELLOOP_API_PROCESSES", setting)
+    assert api_processes(Settings(jobs=jobs)) == expected  # type: ignore[arg-type]
+
+
+def test_serve_api_processes_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from labelloop.config import Settings
+
+    for bad in ("0", "many"):
+        monkeypatch.setenv("LABELLOOP_API_PROCESSES", bad)
+        with pytest.raises(ValidationError):
+            Settings()
+
+
 def test_db_upgrade(tmp_path: Path) -> None:
     result = runner.invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -88,14 +88,15 @@ def serve(
         ),
     ] = None,
     processes: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             metavar="N",
             help="API processes (uvicorn workers). With local jobs (Linux), this process runs "
-            "the workers and the API processes hand it their jobs.",
+            "the workers and the API processes hand it their jobs. Default: "
+            "LABELLOOP_API_PROCESSES, or 2 with local jobs on Linux with 2 cores or more, else 1.",
         ),
-    ] = 1,
+    ] = None,
 ) -> None:
     """Run the API with its workers (embedded default: SQLite, local folder, local processes)."""
     import uvicorn
@@ -105,8 +106,11 @@ def serve(
     from labelloop.jobs.factory import make_backend
     from labelloop.runtime import Runtime
 
-    settings = settings_from(data_dir, import_root, jobs=jobs, local_workers=workers)
+    settings = settings_from(
+        data_dir, import_root, jobs=jobs, local_workers=workers, api_processes=processes
+    )
     setup_logging(settings.log_level)
+    processes = api_processes(settings)
     if processes > 1:
         _serve_processes(settings, host, port, processes)
         return
@@ -121,6 +125,21 @@ def serve(
         f"  Label Studio ML backend URL: {base}/labelstudio"
     )
     uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+
+
+def api_processes(settings: Settings) -> int:
+    """How many API processes ``serve`` runs: the setting, or for "auto" two where local jobs
+    can be handed across processes (Linux) and two cores are ours, else one. A Celery cluster's
+    API machines are sized by their agent."""
+    import os
+
+    from labelloop.jobs import forward
+
+    if settings.api_processes != "auto":
+        return settings.api_processes
+    if settings.jobs != "local" or not forward.supported():
+        return 1
+    return 2 if len(os.sched_getaffinity(0)) >= 2 else 1
 
 
 def _serve_processes(settings: Settings, host: str, port: int, processes: int) -> None:

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
 
     jobs: Literal["local", "celery"] = "local"
     local_workers: int = Field(default=2, ge=1, le=64)
+    #: API processes of ``labelloop serve`` (its ``--processes``). "auto": two where the server
+    #: runs local jobs on Linux with two cores or more (one core answers while the other computes:
+    #: Label Studio's /predict and 30 annotators measured in docs/BENCHMARKS.md), else one.
+    api_processes: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
     #: How long the local worker processes may take to start (imports) before the server gives up.
     local_start_timeout_s: float = Field(default=120.0, gt=0)
     broker_url: str = DEFAULT_BROKER_URL

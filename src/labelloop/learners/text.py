@@ -22,6 +22,7 @@ from typing import Any, Literal, Self
 
 import numpy as np
 from scipy import sparse
+from sklearn import config_context
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
@@ -249,10 +250,14 @@ class PoolText:
         return self.matrix[[self.rows[t] for t in texts]]
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
-        blocks = [
-            vec.transform(lead_words(texts) if kind == "lead" else list(texts))
-            for kind, vec in self.vectorizers
-        ]
+        # TF-IDF of texts is finite by construction and the parameters were checked at fit:
+        # scikit-learn's checks of both cost a fifth of a small batch's transform (every
+        # Label Studio /predict), and skipping them changes no number.
+        with config_context(assume_finite=True, skip_parameter_validation=True):
+            blocks = [
+                vec.transform(lead_words(texts) if kind == "lead" else list(texts))
+                for kind, vec in self.vectorizers
+            ]
         return sparse.hstack(blocks).tocsr()
 
 
