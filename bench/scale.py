@@ -306,24 +306,32 @@ def trainings(rt: Any, t: int) -> dict[str, Any]:
 
 def rescoring(rt: Any, t: int) -> dict[str, Any]:
     """The background re-prediction after promotions: the chunk jobs that ran (not those a newer
-    promotion superseded), their median wall time, and how much of the pool the served version
-    has scored (the training's sample and the chunks that ran)."""
+    promotion superseded), their median wall time, what picking each next chunk took (the plan's
+    read: a chunk of rows, whatever the pool), chunks per phase (head: the most uncertain
+    ``rescore_head`` items of each promotion; tail: the rest, stalest first), and how much of the
+    pool the served version has scored."""
     from sqlalchemy import func, select
 
-    from labelloop.store.models import Item, Job, Prediction, Task
+    from labelloop.store.models import Item, Job, ModelVersion, Prediction, Task
 
     with rt.session() as s:
-        version = s.get_one(Task, t).served_version
+        task = s.get_one(Task, t)
+        version = task.served_version
+        promoted_at = s.scalar(
+            select(ModelVersion.promoted_at).where(
+                ModelVersion.task_id == t, ModelVersion.version == version
+            )
+        )
         ran = s.execute(
-            select(Job.started_at, Job.finished_at, Job.result).where(
-                Job.task_id == t, Job.kind == "predict", Job.state == "done"
+            select(Job.started_at, Job.finished_at, Job.result, Job.key).where(
+                Job.task_id == t, Job.kind.in_(["predict", "rescore"]), Job.state == "done"
             )
         ).all()
-        plans = s.execute(
-            select(Job.started_at, Job.finished_at, Job.result).where(
-                Job.task_id == t, Job.kind == "rescore", Job.state == "done"
-            )
-        ).all()
+        last = [
+            r
+            for r in ran
+            if r.key.startswith(f"predict:{t}:{version}:{task.promotions}:") and r.finished_at
+        ]
         scored = s.scalar(
             select(func.count())
             .select_from(Prediction)
@@ -335,16 +343,30 @@ def rescoring(rt: Any, t: int) -> dict[str, Any]:
         for r in ran
         if r.started_at and r.finished_at and "predicted" in (r.result or {})
     ]
-    plan = [
-        (r.finished_at - r.started_at).total_seconds()
-        for r in plans
-        if r.started_at and r.finished_at and "chunks" in (r.result or {})
-    ]
+    picks = [float(r.result["pick_s"]) for r in ran if "pick_s" in (r.result or {})]
+    phases = [str(r.result["phase"]) for r in ran if "phase" in (r.result or {})]
+    skipped = [r for r in ran if (r.result or {}).get("skipped") == "superseded"]
+
+    def since_promotion(rows: list[Any]) -> float | None:
+        """Seconds from the served version's promotion to the end of the last of ``rows``."""
+        if not rows or promoted_at is None:
+            return None
+        end = max(r.finished_at for r in rows)
+        start = promoted_at
+        if end.tzinfo is None or start.tzinfo is None:  # SQLite returns naive UTC
+            end, start = end.replace(tzinfo=None), start.replace(tzinfo=None)
+        return round((end - start).total_seconds(), 1)
+
+    head = [r for r in last if (r.result or {}).get("phase") == "head"]
     return {
-        "rescore_plans_run": len(plan),
-        "rescore_plan_s_median": round(statistics.median(plan), 2) if plan else None,
+        "last_promotion_head_done_s": since_promotion(head),
+        "last_promotion_pool_done_s": since_promotion(last),
         "rescore_chunks_run": len(secs),
+        "rescore_chunks_superseded": len(skipped),
+        "rescore_chunks_head_tail": [phases.count("head"), phases.count("tail")],
         "rescore_chunk_s_median": round(statistics.median(secs), 2) if secs else None,
+        "rescore_pick_s_median": round(statistics.median(picks), 3) if picks else None,
+        "rescore_pick_s_max": round(max(picks), 3) if picks else None,
         "served_version_scored_share": round(int(scored or 0) / max(int(pool or 0), 1), 4),
     }
 
