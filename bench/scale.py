@@ -18,7 +18,10 @@ size, a text task with the cheap featurizer (words only, no embeddings: texts ar
   version's training time (the job's wall time: it reads the labels and a sample of
   ``train_pool_sample`` items, and predicts that sample) until the task is idle or ``--idle-wait``
   runs out (``--train-wait`` for the first model); then the background rescoring: chunk jobs
-  run, their median time, and the share of the pool the served version has scored;
+  run (head and tail), their median time, what picking the next chunk took, how long after the
+  last promotion its head and the whole pool were rescored, and the share of the pool the served
+  version has scored; with ``--retrain``, one more label and a training asked for on the idle
+  task (a triggered training's wall time without the labelling beside it);
 - ``knn``: the density graph of ``size`` 64-dimensional feature rows (``learners/neighbours.py``)
   up to ``--knn-max`` rows, and the brute-force graph it replaces where affordable (≤ 20,000);
 - peak RSS of this process and of the largest worker, the store's and the data folder's size.

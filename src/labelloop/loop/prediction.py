@@ -136,6 +136,9 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
         spec = TaskSpec.of(served)
         chunk = [int(i) for i in claimed_job.payload["item_ids"]]
         plan = rescoring.Plan.of(claimed_job.payload)
+        if plan is not None and not rescoring.current(served, version, plan):
+            _finish_batch(claimed_job, {"skipped": "superseded"})
+            return []
         refs = [
             ItemRef(i.id, i.data, i.content_hash)
             for i in s.scalars(select(Item).where(Item.id.in_(chunk)))

@@ -113,20 +113,20 @@ def _take(
     ``taken`` (to which they are added); the plan moved past the last row read, and whether the
     phase's order ran out."""
     ids: list[int] = []
-    while len(ids) < want:
+    while True:
         limit = want - len(ids) + PAGE
         page = s.execute(_query(task_id, version, plan).limit(limit)).all()
-        for row in page:
-            plan = replace(plan, after=list(row))
+        for n, row in enumerate(page):
             item = int(row[-1])
             if item not in taken and item not in labelled:
                 ids.append(item)
                 taken.add(item)
                 if len(ids) == want:
-                    return ids, plan, False
+                    return ids, replace(plan, after=list(row)), n + 1 == len(page) < limit
+        if page:
+            plan = replace(plan, after=list(page[-1]))
         if len(page) < limit:
             return ids, plan, True
-    return ids, plan, False
 
 
 def pick(
