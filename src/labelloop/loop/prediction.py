@@ -235,6 +235,9 @@ def fail_predict_job(rt: Runtime, job_id: int, reason: str) -> list[int]:
         plan = rescoring.Plan.of(job.payload)
         task_id, version = job.task_id, int(job.payload["version"])
         chunk = [int(i) for i in job.payload.get("item_ids", ())]
+        job.payload = {k: v for k, v in job.payload.items() if k != "item_ids"} | {
+            "items": len(chunk)
+        }
     return [] if plan is None else continue_plan(rt, task_id, version, plan, chunk)
 
 

@@ -43,7 +43,8 @@ from labelloop.store.models import Item, Job, Prediction, Task
 
 Phase = Literal["head", "tail", "done"]
 
-#: Rows a pick reads per statement (a page), beyond the ids it still needs.
+#: At most this many rows a pick reads per statement beyond the ids it still needs (room for
+#: the labelled items it leaves out).
 PAGE = 1000
 
 #: The orders of the two phases (each served by an index on ``items``: ``ix_items_task_covered_rank``
@@ -114,7 +115,8 @@ def _take(
     phase's order ran out."""
     ids: list[int] = []
     while True:
-        limit = want - len(ids) + PAGE
+        # What it still needs, and room for the rows it may leave out (another page if not).
+        limit = want - len(ids) + min(PAGE, len(labelled) + len(taken))
         page = s.execute(_query(task_id, version, plan).limit(limit)).all()
         for n, row in enumerate(page):
             item = int(row[-1])
