@@ -82,13 +82,17 @@ class Plan:
 
 
 def _query(task_id: int, version: int, plan: Plan) -> Select[Any]:
-    order = HEAD_ORDER if plan.phase == "head" else TAIL_ORDER
+    head = plan.phase == "head"
+    order = HEAD_ORDER if head else TAIL_ORDER
+    # The head's order is the ranking's index; ``rescored + 0`` keeps a planner without
+    # statistics (SQLite's) from taking the tail's index for its range and sorting the pool.
+    done = (Item.rescored + 0) if head else Item.rescored
     query = (
         select(*order)
         .where(
             Item.task_id == task_id,
             Item.status != "failed",
-            Item.rescored < plan.promotion,
+            done < plan.promotion,
         )
         .order_by(*order)
     )
