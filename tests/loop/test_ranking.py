@@ -185,7 +185,7 @@ def test_rescoring_starts_with_the_most_uncertain_and_reads_a_chunk_whatever_the
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from labelloop.loop.labels import current_labels
-    from labelloop.loop.rescoring import Plan, pick
+    from labelloop.loop.rescoring import Plan, mark_rescored, pick
 
     seen = []
     for n_items in (300, 3000):
@@ -202,8 +202,10 @@ def test_rescoring_starts_with_the_most_uncertain_and_reads_a_chunk_whatever_the
             assert priority == sorted(priority, reverse=True) and len(first) == 50
             assert not set(first) & set(labelled)
             rest = [*first]
+            mark_rescored(s, first, 1)  # as each chunk does when it writes
             while after.phase != "done":
                 more, after = pick(s, t, 1, after, 50, labelled)
+                mark_rescored(s, more, 1)
                 rest += more
             assert sorted(rest) == ids[20:]  # every unlabelled item, once
     assert seen[0] == seen[1]  # the rows a pick reads do not grow with the pool

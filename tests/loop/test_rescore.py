@@ -212,6 +212,7 @@ def test_chunk_jobs_rescore_the_whole_pool_most_uncertain_first(small: Runtime) 
             for p in s.scalars(select(Prediction).where(Prediction.version == 0))
         }
     assert version == 1
+    done_by_training = set(predicted(rt, t, 1))
     first = execute(rt, rescore)
     assert len(first) == 1  # the first chunk; each chunk queues the next
     assert execute(rt, rescore) == []  # a second delivery plans nothing more
@@ -222,7 +223,6 @@ def test_chunk_jobs_rescore_the_whole_pool_most_uncertain_first(small: Runtime) 
     assert all(len(ids) == CHUNK for _, ids in ran[:-1])
     # Every item the new version has not scored and nobody labelled, once, the previous
     # version's most uncertain first.
-    done_by_training = set(predicted(rt, t, 1))
     assert sorted(planned) == sorted(set(ids[12:]) - done_by_training)
     assert [old[i] for i in planned] == sorted((old[i] for i in planned), reverse=True)
     assert set(predicted(rt, t, 1)) == set(ids[12:])

@@ -130,21 +130,13 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
     chunk in that transaction too (:mod:`labelloop.loop.rescoring`): returns its id."""
     with rt.session() as s:
         claimed = _claim_served(s, job_id, _finish_batch)
-        if claimed is None:
-            return _after_failed_claim(rt, job_id)
-        claimed_job, served, version = claimed
-        spec = TaskSpec.of(served)
-        chunk = [int(i) for i in claimed_job.payload["item_ids"]]
-        plan = rescoring.Plan.of(claimed_job.payload)
-        if plan is not None and not rescoring.current(served, version, plan):
-            _finish_batch(claimed_job, {"skipped": "superseded"})
-            return []
-        refs = [
-            ItemRef(i.id, i.data, i.content_hash)
-            for i in s.scalars(select(Item).where(Item.id.in_(chunk)))
-        ]
-        auto = spec.auto_label is not None
-        threshold = _auto_label_threshold(s, spec.id, version) if auto else None
+        work = None if claimed is None else _chunk_of(s, *claimed)
+    if claimed is None:
+        return _after_failed_claim(rt, job_id)
+    if work is None:
+        return []
+    spec, version, chunk, plan, refs, threshold = work
+    auto = spec.auto_label is not None
     scored = score_items(rt, spec, version, refs)
     weights = selection_weights(rt, spec.id, version)
     ok_ids = [refs[i].id for i in scored.ok]
@@ -183,6 +175,25 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
         nxt = rescoring.queue_chunk(s, task, version, ids, after)
         _finish_batch(job, result | {"phase": plan.phase, "pick_s": seconds})
         return [] if nxt is None else [nxt.id]
+
+
+def _chunk_of(
+    s: Session, job: Job, task: Task, version: int
+) -> tuple[TaskSpec, int, list[int], rescoring.Plan | None, list[ItemRef], float | None] | None:
+    """What a claimed chunk job scores (None: its rescoring's promotion is over, it skipped)."""
+    plan = rescoring.Plan.of(job.payload)
+    if plan is not None and not rescoring.current(task, version, plan):
+        _finish_batch(job, {"skipped": "superseded"})
+        return None
+    spec = TaskSpec.of(task)
+    chunk = [int(i) for i in job.payload["item_ids"]]
+    refs = [
+        ItemRef(i.id, i.data, i.content_hash)
+        for i in s.scalars(select(Item).where(Item.id.in_(chunk)))
+    ]
+    auto = spec.auto_label is not None
+    threshold = _auto_label_threshold(s, spec.id, version) if auto else None
+    return spec, version, chunk, plan, refs, threshold
 
 
 def _pick_next(
