@@ -124,7 +124,9 @@ class Item(Base):
         Index("ix_items_task_status", "task_id", "status"),
         Index("ix_items_task_lottery", "task_id", "lottery"),
         Index("ix_items_task_covered_lottery", "task_id", "covered", "lottery"),
-        Index("ix_items_task_covered_rank", "task_id", "covered", "rank", "lottery"),
+        # ``id`` last (implicit on SQLite): the rescoring's keyset position is one row, and
+        # PostgreSQL reads it in order without a sort (labelloop.loop.rescoring).
+        Index("ix_items_task_covered_rank", "task_id", "covered", "rank", "lottery", "id"),
         # A rescoring's tail, stalest first (labelloop.loop.rescoring).
         Index("ix_items_task_rescored", "task_id", "rescored", "covered", "rank", "lottery", "id"),
     )

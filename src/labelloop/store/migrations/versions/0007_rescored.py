@@ -1,4 +1,5 @@
-"""the promotion whose rescoring last re-predicted each item: items.rescored
+"""the promotion whose rescoring last re-predicted each item: items.rescored (and the ranking's
+index ends with the id)
 
 Revision ID: 0007
 Revises: 0006
@@ -21,6 +22,12 @@ def upgrade() -> None:
     # (after its head), as it takes every item it has not rescored itself.
     with op.batch_alter_table("items", schema=None) as batch_op:
         batch_op.add_column(sa.Column("rescored", sa.Integer(), server_default="0", nullable=False))
+        # The ranking's index ends with the id: a rescoring's position (covered, rank, lottery,
+        # id) is then an index condition on PostgreSQL, read in order without a sort.
+        batch_op.drop_index("ix_items_task_covered_rank")
+        batch_op.create_index(
+            "ix_items_task_covered_rank", ["task_id", "covered", "rank", "lottery", "id"]
+        )
         batch_op.create_index(
             "ix_items_task_rescored",
             ["task_id", "rescored", "covered", "rank", "lottery", "id"],
@@ -32,3 +39,7 @@ def downgrade() -> None:
     with op.batch_alter_table("items", schema=None) as batch_op:
         batch_op.drop_index("ix_items_task_rescored")
         batch_op.drop_column("rescored")
+        batch_op.drop_index("ix_items_task_covered_rank")
+        batch_op.create_index(
+            "ix_items_task_covered_rank", ["task_id", "covered", "rank", "lottery"]
+        )
