@@ -261,9 +261,11 @@ def probe(root: Path, calls: int, database_url: str | None = None) -> dict[str, 
         predictions.get_prediction(rt, t, batch[0]["id"])
         wall["predictions"].append(time.perf_counter() - w)
         cpu["predictions"].append(time.thread_time() - c)
+    picks = pick_costs(rt, t)
     rt.close()
     out: dict[str, Any] = {
         "items": n,
+        "pick": picks,
         "first_call": {
             "next_ms": round(1000 * first_next, 1),
             "predictions_ms": round(1000 * first_pred, 1),
@@ -271,6 +273,36 @@ def probe(root: Path, calls: int, database_url: str | None = None) -> dict[str, 
     }
     for name in wall:
         out[name] = ms(wall[name]) | {f"cpu_{k}": v for k, v in ms(cpu[name]).items()}
+    return out
+
+
+def pick_costs(rt: Any, t: int, size: int = 5_000, rounds: int = 5) -> dict[str, Any]:
+    """What a rescoring costs to plan per chunk: picks of ``size`` ids (the chunk) from the head's
+    start and from the tail's start, as a promotion after the last one would make them (every
+    item still to do), read-only: wall and CPU time, medians of ``rounds``."""
+    from labelloop.loop.labels import human_labels
+    from labelloop.loop.rescoring import Plan, pick
+    from labelloop.store.models import Task
+
+    out: dict[str, Any] = {}
+    for phase in ("head", "tail"):
+        wall, cpu = [], []
+        for _ in range(rounds):
+            w, c = time.perf_counter(), time.thread_time()
+            with rt.reading() as s:
+                task = s.get_one(Task, t)
+                labelled = human_labels(s, task).labels
+                plan = Plan(
+                    planner=0,
+                    promotion=task.promotions + 1,
+                    everything=True,
+                    phase=phase,  # type: ignore[arg-type]
+                    head_left=size,
+                )
+                ids, _ = pick(s, t, int(task.served_version or 0), plan, size, labelled)
+            wall.append(time.perf_counter() - w)
+            cpu.append(time.thread_time() - c)
+        out[phase] = {"ids": len(ids)} | ms(wall) | {f"cpu_{k}": v for k, v in ms(cpu).items()}
     return out
 
 
