@@ -77,9 +77,13 @@ class Settings(BaseSettings):
     #: task's stable random order (``Item.lottery``, keyed by its salt), so that a training's
     #: memory grows with the labels, not the pool (labelloop.loop.training).
     train_pool_sample: int = Field(default=20_000, ge=1)
-    #: Items per background re-prediction job after a promotion, most uncertain first
-    #: (labelloop.loop.scheduling.rescore_jobs).
+    #: Items per background re-prediction job after a promotion (labelloop.loop.rescoring).
     rescore_chunk: int = Field(default=5_000, ge=1, le=1_000_000)
+    #: The head of the ranking that every promotion rescores first, most uncertain first by the
+    #: freshest scores (what ``/next`` is about to hand out); the rest of the pool (the tail)
+    #: follows stalest first, where the last promotion's tail stopped, until a newer promotion
+    #: stops it (labelloop.loop.rescoring).
+    rescore_head: int = Field(default=50_000, ge=0)
     #: How long an item ``/next`` hands to an annotator stays theirs (no one else gets it).
     reservation_lease_s: float = Field(default=600.0, gt=0, le=7 * 86400)
     #: The image backbone of photo learners: "efficientnet-lite0" (in the default install),

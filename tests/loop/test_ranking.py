@@ -181,19 +181,34 @@ def test_the_ranking_puts_unscored_first_then_the_freshest_priorities(rt: Runtim
         assert window(s, t, 5, skip={lottery[0]}) == lottery[1:6]
 
 
-def test_rescoring_after_a_promotion_starts_with_the_most_uncertain(rt: Runtime) -> None:
-    from labelloop.loop.labels import unlabelled_item_ids
-    from labelloop.loop.scheduling import PREDICT_BATCH, repredict_jobs
+def test_rescoring_starts_with_the_most_uncertain_and_reads_a_chunk_whatever_the_pool(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labelloop.loop.labels import current_labels
+    from labelloop.loop.rescoring import Plan, mark_rescored, pick
 
-    t = make_task(rt, PREDICT_BATCH + 100, auto_label=False)
-    with rt.session() as s:
-        ids = list(s.scalars(select(Item.id).where(Item.task_id == t).order_by(Item.id)))
-        order = unlabelled_item_ids(s, t)
-        assert sorted(order) == ids[20:]  # every item without a human label
-        priority = [(i * 7919 % 1000) / 1000 for i in order]
-        assert priority == sorted(priority, reverse=True)  # most uncertain first
-        jobs = repredict_jobs(s, s.get_one(Task, t), 1, order)
-        assert jobs[0].payload["item_ids"] == order[:PREDICT_BATCH]
+    seen = []
+    for n_items in (300, 3000):
+        t = make_task(rt, n_items, auto_label=False)
+        with rt.session() as s:
+            ids = list(s.scalars(select(Item.id).where(Item.task_id == t).order_by(Item.id)))
+            labelled = current_labels(s, t)
+            plan = Plan(planner=1, promotion=1, everything=True, head_left=10_000)
+            with counting(rt, monkeypatch) as reads:
+                first, after = pick(s, t, 1, plan, 50, labelled)
+            seen.append(reads.rows)
+            # Most uncertain first, nobody's labelled item; the next pick goes on after it.
+            priority = [(i * 7919 % 1000) / 1000 for i in first]
+            assert priority == sorted(priority, reverse=True) and len(first) == 50
+            assert not set(first) & set(labelled)
+            rest = [*first]
+            mark_rescored(s, first, 1)  # as each chunk does when it writes
+            while after.phase != "done":
+                more, after = pick(s, t, 1, after, 50, labelled)
+                mark_rescored(s, more, 1)
+                rest += more
+            assert sorted(rest) == ids[20:]  # every unlabelled item, once
+    assert seen[0] == seen[1]  # the rows a pick reads do not grow with the pool
 
 
 def test_a_seed_fixes_the_tasks_order_and_another_seed_changes_it(rt: Runtime) -> None:

@@ -3,17 +3,18 @@ promotion the pool is re-predicted by background chunk jobs, most uncertain firs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from labelloop.loop import autolabel, prediction, training
 from labelloop.loop.executor import execute
 from labelloop.loop.features import ItemRef
 from labelloop.loop.labels import current_labels
 from labelloop.loop.ranking import set_covered
+from labelloop.loop.scheduling import rescore_job
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
 from labelloop.service.labelling import AnnotationIn, submit
@@ -130,6 +131,31 @@ def predicted(rt: Runtime, t: int, version: int) -> dict[int, Prediction]:
     return rows
 
 
+def run_plan(
+    rt: Runtime, first: Sequence[int], before: Callable[[int, list[int]], None] | None = None
+) -> list[tuple[int, list[int]]]:
+    """Run a rescoring's chunk jobs as each queues the next, from ``first``: each job and the ids
+    it carried (read before it ran; ``before(n, ids)`` is called then, for the n-th chunk)."""
+    ran: list[tuple[int, list[int]]] = []
+    todo = list(first)
+    while todo:
+        job_id = todo.pop(0)
+        (job,) = jobs_of(rt, [job_id])
+        assert job.kind == "predict"
+        ids = list(job.payload.get("item_ids", ()))
+        if before is not None:
+            before(len(ran), ids)
+        ran.append((job_id, ids))
+        follow = execute(rt, job_id)
+        assert len(follow) <= 1  # a chunk queues at most the next one
+        todo += follow
+    return ran
+
+
+def planned_ids(ran: list[tuple[int, list[int]]]) -> list[int]:
+    return [i for _, ids in ran for i in ids]
+
+
 def test_a_training_reads_the_labels_and_a_bounded_sample_of_the_pool(
     small: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,21 +222,27 @@ def test_chunk_jobs_rescore_the_whole_pool_most_uncertain_first(small: Runtime) 
             for p in s.scalars(select(Prediction).where(Prediction.version == 0))
         }
     assert version == 1
-    chunks = execute(rt, rescore)
-    planned = [i for j in jobs_of(rt, chunks) for i in j.payload["item_ids"]]
+    done_by_training = set(predicted(rt, t, 1))
+    first = execute(rt, rescore)
+    assert len(first) == 1  # the first chunk; each chunk queues the next
+    assert execute(rt, rescore) == []  # a second delivery plans nothing more
+    ran = run_plan(rt, first)
+    chunks = [job_id for job_id, _ in ran]
+    planned = planned_ids(ran)
     assert len(chunks) == -(-len(planned) // CHUNK)
+    assert all(len(ids) == CHUNK for _, ids in ran[:-1])
     # Every item the new version has not scored and nobody labelled, once, the previous
     # version's most uncertain first.
-    done_by_training = set(predicted(rt, t, 1))
     assert sorted(planned) == sorted(set(ids[12:]) - done_by_training)
     assert [old[i] for i in planned] == sorted((old[i] for i in planned), reverse=True)
-    assert execute(rt, rescore) == []  # a second delivery plans nothing more
-    for job_id in chunks:
-        execute(rt, job_id)
     assert set(predicted(rt, t, 1)) == set(ids[12:])
     # A finished chunk keeps how many items it took, not their ids.
     assert sum(j.payload["items"] for j in jobs_of(rt, chunks)) == len(planned)
     assert not any("item_ids" in j.payload for j in jobs_of(rt, chunks))
+    with rt.session() as s:  # each item marked with the promotion that rescored it
+        marks = dict(s.execute(select(Item.id, Item.rescored).where(Item.task_id == t)).all())
+        promotion = s.get_one(Task, t).promotions
+    assert {i for i, m in marks.items() if m == promotion} == set(planned)
 
 
 def test_a_newer_promotion_stops_older_chunks(small: Runtime) -> None:
@@ -218,15 +250,31 @@ def test_a_newer_promotion_stops_older_chunks(small: Runtime) -> None:
     t, _ = make_task(rt)
     follow = execute(rt, train_job(rt, t))
     (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
-    first, *rest = execute(rt, rescore)
-    execute(rt, first)
+    (first,) = execute(rt, rescore)
+    (second,) = execute(rt, first)
     before = set(predicted(rt, t, 1))
     with rt.session() as s:  # another version is served now (a rollback, a newer training)
         s.get_one(Task, t).served_version = 0
-    for job_id in rest:
-        execute(rt, job_id)
+    assert execute(rt, second) == []  # it skips, and the rest of the plan stops at once
     assert set(predicted(rt, t, 1)) == before
-    assert all(j.result == {"skipped": "superseded"} for j in jobs_of(rt, rest))
+    assert jobs_of(rt, [second])[0].result == {"skipped": "superseded"}
+    with rt.session() as s:
+        chunks = s.scalars(select(Job.id).where(Job.task_id == t, Job.kind == "predict")).all()
+    assert sorted(chunks) == sorted([first, second])
+
+
+def test_a_promotion_of_the_same_version_stops_the_older_plan(small: Runtime) -> None:
+    """A plan belongs to its promotion: another promotion (of the same version: a rollback and
+    back) starts its own plan, and the older one's next chunk skips."""
+    rt = small
+    t, _ = make_task(rt)
+    follow = execute(rt, train_job(rt, t))
+    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    (first,) = execute(rt, rescore)
+    with rt.session() as s:
+        s.get_one(Task, t).promotions += 1
+    assert execute(rt, first) == []
+    assert jobs_of(rt, [first])[0].result == {"skipped": "superseded"}
 
 
 def test_a_killed_chunk_job_reruns_to_the_same_result(
@@ -248,9 +296,10 @@ def test_a_killed_chunk_job_reruns_to_the_same_result(
         execute(rt, chunk)
     assert not set(item_ids) & set(predicted(rt, t, 1))
     monkeypatch.undo()
-    execute(rt, chunk)  # the redelivered job
+    (successor,) = execute(rt, chunk)  # the redelivered job queues the next chunk
     (job,) = jobs_of(rt, [chunk])
     assert job.state == "done" and job.attempts == 2
+    assert not set(item_ids) & set(jobs_of(rt, [successor])[0].payload["item_ids"])
     stored = predicted(rt, t, 1)
     with rt.session() as s:
         spec = TaskSpec.of(s.get_one(Task, t))
@@ -330,17 +379,22 @@ def test_model_labels_of_a_large_pool_are_re_derived_chunk_by_chunk(
     # The training labelled items of its sample only (ids[0] is human, ids[-1] of version 0).
     sample = set(predicted(rt, t, 1))
     assert set(model_labels(rt, t)) - {ids[0], ids[-1]} <= sample
-    chunks = execute(rt, rescore)
-    planned = [i for j in jobs_of(rt, chunks) for i in j.payload["item_ids"]]
+    late: list[int] = []
+
+    def label_one(n: int, chunk: list[int]) -> None:
+        """A person labels an item of the second chunk after it was planned."""
+        if n == 1:
+            late.append(chunk[0])
+            with rt.session() as s:
+                s.add(Annotation(task_id=t, item_id=chunk[0], labels=["sport"], source="human"))
+
+    ran = run_plan(rt, execute(rt, rescore), before=label_one)
+    chunks = [job_id for job_id, _ in ran]
+    planned = planned_ids(ran)
     # Every unlabelled item, the sample's included (an item scored on demand has no model label).
     assert sorted(planned) == sorted(set(ids) - human)
-    # A person labels an item of the last chunk after it was planned: human labels win.
-    late = jobs_of(rt, chunks[-1:])[0].payload["item_ids"][0]
-    with rt.session() as s:
-        s.add(Annotation(task_id=t, item_id=late, labels=["sport"], source="human"))
-    human.add(late)
-    for job_id in chunks:
-        execute(rt, job_id)
+    (late_item,) = late
+    human.add(late_item)  # human labels win
     assert scored and max(scored) <= CHUNK  # no job scored more than a chunk
     stored = predicted(rt, t, 1)
     above = {i for i, p in stored.items() if p.score >= THRESHOLD and i not in human}
@@ -354,7 +408,7 @@ def test_model_labels_of_a_large_pool_are_re_derived_chunk_by_chunk(
         covered = dict(s.execute(select(Item.id, Item.covered).where(Item.task_id == t)).all())
         people = current_labels(s, t)
     assert {i for i in set(ids) - human if covered[i]} == above
-    assert people[late] == ["sport"] and len(people) == 13
+    assert people[late_item] == ["sport"] and len(people) == 13
     done = jobs_of(rt, chunks)
     assert sum(int(j.result["model_labelled"]) for j in done) == len(above)
     # Rerunning a chunk (a redelivery, a copy of it) appends nothing.
@@ -377,8 +431,7 @@ def test_a_promotion_by_hand_re_derives_model_labels_in_chunks(certified: Runtim
     t, ids = make_task(rt, auto_label={"evidence": "all"})
     follow = jobs_of(rt, execute(rt, train_job(rt, t)))
     (rescore,) = [j.id for j in follow if j.kind == "rescore"]
-    for job_id in execute(rt, rescore):
-        execute(rt, job_id)
+    run_plan(rt, execute(rt, rescore))
     derived = model_labels(rt, t)
     with rt.session() as s:  # version 0 served meanwhile, and took every model label back
         s.get_one(Task, t).served_version = 0
@@ -394,20 +447,126 @@ def test_a_promotion_by_hand_re_derives_model_labels_in_chunks(certified: Runtim
         )
         assert job.payload["all"] is True
         job_id = job.id
-    chunks = execute(rt, job_id)
     # Every unlabelled item, although version 1 has scored them all before.
-    planned = [i for j in jobs_of(rt, chunks) for i in j.payload["item_ids"]]
-    assert sorted(planned) == ids[12:] and len(chunks) == -(-len(planned) // CHUNK)
-    for chunk in chunks:
-        execute(rt, chunk)
+    ran = run_plan(rt, execute(rt, job_id))
+    planned = planned_ids(ran)
+    assert sorted(planned) == ids[12:] and len(ran) == -(-len(planned) // CHUNK)
     assert {i: a.labels for i, a in model_labels(rt, t).items()} == {
         i: a.labels for i, a in derived.items()
     }
-    # A job an earlier server queued for a promotion by hand plans the same chunks.
+    # A job an earlier server queued for a promotion by hand plans as the rescore job does; the
+    # promotion's items are rescored already, so it finds nothing left.
     with rt.session() as s:
         old = Job(task_id=t, kind="autolabel", key="old", payload={"version": 1})
         s.add(old)
         s.flush()
         old_id = old.id
-    again = execute(rt, old_id)
-    assert sorted(i for j in jobs_of(rt, again) for i in j.payload["item_ids"]) == ids[12:]
+    assert execute(rt, old_id) == []
+    promote(rt, t, 0)  # a promotion of each version: the old job's plan takes every item
+    promote(rt, t, 1)
+    with rt.session() as s:
+        s.execute(update(Job).where(Job.kind == "rescore").values(state="done"))
+        again = Job(task_id=t, kind="autolabel", key="again", payload={"version": 1})
+        s.add(again)
+        s.flush()
+        again_id = again.id
+    assert sorted(planned_ids(run_plan(rt, execute(rt, again_id)))) == ids[12:]
+
+
+def ranking(rt: Runtime, t: int) -> list[int]:
+    """The task's unlabelled readable items in the order ``/next`` ranks them now."""
+    with rt.session() as s:
+        people = current_labels(s, t)
+        order = s.scalars(
+            select(Item.id)
+            .where(Item.task_id == t, Item.status != "failed")
+            .order_by(Item.covered, Item.rank, Item.lottery, Item.id)
+        )
+        return [i for i in order if i not in people]
+
+
+def marks(rt: Runtime, t: int) -> dict[int, int]:
+    with rt.session() as s:
+        return dict(s.execute(select(Item.id, Item.rescored).where(Item.task_id == t)).all())
+
+
+def test_each_promotion_rescores_the_head_and_the_tail_goes_on_stalest_first(
+    small: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rescore_head`` items, most uncertain first, after every promotion; the rest (the
+    tail) stalest first: a promotion that stops a tail leaves the next one to start where it
+    stopped, not from the start."""
+    rt = small
+    head = 2 * CHUNK
+    monkeypatch.setattr(rt.settings, "rescore_head", head)
+    t, _ = make_task(rt, auto_label={"evidence": "all"})  # every item planned: "all"
+    follow = execute(rt, train_job(rt, t))
+    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    order = ranking(rt, t)
+    # The first promotion: its head, then one chunk of its tail, then a newer promotion.
+    (first,) = execute(rt, rescore)
+    (second,) = execute(rt, first)
+    (third,) = execute(rt, second)
+    ran_head = order[:head]
+    tail_chunk = jobs_of(rt, [third])[0].payload["item_ids"]
+    assert not set(tail_chunk) & set(ran_head)
+    execute(rt, third)
+    done_first = {i for i, m in marks(rt, t).items() if m == 1}
+    assert done_first == set(ran_head) | set(tail_chunk)
+    with rt.session() as s:  # the next promotion (of the same version, by hand)
+        task = s.get_one(Task, t)
+        task.promotions += 1
+        again = rescore_job(s, task, 1, everything=True).id
+    order = ranking(rt, t)  # the ranks the first promotion's chunks wrote
+    ran = run_plan(rt, execute(rt, again))
+    planned = planned_ids(ran)
+    assert sorted(planned) == sorted(order)  # every unlabelled item, once
+    assert planned[:head] == order[:head]  # the head by the freshest ranks
+    tail = planned[head:]
+    stale = [i for i in tail if i not in done_first]
+    # The tail: what the stopped tail had not reached first, then what it had rescored.
+    assert tail[: len(stale)] == stale and set(tail[len(stale) :]) <= done_first
+    assert set(marks(rt, t)[i] for i in order) == {2}
+
+
+def test_a_chunk_that_fails_hands_the_plan_on(
+    small: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = small
+    t, ids = make_task(rt)
+    follow = execute(rt, train_job(rt, t))
+    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    (first,) = execute(rt, rescore)
+    real = prediction.score_items
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the model's files are unreadable")
+
+    monkeypatch.setattr(prediction, "score_items", broken)
+    (second,) = execute(rt, first)  # failed, and the next chunk queued all the same
+    (job,) = jobs_of(rt, [first])
+    assert job.state == "failed" and "unreadable" in (job.error or "")
+    monkeypatch.setattr(prediction, "score_items", real)
+    run_plan(rt, [second])
+    # The failed chunk's items come back in the plan's tail: the whole pool is scored.
+    assert set(predicted(rt, t, 1)) == set(ids[12:])
+
+
+def test_items_that_tie_on_the_ranking_are_each_rescored_once(
+    small: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies of one text (one lottery place) with one score: the plan's position is a row."""
+    rt = small
+    monkeypatch.setattr(rt.settings, "rescore_head", 3 * CHUNK // 2)
+    t, ids = make_task(rt)
+    with rt.session() as s:
+        s.execute(
+            update(Item)
+            .where(Item.id.in_(ids[12:]))
+            .values(data="match bread item", lottery=7, rank=-0.5)
+        )
+    follow = execute(rt, train_job(rt, t))
+    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    planned = planned_ids(run_plan(rt, execute(rt, rescore)))
+    assert len(planned) == len(set(planned))
+    assert set(planned) | set(predicted(rt, t, 1)) == set(ids[12:])

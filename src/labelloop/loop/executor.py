@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from labelloop.errors import LabelloopError, NotFound, Unavailable
 from labelloop.jobs.state import fail_by_id
 from labelloop.loop.items import fail_featurize_job, run_featurize_job
-from labelloop.loop.prediction import run_predict_job, run_rescore_job
+from labelloop.loop.prediction import fail_predict_job, run_predict_job, run_rescore_job
 from labelloop.loop.scheduling import after_training
 from labelloop.runtime import Runtime
 from labelloop.store.models import Job, Task
@@ -74,8 +74,9 @@ KINDS: dict[str, JobKind] = {
     "train": JobKind(lazy("labelloop.loop.training:run_train_job"), "train", 0, fail_train_job),
     "featurize": JobKind(run_featurize_job, "data", 1, fail_featurize_job),
     "autolabel": JobKind(lazy("labelloop.loop.autolabel:run_autolabel_job"), "train", 2),
-    "predict": JobKind(run_predict_job, "inference", 2),
-    # Cuts a promotion's re-prediction of the pool into ``predict`` chunks, in the background.
+    # A chunk of a rescoring queues the next (also when it fails: fail_predict_job).
+    "predict": JobKind(run_predict_job, "inference", 2, fail_predict_job),
+    # Starts a promotion's rescoring of the pool: its first ``predict`` chunk.
     "rescore": JobKind(run_rescore_job, "inference", 2),
 }
 

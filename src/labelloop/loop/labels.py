@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from labelloop.store.models import Annotation, Item, Task
+from labelloop.store.models import Annotation, Task
 
 #: The identity a human label without an annotator counts as (every such label is the same "person").
 ANONYMOUS = ""
@@ -193,16 +193,3 @@ class LabelSnapshot:
         applied in revision order: the log is append-only, so the result is the same)."""
         self._apply(session)
         return dict(self.labels)
-
-
-def unlabelled_item_ids(session: Session, task_id: int) -> list[int]:
-    """The readable items without a human label, most uncertain first by the freshest scores
-    (unscored ones first; the ranking ``/next`` reads): re-prediction batches are cut in this
-    order, so a promotion rescores first what people are about to be handed."""
-    labelled = set(current_labels(session, task_id))
-    ids = session.scalars(
-        select(Item.id)
-        .where(Item.task_id == task_id, Item.status != "failed")
-        .order_by(Item.rank, Item.lottery)
-    )
-    return [i for i in ids if i not in labelled]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from array import array
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,16 +14,16 @@ from sqlalchemy.orm import Session
 from labelloop.errors import LabelloopError, NoModel, NotFound
 from labelloop.fetch import Content
 from labelloop.jobs.base import DataPrediction, ItemPredictions
-from labelloop.jobs.state import claim, finish, is_finished
+from labelloop.jobs.state import JobState, claim, fail_by_id, finish, is_finished
 from labelloop.learners import Features, Learner, learner_by_name
+from labelloop.loop import rescoring
 from labelloop.loop.cache import folder_bytes
 from labelloop.loop.features import ItemRef, featurize, featurize_contents, read_content
-from labelloop.loop.labels import current_labels
-from labelloop.loop.scheduling import repredict_jobs
+from labelloop.loop.labels import human_labels
 from labelloop.loop.selection import strategy_for
 from labelloop.loop.spec import TaskSpec
 from labelloop.runtime import Runtime
-from labelloop.store.models import Item, Job, ModelVersion, Prediction, Task, utcnow
+from labelloop.store.models import Item, Job, ModelVersion, Task, utcnow
 from labelloop.store.upsert import upsert_predictions
 
 
@@ -120,34 +120,36 @@ def store_predictions(rt: Runtime, rows: list[dict[str, object]]) -> None:
 
 
 def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
-    """Re-predict a batch of unlabelled items with a newly promoted version (idempotent).
+    """Re-predict a batch of unlabelled items with a newly promoted version (idempotent: a rerun
+    scores the ids the job carries and writes the same rows).
 
     On a task with auto-labelling it also re-derives the model labels of its own items from the
     version's threshold, in the transaction that stores their pre-labels: a large pool's model
-    labels follow its re-prediction chunk by chunk, and no job holds more than a chunk."""
+    labels follow its re-prediction chunk by chunk, and no job holds more than a chunk. A chunk
+    of a rescoring (``payload["plan"]``) marks its items rescored and queues the plan's next
+    chunk in that transaction too (:mod:`labelloop.loop.rescoring`): returns its id."""
     with rt.session() as s:
         claimed = _claim_served(s, job_id, _finish_batch)
-        if claimed is None:
-            return []
-        claimed_job, served, version = claimed
-        spec = TaskSpec.of(served)
-        chunk = [int(i) for i in claimed_job.payload["item_ids"]]
-        refs = [
-            ItemRef(i.id, i.data, i.content_hash)
-            for i in s.scalars(select(Item).where(Item.id.in_(chunk)))
-        ]
-        auto = spec.auto_label is not None
-        threshold = _auto_label_threshold(s, spec.id, version) if auto else None
+        work = None if claimed is None else _chunk_of(s, *claimed)
+    if claimed is None:
+        return _after_failed_claim(rt, job_id)
+    if work is None:
+        return []
+    spec, version, chunk, plan, refs, threshold = work
+    auto = spec.auto_label is not None
     scored = score_items(rt, spec, version, refs)
     weights = selection_weights(rt, spec.id, version)
     ok_ids = [refs[i].id for i in scored.ok]
     rows = prediction_rows(spec, version, ok_ids, scored.scores, weights)
+    following = None if plan is None else _pick_next(rt, spec.id, version, plan, chunk)
     with rt.session() as s:
         task = s.get(Task, spec.id)
         job = s.get(Job, job_id)
         if task is None or job is None:
             return []
-        if task.served_version != version:
+        if task.served_version != version or (
+            plan is not None and not rescoring.current(task, version, plan)
+        ):
             _finish_batch(job, {"skipped": "superseded"})
             return []
         upsert_predictions(s, rows)
@@ -165,8 +167,89 @@ def run_predict_job(rt: Runtime, job_id: int) -> list[int]:
                 "changed": applied.changed,
                 "retracted": applied.retracted,
             }
-        _finish_batch(job, result)
-    return []
+        if plan is None or following is None:
+            _finish_batch(job, result)
+            return []
+        rescoring.mark_rescored(s, chunk, plan.promotion)
+        ids, after, seconds = following
+        nxt = rescoring.queue_chunk(s, task, version, ids, after)
+        _finish_batch(job, result | {"phase": plan.phase, "pick_s": seconds})
+        return [] if nxt is None else [nxt.id]
+
+
+def _chunk_of(
+    s: Session, job: Job, task: Task, version: int
+) -> tuple[TaskSpec, int, list[int], rescoring.Plan | None, list[ItemRef], float | None] | None:
+    """What a claimed chunk job scores (None: its rescoring's promotion is over, it skipped)."""
+    plan = rescoring.Plan.of(job.payload)
+    if plan is not None and not rescoring.current(task, version, plan):
+        _finish_batch(job, {"skipped": "superseded"})
+        return None
+    spec = TaskSpec.of(task)
+    chunk = [int(i) for i in job.payload["item_ids"]]
+    refs = [
+        ItemRef(i.id, i.data, i.content_hash)
+        for i in s.scalars(select(Item).where(Item.id.in_(chunk)))
+    ]
+    auto = spec.auto_label is not None
+    threshold = _auto_label_threshold(s, spec.id, version) if auto else None
+    return spec, version, chunk, plan, refs, threshold
+
+
+def _pick_next(
+    rt: Runtime, task_id: int, version: int, plan: rescoring.Plan, chunk: Sequence[int]
+) -> tuple[list[int], rescoring.Plan, float]:
+    """The plan's next chunk, read in a reading transaction (nobody waits for the store's write
+    lock meanwhile), and how long the pick took."""
+    started = time.perf_counter()
+    with rt.reading() as s:
+        task = s.get_one(Task, task_id)
+        labelled = human_labels(s, task).labels
+        ids, after = rescoring.pick(
+            s, task_id, version, plan, rt.settings.rescore_chunk, labelled, chunk
+        )
+    return ids, after, round(time.perf_counter() - started, 3)
+
+
+def _after_failed_claim(rt: Runtime, job_id: int) -> list[int]:
+    """A rescoring chunk that was not run (it used up its attempts: its workers died each time)
+    still hands the plan on: the rest of the pool is not left for the next promotion."""
+    with rt.reading() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state != JobState.FAILED:
+            return []
+        plan = rescoring.Plan.of(job.payload)
+        task_id, version = job.task_id, int(job.payload["version"])
+        chunk = [int(i) for i in job.payload.get("item_ids", ())]
+    return [] if plan is None else continue_plan(rt, task_id, version, plan, chunk)
+
+
+def continue_plan(
+    rt: Runtime, task_id: int, version: int, plan: rescoring.Plan, chunk: Sequence[int]
+) -> list[int]:
+    """Queue the chunk after ``chunk`` (which ended without scoring) if the plan is current."""
+    ids, after, _ = _pick_next(rt, task_id, version, plan, chunk)
+    with rt.session() as s:
+        task = s.get(Task, task_id)
+        if task is None or not rescoring.current(task, version, plan):
+            return []
+        nxt = rescoring.queue_chunk(s, task, version, ids, after)
+        return [] if nxt is None else [nxt.id]
+
+
+def fail_predict_job(rt: Runtime, job_id: int, reason: str) -> list[int]:
+    """A chunk that raised: failed with its reason; a rescoring's plan goes on after it."""
+    with rt.session() as s:
+        job = fail_by_id(s, job_id, reason)
+        if job is None:
+            return []
+        plan = rescoring.Plan.of(job.payload)
+        task_id, version = job.task_id, int(job.payload["version"])
+        chunk = [int(i) for i in job.payload.get("item_ids", ())]
+        job.payload = {k: v for k, v in job.payload.items() if k != "item_ids"} | {
+            "items": len(chunk)
+        }
+    return [] if plan is None else continue_plan(rt, task_id, version, plan, chunk)
 
 
 def _auto_label_threshold(s: Session, task_id: int, version: int) -> float | None:
@@ -211,57 +294,45 @@ def _finish_batch(job: Job, result: dict[str, object]) -> None:
 
 
 def run_rescore_job(rt: Runtime, job_id: int) -> list[int]:
-    """After a promotion, in the background: cut the re-prediction of every item the new version
-    has not scored yet into chunk jobs (``rescore_chunk`` items each), in the order of the
-    freshest scores (``Item.rank``: the previous version's most uncertain first, unscored ones
-    before them, auto-labelled ones last). Returns the chunk jobs.
-
-    Every unlabelled item, scored or not, when the payload says ``all``: after a promotion by
-    hand, and after a training that read a sample of a task with auto-labelling. A chunk
-    re-derives its items' model labels there, and an item this version scored on demand
-    (``/predictions`` stores what it computed) has had none derived."""
+    """After a promotion, in the background: start the rescoring of the pool (its first chunk
+    job; each chunk queues the next: :mod:`labelloop.loop.rescoring`). Every unlabelled item,
+    the version's own scores included, when the payload says ``all``: after a promotion by
+    hand, and after a training that read a sample of a task with auto-labelling (a chunk
+    re-derives its items' model labels, and an item this version scored on demand has had none
+    derived)."""
     return plan_rescore(rt, job_id, everything=False)
 
 
 def plan_rescore(rt: Runtime, job_id: int, everything: bool) -> list[int]:
     """:func:`run_rescore_job`, over every unlabelled item when ``everything``.
 
-    Three transactions: the claim; the read of the pool's ids (streamed, 8 bytes an item kept)
-    in a reading transaction, so that nobody waits for the store's write lock meanwhile (SQLite
-    has one for the whole store); the chunk jobs created with the job's end, so a rerun after a
-    crash finds either nothing done or the job finished."""
+    Three transactions: the claim; the pick of the first chunk in a reading transaction (a
+    chunk of rows, whatever the pool); the chunk job created with the job's end, so a rerun
+    after a crash finds either nothing done or the job finished."""
     with rt.session() as s:
         claimed = _claim_served(s, job_id, finish)
         if claimed is None:
             return []
         claimed_job, served, version = claimed
         task_id = served.id
-        everything = everything or bool(claimed_job.payload.get("all"))
-    with rt.reading() as s:
-        labelled = set(current_labels(s, task_id))
-        rows = s.execute(
-            select(Item.id, Prediction.version)
-            .outerjoin(Prediction, Prediction.item_id == Item.id)
-            .where(Item.task_id == task_id, Item.status != "failed")
-            .order_by(Item.covered, Item.rank, Item.lottery)
-            .execution_options(yield_per=10_000)
+        plan = rescoring.Plan(
+            planner=job_id,
+            promotion=served.promotions,
+            everything=everything or bool(claimed_job.payload.get("all")),
+            head_left=rt.settings.rescore_head,
         )
-        todo = array(
-            "q", (i for i, v in rows if (everything or v != version) and i not in labelled)
-        )
+    ids, first, seconds = _pick_next(rt, task_id, version, plan, ())
     with rt.session() as s:
         job = s.get(Job, job_id)
         task = s.get(Task, task_id)
         if job is None or task is None or is_finished(job):
             return []
-        if task.served_version != version:
+        if not rescoring.current(task, version, plan):
             finish(job, {"skipped": "superseded"})
             return []
-        jobs = repredict_jobs(
-            s, task, version, todo, batch=rt.settings.rescore_chunk, planner=job_id
-        )
-        finish(job, {"items": len(todo), "chunks": len(jobs)})
-        return [j.id for j in jobs]
+        chunk = rescoring.queue_chunk(s, task, version, ids, first)
+        finish(job, {"first_chunk": len(ids), "pick_s": seconds})
+        return [] if chunk is None else [chunk.id]
 
 
 def require_served(spec: TaskSpec) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -15,7 +15,6 @@ from labelloop.loop.policy import Policy
 from labelloop.store.models import ACTIVE_JOB_STATES, AuditPick, Item, Job, JobState, Task
 
 FEATURIZE_BATCH = 64
-PREDICT_BATCH = 512
 
 
 def lock_task(session: Session, task_id: int) -> Task | None:
@@ -157,41 +156,11 @@ def featurize_jobs(session: Session, task_id: int, item_ids: list[int]) -> list[
     return jobs
 
 
-def repredict_jobs(
-    session: Session,
-    task: Task,
-    version: int,
-    unlabelled: Sequence[int],
-    batch: int = PREDICT_BATCH,
-    planner: int | None = None,
-) -> list[Job]:
-    """Batches that re-predict the task's unlabelled items with a newly served version, in the
-    order given (the caller's: most uncertain first). Each takes its ids; it skips when its
-    version no longer serves (:func:`labelloop.loop.prediction.run_predict_job`). ``planner``:
-    the job that plans them, in their keys (an ``autolabel`` job an earlier server queued
-    beside its own batches for the same promotion plans others)."""
-    jobs = []
-    by = "" if planner is None else f"{planner}:"
-    for start in range(0, len(unlabelled), batch):
-        chunk = [int(i) for i in unlabelled[start : start + batch]]
-        key = f"predict:{task.id}:{version}:{task.promotions}:{by}{start}"
-        job = Job(
-            task_id=task.id,
-            kind="predict",
-            key=key,
-            payload={"version": version, "item_ids": chunk},
-        )
-        session.add(job)
-        jobs.append(job)
-    session.flush()
-    return jobs
-
-
 def rescore_job(session: Session, task: Task, version: int, everything: bool = False) -> Job:
-    """After a promotion: the job that cuts the pool's re-prediction into chunk jobs (in the
-    background, most uncertain first; :func:`labelloop.loop.prediction.run_rescore_job`); over
-    every unlabelled item when ``everything`` (a promotion by hand: a version served before
-    may have stored pre-labels of items whose model labels a later one changed)."""
+    """After a promotion: the job that starts the pool's re-prediction in chunk jobs (in the
+    background, most uncertain first; :mod:`labelloop.loop.rescoring`); over every unlabelled
+    item when ``everything`` (a promotion by hand: a version served before may have stored
+    pre-labels of items whose model labels a later one changed)."""
     job = Job(
         task_id=task.id,
         kind="rescore",

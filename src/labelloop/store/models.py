@@ -124,7 +124,11 @@ class Item(Base):
         Index("ix_items_task_status", "task_id", "status"),
         Index("ix_items_task_lottery", "task_id", "lottery"),
         Index("ix_items_task_covered_lottery", "task_id", "covered", "lottery"),
-        Index("ix_items_task_covered_rank", "task_id", "covered", "rank", "lottery"),
+        # ``id`` last (implicit on SQLite): the rescoring's keyset position is one row, and
+        # PostgreSQL reads it in order without a sort (labelloop.loop.rescoring).
+        Index("ix_items_task_covered_rank", "task_id", "covered", "rank", "lottery", "id"),
+        # A rescoring's tail, stalest first (labelloop.loop.rescoring).
+        Index("ix_items_task_rescored", "task_id", "rescored", "covered", "rank", "lottery", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -145,6 +149,9 @@ class Item(Base):
     #: Its near-copy signature (:func:`labelloop.loop.selection.signatures`), set when it is
     #: featurized: ``/next`` keeps near-copies out of a batch with it, reading no features.
     signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: The promotion (``Task.promotions``) whose rescoring last re-predicted the item, 0 before
+    #: any: a rescoring skips what it did already, and its tail goes stalest first.
+    rescored: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Annotation(Base):
