@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,15 @@ class Loop:
     certified: bool = False
     version: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: Screening only: the label from which ``evidence_share`` applies (the product's switch
+    #: is :meth:`AutoLabelPolicy.share_at`'s).
+    switch_at: int | None = None
+
+    def share(self) -> float:
+        n = len(self.human)
+        if self.switch_at is None or self.auto.evidence_share is None:
+            return self.auto.share_at(n)
+        return self.auto.evidence_share if n >= self.switch_at else self.auto.audit_share
 
     def pick(self) -> int | None:
         """What ``/next`` would hand out now (None: every item is labelled)."""
@@ -87,7 +97,7 @@ class Loop:
         unsure = min(uncovered, key=lambda i: margin[i])
         if self.certified and len(uncovered) <= self.auto.tail:
             return unsure
-        if audit_turn_at(len(self.human), self.auto.audit_share):
+        if audit_turn_at(len(self.human), self.share()):
             pick = next(i for i in self.order if i not in done)
             self.audits.add(pick)
             return pick
@@ -140,10 +150,12 @@ class Loop:
 def run(
     X: Features, truth: np.ndarray, seed: int, apart: bool, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    auto = AutoLabelPolicy(**(extra or {}))
+    extra = dict(extra or {})
+    switch_at = extra.pop("switch_at", None)
+    auto = AutoLabelPolicy(**extra)
     policy = Policy(auto_label=auto)
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(truth))]
-    loop = Loop(X, truth, auto, apart, order)
+    loop = Loop(X, truth, auto, apart, order, switch_at=switch_at)
     need = autolabel.min_evidence(auto.target_accuracy, auto.confidence)
     last: int | None = None
     audits_last: int | None = None
@@ -158,6 +170,7 @@ def run(
             last, audits_last = n, n_audits
             loop.train()
     right = [loop.model_labels[i] == truth[i] for i in loop.model_labels]
+    accuracy = float(np.mean(right)) if right else 1.0
     return {
         "seed": seed,
         "method": "after" if apart else "before",
@@ -165,9 +178,114 @@ def run(
         "human_share": len(loop.human) / len(truth),
         "audits": len(loop.audits),
         "final_accuracy": (len(loop.human) + sum(right)) / len(truth),
-        "model_label_accuracy": float(np.mean(right)) if right else 1.0,
+        "model_label_accuracy": accuracy,
+        "floor_audits": floor_audits(1.0 - accuracy, auto.target_accuracy, auto.confidence),
         "history": loop.history,
+        "picks": loop.human,
+        "audited": [int(i in loop.audits) for i in loop.human],
     }
+
+
+def floor_audits(error: float, target: float, confidence: float, limit: int = 3000) -> float:
+    """Expected audits before *any* claim at ``target`` could stand, were the audits scored by
+    the run's final model itself (its true error rate on the items it labelled, ``error``) and
+    every one of them drawn from its claim: audit after audit, the claim waits until ``n``
+    audits with ``m`` misses reach :func:`autolabel.evidence_for` ``(m)`` (149 with none, 236
+    with one, ... at 98% and 95%: the exact binomial bound is the least any valid test at a
+    fixed size needs). A floor for a run's audits, whatever the procedure; inf when a claim
+    may take more than ``limit`` audits or 20 misses."""
+    need = [autolabel.evidence_for(m, target, confidence) for m in range(20)]
+    waiting = np.zeros(len(need) + 1)  # P(m misses so far and no claim yet), m = 0..20
+    waiting[0] = 1.0
+    expected = 0.0
+    for n in range(1, limit + 1):
+        waiting[1:] = waiting[1:] * (1.0 - error) + waiting[:-1] * error
+        waiting[0] *= 1.0 - error
+        for m, at in enumerate(need):
+            if n >= at:
+                expected += n * waiting[m]
+                waiting[m] = 0.0
+        if waiting.sum() < 1e-12:
+            return expected
+    return math.inf
+
+
+def replay(path: Path, start_shares: list[float], items: int) -> list[dict[str, Any]]:
+    """Screening without fitting: each training of each run kept in ``path`` (``--out``) is
+    estimated again from its audits' stored scores at every ``start_shares`` value, and the run
+    is said to end at the first training whose claim leaves at most ``tail`` items uncovered
+    (uncovered items estimated from the share of audits below the threshold), plus those items.
+    Ignores what an earlier claim would have changed in the picks; None: the run kept no
+    training that late."""
+    out = []
+    default_start = autolabel.START_SHARE
+    for r in json.loads(path.read_text())["runs"]:
+        auto = AutoLabelPolicy()
+        row: dict[str, Any] = {
+            "seed": r["seed"],
+            "variant": r.get("variant", ""),
+            "actual": r["human_labels"],
+        }
+        for share in start_shares:
+            autolabel.START_SHARE = share
+            row[str(share)] = None
+            for h in r["history"]:
+                conf = np.asarray(h["conf"])
+                right = np.asarray(h["wrong"]) == 0
+                if len(conf) == 0:
+                    continue
+                est = autolabel.estimate_threshold(conf, right, auto)
+                if est.threshold is None:
+                    continue
+                left = round((1 - est.above / len(conf)) * (items - h["labels"]))
+                if left <= auto.tail:
+                    row[str(share)] = h["labels"] + left
+                    break
+        out.append(row)
+    autolabel.START_SHARE = default_start
+    return out
+
+
+def frozen(
+    path: Path, freeze_at: list[int], X: Features, truth: np.ndarray
+) -> list[dict[str, Any]]:
+    """The frozen-version alternative, screened on the runs kept in ``path``: the version trained
+    on a run's first ``n`` labels labels the pool for good, and every later label is an audit of
+    it (the seed's random order), scored by that very version, never trained on them: held out
+    exactly, no cross-validation. It is estimated every ``evidence_step`` audits from the 149
+    that could show the target (as a task's trainings look); the run would end at the first
+    claim leaving at most ``tail`` items uncovered, plus those. None: not within 1,000 audits."""
+    out = []
+    for r in json.loads(path.read_text())["runs"]:
+        auto = AutoLabelPolicy()
+        order = [int(i) for i in np.random.default_rng(r["seed"]).permutation(len(truth))]
+        row: dict[str, Any] = {"seed": r["seed"], "actual": r["human_labels"]}
+        for n in freeze_at:
+            first = r["picks"][:n]
+            model = PoolSVM(LABELS).fit(X.take(first), np.eye(len(LABELS))[truth[first]], pool=X)
+            scores = model.predict_proba(X)
+            conf, label = scores.max(axis=1), scores.argmax(axis=1)
+            taken = set(first)
+            stream = [i for i in order if i not in taken][:1000]
+            need = autolabel.min_evidence(auto.target_accuracy, auto.confidence)
+            row[str(n)] = None
+            for k in range(need, len(stream) + 1, auto.evidence_step or 1):
+                audits = stream[:k]
+                est = autolabel.estimate_threshold(
+                    conf[audits], label[audits] == truth[audits], auto
+                )
+                if est.threshold is None:
+                    continue
+                done = taken | set(audits)
+                left = sum(
+                    1 for i in range(len(truth)) if i not in done and conf[i] < est.threshold
+                )
+                if left <= auto.tail:
+                    row[str(n)] = n + k + left
+                    break
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    return out
 
 
 def main() -> None:
@@ -176,26 +294,54 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["after", "before"])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--policy", type=json.loads, default={}, help="auto_label policy, JSON")
+    parser.add_argument(
+        "--variants",
+        type=json.loads,
+        default={"": {}},
+        help="name -> auto_label policy overrides (JSON), each run on every seed after the "
+        "other, so that they compare under the same load; the key start_share sets "
+        "autolabel.START_SHARE for that variant, switch_at the label from which "
+        "evidence_share applies (screening)",
+    )
+    parser.add_argument("--replay", type=Path, help="an --out file to screen start shares on")
+    parser.add_argument("--start-shares", type=float, nargs="+", default=[0.9, 0.95])
+    parser.add_argument("--frozen", type=Path, help="an --out file to screen frozen versions on")
+    parser.add_argument("--freeze-at", type=int, nargs="+", default=[40, 80, 120])
     args = parser.parse_args()
+    if args.frozen:
+        X, truth = digits()
+        frozen(args.frozen, args.freeze_at, X, truth)
+        return
+    if args.replay:
+        for row in replay(args.replay, args.start_shares, len(load_digits().target)):
+            print(json.dumps(row))
+        return
     X, truth = digits()
     runs = []
+    default_start = autolabel.START_SHARE
     for seed in args.seeds:
-        for method in args.methods:
-            r = run(X, truth, seed, method == "after", args.policy)
-            runs.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k != "history"}), flush=True)
+        for name, overrides in args.variants.items():
+            extra = {**args.policy, **overrides}
+            autolabel.START_SHARE = float(extra.pop("start_share", default_start))
+            for method in args.methods:
+                r = {"variant": name, **run(X, truth, seed, method == "after", extra)}
+                runs.append(r)
+                shown = {k: v for k, v in r.items() if k not in ("history", "picks", "audited")}
+                print(json.dumps(shown), flush=True)
+    autolabel.START_SHARE = default_start
     summary: dict[str, Any] = {"runs": runs}
-    for method in args.methods:
-        shares = [r["human_share"] for r in runs if r["method"] == method]
-        summary[method] = {
-            "median": statistics.median(shares),
-            "mean": statistics.mean(shares),
-            "worst": max(shares),
-            "runs_at_most_15%": sum(s <= 0.15 for s in shares),
-            "lowest_final_accuracy": min(
-                r["final_accuracy"] for r in runs if r["method"] == method
-            ),
-        }
+    for name in args.variants:
+        for method in args.methods:
+            mine = [r for r in runs if r["method"] == method and r["variant"] == name]
+            shares = [r["human_share"] for r in mine]
+            summary[f"{name}:{method}" if name else method] = {
+                "median": statistics.median(shares),
+                "mean": statistics.mean(shares),
+                "worst": max(shares),
+                "runs_at_most_15%": sum(s <= 0.15 for s in shares),
+                "lowest_final_accuracy": min(r["final_accuracy"] for r in mine),
+                "mean_floor_share": statistics.mean(r["floor_audits"] for r in mine) / len(truth),
+            }
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
