@@ -70,15 +70,6 @@ class Loop:
     certified: bool = False
     version: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-    #: Screening only: the label from which ``evidence_share`` applies (the product's switch
-    #: is :meth:`AutoLabelPolicy.share_at`'s).
-    switch_at: int | None = None
-
-    def share(self) -> float:
-        n = len(self.human)
-        if self.switch_at is None or self.auto.evidence_share is None:
-            return self.auto.share_at(n)
-        return self.auto.evidence_share if n >= self.switch_at else self.auto.audit_share
 
     def pick(self) -> int | None:
         """What ``/next`` would hand out now (None: every item is labelled)."""
@@ -97,7 +88,7 @@ class Loop:
         unsure = min(uncovered, key=lambda i: margin[i])
         if self.certified and len(uncovered) <= self.auto.tail:
             return unsure
-        if audit_turn_at(len(self.human), self.share()):
+        if audit_turn_at(len(self.human), self.auto.audit_share):
             pick = next(i for i in self.order if i not in done)
             self.audits.add(pick)
             return pick
@@ -150,12 +141,10 @@ class Loop:
 def run(
     X: Features, truth: np.ndarray, seed: int, apart: bool, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    extra = dict(extra or {})
-    switch_at = extra.pop("switch_at", None)
-    auto = AutoLabelPolicy(**extra)
+    auto = AutoLabelPolicy(**(extra or {}))
     policy = Policy(auto_label=auto)
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(truth))]
-    loop = Loop(X, truth, auto, apart, order, switch_at=switch_at)
+    loop = Loop(X, truth, auto, apart, order)
     need = autolabel.min_evidence(auto.target_accuracy, auto.confidence)
     last: int | None = None
     audits_last: int | None = None
@@ -339,8 +328,7 @@ def main() -> None:
         default={"": {}},
         help="name -> auto_label policy overrides (JSON), each run on every seed after the "
         "other, so that they compare under the same load; the key start_share sets "
-        "autolabel.START_SHARE for that variant, switch_at the label from which "
-        "evidence_share applies (screening)",
+        "autolabel.START_SHARE for that variant",
     )
     parser.add_argument("--replay", type=Path, help="an --out file to screen start shares on")
     parser.add_argument("--start-shares", type=float, nargs="+", default=[0.9, 0.95])
@@ -367,6 +355,8 @@ def main() -> None:
                 runs.append(r)
                 shown = {k: v for k, v in r.items() if k not in ("history", "picks", "audited")}
                 print(json.dumps(shown), flush=True)
+                if args.out:  # kept as it goes: a run stopped early keeps what it measured
+                    args.out.write_text(json.dumps({"runs": runs}))
     autolabel.START_SHARE = default_start
     summary: dict[str, Any] = {"runs": runs}
     for name in args.variants:

@@ -18,7 +18,6 @@ from labelloop.loop.selection import (
     Pool,
     RandomSampling,
     UncertaintySampling,
-    audit_turn_at,
     entropy,
     graph_degrees,
     knn_graph,
@@ -180,19 +179,3 @@ def test_the_image_learner_spreads_labels_over_the_same_graph() -> None:
     assert (graph.S != 0).nnz == knn_graph(nodes, 5).nnz
     assert np.array_equal((graph.S != 0).toarray(), knn_graph(nodes, 5).toarray() > 0)
     assert knn_graph(nodes, 5) is knn_graph(nodes, 5)  # built once per pool
-
-
-def test_audits_alone_once_they_could_show_the_target() -> None:
-    """With ``evidence_share`` the share changes once ``audit_share`` has brought the audits to
-    the 149 that could show 98% (the 187th label at 0.8): from then on every label is an audit."""
-    policy = AutoLabelPolicy(audit_share=0.8, evidence_share=1.0)
-    assert [policy.share_at(p) for p in (0, 186, 187, 500)] == [0.8, 0.8, 1.0, 1.0]
-    turns = [audit_turn_at(p, policy.share_at(p)) for p in range(187)]
-    assert sum(turns) == 149
-    assert AutoLabelPolicy(audit_share=0.8).share_at(1000) == 0.8  # off by default
-    assert AutoLabelPolicy(audit_share=0.0, evidence_share=1.0).share_at(1000) == 0.0
-    s = AuditMixing(UncertaintySampling(), policy)
-    scored = pool(served=True, uncovered=[4, 3, 2, 1], priority={4: 0.1, 3: 0.2, 2: 0.3, 1: 0.4})
-    assert s.query(replace(scored, human_labels=100), 5).audits != [5, 4, 3, 2, 1]
-    late = s.query(replace(scored, human_labels=187), 5)
-    assert late.items == late.audits == [5, 4, 3, 2, 1]

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from labelloop.learners.base import Features, Learner
 from labelloop.loop.labels import current_labels, labelled_at
-from labelloop.loop.policy import AutoLabelPolicy, min_evidence
+from labelloop.loop.policy import AutoLabelPolicy
 from labelloop.loop.prediction import plan_rescore
 from labelloop.loop.ranking import set_covered
 from labelloop.loop.spec import TaskSpec
@@ -49,6 +49,11 @@ def clopper_pearson_lower(successes: int, n: int, confidence: float) -> float:
     if n == 0 or successes == 0:
         return 0.0
     return float(beta.ppf(1.0 - confidence, successes, n - successes + 1))
+
+
+def min_evidence(target: float, confidence: float) -> int:
+    """Fewest held-out labels that could certify ``target`` (all of them right)."""
+    return math.ceil(math.log(1.0 - confidence) / math.log(target))
 
 
 def evidence_for(misses: int, target: float, confidence: float) -> int:

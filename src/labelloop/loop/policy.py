@@ -8,12 +8,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-def min_evidence(target: float, confidence: float) -> int:
-    """Fewest held-out labels that could certify ``target`` (all of them right): 149 at 98% and
-    95%. What a claim waits for, so what the audits' share and the trainings are paced by."""
-    return math.ceil(math.log(1.0 - confidence) / math.log(target))
-
-
 class AutoLabelPolicy(BaseModel):
     """Auto-labelling; the defaults are the measured best on digits (docs/BENCHMARKS.md)."""
 
@@ -36,10 +30,6 @@ class AutoLabelPolicy(BaseModel):
     #: the scan that starts low, ``autolabel.sequence_start``) cost a mean of 17.5% of digits
     #: over seeds 0-9 where two, with the old scan, cost 22.9% (docs/BENCHMARKS.md).
     audit_share: float = Field(default=0.8, ge=0.0, le=1.0)
-    #: Share of audits once ``audit_share`` has brought the audits to the fewest that could show
-    #: the target (:func:`min_evidence`, at label ``ceil(149 / 0.8) = 187`` by default): from
-    #: then on a claim waits for evidence alone. None: ``audit_share`` throughout.
-    evidence_share: float | None = Field(default=None, ge=0.0, le=1.0)
     #: Once a threshold is certified and this few items are left uncovered, hand them out directly.
     tail: int = Field(default=100, ge=0)
     #: Once enough audits are labelled to show the target, train again after this many more
@@ -53,14 +43,6 @@ class AutoLabelPolicy(BaseModel):
     #: fewer labels in 5 of 10, within the spread between runs, and with a fine-tuned learner
     #: each fold is a fine-tuning (docs/BENCHMARKS.md).
     audit_folds: int | None = Field(default=None, ge=2, le=20)
-
-    def share_at(self, position: int) -> float:
-        """Share of audits for the ``position``-th human label (0-based)."""
-        if self.evidence_share is None or self.audit_share <= 0.0:
-            return self.audit_share
-        need = min_evidence(self.target_accuracy, self.confidence)
-        switch = math.ceil(need / self.audit_share - 1e-9)
-        return self.evidence_share if position >= switch else self.audit_share
 
     def evidence_due(self, audits: int, audits_last: int | None, need: int) -> bool:
         """Whether ``audits`` labelled audits call for a training (``need``: the fewest that

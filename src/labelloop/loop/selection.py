@@ -370,8 +370,7 @@ class AuditMixing(Wrapper):
         ranked = self.inner.rank(pool, limit)
         draw, unsure = iter(pool.open), iter(ranked)
         for k in range(min(limit, len(pool.open))):
-            position = pool.human_labels + k
-            audit_turn = audit_turn_at(position, self.policy.share_at(position))
+            audit_turn = audit_turn_at(pool.human_labels + k, self.policy.audit_share)
             pick = _next_unchosen(draw if audit_turn else unsure, chosen)
             if pick is None:  # one source ran dry: take from the other
                 audit_turn = not audit_turn
