@@ -105,7 +105,8 @@ class Loop:
         self.scores = model.predict_proba(self.X)
         held = [p for p, i in enumerate(self.human) if i in self.audits]
         if self.apart:
-            apart = autolabel.audit_scores(PoolSVM(LABELS), X, Y, held, self.X, 5, self.version)
+            folds = self.auto.audit_folds or 5
+            apart = autolabel.audit_scores(PoolSVM(LABELS), X, Y, held, self.X, folds, self.version)
             if apart is not None:
                 oos[held] = apart
         target = autolabel.model_label_target(self.auto, len(self.truth), len(self.human))
