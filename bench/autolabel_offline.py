@@ -2,6 +2,10 @@
 
     python -m bench.autolabel_offline --seeds 0 1 2 3 4 5 6 7 8 9 --methods before
     python -m bench.autolabel_offline --seeds 0 1 --methods before --policy '{"audit_share": 0.5}'
+    python -m bench.autolabel_offline --seeds 0 1 --methods before --out runs.json \
+        --variants '{"before": {}, "start95": {"start_share": 0.95}}'
+    python -m bench.autolabel_offline --replay runs.json --start-shares 0.9 0.95 1.0
+    python -m bench.autolabel_offline --frozen runs.json --freeze-at 40 80 120
 
 Each seed is run twice on the same random order: ``before`` (audits scored by the task's 5-fold
 cross-validation) and ``after`` (audits scored apart, ``autolabel.audit_scores``). It mirrors what
@@ -16,7 +20,9 @@ trips, so a pair of runs costs about a minute of CPU instead of ten (and needs n
 loaded machine). The order comes from ``numpy`` (seed), not from the server's item hashes, so a
 seed here is not the same run as the seed of ``bench.active``. ``--policy`` overrides the
 ``auto_label`` policy; ``--out`` keeps each training's estimate and its audits' scores
-(``history``), which is what shows where a run's labels went.
+(``history``) and its picks, which is what shows where a run's labels went; ``--variants`` runs
+several policies on each seed in turn; every run reports the *floor* any valid claim needs at its
+final model's error rate (:func:`floor_audits`); ``--replay`` and ``--frozen`` screen kept runs.
 """
 
 from __future__ import annotations
