@@ -22,17 +22,7 @@ from labelloop.loop.cache import FEATURES
 from labelloop.loop.features import ItemRef
 from labelloop.loop.features import featurize as featurize_items
 from labelloop.runtime import Runtime
-
-SENTENCES = [
-    "How far is it from Denver to Aspen ?",
-    "What is the capital of France?",
-    "Who wrote Hamlet ?",
-    "hello",
-    "A much longer sentence about the colour of the sky at dusk, over a calm and quiet sea.",
-    "Combien de kilomètres entre Paris et Lyon ?",
-]
-TEXTS = ["the match ended", "a late goal", "the team won", "bake the bread", "tomato soup", "pasta"]
-LABELS = [["sport"]] * 3 + [["food"]] * 3
+from tests.learners.samples import LABELS, SENTENCES, TEXTS
 
 
 @pytest.fixture(scope="module")

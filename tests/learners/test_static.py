@@ -24,18 +24,10 @@ from labelloop.learners.text import (
 from labelloop.loop.features import ItemRef
 from labelloop.loop.features import featurize as featurize_items
 from labelloop.runtime import Runtime
+from tests.learners import samples
 
-SENTENCES = [
-    "How far is it from Denver to Aspen ?",
-    "What is the capital of France?",
-    "Who wrote Hamlet ?",
-    "hello",
-    "A much longer sentence about the colour of the sky at dusk, over a calm and quiet sea.",
-    "Combien de kilomètres entre Paris et Lyon ?",
-    "",
-]
-TEXTS = ["the match ended", "a late goal", "the team won", "bake the bread", "tomato soup", "pasta"]
-LABELS = [["sport"]] * 3 + [["food"]] * 3
+SENTENCES = [*samples.SENTENCES, ""]  # and the empty text
+TEXTS, LABELS = samples.TEXTS, samples.LABELS
 
 
 @pytest.fixture(scope="module")
