@@ -447,7 +447,7 @@ class AnnotationsCreate(RequestModel):
         json_schema_extra={
             "examples": [
                 {"annotations": [{"item_id": 1, "labels": ["pos"], "annotator": "ann"}]},
-                {"annotations": [{"external_id": "review-7", "labels": None}]},
+                {"annotations": [{"external_id": "review-7", "labels": ["neg"], "shown_none": True}]},
             ]
         }
     )

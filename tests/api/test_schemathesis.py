@@ -129,7 +129,11 @@ def served(tmp_path: Path) -> Iterator[tuple[Any, Pinned]]:
         ).json()["id"]
         added = c.post(
             f"/api/v1/tasks/{trained}/items",
-            json={"items": [{"data": t, "external_id": f"r{n}"} for n, t in enumerate(TEXTS * 3)]},
+            json={
+                "items": [
+                    {"data": t, "external_id": f"review-{n}"} for n, t in enumerate(TEXTS * 3)
+                ]
+            },
         ).json()["items"]
         labels = [
             {"item_id": it["id"], "labels": ["pos" if n % 6 in (0, 1, 4) else "neg"]}
@@ -198,14 +202,56 @@ def exercise(
         assert mode is GenerationMode.NEGATIVE, label
 
 
+def documented_bodies(spec: dict[str, Any], operation: Any) -> list[Any]:
+    """The request bodies the schema documents for ``operation`` (its JSON body's examples)."""
+    body = spec["paths"][operation.path][operation.method.lower()].get("requestBody")
+    if body is None or "application/json" not in body["content"]:
+        return []
+    schema = body["content"]["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return list(schema.get("examples", []))
+
+
+def send_documented(
+    operation: Any,
+    spec: dict[str, Any],
+    pinned: Pinned,
+    failures: list[str],
+    answered: Counter[str],
+) -> None:
+    """Send the documented examples as they stand, pointed at the trained task: generation may
+    or may not draw them, so the ones users copy from the docs are checked every run."""
+    for body in documented_bodies(spec, operation):
+        params = {p.name: 0 for p in operation.path_parameters}
+        if "task_id" in params:
+            params["task_id"] = pinned.tasks[0]
+        if "item_id" in params:
+            params["item_id"] = pinned.items[pinned.tasks[0]][0]
+        case = operation.Case(
+            path_parameters=params or None, body=body, media_type="application/json"
+        )
+        if isinstance(body, dict) and "annotations" in body:
+            pinned.pin(case)  # the example's item ids, made the trained task's
+        answered["sent"] += 1
+        try:
+            if case.call_and_validate(checks=CHECKS).status_code < 300:
+                answered[operation.label] += 1
+        except (Exception, BaseExceptionGroup) as exc:
+            failures.append(f"{operation.label} (documented {body}): {exc}")
+
+
 def test_the_api_keeps_its_schema(served: tuple[Any, Pinned]) -> None:
     app, pinned = served
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    spec = app.openapi()
     failures: list[str] = []
     answered: Counter[str] = Counter()
     for result in schema.get_all_operations():
+        operation = result.ok()
+        send_documented(operation, spec, pinned, failures, answered)
         for mode in EXAMPLES:
-            exercise(result.ok(), mode, pinned, failures, answered)
+            exercise(operation, mode, pinned, failures, answered)
     assert not failures, f"{len(failures)} failures:\n\n" + "\n\n".join(failures[:30])
     assert answered["sent"] >= 300
     # The pinned ids take the requests past "no such task" into the routes' work.
