@@ -41,7 +41,7 @@ def test_auto_labelling_never_overwrites_people(
     c = app_client
     policy = {
         "min_labels": 10,
-        "auto_label": {"target_accuracy": 0.9, "confidence": 0.9, "min_labels": 20},
+        "auto_label": {"target_accuracy": 0.9, "confidence": 0.99, "min_labels": 20},
     }
     t = create(c, policy)
     items = c.post(
@@ -85,6 +85,8 @@ def test_auto_labelling_never_overwrites_people(
     )
     assert all(r["source"] == "human" for r in rows if r["item_id"] in humans)
     right = sum(r["labels"] == [truth[r["item_id"]]] for r in model_rows)
+    # The claim (90% at 99% confidence) misses by five points on ~250 labels in well under 1% of
+    # runs; at 90% confidence a claim resting on ~25 audits missed this bar about one run in ten.
     assert right >= 0.85 * len(model_rows)
     # /next offers neither human- nor model-labelled items.
     offered = {
