@@ -99,6 +99,12 @@ class FakeLabelStudio:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def close(self) -> None:
+        """Stop serving and close the socket, so a fetch still under way is refused at once
+        (a socket left open accepts and never answers: the fetch waits out its timeout)."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
 
 @pytest.fixture
 def fake_ls(
@@ -119,7 +125,7 @@ def fake_ls(
         for n, (p, label) in enumerate(chosen)
     ]
     yield server, tasks
-    server.httpd.shutdown()
+    server.close()
 
 
 def project_body() -> dict[str, Any]:
@@ -496,7 +502,7 @@ def test_personal_access_tokens_work(
         assert r.status_code == 422, r.text
         assert "did not accept the personal access token" in r.json()["detail"]
     finally:
-        server.httpd.shutdown()
+        server.close()
 
 
 def test_fetch_failures_are_told(
