@@ -6,6 +6,9 @@
         --variants '{"before": {}, "start95": {"start_share": 0.95}}'
     python -m bench.autolabel_offline --replay runs.json --start-shares 0.9 0.95 1.0
     python -m bench.autolabel_offline --frozen runs.json --freeze-at 40 80 120
+    python -m bench.autolabel_offline --seeds 0 1 --methods before \
+        --variants '{"band5x2": {"band_share": 0.05, "band_factor": 2}, "before": {}}'
+    python -m bench.autolabel_offline --coverage 0.05 2 --reps 500
 
 Each seed is run twice on the same random order: ``before`` (audits scored by the task's 5-fold
 cross-validation) and ``after`` (audits scored apart, ``autolabel.audit_scores``). It mirrors what
@@ -23,6 +26,10 @@ seed here is not the same run as the seed of ``bench.active``. ``--policy`` over
 (``history``) and its picks, which is what shows where a run's labels went; ``--variants`` runs
 several policies on each seed in turn; every run reports the *floor* any valid claim needs at its
 final model's error rate (:func:`floor_audits`); ``--replay`` and ``--frozen`` screen kept runs.
+The variant keys ``band_share`` and ``band_factor`` draw audits with unequal, recorded chances
+(the served model's least confident band oversampled) and certify with :func:`banded_threshold`
+(``drawn_audits``: uniform audits from the same random stream, its control); ``--coverage``
+simulates that estimator's false claims. Measured and dropped (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -220,7 +227,7 @@ class Loop:
     def audit(self, done: set[int]) -> int:
         """The next audit: the seed's random order, or a draw weighted by the served model's
         band, its band recorded (``U``: before any model, uniform)."""
-        if self.band_share <= 0 or self.scores is None or self.rng is None:
+        if self.scores is None or self.rng is None:
             pick = next(i for i in self.order if i not in done)
             self.band_of[pick] = "U"
         else:
@@ -318,11 +325,14 @@ def run(
     extra = dict(extra or {})
     band_share = float(extra.pop("band_share", 0.0))
     band_factor = float(extra.pop("band_factor", 1.0))
+    # Audits after the first model drawn from their own stream even when uniform: the control
+    # of the banded variants (which draw from it), so draw luck and design come apart.
+    drawn = bool(extra.pop("drawn_audits", band_share > 0))
     auto = AutoLabelPolicy(**extra)
     policy = Policy(auto_label=auto)
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(truth))]
     loop = Loop(X, truth, auto, apart, order, band_share=band_share, band_factor=band_factor)
-    loop.rng = np.random.default_rng([seed, 15])
+    loop.rng = np.random.default_rng([seed, 15]) if drawn else None
     need = autolabel.min_evidence(auto.target_accuracy, auto.confidence)
     last: int | None = None
     audits_last: int | None = None
