@@ -6,6 +6,9 @@
         --variants '{"before": {}, "start95": {"start_share": 0.95}}'
     python -m bench.autolabel_offline --replay runs.json --start-shares 0.9 0.95 1.0
     python -m bench.autolabel_offline --frozen runs.json --freeze-at 40 80 120
+    python -m bench.autolabel_offline --seeds 0 1 --methods before \
+        --variants '{"band5x2": {"band_share": 0.05, "band_factor": 2}, "before": {}}'
+    python -m bench.autolabel_offline --coverage 0.05 2 --reps 500
 
 Each seed is run twice on the same random order: ``before`` (audits scored by the task's 5-fold
 cross-validation) and ``after`` (audits scored apart, ``autolabel.audit_scores``). It mirrors what
@@ -23,11 +26,16 @@ seed here is not the same run as the seed of ``bench.active``. ``--policy`` over
 (``history``) and its picks, which is what shows where a run's labels went; ``--variants`` runs
 several policies on each seed in turn; every run reports the *floor* any valid claim needs at its
 final model's error rate (:func:`floor_audits`); ``--replay`` and ``--frozen`` screen kept runs.
+The variant keys ``band_share`` and ``band_factor`` draw audits with unequal, recorded chances
+(the served model's least confident band oversampled) and certify with :func:`banded_threshold`
+(``drawn_audits``: uniform audits from the same random stream, its control); ``--coverage``
+simulates that estimator's false claims. Measured and dropped (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -37,6 +45,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy.stats import binom
 from sklearn.datasets import load_digits
 
 from labelloop.learners.base import Features
@@ -60,6 +69,138 @@ def digits() -> tuple[Features, np.ndarray]:
     return Features({"pixels": np.vstack(rows)}), d.target
 
 
+@functools.lru_cache(maxsize=65536)
+def band_p_value(
+    n_low: int,
+    k_low: int,
+    m_high: int,
+    k_high: int,
+    share: float,
+    g_high: float,
+    delta: float,
+    c: float,
+    n_uniform: int = 0,
+    k_uniform: int = 0,
+) -> float:
+    """Largest chance, over the null, that the weighted misses ``c * K_L + K_H`` come out at
+    most the observed ones.
+
+    The claim is about the uniform measure on the pool: the error above the threshold is
+    ``(share * e_L + (1 - share) * g_H * theta_H) / D`` with ``D >= (1 - share) * g_H`` (the low
+    band's items above the threshold dropped from the denominator: conservative). ``e_L`` is the
+    chance that a low-band draw is above and wrong (``k_low`` of all ``n_low`` low-band draws, so
+    the band's unknown share above the threshold is no nuisance), ``theta_H`` the error of the
+    other band above it (``k_high`` of ``m_high``), ``g_H >= g_high`` its share above. Under the
+    null (error >= ``delta``) the pair lies on or above the line ``share * e_L = (1 - share) *
+    g_high * (delta - theta_H)``; the chance falls in both, so its supremum lies on that line
+    (a grid and its ends). ``c``, fixed by the counts, weighs a low-band miss by its draw
+    probability against another miss. Uniform draws (before any model: ``k_uniform`` of
+    ``n_uniform`` above and wrong) are above and wrong with chance ``share * e_L + (1 - share) *
+    g_H * theta_H``, at least ``(1 - share) * g_high * delta`` on that line."""
+    observed = c * k_low + k_high + k_uniform
+    uniform = binom.pmf(np.arange(n_uniform + 1), n_uniform, (1.0 - share) * g_high * delta)
+    top = min(1.0, (1.0 - share) * g_high * delta / share) if n_low else 0.0
+    e_low = np.unique(np.concatenate([np.linspace(0.0, top, 201), [0.0, top]]))
+    theta = np.clip(delta - share * e_low / ((1.0 - share) * g_high), 0.0, 1.0)
+    total = np.zeros(len(e_low))
+    for k in range(0, n_low + 1):
+        for u in range(0, n_uniform + 1):
+            rest = observed - c * k - u
+            if rest < -1e-9:
+                break
+            total += (
+                binom.pmf(k, n_low, e_low)
+                * uniform[u]
+                * binom.cdf(math.floor(rest + 1e-9), m_high, theta)
+            )
+    return float(total.max())
+
+
+def banded_threshold(
+    conf: np.ndarray,
+    correct: np.ndarray,
+    low: np.ndarray,
+    auto: AutoLabelPolicy,
+    target: float,
+    share: float,
+    uniform: np.ndarray | None = None,
+) -> autolabel.ThresholdEstimate:
+    """:func:`autolabel.estimate_threshold` for audits drawn with unequal, recorded chances: the
+    least confident ``share`` of the pool (by the model served when each was drawn) more often
+    than the rest; ``low`` says which audits came from that band, ``uniform`` which were drawn
+    uniformly (before any model served).
+
+    Two fixed sequences as there (started from the counts of the other band's audits above each
+    threshold, never from their correctness), each test at its share of the risk, 5% of which
+    pays for the lower bound on the other band's share above the threshold (``g_H``)."""
+    n = len(conf)
+    conf_level = auto.confidence
+    risk = 1.0 - conf_level
+    delta = 1.0 - target
+    uniform = np.zeros(n, dtype=bool) if uniform is None else uniform
+    high = ~low & ~uniform
+    n_low, n_high, n_uniform = int(low.sum()), int(high.sum()), int(uniform.sum())
+    # A low-band miss against another: the ratio of their importance weights (share / n_low
+    # over (1 - share) / n_high), at most 1.
+    c = min(1.0, share * n_high / ((1.0 - share) * n_low)) if n_low else 1.0
+
+    def none(reason: str) -> autolabel.ThresholdEstimate:
+        return autolabel.ThresholdEstimate(None, n, 0, None, None, target, conf_level, reason)
+
+    if n < auto.min_labels or n_high == 0:
+        return none("too few audits")
+    claims = []
+    for part, start in ((autolabel.LOW_START_RISK, "low"), (1 - autolabel.LOW_START_RISK, "half")):
+        alpha = part * risk
+        a_g, a_t = 0.05 * alpha, 0.95 * alpha
+        # Starts on the audits above each threshold counted by weight (a low-band one as c):
+        # counts only, never correctness.
+        weighted = n_high + n_uniform + c * n_low
+        if start == "low":
+            begin = autolabel.sequence_start(math.floor(weighted), target, 1.0 - a_t)
+        else:
+            begin = max(autolabel.min_evidence(target, 1.0 - a_t), math.ceil(weighted / 2))
+        best: autolabel.ThresholdEstimate | None = None
+        for t in autolabel.GRID:
+            above = conf >= t
+            m_high = int((above & high).sum())
+            if m_high + (above & uniform).sum() + c * (above & low).sum() < begin:
+                continue
+            k_high = int((above & high & ~correct).sum())
+            k_low = int((above & low & ~correct).sum())
+            k_uniform = int((above & uniform & ~correct).sum())
+            g_high = autolabel.clopper_pearson_lower(m_high, n_high, 1.0 - a_g)
+            pv = band_p_value(
+                n_low,
+                k_low,
+                m_high,
+                k_high,
+                share,
+                math.floor(g_high * 1e6) / 1e6,
+                delta,
+                round(c, 6),
+                n_uniform,
+                k_uniform,
+            )
+            if pv > a_t:
+                break
+            best = autolabel.ThresholdEstimate(
+                float(t),
+                n,
+                int(above.sum()),
+                float(correct[above].mean()),
+                1.0 - pv,
+                target,
+                conf_level,
+                "target met",
+            )
+        if best is not None:
+            claims.append(best)
+    if claims:
+        return min(claims, key=lambda e: e.threshold or 1.0)
+    return none("no threshold shows the target")
+
+
 @dataclass
 class Loop:
     """One simulated task: who labelled what, and what the served model says."""
@@ -76,6 +217,30 @@ class Loop:
     certified: bool = False
     version: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: Audits drawn with unequal chances: the least confident ``band_share`` of the items without
+    #: a human label (by the served model) ``band_factor`` times as often as the rest; 0: uniform.
+    band_share: float = 0.0
+    band_factor: float = 1.0
+    rng: np.random.Generator | None = None
+    band_of: dict[int, str] = field(default_factory=dict)
+
+    def audit(self, done: set[int]) -> int:
+        """The next audit: the seed's random order, or a draw weighted by the served model's
+        band, its band recorded (``U``: before any model, uniform)."""
+        if self.scores is None or self.rng is None:
+            pick = next(i for i in self.order if i not in done)
+            self.band_of[pick] = "U"
+        else:
+            rest = np.array([i for i in range(len(self.truth)) if i not in done])
+            conf = self.scores[rest].max(axis=1)
+            low = np.zeros(len(rest), dtype=bool)
+            low[np.argsort(conf, kind="stable")[: math.ceil(self.band_share * len(rest))]] = True
+            weight = np.where(low, self.band_factor, 1.0)
+            j = int(self.rng.choice(len(rest), p=weight / weight.sum()))
+            pick = int(rest[j])
+            self.band_of[pick] = "L" if low[j] else "H"
+        self.audits.add(pick)
+        return pick
 
     def pick(self) -> int | None:
         """What ``/next`` would hand out now (None: every item is labelled)."""
@@ -86,18 +251,14 @@ class Loop:
         if not uncovered:
             return None
         if self.scores is None:
-            pick = next(i for i in self.order if i not in done)
-            self.audits.add(pick)
-            return pick
+            return self.audit(done)
         top2 = np.sort(self.scores, axis=1)[:, -2:]
         margin = top2[:, 1] - top2[:, 0]
         unsure = min(uncovered, key=lambda i: margin[i])
         if self.certified and len(uncovered) <= self.auto.tail:
             return unsure
         if audit_turn_at(len(self.human), self.auto.audit_share):
-            pick = next(i for i in self.order if i not in done)
-            self.audits.add(pick)
-            return pick
+            return self.audit(done)
         return unsure
 
     def train(self) -> None:
@@ -116,9 +277,21 @@ class Loop:
             if apart is not None:
                 oos[held] = apart
         target = autolabel.model_label_target(self.auto, len(self.truth), len(self.human))
-        est = autolabel.estimate_threshold(
-            oos[held].max(axis=1), oos[held].argmax(axis=1) == y[held], self.auto, target
-        )
+        bands = np.array([self.band_of[self.human[p]] for p in held])
+        if self.band_share > 0:
+            est = banded_threshold(
+                oos[held].max(axis=1),
+                oos[held].argmax(axis=1) == y[held],
+                bands == "L",
+                self.auto,
+                target,
+                self.band_share,
+                bands == "U",
+            )
+        else:
+            est = autolabel.estimate_threshold(
+                oos[held].max(axis=1), oos[held].argmax(axis=1) == y[held], self.auto, target
+            )
         self.certified = est.threshold is not None
         wrong = oos[held].argmax(axis=1) != y[held]
         self.history.append(
@@ -131,6 +304,7 @@ class Loop:
                 "uncovered": 0,
                 "conf": [round(float(c), 4) for c in oos[held].max(axis=1)],
                 "wrong": [int(w) for w in wrong],
+                "band": "".join(str(b) for b in bands),
             }
         )
         self.model_labels = {}
@@ -148,10 +322,17 @@ class Loop:
 def run(
     X: Features, truth: np.ndarray, seed: int, apart: bool, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    auto = AutoLabelPolicy(**(extra or {}))
+    extra = dict(extra or {})
+    band_share = float(extra.pop("band_share", 0.0))
+    band_factor = float(extra.pop("band_factor", 1.0))
+    # Audits after the first model drawn from their own stream even when uniform: the control
+    # of the banded variants (which draw from it), so draw luck and design come apart.
+    drawn = bool(extra.pop("drawn_audits", band_share > 0))
+    auto = AutoLabelPolicy(**extra)
     policy = Policy(auto_label=auto)
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(truth))]
-    loop = Loop(X, truth, auto, apart, order)
+    loop = Loop(X, truth, auto, apart, order, band_share=band_share, band_factor=band_factor)
+    loop.rng = np.random.default_rng([seed, 15]) if drawn else None
     need = autolabel.min_evidence(auto.target_accuracy, auto.confidence)
     last: int | None = None
     audits_last: int | None = None
@@ -182,6 +363,7 @@ def run(
         "history": loop.history,
         "picks": loop.human,
         "audited": [int(i in loop.audits) for i in loop.human],
+        "bands": "".join(loop.band_of.get(i, "-") for i in loop.human),
     }
 
 
@@ -323,6 +505,46 @@ def frozen(
     return out
 
 
+def coverage(reps: int, n: int, share: float, factor: float, seed: int = 0) -> dict[str, float]:
+    """False claims of :func:`banded_threshold` on simulated pools (a claim whose threshold's
+    true error exceeds the target's): audits drawn i.i.d. with the band's weights from a pool of
+    2,000 items whose errors sit in the band, at moderate confidence above it, or everywhere,
+    each pool just below 98% right above its lowest threshold."""
+    rng = np.random.default_rng(seed)
+    auto = AutoLabelPolicy()
+    target = auto.target_accuracy
+    size = 2000
+    conf = np.sort(rng.uniform(0.5, 1.0, size))  # ascending: the first ``share`` are the band
+    band = np.arange(size) < math.ceil(share * size)
+    places = {
+        "band": band,
+        "above the band": (np.arange(size) >= math.ceil(share * size))
+        & (np.arange(size) < math.ceil(3 * share * size)),
+        "everywhere": np.ones(size, dtype=bool),
+        "confident": np.arange(size) >= size // 2,
+    }
+    out = {}
+    weight = np.where(band, factor, 1.0)
+    prob = weight / weight.sum()
+    for name, where in places.items():
+        wrong = np.zeros(size, dtype=bool)
+        bad = np.flatnonzero(where)
+        # 2.1% of the pool wrong, all of it where the scenario puts it.
+        wrong[rng.choice(bad, size=min(len(bad), math.ceil(0.021 * size)), replace=False)] = True
+        false_claims = claims = 0
+        for _ in range(reps):
+            drawn = rng.choice(size, size=n, p=prob)
+            est = banded_threshold(conf[drawn], ~wrong[drawn], band[drawn], auto, target, share)
+            if est.threshold is not None:
+                claims += 1
+                above = conf >= est.threshold
+                false_claims += float(wrong[above].mean()) > 1.0 - target
+        out[name] = false_claims / reps
+        out[name + " (claims)"] = claims / reps
+        print(json.dumps({name: out[name], "claims": claims / reps}), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -341,7 +563,19 @@ def main() -> None:
     parser.add_argument("--start-shares", type=float, nargs="+", default=[0.9, 0.95])
     parser.add_argument("--frozen", type=Path, help="an --out file to screen frozen versions on")
     parser.add_argument("--freeze-at", type=int, nargs="+", default=[40, 80, 120])
+    parser.add_argument(
+        "--coverage",
+        type=float,
+        nargs=2,
+        metavar=("SHARE", "FACTOR"),
+        help="false claims of the banded estimator on simulated pools (--reps, --audits)",
+    )
+    parser.add_argument("--reps", type=int, default=400)
+    parser.add_argument("--audits", type=int, default=200)
     args = parser.parse_args()
+    if args.coverage:
+        coverage(args.reps, args.audits, args.coverage[0], args.coverage[1])
+        return
     if args.frozen:
         X, truth = digits()
         frozen(args.frozen, args.freeze_at, X, truth)
@@ -360,7 +594,9 @@ def main() -> None:
             for method in args.methods:
                 r = {"variant": name, **run(X, truth, seed, method == "after", extra)}
                 runs.append(r)
-                shown = {k: v for k, v in r.items() if k not in ("history", "picks", "audited")}
+                shown = {
+                    k: v for k, v in r.items() if k not in ("history", "picks", "audited", "bands")
+                }
                 print(json.dumps(shown), flush=True)
                 if args.out:  # kept as it goes: a run stopped early keeps what it measured
                     args.out.write_text(json.dumps({"runs": runs}))
