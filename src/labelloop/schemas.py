@@ -447,7 +447,11 @@ class AnnotationsCreate(RequestModel):
         json_schema_extra={
             "examples": [
                 {"annotations": [{"item_id": 1, "labels": ["pos"], "annotator": "ann"}]},
-                {"annotations": [{"external_id": "review-7", "labels": ["neg"], "shown_none": True}]},
+                {
+                    "annotations": [
+                        {"external_id": "review-7", "labels": ["neg"], "shown_none": True}
+                    ]
+                },
             ]
         }
     )
