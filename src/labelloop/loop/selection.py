@@ -33,7 +33,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -108,17 +108,27 @@ def graph_degrees(features: Features, k: int = GRAPH_K) -> np.ndarray | None:
 # -- near-copies -----------------------------------------------------------------------------------
 
 
+@functools.cache
+def _hashing() -> Any:
+    """The texts' hashed words: one vectorizer (it keeps no state), checked once."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(n_features=2**12, alternate_sign=False)
+
+
 def _parts(features: Features) -> list[np.ndarray | sparse.csr_matrix]:
     """The views as rows of numbers: numeric views as they are, texts as hashed words (sparse)."""
-    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn import config_context
 
     parts: list[np.ndarray | sparse.csr_matrix] = []
     for view in features.views.values():
         if isinstance(view, np.ndarray):
             parts.append(np.asarray(view, dtype=np.float64).reshape(len(view), -1))
         else:
-            hashing = HashingVectorizer(n_features=2**12, alternate_sign=False)
-            parts.append(hashing.transform(view).tocsr())
+            # Its parameters were checked once and hashed words are finite: every stored text
+            # (a Label Studio /predict's write) skips scikit-learn's checks, not a number.
+            with config_context(assume_finite=True, skip_parameter_validation=True):
+                parts.append(_hashing().transform(view).tocsr())
     return parts
 
 
@@ -135,6 +145,13 @@ _SIGNATURE_CHUNK = 1000
 def _hyperplanes(dim: int) -> np.ndarray:
     """The same random hyperplanes for every process and every run (a fixed seed per dimension)."""
     return np.random.default_rng(dim).standard_normal((dim, SIGNATURE_BITS)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _plane_sums(dim: int) -> np.ndarray:
+    """Each hyperplane's sum over the dimensions (the centring's term), computed once."""
+    sums: np.ndarray = _hyperplanes(dim).sum(axis=0)
+    return sums
 
 
 def signatures(features: Features) -> list[bytes]:
@@ -159,7 +176,7 @@ def signatures(features: Features) -> list[bytes]:
             sums += np.asarray(p.sum(axis=1)).ravel()
             at += p.shape[1]
         if dim > 1:  # centred: each item's mean over its dimensions taken out
-            proj -= np.outer(sums / dim, planes.sum(axis=0))
+            proj -= np.outer(sums / dim, _plane_sums(dim))
         out.extend(row.tobytes() for row in np.packbits(proj > 0, axis=1))
     return out
 
