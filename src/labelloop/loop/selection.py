@@ -148,6 +148,13 @@ def _hyperplanes(dim: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
+def _hyperplanes_f64(dim: int) -> np.ndarray:
+    """The hyperplanes in the features' float64, converted once: scipy and numpy would convert
+    them (8 MB for texts) on every product, to the same numbers."""
+    return _hyperplanes(dim).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=8)
 def _plane_sums(dim: int) -> np.ndarray:
     """Each hyperplane's sum over the dimensions (the centring's term), computed once."""
     sums: np.ndarray = _hyperplanes(dim).sum(axis=0)
@@ -167,7 +174,7 @@ def signatures(features: Features) -> list[bytes]:
         if not parts:
             break
         dim = sum(p.shape[1] for p in parts)
-        planes = _hyperplanes(dim)
+        planes = _hyperplanes_f64(dim)
         proj = np.zeros((parts[0].shape[0], SIGNATURE_BITS))
         sums = np.zeros(parts[0].shape[0])
         at = 0
