@@ -27,9 +27,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import accumulate, chain
 from pathlib import Path
 from typing import Any, Literal
 
@@ -240,9 +241,15 @@ class StaticEncoder:
         if missing:
             if len(known) + len(missing) > self.WORDS_KEPT:
                 known = self._words = {}
-            encoded = self.tokenizer.encode_batch(missing, add_special_tokens=False)
-            for word, e in zip(missing, encoded, strict=True):
-                known[word] = tuple(e.ids)
+            # One text of the new words (a text's pieces are its words' pieces): one call, each
+            # piece given to the word its first character is in.
+            starts = list(accumulate((len(w) + 1 for w in missing[:-1]), initial=0))
+            encoded = self.tokenizer.encode(" ".join(missing), add_special_tokens=False)
+            pieces: list[list[int]] = [[] for _ in missing]
+            for piece, (start, _) in zip(encoded.ids, encoded.offsets, strict=True):
+                pieces[bisect_right(starts, start) - 1].append(piece)
+            for word, got in zip(missing, pieces, strict=True):
+                known[word] = tuple(got)
         return known
 
     def pieces(self, texts: Sequence[str]) -> list[list[int]]:
