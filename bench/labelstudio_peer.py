@@ -10,7 +10,7 @@ against each: batches of 64 new tasks from 4 concurrent clients (throughput), si
 requests (p50), and accuracy on TREC's held-out questions; and the CPU time each server (its
 process and its children: labelloop's workers, gunicorn's worker) spent per task of the throughput
 phase, counted until the work it left behind settles, which a busy machine disturbs less than
-the wall clock. labelloop runs twice, as two Label
+the wall clock; and the client's own CPU per task (this process), which shares the machine. labelloop runs twice, as two Label
 Studio projects of one embedded server: its default configuration (sentence embeddings when the
 ``embeddings`` extra is installed) and the fast one (``learner_params: {"embeddings": false}``).
 
@@ -293,16 +293,25 @@ def measure(args: argparse.Namespace, systems: list[System]) -> dict[str, Any]:
             cold[s.name] = (time.perf_counter() - t0) * 1000
             s.predict(http, warm[args.batch :])
     rounds: dict[str, dict[str, list[float]]] = {
-        s.name: {"tasks_per_s": [], "single_p50_ms": [], "cpu_ms_per_task": []} for s in systems
+        s.name: {
+            "tasks_per_s": [],
+            "single_p50_ms": [],
+            "cpu_ms_per_task": [],
+            "client_cpu_ms_per_task": [],
+        }
+        for s in systems
     }
     loads = [load_average()]
     for r in range(args.rounds):
         batch_tasks, single_tasks = take(per_round), take(args.singles)
         for s in systems:  # A B A B: the same questions for each, in turn
             cpu0 = s.settled_cpu_s()
+            client0 = time.process_time()  # this process: the client's threads
             rounds[s.name]["tasks_per_s"].append(
                 throughput(s, batch_tasks, args.clients, args.batch)
             )
+            client = time.process_time() - client0
+            rounds[s.name]["client_cpu_ms_per_task"].append(1000 * client / len(batch_tasks))
             cpu = s.settled_cpu_s() - cpu0
             rounds[s.name]["cpu_ms_per_task"].append(1000 * cpu / len(batch_tasks))
             rounds[s.name]["single_p50_ms"].append(singles(s, single_tasks))
@@ -320,6 +329,7 @@ def measure(args: argparse.Namespace, systems: list[System]) -> dict[str, Any]:
             "throughput_vs_peer": statistics.median(ratios),
             "single_p50_ms": statistics.median(own["single_p50_ms"]),
             "cpu_ms_per_task": statistics.median(own["cpu_ms_per_task"]),
+            "client_cpu_ms_per_task": statistics.median(own["client_cpu_ms_per_task"]),
             "cpu_vs_peer": statistics.median(
                 [
                     a / b

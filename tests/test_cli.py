@@ -303,3 +303,21 @@ def test_the_server_log_has_no_migration_chatter_nor_progress_bars(tmp_path: Pat
     assert embeddings_available(), "the embeddings extra is part of the test install"
     assert list((tmp_path / "data").rglob("minilm*")), "the model was loaded and used"
     assert "Loading weights" not in text and "it/s]" not in text
+
+
+def test_an_api_process_leaves_its_startup_heap_out_of_the_collectors_passes() -> None:
+    """``freeze_heap`` (each ``serve`` API process, once its app is built): what exists then is
+    no longer walked by full collections; cycles made afterwards are still collected."""
+    import gc
+
+    from labelloop.cli import freeze_heap
+
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() > 0
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()

@@ -212,3 +212,43 @@ def test_the_recipe_is_deterministic_and_zeroes_the_special_pieces() -> None:
         assert a.shape == (3000, recipe.dims or 16)
     w = static.piece_weights(3000, static.RECIPE)
     assert w[static.FIRST_WORD] < w[2500] < 1.0  # "the" weighs less than a rarer piece
+
+
+#: Texts whose words test what the tokenizer does inside a word: accents and combining marks,
+#: Greek final sigma, dotted capital I, CJK characters, a special token inside a word, control
+#: and zero-width characters, the replacement character, emoji, a word past WordPiece's 100
+#: characters, punctuation.
+AWKWARD = [
+    "café naïve résumé e\u0301 a\u0308b",
+    "ΣΑΣ ΟΔΟΣ σΣ",
+    "\u0130stanbul \u0131i \u00df \ufb01ne",
+    "中文 字日本語 abc中def",
+    "foo[CLS]bar [SEP]x [UNK]",
+    "zero\u200bwidth soft\u00adhyphen nul\x00l bell\x07 rep\ufffdl",
+    "👍🏽 ok😀",
+    "x" * 150,
+    "u.s.a. don't (a) [b] {c} #1 $2.50",
+    "",
+]
+
+
+def test_a_texts_pieces_are_its_words_pieces_one_after_the_other() -> None:
+    """The pieces of a text of single-spaced words, taken word by word from the cache, are the
+    pieces the tokenizer gives the whole text; other texts (several spaces, tabs, new lines)
+    go to the tokenizer whole. So the vectors are the same either way."""
+    enc = static.StaticEncoder(static.table(), static.LEAD)
+    tok = enc.tokenizer
+    raw = [*SENTENCES, *AWKWARD, "  two  spaces\tand a\ttab\n", "\u3000ideographic\xa0space"]
+    plain = [" ".join(t.split()) for t in raw]
+
+    def whole(texts: list[str]) -> list[list[int]]:
+        encoded = tok.encode_batch(texts, add_special_tokens=False)
+        ends = [
+            static._lead_end(t, e.offsets, static.LEAD) for t, e in zip(texts, encoded, strict=True)
+        ]
+        return [e.ids for e in encoded] + [e.ids[:n] for e, n in zip(encoded, ends, strict=True)]
+
+    for texts in (plain, raw, plain):  # the second plain pass reads the words from the cache
+        assert enc.pieces(texts) == whole(texts)
+    assert enc._words and all(" " not in w for w in enc._words)
+    np.testing.assert_array_equal(enc.encode(plain), static.encode(plain))

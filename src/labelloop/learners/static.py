@@ -27,8 +27,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, chain
 from pathlib import Path
 from typing import Any, Literal
 
@@ -214,28 +216,81 @@ class StaticEncoder:
     With ``lead`` (1 to 8) a second vector follows, of the pieces of the text's first ``lead``
     words (split at white space), the same way: how a text starts says much of
     what it asks for ("how far", "who wrote"), which one sum over all its pieces blurs.
+
+    A text whose words are separated by single spaces (what :class:`TextFeaturizer` makes of
+    every item) gets its pieces word by word, from a cache of each word's pieces: the tokenizer's
+    normaliser and pre-tokeniser never join or split across a space, so a text's pieces are its
+    words' pieces one after the other, and the tokenizer (most of the cost of a vector) only
+    sees words it has not seen. Other texts go through the tokenizer whole.
     """
+
+    #: Words whose pieces are kept (the cache starts again when full).
+    WORDS_KEPT = 100_000
 
     def __init__(self, rows: np.ndarray, lead: int = 0) -> None:
         self.tokenizer = _tokenizer()
         self.rows = rows
         self.lead = lead
         self.dim = int(rows.shape[1]) * (2 if lead else 1)
+        self._words: dict[str, tuple[int, ...]] = {}
+
+    def word_pieces(self, words: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        """The pieces of each word (no white space in it), from the cache or the tokenizer."""
+        known = self._words
+        missing = list(dict.fromkeys(w for w in words if w not in known))
+        if missing:
+            if len(known) + len(missing) > self.WORDS_KEPT:
+                known = self._words = {}
+            # One text of the new words (a text's pieces are its words' pieces): one call, each
+            # piece given to the word its first character is in.
+            starts = list(accumulate((len(w) + 1 for w in missing[:-1]), initial=0))
+            encoded = self.tokenizer.encode(" ".join(missing), add_special_tokens=False)
+            pieces: list[list[int]] = [[] for _ in missing]
+            for piece, (start, _) in zip(encoded.ids, encoded.offsets, strict=True):
+                pieces[bisect_right(starts, start) - 1].append(piece)
+            for word, got in zip(missing, pieces, strict=True):
+                known[word] = tuple(got)
+        return known
+
+    def pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's pieces, then (with ``lead``) the pieces of each text's first words."""
+        split = [t.split(" ") if t else [] for t in texts]
+        plain = [not t or " ".join(t.split()) == t for t in texts]
+        cache = self.word_pieces(w for ws, ok in zip(split, plain, strict=True) if ok for w in ws)
+        out: list[list[int]] = []
+        heads: list[list[int]] = []
+        whole = [i for i, ok in enumerate(plain) if not ok]
+        encoded = dict(
+            zip(
+                whole,
+                self.tokenizer.encode_batch([texts[i] for i in whole], add_special_tokens=False)
+                if whole
+                else [],
+                strict=True,
+            )
+        )
+        for i, (text, words) in enumerate(zip(texts, split, strict=True)):
+            e = encoded.get(i)
+            if e is None:
+                out.append(list(chain.from_iterable(map(cache.__getitem__, words))))
+                if self.lead:
+                    heads.append(
+                        list(chain.from_iterable(map(cache.__getitem__, words[: self.lead])))
+                    )
+            else:
+                out.append(e.ids)
+                if self.lead:
+                    heads.append(e.ids[: _lead_end(text, e.offsets, self.lead)])
+        return out + heads
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        encoded = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        pieces = [e.ids for e in encoded]
-        if self.lead:
-            pieces += [
-                p[: _lead_end(t, e.offsets, self.lead)]
-                for t, p, e in zip(texts, pieces, encoded, strict=True)
-            ]
-        lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+        pieces = self.pieces(texts)
+        lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
         indptr = np.zeros(len(pieces) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        indices = np.fromiter((i for p in pieces for i in p), dtype=np.int64, count=int(indptr[-1]))
+        indices = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=int(indptr[-1]))
         counts = sparse.csr_matrix(
             (np.ones(len(indices), dtype=np.float32), indices, indptr),
             shape=(len(pieces), self.rows.shape[0]),

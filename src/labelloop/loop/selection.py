@@ -33,7 +33,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -108,17 +108,27 @@ def graph_degrees(features: Features, k: int = GRAPH_K) -> np.ndarray | None:
 # -- near-copies -----------------------------------------------------------------------------------
 
 
+@functools.cache
+def _hashing() -> Any:
+    """The texts' hashed words: one vectorizer (it keeps no state), checked once."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(n_features=2**12, alternate_sign=False)
+
+
 def _parts(features: Features) -> list[np.ndarray | sparse.csr_matrix]:
     """The views as rows of numbers: numeric views as they are, texts as hashed words (sparse)."""
-    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn import config_context
 
     parts: list[np.ndarray | sparse.csr_matrix] = []
     for view in features.views.values():
         if isinstance(view, np.ndarray):
             parts.append(np.asarray(view, dtype=np.float64).reshape(len(view), -1))
         else:
-            hashing = HashingVectorizer(n_features=2**12, alternate_sign=False)
-            parts.append(hashing.transform(view).tocsr())
+            # Its parameters were checked once and hashed words are finite: every stored text
+            # (a Label Studio /predict's write) skips scikit-learn's checks, not a number.
+            with config_context(assume_finite=True, skip_parameter_validation=True):
+                parts.append(_hashing().transform(view).tocsr())
     return parts
 
 
@@ -137,6 +147,20 @@ def _hyperplanes(dim: int) -> np.ndarray:
     return np.random.default_rng(dim).standard_normal((dim, SIGNATURE_BITS)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _hyperplanes_f64(dim: int) -> np.ndarray:
+    """The hyperplanes in the features' float64, converted once: scipy and numpy would convert
+    them (8 MB for texts) on every product, to the same numbers."""
+    return _hyperplanes(dim).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=8)
+def _plane_sums(dim: int) -> np.ndarray:
+    """Each hyperplane's sum over the dimensions (the centring's term), computed once."""
+    sums: np.ndarray = _hyperplanes(dim).sum(axis=0)
+    return sums
+
+
 def signatures(features: Features) -> list[bytes]:
     """Each item's near-copy signature: on which side of :data:`SIGNATURE_BITS` random hyperplanes
     its unit vector (numeric views, or hashed words for texts, centred) lies (SimHash). Computed once, when the item
@@ -150,7 +174,7 @@ def signatures(features: Features) -> list[bytes]:
         if not parts:
             break
         dim = sum(p.shape[1] for p in parts)
-        planes = _hyperplanes(dim)
+        planes = _hyperplanes_f64(dim)
         proj = np.zeros((parts[0].shape[0], SIGNATURE_BITS))
         sums = np.zeros(parts[0].shape[0])
         at = 0
@@ -159,7 +183,7 @@ def signatures(features: Features) -> list[bytes]:
             sums += np.asarray(p.sum(axis=1)).ravel()
             at += p.shape[1]
         if dim > 1:  # centred: each item's mean over its dimensions taken out
-            proj -= np.outer(sums / dim, planes.sum(axis=0))
+            proj -= np.outer(sums / dim, _plane_sums(dim))
         out.extend(row.tobytes() for row in np.packbits(proj > 0, axis=1))
     return out
 

@@ -65,9 +65,11 @@ def upsert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None
     # A plain executemany by primary key (the ORM's bulk update by key costs twice as much in
     # Python, and every writer waits while a promotion writes a pool's ranks).
     rank = update(Item).where(Item.id == bindparam("b_id")).values(rank=bindparam("b_rank"))
+    session.flush()  # what the session holds goes first, as its own execute would flush it
     for start in range(0, len(rows), 1000):
         chunk = list(rows[start : start + 1000])
-        session.execute(stmt, chunk)
+        # On the connection too: the ORM's bulk insert spent as long preparing the rows again.
+        session.connection().execute(stmt, chunk)
         session.connection().execute(
             rank,
             sorted(
