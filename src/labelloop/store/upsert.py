@@ -1,11 +1,11 @@
-"""Insert-or-update and insert-if-absent, in the dialect of the connected database."""
+"""Insert-or-update, insert-if-absent and new primary keys, in the dialect of the connected database."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -19,6 +19,23 @@ def _insert(session: Session, table: Any) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return pg_insert(table)
     return sqlite_insert(table)
+
+
+def allocate_ids(session: Session, table: Table, n: int) -> list[int]:
+    """``n`` new ids of ``table``'s integer key, ascending, for rows this transaction inserts
+    with their ids given: a bulk insert then needs no ``RETURNING``. PostgreSQL draws them from
+    the key's sequence (concurrent writers draw others); SQLite's writing transaction holds the
+    database's write lock from its ``BEGIN IMMEDIATE``, so the ids after the largest are free
+    until it ends (what SQLite itself would give)."""
+    if n <= 0:
+        return []
+    key = table.c.id
+    if session.get_bind().dialect.name == "postgresql":
+        sequence = func.pg_get_serial_sequence(table.name, key.name)
+        drawn = select(func.nextval(sequence)).select_from(func.generate_series(1, n))
+        return sorted(session.execute(drawn).scalars())
+    last = session.execute(select(func.max(key))).scalar() or 0
+    return list(range(last + 1, last + n + 1))
 
 
 def record_audit_picks(session: Session, task_id: int, item_ids: Sequence[int]) -> None:
