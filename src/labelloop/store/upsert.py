@@ -80,15 +80,15 @@ def upsert_predictions(session: Session, rows: Sequence[dict[str, Any]]) -> None
         set_={name: getattr(stmt.excluded, name) for name in UPDATED},
     )
     # A plain executemany by primary key (the ORM's bulk update by key costs twice as much in
-    # Python, and every writer waits while a promotion writes a pool's ranks).
+    # Python, and every writer waits while a promotion writes a pool's ranks). Rows in item
+    # order: writers of the same items (a /next scoring unscored items beside a training's
+    # pre-labels) lock them in one order, so PostgreSQL never finds two deadlocked (it did at
+    # 1M items, docs/BENCHMARKS.md "A large task").
+    ordered = sorted(rows, key=lambda r: int(r["item_id"]))
     rank = update(Item).where(Item.id == bindparam("b_id")).values(rank=bindparam("b_rank"))
-    for start in range(0, len(rows), 1000):
-        chunk = list(rows[start : start + 1000])
+    for start in range(0, len(ordered), 1000):
+        chunk = ordered[start : start + 1000]
         session.execute(stmt, chunk)
         session.connection().execute(
-            rank,
-            sorted(
-                ({"b_id": r["item_id"], "b_rank": -float(r["uncertainty"])} for r in chunk),
-                key=lambda r: r["b_id"],
-            ),
+            rank, [{"b_id": r["item_id"], "b_rank": -float(r["uncertainty"])} for r in chunk]
         )
