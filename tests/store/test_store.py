@@ -6,7 +6,7 @@ import itertools
 import threading
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 
 from labelloop.loop.labels import (
@@ -20,7 +20,8 @@ from labelloop.loop.labels import (
 from labelloop.loop.scheduling import after_training, request_training
 from labelloop.runtime import Runtime
 from labelloop.service.tasks import TaskCreate, create_task, delete_task
-from labelloop.store.models import Annotation, Item, Job, Task
+from labelloop.store.models import Annotation, Item, Job, Prediction, Task, utcnow
+from labelloop.store.upsert import upsert_predictions
 
 NAMES = itertools.count(1)
 
@@ -198,3 +199,49 @@ def test_a_reading_transaction_reads_beside_a_writer(rt: Runtime) -> None:
         assert done.wait(20), "the reading transaction waited for the writer"
     reader.join()
     assert seen == ["beside"]
+
+
+def test_predictions_lock_their_items_in_item_order(rt: Runtime) -> None:
+    """Two writers of the same items' pre-labels (a ``/next`` scoring unscored items beside a
+    training's chunk) write them in one order, whatever order each computed them in: PostgreSQL
+    found two such writers deadlocked at 1M items when each wrote in its own order."""
+    t = new_task(rt)
+    ids = add(rt, t, 2_500)  # more than one statement's 1,000 rows
+    rows = [
+        {
+            "item_id": i,
+            "task_id": t,
+            "version": 0,
+            "labels": ["a"],
+            "scores": {"a": 0.6, "b": 0.4},
+            "score": 0.6,
+            "uncertainty": 0.4 + n / 10_000,
+            "created_at": utcnow(),
+        }
+        for n, i in enumerate(reversed(ids))
+    ]
+    written: list[int] = []
+    ranked: list[int] = []
+
+    def seen(
+        conn: object, cursor: object, statement: str, params: object, context: object, many: bool
+    ) -> None:
+        compiled = getattr(context, "compiled_parameters", None) or []
+        if statement.startswith("INSERT INTO predictions"):
+            written.extend(int(p["item_id"]) for p in compiled)
+        elif statement.startswith("UPDATE items SET rank"):
+            ranked.extend(int(p["b_id"]) for p in compiled)
+
+    event.listen(rt.engine, "before_cursor_execute", seen)
+    try:
+        with rt.session() as s:
+            upsert_predictions(s, rows)
+    finally:
+        event.remove(rt.engine, "before_cursor_execute", seen)
+    assert written == ranked == sorted(ids)
+    with rt.reading() as s:
+        assert (
+            len(s.scalars(select(Prediction.item_id).where(Prediction.task_id == t)).all()) == 2_500
+        )
+        ranks = dict(s.execute(select(Item.id, Item.rank).where(Item.task_id == t)).all())
+    assert ranks[ids[-1]] == pytest.approx(-0.4)  # each item's own rank, whatever the order

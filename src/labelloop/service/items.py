@@ -20,6 +20,7 @@ from labelloop.runtime import Runtime
 from labelloop.schemas import MAX_ITEM_DATA_CHARS, ItemCreate
 from labelloop.service.common import enqueue, get_task_row
 from labelloop.store.models import Annotation, Item, Job, Prediction, Task, lottery_of
+from labelloop.store.upsert import allocate_ids
 
 #: One item to add; the shape (and its checks) is :class:`labelloop.schemas.ItemCreate`.
 ItemIn = ItemCreate
@@ -123,18 +124,16 @@ def store_in(s: Session, task: Task, items: Sequence[ItemIn]) -> tuple[dict[str,
         signed = signatures(Features({"text": [row["data"] for row in cheap]}))
         for row, sig in zip(cheap, signed, strict=True):
             row["signature"] = sig
-    # One bulk statement on the connection (no ORM object, and not the ORM's bulk path, which
-    # computes every row's primary key again): imports of 10,000 items, Label Studio's writes.
+    # Ids first, then one executemany without RETURNING on the connection (no ORM object): an
+    # INSERT ... RETURNING of many rows is one long statement per 1,000 rows that psycopg parses
+    # placeholder by placeholder (70% of a PostgreSQL import's time); a plain executemany is one
+    # short statement, prepared once and pipelined (docs/BENCHMARKS.md, "A large task").
     table = cast(Table, Item.__table__)
-    ids = (
-        list(
-            s.connection()
-            .execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), new)
-            .scalars()
-        )
-        if new
-        else []
-    )
+    ids = allocate_ids(s, table, len(new))
+    for i, row in zip(ids, new, strict=True):
+        row["id"] = i
+    if new:
+        s.connection().execute(insert(table), new)
     out += [
         {"id": i, "external_id": row["external_id"], "created": True}
         for i, row in zip(ids, new, strict=True)
