@@ -112,6 +112,13 @@ def train_job(rt: Runtime, t: int) -> int:
         return s.scalars(select(Job.id).where(Job.task_id == t, Job.kind == "train")).one()
 
 
+def trained_rescore(rt: Runtime, t: int) -> int:
+    """Train the task; the id of the rescoring job its promotion queued."""
+    follow = execute(rt, train_job(rt, t))
+    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    return rescore
+
+
 def jobs_of(rt: Runtime, ids: Sequence[int]) -> list[Job]:
     with rt.session() as s:
         jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(list(ids))))}
@@ -213,8 +220,7 @@ def test_a_training_reads_the_labels_and_a_bounded_sample_of_the_pool(
 def test_chunk_jobs_rescore_the_whole_pool_most_uncertain_first(small: Runtime) -> None:
     rt = small
     t, ids = make_task(rt)
-    follow = execute(rt, train_job(rt, t))
-    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    rescore = trained_rescore(rt, t)
     with rt.session() as s:
         version = s.get_one(Task, t).served_version
         old = {
@@ -248,8 +254,7 @@ def test_chunk_jobs_rescore_the_whole_pool_most_uncertain_first(small: Runtime) 
 def test_a_newer_promotion_stops_older_chunks(small: Runtime) -> None:
     rt = small
     t, _ = make_task(rt)
-    follow = execute(rt, train_job(rt, t))
-    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    rescore = trained_rescore(rt, t)
     (first,) = execute(rt, rescore)
     (second,) = execute(rt, first)
     before = set(predicted(rt, t, 1))
@@ -268,8 +273,7 @@ def test_a_promotion_of_the_same_version_stops_the_older_plan(small: Runtime) ->
     back) starts its own plan, and the older one's next chunk skips."""
     rt = small
     t, _ = make_task(rt)
-    follow = execute(rt, train_job(rt, t))
-    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    rescore = trained_rescore(rt, t)
     (first,) = execute(rt, rescore)
     with rt.session() as s:
         s.get_one(Task, t).promotions += 1
@@ -282,8 +286,7 @@ def test_a_killed_chunk_job_reruns_to_the_same_result(
 ) -> None:
     rt = small
     t, _ = make_task(rt)
-    follow = execute(rt, train_job(rt, t))
-    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    rescore = trained_rescore(rt, t)
     chunk = execute(rt, rescore)[0]
     (job,) = jobs_of(rt, [chunk])
     item_ids = job.payload["item_ids"]
@@ -500,8 +503,7 @@ def test_each_promotion_rescores_the_head_and_the_tail_goes_on_stalest_first(
     head = 2 * CHUNK
     monkeypatch.setattr(rt.settings, "rescore_head", head)
     t, _ = make_task(rt, auto_label={"evidence": "all"})  # every item planned: "all"
-    follow = execute(rt, train_job(rt, t))
-    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    rescore = trained_rescore(rt, t)
     order = ranking(rt, t)
     # The first promotion: its head, then one chunk of its tail, then a newer promotion.
     (first,) = execute(rt, rescore)
@@ -534,8 +536,7 @@ def test_a_chunk_that_fails_hands_the_plan_on(
 ) -> None:
     rt = small
     t, ids = make_task(rt)
-    follow = execute(rt, train_job(rt, t))
-    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    rescore = trained_rescore(rt, t)
     (first,) = execute(rt, rescore)
     real = prediction.score_items
 
@@ -565,8 +566,7 @@ def test_items_that_tie_on_the_ranking_are_each_rescored_once(
             .where(Item.id.in_(ids[12:]))
             .values(data="match bread item", lottery=7, rank=-0.5)
         )
-    follow = execute(rt, train_job(rt, t))
-    (rescore,) = [j.id for j in jobs_of(rt, follow) if j.kind == "rescore"]
+    rescore = trained_rescore(rt, t)
     planned = planned_ids(run_plan(rt, execute(rt, rescore)))
     assert len(planned) == len(set(planned))
     assert set(planned) | set(predicted(rt, t, 1)) == set(ids[12:])
